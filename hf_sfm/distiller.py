@@ -1,0 +1,334 @@
+"""`Distiller`: the loop that turns a labelled image dataset and a frozen backbone into a tiny synthetic dataset.
+
+It mirrors `transformers.Trainer`: the constructor wires backbone, data, image processor and an `Accelerator`;
+`compute_statistics()` and `train()` do the work; `distilled_dataset()` / `save_distilled()` hand out the result.
+The method-specific maths (SFM, its decoupled variant, LGM) lives in `hf_sfm.methods`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from datasets.fingerprint import Hasher
+from tqdm.auto import tqdm
+
+from .augment import Augmentation
+from .config import DistillationConfig
+from .data import class_names_of, find_image_column, find_label_column
+from .features import FeatureExtractor, FeatureFn
+from .methods import DistillationMethod, get_method
+from .preprocessing import ImagePreprocessing
+from .statistics import ClassStatistics, compute_class_statistics
+from .synthetic import SyntheticImages, synthetic_labels
+from .versions import library_versions
+
+logger = get_logger(__name__)
+
+STATISTICS_FILE = "statistics.safetensors"
+GRID_FILE = "synthetic_grid.png"
+
+
+@dataclass
+class DistillationOutput:
+    """What `train()` returns: the loss curve and timing of the run."""
+
+    num_steps: int
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+    train_runtime: float = 0.0
+    seconds_per_step: float = 0.0
+
+
+class Distiller:
+    """Distil `train_dataset` into `ipc` synthetic images per class for the frozen `model`.
+
+    Args:
+        model: any Hugging Face vision model (or `*ForImageClassification`; its head is ignored). Never trained.
+        args: the [`DistillationConfig`].
+        train_dataset: a `datasets.Dataset` (or `IterableDataset`) with an image and a label column.
+        image_processor: the backbone's image processor; defines input size and normalisation.
+        eval_dataset: optional real test split, used by evaluation helpers.
+        feature_fn: optional `(model, pixel_values) -> (B, D)` override of the pooled feature.
+        statistics: optional precomputed [`ClassStatistics`] (skips `compute_statistics`).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: DistillationConfig,
+        train_dataset: datasets.Dataset | datasets.IterableDataset,
+        image_processor: Any = None,
+        eval_dataset: datasets.Dataset | None = None,
+        feature_fn: FeatureFn | None = None,
+        statistics: ClassStatistics | None = None,
+        accelerator: Accelerator | None = None,
+    ):
+        self.args = args
+        self.accelerator = accelerator or Accelerator(mixed_precision=args.mixed_precision)
+        set_seed(args.seed)
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.image_column = find_image_column(train_dataset, args.image_column)
+        self.label_column = find_label_column(train_dataset, args.label_column)
+        self.class_names = class_names_of(train_dataset, self.label_column)
+        if len(self.class_names) < 2:
+            raise ValueError(
+                f"The dataset has {len(self.class_names)} class(es) in {self.label_column!r}; distillation by "
+                "statistical flows needs at least 2 (a flow points from one class to the others)."
+            )
+        self.model = model
+        self.image_processor = image_processor
+        self.preprocessing = ImagePreprocessing.from_image_processor(image_processor, args.crop_size)
+        self.image_size = args.image_size or round(self.preprocessing.crop_size * 8 / 7)
+        self.feature_extractor = FeatureExtractor(model, self.preprocessing, feature_fn).to(self.accelerator.device)
+        self.augmentation = Augmentation.from_config(args, output_size=self.preprocessing.crop_size)
+        self.statistics = statistics
+        self.synthetic: SyntheticImages | None = None
+        self.labels = synthetic_labels(self.num_classes, args.ipc)
+        self.output_dir = Path(args.output_dir)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def reduce_sum(self):
+        """Differentiable sum over processes of per-class sums (identity with one process)."""
+        return None
+
+    # ------------------------------------------------------------------ statistics
+
+    def statistics_metadata(self) -> dict[str, str]:
+        """What identifies a statistics computation: backbone, preprocessing, dataset version, feature function."""
+        config = getattr(self.feature_extractor.model, "config", None)
+        fingerprint = getattr(self.train_dataset, "_fingerprint", None) or Hasher.hash(
+            [self.train_dataset.info.dataset_name, self.train_dataset.info.config_name, str(self.train_dataset)]
+        )
+        return {
+            "backbone": str(getattr(config, "_name_or_path", "") or type(self.feature_extractor.model).__name__),
+            "backbone_revision": str(getattr(config, "_commit_hash", "") or ""),
+            "preprocessing": json.dumps(self.preprocessing.to_dict(), sort_keys=True),
+            "dataset_fingerprint": str(fingerprint),
+            "feature_fn": getattr(self.feature_extractor.feature_fn, "__qualname__", "custom"),
+            "image_column": self.image_column,
+            "label_column": self.label_column,
+            "versions": json.dumps(library_versions(), sort_keys=True),
+        }
+
+    def compute_statistics(self) -> ClassStatistics:
+        """Per-class feature means `(C, D)` and counts of the real training set, computed once and saved.
+
+        Reuses `args.statistics_path` (or `<output_dir>/statistics.safetensors`) when it exists and was computed
+        with the same backbone, preprocessing and dataset; refuses a mismatched file with a clear error.
+        """
+        metadata = self.statistics_metadata()
+        path = Path(self.args.statistics_path) if self.args.statistics_path else self.output_dir / STATISTICS_FILE
+        if path.exists():
+            statistics = ClassStatistics.load(path)
+            statistics.check_compatible(metadata, path)
+            logger.info(f"Loaded class statistics from {path}", main_process_only=True)
+        else:
+            if self.args.statistics_path:
+                logger.info(f"{path} does not exist yet; computing class statistics into it.", main_process_only=True)
+            statistics = self._compute_statistics(metadata)
+            if self.accelerator.is_main_process:
+                statistics.save(path)
+            self.accelerator.wait_for_everyone()
+        self._check_class_counts(statistics)
+        self.statistics = statistics
+        return statistics
+
+    def _compute_statistics(self, metadata: dict[str, str]) -> ClassStatistics:
+        device = self.accelerator.device
+
+        @torch.no_grad()
+        def embed(images: list) -> torch.Tensor:
+            with self.accelerator.autocast():
+                return self.feature_extractor(self.preprocessing(images).to(device))
+
+        dataset = self.train_dataset
+        if self.accelerator.num_processes > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            dataset = split_dataset_by_node(
+                dataset, rank=self.accelerator.process_index, world_size=self.accelerator.num_processes
+            )
+        fingerprint = Hasher.hash([metadata, self.accelerator.process_index, self.accelerator.num_processes])
+        with self.accelerator.main_process_first():
+            statistics = compute_class_statistics(
+                dataset,
+                embed,
+                image_column=self.image_column,
+                label_column=self.label_column,
+                class_names=self.class_names,
+                batch_size=self.args.statistics_batch_size,
+                num_proc=self.args.statistics_num_proc,
+                new_fingerprint=fingerprint,
+                metadata=metadata,
+            )
+        if self.accelerator.num_processes > 1:
+            statistics.feature_sums = self.accelerator.reduce(statistics.feature_sums.to(device), "sum").cpu()
+            statistics.counts = self.accelerator.reduce(statistics.counts.to(device), "sum").cpu()
+        return statistics
+
+    def _check_class_counts(self, statistics: ClassStatistics) -> None:
+        if statistics.num_classes != self.num_classes:
+            raise ValueError(
+                f"The statistics describe {statistics.num_classes} classes but the dataset has {self.num_classes}."
+            )
+        statistics.class_means  # noqa: B018 — raises, naming the classes without images
+        if self.args.init == "real" and int(statistics.counts.min()) < self.args.ipc:
+            small = int(statistics.counts.argmin())
+            raise ValueError(
+                f"init='real' needs ipc={self.args.ipc} real images per class, but class "
+                f"{self.class_names[small]!r} has only {int(statistics.counts[small])}. Lower ipc or use init='noise'."
+            )
+
+    # ------------------------------------------------------------------ distillation
+
+    def init_synthetic(self) -> SyntheticImages:
+        """Create the synthetic images: noise, or `ipc` random real images per class."""
+        generator = torch.Generator().manual_seed(self.args.seed)
+        synthetic = SyntheticImages(
+            num_images=self.num_classes * self.args.ipc,
+            image_size=self.image_size,
+            parameterization=self.args.parameterization,
+            decorrelate_color=self.args.decorrelate_color,
+            init_std=self.args.init_noise_std,
+            generator=generator,
+        )
+        if self.args.init == "real":
+            synthetic.set_images(self.sample_real_images(self.args.ipc, seed=self.args.seed))
+        self.synthetic = synthetic.to(self.accelerator.device)
+        return self.synthetic
+
+    def sample_real_images(self, ipc: int, seed: int = 0, size: int | None = None) -> torch.Tensor:
+        """`ipc` random real training images per class, class-major, as `(C · ipc, 3, S, S)` in `[0, 1]`."""
+        if not isinstance(self.train_dataset, datasets.Dataset):
+            raise ValueError("Sampling real images needs a map-style `datasets.Dataset`, not a streaming one.")
+        labels = torch.as_tensor(self.train_dataset[self.label_column])
+        generator = torch.Generator().manual_seed(seed)
+        indices = []
+        for c, name in enumerate(self.class_names):
+            members = (labels == c).nonzero().flatten()
+            if len(members) < ipc:
+                raise ValueError(f"Class {name!r} has {len(members)} training images; {ipc} were requested.")
+            indices += members[torch.randperm(len(members), generator=generator)[:ipc]].tolist()
+        size = size or self.image_size
+        preprocessing = ImagePreprocessing(size, size, self.preprocessing.image_mean, self.preprocessing.image_std)
+        return preprocessing(self.train_dataset[indices][self.image_column])
+
+    def create_method(self) -> DistillationMethod:
+        return get_method(self.args.method).from_distiller(self).to(self.accelerator.device)
+
+    def train(self) -> DistillationOutput:
+        """Optimise the synthetic images; returns the loss curve. Computes statistics first if needed."""
+        args = self.args
+        if get_method(args.method).needs_statistics and self.statistics is None:
+            self.compute_statistics()
+        synthetic = self.init_synthetic()
+        method = self.create_method()
+        labels = self.labels.to(self.accelerator.device)
+        generator = torch.Generator().manual_seed(args.seed + 1)
+
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            return self.feature_extractor(self.augmentation(images, generator))
+
+        self._warn_if_pyramid_incomplete(synthetic)
+        optimizer = torch.optim.Adam(synthetic.active_parameters(), lr=args.learning_rate)
+        losses: list[float] = []
+        progress = tqdm(
+            range(args.num_steps),
+            desc=f"Distilling ({args.method})",
+            disable=not self.accelerator.is_local_main_process,
+        )
+        start = time.perf_counter()
+        for step in progress:
+            if step > 0 and step % args.pyramid_level_every == 0 and synthetic.grow():
+                # A new level joins: a fresh optimiser, as Adam's moments of the old levels no longer describe it.
+                optimizer = torch.optim.Adam(synthetic.active_parameters(), lr=args.learning_rate)
+            with self.accelerator.autocast():
+                loss = method(synthetic.decode(), labels, embed)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"The {args.method} loss became {loss.item()} at step {step}. Likely causes: features "
+                    "overflowing in reduced precision (try mixed_precision='no'), or a learning rate too high."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            optimizer.step()
+            losses.append(loss.item())
+            progress.set_postfix(loss=f"{losses[-1]:.4f}", levels=int(synthetic.num_active_levels))
+            if args.logging_steps and (step + 1) % args.logging_steps == 0:
+                logger.info(f"step {step + 1}/{args.num_steps} loss {losses[-1]:.5f}", main_process_only=True)
+        runtime = time.perf_counter() - start
+        if args.save_grid and self.accelerator.is_main_process:
+            self.save_grid(self.output_dir / GRID_FILE)
+        return DistillationOutput(
+            num_steps=args.num_steps,
+            final_loss=losses[-1] if losses else math.nan,
+            losses=losses,
+            train_runtime=runtime,
+            seconds_per_step=runtime / max(1, args.num_steps),
+        )
+
+    def _warn_if_pyramid_incomplete(self, synthetic: SyntheticImages) -> None:
+        levels_reached = 1 + (self.args.num_steps - 1) // self.args.pyramid_level_every
+        if not synthetic.fully_grown and levels_reached < len(synthetic.levels):
+            logger.warning(
+                f"With num_steps={self.args.num_steps} and pyramid_level_every={self.args.pyramid_level_every}, "
+                f"only {levels_reached} of {len(synthetic.levels)} pyramid levels will be trained; the finest "
+                "detail stays at its initial value. Lower pyramid_level_every or raise num_steps.",
+                main_process_only=True,
+            )
+
+    # ------------------------------------------------------------------ results
+
+    def synthetic_images(self) -> torch.Tensor:
+        """The current synthetic images, `(C · ipc, 3, S, S)` in `[0, 1]`, on the CPU."""
+        if self.synthetic is None:
+            raise RuntimeError("There are no synthetic images yet: call `train()` first.")
+        with torch.no_grad():
+            return self.synthetic.decode().float().cpu()
+
+    def distilled_dataset(self) -> datasets.Dataset:
+        """The synthetic set as a `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""
+        from .export import distilled_dataset
+
+        return distilled_dataset(self.synthetic_images(), self.labels, self.class_names)
+
+    def save_distilled(self, path: str | Path | None = None) -> Path:
+        """Write the distilled set so `load_dataset(path)` and `load_from_disk(path)` both read it back."""
+        from .export import save_distilled
+
+        path = Path(path) if path is not None else self.output_dir / "distilled"
+        if self.accelerator.is_main_process:
+            save_distilled(
+                path,
+                images=self.synthetic_images(),
+                labels=self.labels,
+                class_names=self.class_names,
+                config=self.args,
+                statistics=self.statistics,
+                preprocessing=self.preprocessing,
+                backbone=self.statistics_metadata()["backbone"],
+            )
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def save_grid(self, path: str | Path) -> Path:
+        from .visualization import save_image_grid
+
+        return save_image_grid(self.synthetic_images(), self.labels, self.class_names, path)

@@ -1,0 +1,27 @@
+"""Distillation methods, by name. Adding a method = one new module + one line in `METHODS`."""
+
+from .base import DistillationMethod
+from .sfm import ClassMeanMatching, StatisticalFlowMatching, class_means, flow_matching_loss, statistical_flow
+
+METHODS: dict[str, type[DistillationMethod]] = {
+    StatisticalFlowMatching.name: StatisticalFlowMatching,
+    ClassMeanMatching.name: ClassMeanMatching,
+}
+
+
+def get_method(name: str) -> type[DistillationMethod]:
+    if name not in METHODS:
+        raise ValueError(f"Unknown distillation method {name!r}; available: {sorted(METHODS)}.")
+    return METHODS[name]
+
+
+__all__ = [
+    "METHODS",
+    "ClassMeanMatching",
+    "DistillationMethod",
+    "StatisticalFlowMatching",
+    "class_means",
+    "flow_matching_loss",
+    "get_method",
+    "statistical_flow",
+]

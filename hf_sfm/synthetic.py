@@ -1,0 +1,123 @@
+"""The synthetic images and their parameterisations (DESIGN §3).
+
+An image is stored as unconstrained parameters and decoded to `[0, 1]` RGB by `sigmoid(2 · M · v)`, where `v` is
+either one full-resolution tensor (`"pixels"`) or the sum of bilinearly upsampled levels at 1, 2, 4, … px
+(`"pyramid"`), and `M` the optional fixed colour-decorrelation matrix. The pyramid is trained coarse to fine: a
+noise-initialised image first gets its layout at low frequency instead of collecting high-frequency patterns
+that only the backbone can read.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Colour correlation of natural images (rows: R, G, B), normalised by its largest column norm.
+_COLOR_CORRELATION = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOR_CORRELATION = _COLOR_CORRELATION / _COLOR_CORRELATION.norm(dim=0).max()
+
+_EPS = 1e-4
+
+
+def pyramid_sizes(image_size: int) -> list[int]:
+    """1, 2, 4, … below `image_size`, then `image_size` itself (the finest level is always full resolution)."""
+    sizes, size = [], 1
+    while size < image_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, image_size]
+
+
+def _upsample(level: torch.Tensor, image_size: int) -> torch.Tensor:
+    if level.shape[-1] == image_size:
+        return level
+    return F.interpolate(level, size=(image_size, image_size), mode="bilinear", align_corners=False)
+
+
+class SyntheticImages(nn.Module):
+    """`N` learnable images; `decode()` gives `(N, 3, S, S)` in `[0, 1]`, differentiable in the parameters.
+
+    Only the first `num_active_levels` pyramid levels take part in decoding and optimisation; `grow()` activates
+    the next one. For `"pixels"` there is one level.
+    """
+
+    def __init__(
+        self,
+        num_images: int,
+        image_size: int,
+        parameterization: str = "pyramid",
+        decorrelate_color: bool = True,
+        init_std: float = 0.1,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if parameterization not in ("pyramid", "pixels"):
+            raise ValueError(f"Unknown parameterization {parameterization!r}; choose 'pyramid' or 'pixels'.")
+        self.image_size = image_size
+        self.parameterization = parameterization
+        self.decorrelate_color = decorrelate_color
+        sizes = pyramid_sizes(image_size) if parameterization == "pyramid" else [image_size]
+        self.levels = nn.ParameterList(
+            nn.Parameter(torch.randn(num_images, 3, size, size, generator=generator) * init_std) for size in sizes
+        )
+        self.register_buffer("num_active_levels", torch.tensor(1 if parameterization == "pyramid" else len(sizes)))
+        self.register_buffer("color_matrix", COLOR_CORRELATION.clone(), persistent=False)
+
+    @property
+    def num_images(self) -> int:
+        return self.levels[0].shape[0]
+
+    @property
+    def fully_grown(self) -> bool:
+        return int(self.num_active_levels) == len(self.levels)
+
+    def active_parameters(self) -> list[nn.Parameter]:
+        return list(self.levels[: int(self.num_active_levels)])
+
+    def grow(self) -> bool:
+        """Activate the next finer pyramid level; returns False when all levels are already active."""
+        if self.fully_grown:
+            return False
+        self.num_active_levels += 1
+        return True
+
+    def decode(self) -> torch.Tensor:
+        """`(N, 3, S, S)` images in `[0, 1]`."""
+        logits = sum(_upsample(level, self.image_size) for level in self.active_parameters())
+        if self.decorrelate_color:
+            logits = torch.einsum("ij,njhw->nihw", self.color_matrix.to(logits.dtype), logits)
+        return torch.sigmoid(2.0 * logits)
+
+    def forward(self) -> torch.Tensor:
+        return self.decode()
+
+    @torch.no_grad()
+    def set_images(self, images: torch.Tensor) -> None:
+        """Make `decode()` return `images` (`(N, 3, S, S)` in `[0, 1]`), with every level active.
+
+        The pyramid gets a Laplacian decomposition, so each level carries the detail of its own scale and the
+        coarse-to-fine structure survives initialisation from real images.
+        """
+        if images.shape != (self.num_images, 3, self.image_size, self.image_size):
+            raise ValueError(
+                f"Expected images of shape {(self.num_images, 3, self.image_size, self.image_size)}, "
+                f"got {tuple(images.shape)}."
+            )
+        images = images.to(self.levels[0].dtype).clamp(_EPS, 1 - _EPS)
+        logits = 0.5 * torch.logit(images)
+        if self.decorrelate_color:
+            logits = torch.einsum("ij,njhw->nihw", torch.linalg.inv(self.color_matrix.double()).to(logits), logits)
+        reconstruction = torch.zeros_like(logits)
+        for level in self.levels[:-1]:
+            size = level.shape[-1]
+            coarse = F.interpolate(logits, size=(size, size), mode="area")
+            level.copy_(coarse - F.interpolate(reconstruction, size=(size, size), mode="area"))
+            reconstruction += _upsample(level, self.image_size)
+        self.levels[-1].copy_(logits - reconstruction)
+        self.num_active_levels.fill_(len(self.levels))
+
+
+def synthetic_labels(num_classes: int, ipc: int) -> torch.Tensor:
+    """`(C · ipc,)` labels, class-major: `[0] * ipc + [1] * ipc + …`."""
+    return torch.arange(num_classes).repeat_interleave(ipc)
