@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -119,7 +120,7 @@ def reduce_class_sums(
     feature_sums, counts = None, torch.zeros(num_classes, dtype=torch.long)
     for batch in partial_sums.iter(batch_size=1024):
         labels = torch.as_tensor(batch["label"], dtype=torch.long)
-        sums = torch.as_tensor(batch["feature_sum"], dtype=torch.float64)
+        sums = torch.as_tensor(np.asarray(batch["feature_sum"], dtype=np.float64))
         if feature_sums is None:
             feature_sums = torch.zeros(num_classes, sums.shape[1], dtype=torch.float64)
         feature_sums.index_add_(0, labels, sums)

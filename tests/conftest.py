@@ -1,0 +1,170 @@
+"""Shared fixtures: tiny random backbones of every supported family and small in-memory image datasets.
+
+No test touches the network: the Hub is switched off and `HF_HOME` points at a temporary folder before any
+Hugging Face library is imported.
+"""
+
+import os
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_sfm_test_home_"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    CLIPVisionModelWithProjection,
+    ConvNextConfig,
+    ConvNextModel,
+    Dinov2Config,
+    Dinov2Model,
+    EfficientNetConfig,
+    EfficientNetModel,
+    ResNetConfig,
+    ResNetModel,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
+)
+
+torch.set_num_threads(2)
+
+IMAGE_SIZE = 32
+
+
+def _vit():
+    return ViTModel(
+        ViTConfig(
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        add_pooling_layer=False,
+    )
+
+
+def _unit_batchnorm(model):
+    """HF initialises BatchNorm scales at N(0, 0.02): through relu6 the activations of a deep random net die out."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+    return model
+
+
+# family → (builder, expected feature dim). Each model is tiny and random; built under a fixed seed.
+TINY_BACKBONES = {
+    "vit": (_vit, 32),
+    "dinov2": (
+        lambda: Dinov2Model(
+            Dinov2Config(
+                image_size=IMAGE_SIZE,
+                patch_size=8,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                mlp_ratio=2,
+            )
+        ),
+        32,
+    ),
+    "clip": (
+        lambda: CLIPVisionModel(
+            CLIPVisionConfig(
+                image_size=IMAGE_SIZE,
+                patch_size=8,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+            )
+        ),
+        32,
+    ),
+    "clip_projection": (
+        lambda: CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                image_size=IMAGE_SIZE,
+                patch_size=8,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                projection_dim=24,
+            )
+        ),
+        24,
+    ),
+    "resnet": (
+        lambda: ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")),
+        16,
+    ),
+    "convnext": (
+        lambda: ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)),
+        16,
+    ),
+    "efficientnet": (
+        lambda: _unit_batchnorm(
+            EfficientNetModel(
+                EfficientNetConfig(
+                    width_coefficient=0.25,
+                    depth_coefficient=0.25,
+                    hidden_dim=320,
+                    image_size=IMAGE_SIZE,
+                    hidden_act="relu6",
+                )
+            )
+        ),
+        320,
+    ),
+}
+
+
+def build_backbone(family: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return TINY_BACKBONES[family][0]().eval()
+
+
+@pytest.fixture
+def tiny_vit():
+    return build_backbone("vit")
+
+
+@pytest.fixture
+def tiny_processor():
+    return ViTImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+
+
+def color_dataset(
+    num_classes: int = 3, per_class: int = 8, size: int = IMAGE_SIZE, seed: int = 0, names=None
+) -> datasets.Dataset:
+    """Noisy images whose class is their dominant colour channel (plus a class-specific stripe for C > 3)."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in range(num_classes):
+        for _ in range(per_class):
+            array = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+            array[..., c % 3] += 140
+            if c >= 3:
+                array[(c - 3) * 4 : (c - 3) * 4 + 4] = 255
+            images.append(PIL.Image.fromarray(array))
+            labels.append(c)
+    names = names or [f"class_{c}" for c in range(num_classes)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+@pytest.fixture
+def toy_dataset():
+    return color_dataset()

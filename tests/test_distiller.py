@@ -1,0 +1,177 @@
+"""The Distiller end to end on tiny random backbones: determinism, gradients, beating random real images, export."""
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import build_backbone, color_dataset
+
+from hf_sfm import DistillationConfig, Distiller
+from hf_sfm.evaluation import ProbeConfig, embed_pil_images, probe_accuracy, train_linear_probe
+
+
+def _args(tmp_path, **overrides):
+    values = {
+        "output_dir": str(tmp_path / "out"),
+        "ipc": 1,
+        "num_steps": 6,
+        "learning_rate": 0.01,
+        "seed": 0,
+        "image_size": 32,
+        "pyramid_level_every": 2,
+        "save_grid": False,
+        "logging_steps": 0,
+    }
+    return DistillationConfig(**{**values, **overrides})
+
+
+def _distiller(tmp_path, tiny_processor, dataset=None, family="vit", **overrides):
+    return Distiller(
+        model=build_backbone(family),
+        args=_args(tmp_path, **overrides),
+        train_dataset=dataset if dataset is not None else color_dataset(),
+        image_processor=tiny_processor,
+    )
+
+
+def test_statistics_match_a_direct_feature_pass(tmp_path, tiny_processor):
+    distiller = _distiller(tmp_path, tiny_processor, statistics_batch_size=5)
+    statistics = distiller.compute_statistics()
+    dataset = distiller.train_dataset
+    features = embed_pil_images(distiller.feature_extractor, distiller.preprocessing, dataset["image"])
+    labels = torch.tensor(dataset["label"])
+    direct = torch.stack([features[labels == c].mean(0) for c in range(3)])
+    torch.testing.assert_close(statistics.class_means, direct, atol=1e-5, rtol=1e-5)
+    assert (tmp_path / "out" / "statistics.safetensors").exists()
+
+
+def test_same_seed_gives_identical_images(tmp_path, tiny_processor):
+    first = _distiller(tmp_path / "a", tiny_processor)
+    first.train()
+    second = _distiller(tmp_path / "b", tiny_processor)
+    second.train()
+    assert torch.equal(first.synthetic_images(), second.synthetic_images())
+    third = _distiller(tmp_path / "c", tiny_processor, seed=1)
+    third.train()
+    assert not torch.equal(first.synthetic_images(), third.synthetic_images())
+
+
+@pytest.mark.parametrize("method", ["sfm", "sfm_decouple"])
+@pytest.mark.parametrize("parameterization", ["pyramid", "pixels"])
+def test_training_moves_the_pixels_and_lowers_the_loss(tmp_path, tiny_processor, method, parameterization):
+    distiller = _distiller(
+        tmp_path,
+        tiny_processor,
+        method=method,
+        parameterization=parameterization,
+        num_steps=40,
+        augment_crop=False,
+        augment_noise=False,
+        augment_flip=False,
+        pyramid_level_every=40,
+    )
+    distiller.init_synthetic()
+    initial = distiller.synthetic_images()
+    output = distiller.train()
+    assert not torch.equal(distiller.synthetic_images(), initial)
+    assert output.final_loss < output.losses[0]
+
+
+def _noisy_colour_dataset(num_classes, per_class, seed, noise=120.0, size=32):
+    """Classes differ by a mean colour drowned in strong per-pixel noise: one real image is a poor prototype."""
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(123).integers(60, 196, (num_classes, 3))
+    images, labels = [], []
+    for c in range(num_classes):
+        for _ in range(per_class):
+            array = base[c][None, None, :] + rng.normal(0, noise, (size, size, 3))
+            images.append(PIL.Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)))
+            labels.append(c)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(c) for c in range(num_classes)])}
+    )
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def test_distilled_set_beats_random_real_images(tmp_path, tiny_processor):
+    """SFM from real init improves on the very images it started from, and on other random draws."""
+    train, test = _noisy_colour_dataset(6, 30, seed=0), _noisy_colour_dataset(6, 30, seed=1)
+    distiller = _distiller(
+        tmp_path,
+        tiny_processor,
+        dataset=train,
+        init="real",
+        parameterization="pixels",
+        num_steps=150,
+        learning_rate=0.01,
+        augment_crop=False,
+        augment_noise=False,
+        augment_flip=False,
+    )
+    distiller.train()
+    extractor = distiller.feature_extractor
+    test_features = embed_pil_images(extractor, distiller.preprocessing, test["image"])
+    test_labels = torch.tensor(test["label"])
+    probe = ProbeConfig(epochs=300, learning_rate=0.1, augment=False)
+
+    def accuracy(images):
+        return probe_accuracy(
+            train_linear_probe(extractor, images, distiller.labels, 6, probe), test_features, test_labels
+        )
+
+    distilled = accuracy(distiller.synthetic_images())
+    random_real = [accuracy(distiller.sample_real_images(1, seed=seed)) for seed in range(4)]
+    assert distilled > max(random_real) + 0.05, (distilled, random_real)
+
+
+def test_save_distilled_round_trips_through_load_dataset_and_load_from_disk(tmp_path, tiny_processor):
+    names = ["cat", "dog", "bird"]
+    distiller = _distiller(tmp_path, tiny_processor, dataset=color_dataset(names=names), ipc=2)
+    distiller.train()
+    path = distiller.save_distilled(tmp_path / "distilled")
+    expected = distiller.distilled_dataset()
+    for loaded in (datasets.load_dataset(str(path))["train"], datasets.load_from_disk(str(path))["train"]):
+        assert loaded.features["label"] == datasets.ClassLabel(names=names)
+        assert isinstance(loaded.features["image"], datasets.Image)
+        assert loaded["label"] == expected["label"] == [0, 0, 1, 1, 2, 2]
+        for ours, theirs in zip(expected["image"], loaded["image"]):
+            assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+    from safetensors.torch import load_file
+
+    floats = load_file(str(path / "synthetic.safetensors"))
+    torch.testing.assert_close(floats["images"], distiller.synthetic_images(), atol=0, rtol=0)
+    assert (path / "grid.png").exists() and (path / "README.md").exists()
+
+
+def test_statistics_are_reused_and_a_mismatch_is_refused(tmp_path, tiny_processor):
+    first = _distiller(tmp_path, tiny_processor)
+    computed = first.compute_statistics()
+    again = _distiller(tmp_path, tiny_processor).compute_statistics()
+    assert torch.equal(again.feature_sums, computed.feature_sums)
+    other_backbone = _distiller(tmp_path, tiny_processor, family="resnet")
+    with pytest.raises(ValueError, match="computed under other conditions"):
+        other_backbone.compute_statistics()
+
+
+def test_results_before_training_raise(tmp_path, tiny_processor):
+    with pytest.raises(RuntimeError, match="train"):
+        _distiller(tmp_path, tiny_processor).distilled_dataset()
+
+
+def test_missing_label_column_names_the_columns_and_argument(tmp_path, tiny_processor):
+    dataset = color_dataset().rename_column("label", "something")
+    dataset = dataset.cast_column("something", datasets.Value("string"))
+    with pytest.raises(ValueError, match="label_column"):
+        _distiller(tmp_path, tiny_processor, dataset=dataset)
+
+
+def test_single_class_is_refused(tmp_path, tiny_processor):
+    with pytest.raises(ValueError, match="at least 2"):
+        _distiller(tmp_path, tiny_processor, dataset=color_dataset(num_classes=1, names=["only"]))
+
+
+def test_ipc_larger_than_a_class_with_real_init_is_refused(tmp_path, tiny_processor):
+    distiller = _distiller(tmp_path, tiny_processor, dataset=color_dataset(per_class=3), ipc=4, init="real")
+    with pytest.raises(ValueError, match="ipc=4"):
+        distiller.train()

@@ -1,0 +1,83 @@
+"""Image parameterisations decode to the right shape and range; augmentation is differentiable and seeded."""
+
+import pytest
+import torch
+
+from hf_sfm.augment import Augmentation
+from hf_sfm.synthetic import SyntheticImages, pyramid_sizes, synthetic_labels
+
+
+def test_pyramid_sizes_end_at_the_full_resolution():
+    assert pyramid_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert pyramid_sizes(72) == [1, 2, 4, 8, 16, 32, 64, 72]
+
+
+@pytest.mark.parametrize("parameterization", ["pyramid", "pixels"])
+@pytest.mark.parametrize("decorrelate_color", [True, False])
+def test_decode_shape_and_range(parameterization, decorrelate_color):
+    synthetic = SyntheticImages(5, 24, parameterization, decorrelate_color, init_std=3.0)
+    while synthetic.grow():
+        pass
+    images = synthetic.decode()
+    assert images.shape == (5, 3, 24, 24)
+    assert images.min() >= 0 and images.max() <= 1
+    assert images.std() > 0.1  # large init noise spreads over the range, it is not collapsed
+
+
+def test_pyramid_grows_coarse_to_fine():
+    synthetic = SyntheticImages(2, 16, "pyramid", init_std=1.0)
+    assert len(synthetic.active_parameters()) == 1
+    first = synthetic.decode()
+    assert torch.allclose(first, first[..., :1, :1].expand_as(first))  # a 1-px level is a flat colour
+    assert synthetic.grow() and len(synthetic.active_parameters()) == 2
+    while synthetic.grow():
+        pass
+    assert synthetic.fully_grown and not synthetic.grow()
+
+
+@pytest.mark.parametrize("parameterization", ["pyramid", "pixels"])
+def test_set_images_reproduces_real_images(parameterization):
+    images = torch.rand(3, 3, 20, 20) * 0.98 + 0.01
+    synthetic = SyntheticImages(3, 20, parameterization, decorrelate_color=True)
+    synthetic.set_images(images)
+    assert synthetic.fully_grown
+    torch.testing.assert_close(synthetic.decode(), images, atol=1e-4, rtol=0)
+
+
+def test_gradients_reach_every_active_level():
+    synthetic = SyntheticImages(2, 16, "pyramid")
+    synthetic.grow()
+    synthetic.decode().square().sum().backward()
+    assert all(level.grad is not None and level.grad.abs().sum() > 0 for level in synthetic.active_parameters())
+    assert all(level.grad is None for level in list(synthetic.levels)[2:])
+
+
+def test_synthetic_labels_are_class_major():
+    assert synthetic_labels(3, 2).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_augmentation_is_seeded_shaped_and_differentiable():
+    augmentation = Augmentation(output_size=12)
+    images = torch.rand(4, 3, 16, 16, requires_grad=True)
+    first = augmentation(images, torch.Generator().manual_seed(0))
+    second = augmentation(images, torch.Generator().manual_seed(0))
+    other = augmentation(images, torch.Generator().manual_seed(1))
+    assert first.shape == (4, 3, 12, 12)
+    assert torch.equal(first, second) and not torch.equal(first, other)
+    first.sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_augmentation_without_transforms_is_identity():
+    augmentation = Augmentation(output_size=16, flip=False, crop=False, noise=False)
+    images = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(augmentation(images), images, atol=1e-5, rtol=0)
+
+
+def test_flip_only_mirrors_the_image():
+    augmentation = Augmentation(output_size=8, flip=True, crop=False, noise=False)
+    images = torch.rand(64, 3, 8, 8)
+    out = augmentation(images, torch.Generator().manual_seed(0))
+    flipped = torch.isclose(out, images.flip(-1), atol=1e-5).flatten(1).all(1)
+    kept = torch.isclose(out, images, atol=1e-5).flatten(1).all(1)
+    assert bool((flipped | kept).all()) and 10 < int(flipped.sum()) < 54
