@@ -1,11 +1,13 @@
 """Distillation methods, by name. Adding a method = one new module + one line in `METHODS`."""
 
 from .base import DistillationMethod
+from .lgm import LinearGradientMatching
 from .sfm import ClassMeanMatching, StatisticalFlowMatching, class_means, flow_matching_loss, statistical_flow
 
 METHODS: dict[str, type[DistillationMethod]] = {
     StatisticalFlowMatching.name: StatisticalFlowMatching,
     ClassMeanMatching.name: ClassMeanMatching,
+    LinearGradientMatching.name: LinearGradientMatching,
 }
 
 
@@ -19,6 +21,7 @@ __all__ = [
     "METHODS",
     "ClassMeanMatching",
     "DistillationMethod",
+    "LinearGradientMatching",
     "StatisticalFlowMatching",
     "class_means",
     "flow_matching_loss",
