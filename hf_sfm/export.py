@@ -8,6 +8,9 @@ Layout (the same files a Hub dataset repo receives):
     synthetic.safetensors             the float images before 8-bit quantisation, with labels
     statistics.safetensors            the real class statistics the set was distilled from
     distillation_config.json          the run's `DistillationConfig`, preprocessing and library versions
+    grid.png                          the images, one row per class (shown in the card)
+
+`hf_sfm.hub.push_distilled` uploads this folder as it is, in one commit.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import datasets
 import torch
 from safetensors.torch import save_file
 
+from .hub import dataset_card, folder_files
 from .io_utils import atomic_path
 from .versions import library_versions
 from .visualization import save_image_grid, to_pil_images
@@ -40,24 +44,14 @@ def distilled_dataset(images: torch.Tensor, labels: torch.Tensor, class_names: l
     )
 
 
-def _card(class_names: list[str], num_images: int, backbone: str, config: Any) -> str:
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    card_data = DatasetCardData(
-        task_categories=["image-classification"],
-        tags=["dataset-distillation", "hf_sfm", f"method:{getattr(config, 'method', 'sfm')}"],
-        size_categories=["n<1K"] if num_images < 1000 else ["1K<n<10K"],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
-    )
-    content = (
-        f"---\n{card_data.to_yaml()}\n---\n\n"
-        f"# Distilled dataset ({num_images} images, {len(class_names)} classes)\n\n"
-        f"Synthesised by [hf_sfm](https://github.com/) with method `{getattr(config, 'method', 'sfm')}` "
-        f"for the frozen backbone `{backbone}`, ipc={getattr(config, 'ipc', '?')}.\n\n"
-        '```python\nfrom datasets import load_dataset\nds = load_dataset("<this repo or folder>")\n```\n\n'
-        f"Float (unquantised) images are in `{FLOAT_IMAGES_FILE}`; the run's settings in `{CONFIG_FILE}`.\n"
-    )
-    return str(DatasetCard(content))
+def _dataset_info(dataset: datasets.Dataset, parquet_path: Path) -> datasets.DatasetInfo:
+    """Features, the train split's size and the parquet size: the card's `dataset_info`, as `push_to_hub` writes it."""
+    info = dataset.info.copy()
+    info.splits = datasets.SplitDict()
+    info.splits.add(datasets.SplitInfo(name="train", num_bytes=dataset.data.nbytes, num_examples=len(dataset)))
+    info.download_size = parquet_path.stat().st_size
+    info.dataset_size = dataset.data.nbytes
+    return info
 
 
 def save_distilled(
@@ -70,8 +64,14 @@ def save_distilled(
     statistics: Any = None,
     preprocessing: Any = None,
     backbone: str = "",
+    backbone_revision: str | None = None,
+    **card_kwargs: Any,
 ) -> Path:
-    """Write the folder described in the module docstring, atomically (a kill leaves any previous one intact)."""
+    """Write the folder described in the module docstring, atomically (a kill leaves any previous one intact).
+
+    `card_kwargs` go to `hf_sfm.hub.dataset_card` (`results`, `repo_id`, `classifier_repo_id`, `source_dataset`,
+    `license`, `pretty_name`, `template_path`); the card is rendered last so it lists the folder's files.
+    """
     dataset = distilled_dataset(images, labels, class_names)
     with atomic_path(path) as staged:
         datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged))
@@ -88,10 +88,23 @@ def save_distilled(
             "config": config.to_dict() if hasattr(config, "to_dict") else config,
             "preprocessing": preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else preprocessing,
             "backbone": backbone,
+            "backbone_revision": backbone_revision,
             "class_names": list(class_names),
             "versions": library_versions(),
         }
         (staged / CONFIG_FILE).write_text(json.dumps(run, indent=2, sort_keys=True))
         save_image_grid(images, labels, class_names, staged / "grid.png")
-        (staged / "README.md").write_text(_card(class_names, len(labels), backbone, config))
+        card = dataset_card(
+            class_names=list(class_names),
+            num_images=len(labels),
+            config=config,
+            backbone=backbone,
+            backbone_revision=backbone_revision,
+            dataset_info=_dataset_info(dataset, staged / PARQUET_FILE),
+            files=[*folder_files(staged), "README.md"],
+            preprocessing=run["preprocessing"],
+            versions=run["versions"],
+            **card_kwargs,
+        )
+        (staged / "README.md").write_text(str(card), encoding="utf-8")
     return Path(path)
