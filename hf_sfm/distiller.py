@@ -226,6 +226,10 @@ class Distiller:
             if len(members) < ipc:
                 raise ValueError(f"Class {name!r} has {len(members)} training images; {ipc} were requested.")
             indices += members[torch.randperm(len(members), generator=generator)[:ipc]].tolist()
+        return self.real_images(indices, size)
+
+    def real_images(self, indices: list[int], size: int | None = None) -> torch.Tensor:
+        """Training images at `indices`, resized and center-cropped like synthetic ones: `(N, 3, S, S)` in `[0, 1]`."""
         size = size or self.image_size
         preprocessing = ImagePreprocessing(size, size, self.preprocessing.image_mean, self.preprocessing.image_std)
         return preprocessing(self.train_dataset[indices][self.image_column])
