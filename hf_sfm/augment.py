@@ -38,15 +38,32 @@ class Augmentation:
             noise_std=args.noise_std,
         )
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        shard: slice | None = None,
+        total: int | None = None,
+    ) -> torch.Tensor:
+        """One random view per image.
+
+        With `shard` and `total`, `images` are rows `shard` of a set of `total` images (one process's share of a
+        sharded synthetic set): the randomness is drawn for all `total` images, in the same order as for the whole
+        set, and the rows `shard` are used. So every image gets the same view whatever the number of processes
+        (at the price of drawing the noise of the whole set, `(total, 3, out, out)`, on every process).
+        """
         num_images = images.shape[0]
-        theta = self.sample_affine(num_images, generator).to(images)
+        num_draws, rows = (total, shard) if shard is not None else (num_images, slice(None))
+        if num_draws is None or len(range(num_draws)[rows]) != num_images:
+            raise ValueError(f"shard={shard} of total={total} images does not match {num_images} images.")
+        theta = self.sample_affine(num_draws, generator)[rows].to(images)
         if self.flip or self.crop or images.shape[-1] != self.output_size:
             grid = F.affine_grid(theta, [num_images, 3, self.output_size, self.output_size], align_corners=False)
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if self.noise and self.noise_std > 0:
-            apply = (torch.rand(num_images, 1, 1, 1, generator=generator) < 0.5).to(images)
-            noise = torch.randn(images.shape, generator=generator).to(images)
+            apply = (torch.rand(num_draws, 1, 1, 1, generator=generator)[rows] < 0.5).to(images)
+            noise = torch.randn((num_draws, *images.shape[1:]), generator=generator)[rows].to(images)
             images = images + apply * self.noise_std * noise
         return images
 

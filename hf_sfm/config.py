@@ -45,6 +45,11 @@ class DistillationConfig:
 
     > Logging and saving
         output_dir, overwrite_output_dir, logging_steps, save_steps, save_grid.
+        save_total_limit, resume_from_checkpoint: checkpoints `<output_dir>/checkpoint-<step>` and resuming from them.
+        report_to, grid_steps: optional Accelerate trackers (TensorBoard, W&B, …) and the periodic image grid.
+
+    > Scale
+        gradient_checkpointing: recompute the backbone's blocks in the backward pass (big backbones, many images).
     """
 
     # Logging and saving
@@ -53,7 +58,27 @@ class DistillationConfig:
         default=False, metadata={"help": "Allow writing into an output_dir that already holds other content."}
     )
     logging_steps: int = field(default=50, metadata={"help": "Log the loss every this many steps."})
-    save_steps: int = field(default=0, metadata={"help": "Checkpoint every this many steps (0: only at the end)."})
+    save_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Checkpoint to <output_dir>/checkpoint-<step> every this many steps and at the last (0: never)."
+        },
+    )
+    save_total_limit: int | None = field(
+        default=None, metadata={"help": "Keep only the newest this many checkpoints (default: keep all)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Resume from this checkpoint folder, or 'latest' for the newest one in output_dir."},
+    )
+    report_to: str = field(
+        default="none",
+        metadata={"help": "Accelerate trackers to log to: 'none', 'all', or a comma list such as 'tensorboard,wandb'."},
+    )
+    grid_steps: int = field(
+        default=0,
+        metadata={"help": "Save (and log to trackers) the synthetic image grid every this many steps (0: never)."},
+    )
     save_grid: bool = field(
         default=True, metadata={"help": "Save a PNG grid of the synthetic images (one row per class)."}
     )
@@ -68,6 +93,13 @@ class DistillationConfig:
     seed: int = field(default=0, metadata={"help": "Seed for initialisation and augmentation."})
     mixed_precision: str = field(
         default="no", metadata={"help": f"Autocast of the backbone forward, one of {MIXED_PRECISION}."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute the backbone's blocks in the backward pass: keeps one block's activations instead "
+            "of all, for one extra backbone forward per step."
+        },
     )
     lgm_rounds: int = field(
         default=10, metadata={"help": "LGM only: augmented copies of the synthetic set per step (reference: 10)."}
@@ -120,9 +152,11 @@ class DistillationConfig:
         for name in ("ipc", "num_steps", "statistics_batch_size", "lgm_rounds", "pyramid_level_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DistillationConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("logging_steps", "save_steps"):
+        for name in ("logging_steps", "save_steps", "grid_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillationConfig.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(f"DistillationConfig.save_total_limit must be >= 1 or None, got {self.save_total_limit}.")
         if self.learning_rate <= 0:
             raise ValueError(f"DistillationConfig.learning_rate must be > 0, got {self.learning_rate}.")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:

@@ -7,6 +7,7 @@ The method-specific maths (SFM, its decoupled variant, LGM) lives in `hf_sfm.met
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -23,9 +25,23 @@ from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from .augment import Augmentation
+from .checkpointing import (
+    CHECKPOINT_PREFIX,
+    LoopState,
+    check_resume_compatible,
+    load_checkpoint,
+    prune_checkpoints,
+    read_run_state,
+    resolve_checkpoint,
+    save_checkpoint,
+    statistics_digest,
+)
 from .config import DistillationConfig
 from .data import class_names_of, find_image_column, find_label_column
+from .distributed import all_reduce_sum, gather_shards, shard_range
 from .features import FeatureExtractor, FeatureFn
+from .io_utils import atomic_path
+from .memory import enable_gradient_checkpointing
 from .methods import DistillationMethod, get_method
 from .preprocessing import ImagePreprocessing
 from .statistics import ClassStatistics, compute_class_statistics
@@ -36,6 +52,29 @@ logger = get_logger(__name__)
 
 STATISTICS_FILE = "statistics.safetensors"
 GRID_FILE = "synthetic_grid.png"
+
+
+def _trackers(report_to: str | None) -> str | list[str] | None:
+    """`DistillationConfig.report_to` → `Accelerator(log_with=...)`: `None` for "none", else "all" or a list."""
+    if report_to in (None, "", "none"):
+        return None
+    if report_to == "all":
+        return "all"
+    return [name.strip() for name in report_to.split(",") if name.strip()]
+
+
+def _generators_of(method: torch.nn.Module, prefix: str) -> dict[str, torch.Generator]:
+    """The `torch.Generator`s a method draws from (its own attributes, and those of objects it holds, such as
+    LGM's real-batch stream): a checkpoint saves their states so a resumed run draws the same numbers."""
+    found = {}
+    for name, value in vars(method).items():
+        if isinstance(value, torch.Generator):
+            found[f"{prefix}.{name}"] = value
+        elif hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module | torch.Tensor | type):
+            for inner, inner_value in vars(value).items():
+                if isinstance(inner_value, torch.Generator):
+                    found[f"{prefix}.{name}.{inner}"] = inner_value
+    return found
 
 
 @dataclass
@@ -74,7 +113,9 @@ class Distiller:
         accelerator: Accelerator | None = None,
     ):
         self.args = args
-        self.accelerator = accelerator or Accelerator(mixed_precision=args.mixed_precision)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=args.mixed_precision, log_with=_trackers(args.report_to), project_dir=args.output_dir
+        )
         set_seed(args.seed)
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
@@ -91,11 +132,19 @@ class Distiller:
         self.preprocessing = ImagePreprocessing.from_image_processor(image_processor, args.crop_size)
         self.image_size = args.image_size or round(self.preprocessing.crop_size * 8 / 7)
         self.feature_extractor = FeatureExtractor(model, self.preprocessing, feature_fn).to(self.accelerator.device)
+        if args.gradient_checkpointing and not enable_gradient_checkpointing(self.feature_extractor.model):
+            logger.warning(
+                f"gradient_checkpointing: found no blocks to checkpoint in {type(model).__name__}; running without.",
+                main_process_only=True,
+            )
         self.augmentation = Augmentation.from_config(args, output_size=self.preprocessing.crop_size)
         self.statistics = statistics
         self.synthetic: SyntheticImages | None = None
         self.labels = synthetic_labels(self.num_classes, args.ipc)
         self.output_dir = Path(args.output_dir)
+        self._shard: tuple[int, int, int] | None = None  # (start, stop, N) while the synthetic set is sharded
+        self._loop_state: LoopState | None = None
+        self._loop_state_registered = False
 
     # ------------------------------------------------------------------ properties
 
@@ -106,7 +155,7 @@ class Distiller:
     @property
     def reduce_sum(self):
         """Differentiable sum over processes of per-class sums (identity with one process)."""
-        return None
+        return all_reduce_sum if self.accelerator.num_processes > 1 else None
 
     # ------------------------------------------------------------------ statistics
 
@@ -165,19 +214,20 @@ class Distiller:
             dataset = split_dataset_by_node(
                 dataset, rank=self.accelerator.process_index, world_size=self.accelerator.num_processes
             )
+        # Each process maps its own shard under its own fingerprint, so no cache file is shared and the passes run
+        # side by side (`main_process_first` would only serialise them).
         fingerprint = Hasher.hash([metadata, self.accelerator.process_index, self.accelerator.num_processes])
-        with self.accelerator.main_process_first():
-            statistics = compute_class_statistics(
-                dataset,
-                embed,
-                image_column=self.image_column,
-                label_column=self.label_column,
-                class_names=self.class_names,
-                batch_size=self.args.statistics_batch_size,
-                num_proc=self.args.statistics_num_proc,
-                new_fingerprint=fingerprint,
-                metadata=metadata,
-            )
+        statistics = compute_class_statistics(
+            dataset,
+            embed,
+            image_column=self.image_column,
+            label_column=self.label_column,
+            class_names=self.class_names,
+            batch_size=self.args.statistics_batch_size,
+            num_proc=self.args.statistics_num_proc,
+            new_fingerprint=fingerprint,
+            metadata=metadata,
+        )
         if self.accelerator.num_processes > 1:
             statistics.feature_sums = self.accelerator.reduce(statistics.feature_sums.to(device), "sum").cpu()
             statistics.counts = self.accelerator.reduce(statistics.counts.to(device), "sum").cpu()
@@ -237,56 +287,250 @@ class Distiller:
     def create_method(self) -> DistillationMethod:
         return get_method(self.args.method).from_distiller(self).to(self.accelerator.device)
 
-    def train(self) -> DistillationOutput:
-        """Optimise the synthetic images; returns the loss curve. Computes statistics first if needed."""
-        args = self.args
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> DistillationOutput:
+        """Optimise the synthetic images; returns the loss curve. Computes statistics first if needed.
+
+        With several processes (`accelerate launch`), each process optimises a contiguous shard of the
+        `C · ipc` images and the per-class feature sums are all-reduced, so the result equals a one-process
+        run (to float tolerance). `resume_from_checkpoint` (or `args.resume_from_checkpoint`): a
+        `checkpoint-<step>` folder, or `"latest"`/`True` for the newest one in `output_dir`.
+        """
+        args, accelerator = self.args, self.accelerator
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = args.resume_from_checkpoint
         if get_method(args.method).needs_statistics and self.statistics is None:
             self.compute_statistics()
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.output_dir)
         synthetic = self.init_synthetic()
+        num_images = synthetic.num_images
+        shard = self._shard_synthetic(synthetic)
         method = self.create_method()
-        labels = self.labels.to(self.accelerator.device)
+        labels = self.labels[shard[0] : shard[1]].to(accelerator.device)
         generator = torch.Generator().manual_seed(args.seed + 1)
+        sharded = accelerator.num_processes > 1
+        step_images: list[torch.Tensor] = []
 
         def embed(images: torch.Tensor) -> torch.Tensor:
-            return self.feature_extractor(self.augmentation(images, generator))
+            if sharded and step_images and images is step_images[0]:
+                # This process's synthetic shard: draw the views of all N images, keep ours (same as one process).
+                views = self.augmentation(images, generator, shard=slice(*shard), total=num_images)
+            else:
+                views = self.augmentation(images, generator)
+            return self.feature_extractor(views)
 
         self._warn_if_pyramid_incomplete(synthetic)
-        optimizer = torch.optim.Adam(synthetic.active_parameters(), lr=args.learning_rate)
+        loop_state = self._loop_state_for(generator, method)
+
+        def make_optimizer(parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+            return torch.optim.Adam(parameters, lr=args.learning_rate)
+
         losses: list[float] = []
+        if checkpoint is not None:
+            optimizer, losses = self._resume(checkpoint, synthetic, make_optimizer, shard, num_images)
+        else:
+            optimizer = make_optimizer(synthetic.active_parameters())
+        first_step = len(losses)
+        self._init_trackers()
         progress = tqdm(
-            range(args.num_steps),
+            range(first_step, args.num_steps),
             desc=f"Distilling ({args.method})",
-            disable=not self.accelerator.is_local_main_process,
+            initial=first_step,
+            total=args.num_steps,
+            disable=not accelerator.is_local_main_process,
         )
         start = time.perf_counter()
         for step in progress:
             if step > 0 and step % args.pyramid_level_every == 0 and synthetic.grow():
                 # A new level joins: a fresh optimiser, as Adam's moments of the old levels no longer describe it.
-                optimizer = torch.optim.Adam(synthetic.active_parameters(), lr=args.learning_rate)
-            with self.accelerator.autocast():
-                loss = method(synthetic.decode(), labels, embed)
+                optimizer = make_optimizer(synthetic.active_parameters())
+            with accelerator.autocast():
+                step_images[:] = [synthetic.decode()]
+                loss = method(step_images[0], labels, embed)
+            step_images.clear()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"The {args.method} loss became {loss.item()} at step {step}. Likely causes: features "
                     "overflowing in reduced precision (try mixed_precision='no'), or a learning rate too high."
                 )
             optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss)
-            optimizer.step()
+            accelerator.backward(loss)
+            if accelerator.scaler is not None:  # fp16: unscale, skip steps with overflowing gradients
+                accelerator.scaler.step(optimizer)
+                accelerator.scaler.update()
+            else:
+                optimizer.step()
             losses.append(loss.item())
+            loop_state.step = step + 1
             progress.set_postfix(loss=f"{losses[-1]:.4f}", levels=int(synthetic.num_active_levels))
             if args.logging_steps and (step + 1) % args.logging_steps == 0:
                 logger.info(f"step {step + 1}/{args.num_steps} loss {losses[-1]:.5f}", main_process_only=True)
+                accelerator.log({"loss": losses[-1], "pyramid_levels": int(synthetic.num_active_levels)}, step=step + 1)
+            if args.grid_steps and (step + 1) % args.grid_steps == 0:
+                self._log_grid(step + 1)
+            if args.save_steps and ((step + 1) % args.save_steps == 0 or step + 1 == args.num_steps):
+                self._save_checkpoint(step + 1, optimizer, shard, num_images, losses)
         runtime = time.perf_counter() - start
-        if args.save_grid and self.accelerator.is_main_process:
+        self._unshard_synthetic(num_images)
+        if args.save_grid and accelerator.is_main_process:
             self.save_grid(self.output_dir / GRID_FILE)
+        steps_run = args.num_steps - first_step
         return DistillationOutput(
             num_steps=args.num_steps,
             final_loss=losses[-1] if losses else math.nan,
             losses=losses,
             train_runtime=runtime,
-            seconds_per_step=runtime / max(1, args.num_steps),
+            seconds_per_step=runtime / max(1, steps_run),
         )
+
+    # ------------------------------------------------------------------ several processes, checkpoints, trackers
+
+    def _shard_synthetic(self, synthetic: SyntheticImages) -> tuple[int, int]:
+        """Keep this process's contiguous rows `[start, stop)` of the (identically initialised) synthetic set."""
+        num_images, num_processes = synthetic.num_images, self.accelerator.num_processes
+        if num_processes == 1:
+            return 0, num_images
+        if num_images < num_processes:
+            raise ValueError(
+                f"{num_images} synthetic images cannot be shared among {num_processes} processes (each needs at "
+                "least one). Launch fewer processes or raise ipc."
+            )
+        start, stop = shard_range(num_images, num_processes, self.accelerator.process_index)
+        for i, level in enumerate(synthetic.levels):
+            synthetic.levels[i] = torch.nn.Parameter(level.detach()[start:stop].clone())
+        self._shard = (start, stop, num_images)
+        return start, stop
+
+    def _unshard_synthetic(self, num_images: int) -> None:
+        """Gather every process's rows so that each process holds the whole synthetic set again."""
+        if self._shard is None:
+            return
+        with torch.no_grad():
+            for i, level in enumerate(self.synthetic.levels):
+                full = gather_shards(self.accelerator, level.detach(), num_images)
+                self.synthetic.levels[i] = torch.nn.Parameter(full)
+        self._shard = None
+
+    def _loop_state_for(self, generator: torch.Generator, method: DistillationMethod) -> LoopState:
+        """The step counter and random generators a checkpoint must hold (registered with the accelerator once)."""
+        generators = {"augmentation": generator, **_generators_of(method, prefix="method")}
+        if self._loop_state is None:
+            self._loop_state = LoopState(generators)
+        self._loop_state.generators = generators
+        self._loop_state.step = 0
+        return self._loop_state
+
+    def _register_loop_state(self) -> None:
+        """`Accelerator.save_state`/`load_state` then carry the loop state (only runs that checkpoint register)."""
+        if not self._loop_state_registered:
+            self.accelerator.register_for_checkpointing(self._loop_state)
+            self._loop_state_registered = True
+
+    def checkpoint_fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint is checked against on resume (see `hf_sfm.checkpointing.REQUIRED_KEYS`)."""
+        args = self.args
+        means = self.statistics.class_means if self.statistics is not None else None
+        fingerprint = {
+            "method": args.method,
+            "ipc": args.ipc,
+            "class_names": self.class_names,
+            "image_size": self.image_size,
+            "parameterization": args.parameterization,
+            "decorrelate_color": args.decorrelate_color,
+            "backbone": self.statistics_metadata()["backbone"],
+            "statistics": statistics_digest(means),
+            # Allowed to change, with a warning: the run continues but differs from an uninterrupted one.
+            "crop_size": self.preprocessing.crop_size,
+            "learning_rate": args.learning_rate,
+            "pyramid_level_every": args.pyramid_level_every,
+            "augmentation": dataclasses.asdict(self.augmentation),
+            "mixed_precision": args.mixed_precision,
+            "lgm_rounds": args.lgm_rounds if args.method == "lgm" else None,
+            "num_processes": self.accelerator.num_processes,
+        }
+        return json.loads(json.dumps(fingerprint))
+
+    def _save_checkpoint(
+        self, step: int, optimizer: torch.optim.Optimizer, shard: tuple[int, int], num_images: int, losses: list[float]
+    ) -> Path:
+        self._register_loop_state()
+        run_state = {
+            "step": step,
+            "num_steps": self.args.num_steps,
+            "losses": losses,
+            "fingerprint": self.checkpoint_fingerprint(),
+            "config": self.args.to_dict(),
+            "versions": library_versions(),
+        }
+        target = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        save_checkpoint(
+            self.accelerator,
+            target,
+            levels=list(self.synthetic.levels),
+            optimizer=optimizer,
+            shard=shard,
+            num_images=num_images,
+            num_active_levels=int(self.synthetic.num_active_levels),
+            run_state=run_state,
+        )
+        if self.accelerator.is_main_process:
+            prune_checkpoints(self.output_dir, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+        logger.info(f"Saved checkpoint {target}", main_process_only=True)
+        return target
+
+    def _resume(self, checkpoint, synthetic, make_optimizer, shard, num_images):
+        saved = read_run_state(checkpoint)
+        check_resume_compatible(saved["fingerprint"], self.checkpoint_fingerprint(), checkpoint)
+        if saved["step"] > self.args.num_steps:
+            raise ValueError(
+                f"{checkpoint} is at step {saved['step']}, beyond num_steps={self.args.num_steps}. Raise num_steps "
+                "to continue it."
+            )
+        self._register_loop_state()
+        optimizer = load_checkpoint(
+            self.accelerator,
+            checkpoint,
+            synthetic=synthetic,
+            make_optimizer=make_optimizer,
+            shard=shard,
+            num_images=num_images,
+        )
+        if self._loop_state.step != saved["step"]:
+            raise ValueError(f"{checkpoint} is inconsistent: step {saved['step']} vs {self._loop_state.step}.")
+        logger.info(f"Resumed from {checkpoint} at step {saved['step']}", main_process_only=True)
+        return optimizer, list(saved["losses"][: saved["step"]])
+
+    def _init_trackers(self) -> None:
+        if self.args.report_to in ("none", "", None) or self.accelerator.trackers:
+            return
+        config = {
+            key: value if isinstance(value, int | float | str | bool) else str(value)
+            for key, value in self.args.to_dict().items()
+        }
+        self.accelerator.init_trackers("hf_sfm", config=config)
+
+    def _log_grid(self, step: int) -> None:
+        """Save the grid of the current images to `<output_dir>/grids/` and log it to the trackers."""
+        with torch.no_grad():
+            images = self.synthetic.decode().float()
+        if self._shard is not None:
+            images = gather_shards(self.accelerator, images, self._shard[2])
+        if not self.accelerator.is_main_process:
+            return
+        from .visualization import image_grid
+
+        grid = image_grid(images.cpu(), self.labels, self.class_names)
+        path = self.output_dir / "grids" / f"step-{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as staged:
+            grid.save(staged, format="PNG")
+        for tracker in self.accelerator.trackers:
+            if not hasattr(tracker, "log_images"):
+                continue
+            if tracker.name == "tensorboard":
+                tracker.log_images({"synthetic_grid": np.asarray(grid)[None]}, step=step, dataformats="NHWC")
+            else:
+                tracker.log_images({"synthetic_grid": [grid]}, step=step)
 
     def _warn_if_pyramid_incomplete(self, synthetic: SyntheticImages) -> None:
         levels_reached = 1 + (self.args.num_steps - 1) // self.args.pyramid_level_every
@@ -301,11 +545,18 @@ class Distiller:
     # ------------------------------------------------------------------ results
 
     def synthetic_images(self) -> torch.Tensor:
-        """The current synthetic images, `(C · ipc, 3, S, S)` in `[0, 1]`, on the CPU."""
+        """The current synthetic images, `(C · ipc, 3, S, S)` in `[0, 1]`, on the CPU.
+
+        After `train()` every process holds the whole set. While a multi-process run is still sharded (e.g. from a
+        callback), this gathers the shards: a collective that every process must call.
+        """
         if self.synthetic is None:
             raise RuntimeError("There are no synthetic images yet: call `train()` first.")
         with torch.no_grad():
-            return self.synthetic.decode().float().cpu()
+            images = self.synthetic.decode().float()
+        if self._shard is not None:
+            images = gather_shards(self.accelerator, images, self._shard[2])
+        return images.cpu()
 
     def distilled_dataset(self) -> datasets.Dataset:
         """The synthetic set as a `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""

@@ -1,0 +1,303 @@
+"""Checkpoints of a distillation run, and resuming from them.
+
+A checkpoint is one folder `<output_dir>/checkpoint-<step>`, written through `Accelerator.save_state` and made
+visible in one rename (a run killed mid-save leaves the previous checkpoints intact and no half folder):
+
+    random_states_<process>.pkl       accelerate: Python / NumPy / torch RNG states of every process
+    custom_checkpoint_0.pkl           accelerate: the registered `LoopState` (step, the loop's torch generators)
+    synthetic-<p>-of-<P>.safetensors  every process's shard of the image parameters and of the optimiser moments
+    distillation_state.json           step, loss curve, config, and the fingerprint a resume is checked against
+
+The shards are plain row ranges of `(N, ...)` tensors, so a checkpoint written by `P` processes can be resumed by
+any number of processes (each reads only the rows it owns). With the same number of processes the resumed run is
+bit-identical to an uninterrupted one on CPU.
+
+`accelerate` writes registered objects from the main process only, which is right for `LoopState` (the same on every
+process) but not for the image shards; those each process writes itself, into the same staged folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .io_utils import atomic_path
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+RUN_STATE_FILE = "distillation_state.json"
+SHARD_PATTERN = "synthetic-{index:05d}-of-{count:05d}.safetensors"
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+# Fingerprint entries that must agree for a checkpoint to be resumed at all (its tensors would be meaningless).
+REQUIRED_KEYS = (
+    "method",
+    "ipc",
+    "class_names",
+    "image_size",
+    "parameterization",
+    "decorrelate_color",
+    "backbone",
+    "statistics",
+)
+
+
+class LoopState:
+    """The loop's counters and random generators, registered with `Accelerator.register_for_checkpointing`.
+
+    `generators` are the loop's own `torch.Generator`s (augmentation, and any the method draws from); their
+    states are what makes a resumed run draw the same augmentations as an uninterrupted one.
+    """
+
+    def __init__(self, generators: dict[str, torch.Generator]):
+        self.step = 0
+        self.generators = generators
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "generators": {name: g.get_state() for name, g in self.generators.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted(set(self.generators) - set(state["generators"]))
+        if missing:
+            raise ValueError(
+                f"The checkpoint has no state for the generators {missing}; was it made by another method?"
+            )
+        self.step = int(state["step"])
+        for name, generator in self.generators.items():
+            generator.set_state(state["generators"][name])
+
+
+def statistics_digest(class_means: torch.Tensor | None) -> str | None:
+    """A short hash of the real class means `(C, D)`: the target a run optimises towards."""
+    if class_means is None:
+        return None
+    return hashlib.sha256(class_means.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse a checkpoint whose tensors mean something else; warn when only the trajectory will differ.
+
+    `saved` / `current` are fingerprints: `REQUIRED_KEYS` must be equal; any other difference (learning rate,
+    augmentation, number of processes, …) is allowed but means the result will not equal an uninterrupted run.
+    """
+    mismatched = [key for key in REQUIRED_KEYS if saved.get(key) != current.get(key)]
+    if mismatched:
+        details = "; ".join(
+            f"{key}: checkpoint {saved.get(key)!r} vs this run {current.get(key)!r}" for key in mismatched
+        )
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: it was made by an incompatible run ({details}). Resume with the "
+            "checkpoint's settings, or start a fresh run (another output_dir, or resume_from_checkpoint=None)."
+        )
+    changed = sorted(
+        key for key in set(saved) | set(current) if key not in REQUIRED_KEYS and saved.get(key) != current.get(key)
+    )
+    if changed:
+        logger.warning(
+            "Resuming from %s with changed settings (%s): the run continues, but will not reproduce an "
+            "uninterrupted run.",
+            checkpoint,
+            ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in changed),
+        )
+
+
+# ---------------------------------------------------------------------------------------------- finding checkpoints
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    match = _CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest first (staged, unfinished folders are hidden and skipped)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [
+        path
+        for path in output_dir.iterdir()
+        if path.is_dir() and checkpoint_step(path) is not None and (path / RUN_STATE_FILE).is_file()
+    ]
+    return sorted(found, key=checkpoint_step)
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str | Path) -> Path | None:
+    """`None`/`False` → no resume; `True`/`"latest"`/`"true"` → newest checkpoint in `output_dir`; else a path."""
+    if resume_from_checkpoint in (None, False, "", "false", "False", "none", "None"):
+        return None
+    if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() in ("true", "latest", "last"):
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            raise FileNotFoundError(
+                f"resume_from_checkpoint asks for the latest checkpoint, but {output_dir} holds no complete "
+                f"'{CHECKPOINT_PREFIX}<step>' folder. Set save_steps > 0 in the first run, or drop "
+                "resume_from_checkpoint."
+            )
+        return checkpoints[-1]
+    path = Path(resume_from_checkpoint)
+    if not (path / RUN_STATE_FILE).is_file():
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={str(path)!r} is not a checkpoint folder (no {RUN_STATE_FILE} in it). "
+            f"Point it at an '{CHECKPOINT_PREFIX}<step>' folder, or pass 'latest'."
+        )
+    return path
+
+
+def read_run_state(checkpoint: str | Path) -> dict[str, Any]:
+    return json.loads((Path(checkpoint) / RUN_STATE_FILE).read_text())
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (and leftovers of saves that were killed). Main process only."""
+    output_dir = Path(output_dir)
+    removed = []
+    for leftover in output_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if keep:
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old)
+            removed.append(old)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------- saving and loading
+
+
+@contextlib.contextmanager
+def _staged_folder(accelerator: Accelerator, target: Path) -> Iterator[Path]:
+    """A temporary folder all processes write into; renamed to `target` when every process is done."""
+    if accelerator.is_main_process:
+        with atomic_path(target) as staged:
+            staged.mkdir()
+            broadcast_object_list([str(staged)], from_process=0)
+            yield staged
+            accelerator.wait_for_everyone()
+    else:
+        shared = [None]
+        broadcast_object_list(shared, from_process=0)
+        yield Path(shared[0])
+        accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # nobody reads `target` before the main process has renamed it
+
+
+def _shard_tensors(levels: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Image parameters `level.<i>` `(n, 3, s, s)` and the optimiser state of every active level."""
+    tensors = {f"level.{i}": level.detach().cpu().contiguous() for i, level in enumerate(levels)}
+    for j, parameter in enumerate(optimizer.param_groups[0]["params"]):
+        for key, value in optimizer.state.get(parameter, {}).items():
+            if torch.is_tensor(value):
+                # Row-sharded like the parameter, or a scalar such as Adam's step (the same on every shard).
+                tensors[f"optimizer.{j}.{key}"] = value.detach().cpu().reshape(value.shape or (1,)).contiguous()
+    return tensors
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    target: Path,
+    *,
+    levels: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    shard: tuple[int, int],
+    num_images: int,
+    num_active_levels: int,
+    run_state: dict[str, Any],
+) -> Path:
+    """Write checkpoint folder `target` (see the module docstring). A collective: every process calls it."""
+    with _staged_folder(accelerator, target) as staged:
+        accelerator.save_state(str(staged))
+        shard_file = staged / SHARD_PATTERN.format(index=accelerator.process_index, count=accelerator.num_processes)
+        metadata = {
+            "start": str(shard[0]),
+            "stop": str(shard[1]),
+            "num_images": str(num_images),
+            "num_active_levels": str(num_active_levels),
+        }
+        save_file(_shard_tensors(levels, optimizer), str(shard_file), metadata=metadata)
+        if accelerator.is_main_process:
+            (staged / RUN_STATE_FILE).write_text(json.dumps(run_state, indent=2, sort_keys=True))
+    return target
+
+
+def _read_rows(checkpoint: Path, start: int, stop: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Rows `[start, stop)` of every row-sharded tensor, assembled from whichever shard files hold them."""
+    pieces: dict[str, list[torch.Tensor]] = {}
+    scalars: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
+    files = sorted(checkpoint.glob("synthetic-*-of-*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"{checkpoint} holds no synthetic-*.safetensors shard files; it is not a complete checkpoint."
+        )
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = dict(handle.metadata())
+            first, last = int(metadata["start"]), int(metadata["stop"])
+            low, high = max(start, first), min(stop, last)
+            for name in handle.keys():  # noqa: SIM118 — safe_open handles are not iterable
+                view = handle.get_slice(name)
+                if name.startswith("optimizer.") and view.get_shape() == [1]:
+                    scalars.setdefault(name, handle.get_tensor(name))
+                elif low < high:
+                    pieces.setdefault(name, []).append(view[low - first : high - first])
+    rows = {name: torch.cat(parts) for name, parts in pieces.items()}
+    covered = rows["level.0"].shape[0] if "level.0" in rows else 0
+    if covered != stop - start:
+        raise ValueError(
+            f"The shards in {checkpoint} cover {covered} of the rows [{start}, {stop}) this process needs."
+        )
+    return {**rows, **scalars}, metadata
+
+
+def load_checkpoint(
+    accelerator: Accelerator,
+    checkpoint: Path,
+    *,
+    synthetic: torch.nn.Module,
+    make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+    shard: tuple[int, int],
+    num_images: int,
+) -> torch.optim.Optimizer:
+    """Restore RNG states and `LoopState` (via `Accelerator.load_state`), this process's image rows and the
+    optimiser; returns the optimiser, rebuilt over the active levels as the loop would have it."""
+    accelerator.load_state(str(checkpoint))
+    tensors, metadata = _read_rows(checkpoint, *shard)
+    if int(metadata["num_images"]) != num_images:
+        raise ValueError(f"{checkpoint} holds {metadata['num_images']} synthetic images; this run has {num_images}.")
+    with torch.no_grad():
+        for i, level in enumerate(synthetic.levels):
+            saved = tensors.get(f"level.{i}")
+            if saved is None or saved.shape != level.shape:
+                raise ValueError(
+                    f"Pyramid level {i} in {checkpoint} has shape {None if saved is None else tuple(saved.shape)}, "
+                    f"this run expects {tuple(level.shape)}."
+                )
+            level.copy_(saved)
+        synthetic.num_active_levels.fill_(int(metadata["num_active_levels"]))
+    optimizer = make_optimizer(synthetic.active_parameters())
+    state = optimizer.state_dict()
+    for j, parameter in enumerate(synthetic.active_parameters()):
+        prefix = f"optimizer.{j}."
+        entry = {
+            name[len(prefix) :]: value.reshape(()) if value.shape == (1,) and parameter.shape != (1,) else value
+            for name, value in tensors.items()
+            if name.startswith(prefix)
+        }
+        if entry:
+            state["state"][j] = entry
+    optimizer.load_state_dict(state)
+    return optimizer

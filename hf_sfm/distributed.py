@@ -1,0 +1,75 @@
+"""Several processes, one synthetic set: sharding and the two collectives SFM needs.
+
+Each process owns a contiguous slice of the `N = C · ipc` synthetic images (`shard_range`), computes the features of
+its slice only, and the per-class feature sums and counts are summed over processes (`all_reduce_sum`) before the
+class means, the flow and the loss. Every process then holds the same loss, and the gradient of that loss reaches
+only its own images. Because the slices are cut from a set initialised with one seed, and the augmentation draws
+its randomness for all `N` images on every process (`Augmentation(..., shard=, total=)`), a run on `P` processes
+optimises the same images as a run on one (to float tolerance: the sums are added in another order).
+
+All collectives go through `accelerate` (`reduce`, `gather`, `pad_across_processes`), so the same code runs on
+NCCL (GPUs) and gloo (CPUs).
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import reduce
+
+
+def shard_range(num_items: int, num_shards: int, index: int) -> tuple[int, int]:
+    """`[start, stop)` of shard `index` when `num_items` rows are cut into `num_shards` contiguous shards.
+
+    The first `num_items % num_shards` shards get one row more (like `numpy.array_split`).
+    """
+    if not 0 <= index < num_shards:
+        raise ValueError(f"Shard index {index} is outside 0..{num_shards - 1}.")
+    base, extra = divmod(num_items, num_shards)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes in the forward pass; the identity in the backward pass.
+
+    The identity is the right backward here because every process computes the *same* loss from the summed
+    tensor: the gradient arriving at the sum is that loss's gradient, and this process's contribution enters the
+    sum with coefficient 1. (`torch.distributed.nn.all_reduce` sums the incoming gradients over processes
+    instead, which is right when each process has its own loss and their sum is optimised; here it would
+    multiply every gradient by the number of processes.)
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        return reduce(tensor.contiguous(), "sum")
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        return grad_output
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of `tensor` (any shape, same on every process) over all processes."""
+    return _AllReduceSum.apply(tensor)
+
+
+def gather_shards(accelerator: Accelerator, shard: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Concatenate every process's shard `(n_p, ...)` along dim 0 into `(num_items, ...)`, on every process.
+
+    Shards may differ in length by one row (`shard_range`); they are padded to the longest, gathered, and the
+    padding is cut out again. A collective: every process must call it.
+    """
+    if accelerator.num_processes == 1:
+        return shard
+    longest = shard_range(num_items, accelerator.num_processes, 0)
+    longest = longest[1] - longest[0]
+    padded = accelerator.pad_across_processes(shard.contiguous(), dim=0)
+    if padded.shape[0] != longest:
+        raise RuntimeError(f"Shards of {num_items} rows should pad to {longest} rows, got {padded.shape[0]}.")
+    gathered = accelerator.gather(padded)
+    pieces = []
+    for index in range(accelerator.num_processes):
+        start, stop = shard_range(num_items, accelerator.num_processes, index)
+        pieces.append(gathered[index * longest : index * longest + (stop - start)])
+    return torch.cat(pieces)
