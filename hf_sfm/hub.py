@@ -343,6 +343,7 @@ def dataset_card(
         backbone=backbone or "unknown",
         backbone_revision=backbone_revision or "",
         source_dataset=source_dataset or "",
+        source_is_hub_id=_is_hub_id(source_dataset),
         results=rows,
         grid_file=grid_file,
         recipe_yaml=_yaml_block(run) if run else "",
@@ -441,6 +442,7 @@ def model_card(
         grid_url=grid_url,
         method=method,
         model_class=type(model).__name__,
+        is_inherited=getattr(config, "model_type", "") == "hf_sfm_inherited",
         backbone=backbone or "unknown",
         backbone_revision=getattr(config, "backbone_revision", None) or "",
         distill_backbone=distill_backbone,
@@ -620,7 +622,8 @@ def push_folder(
     files = folder_files(folder)
     if "README.md" in files:
         validate_card_metadata((folder / "README.md").read_text(encoding="utf-8"), repo_type)
-    retry = f"The files are kept in {folder}; push them again with hf_sfm.hub.push_folder({str(folder)!r}, ...)."
+    again = {"dataset": "push_distilled", "model": "push_classifier"}.get(repo_type, "push_folder")
+    retry = f"The files are kept in {folder}; push them again with hf_sfm.hub.{again}({str(folder)!r}, {repo_id!r})."
     if not (token or get_token()):
         raise HubPushError(
             f"No Hugging Face token: pushing to {repo_id!r} needs one with write access. Run `hf auth login`, set "
@@ -677,13 +680,13 @@ def push_folder(
 
 def push_distilled(folder: str | Path, repo_id: str, **kwargs: Any):
     """Push a `save_distilled` folder as a dataset repo (one commit; stale data shards removed)."""
-    kwargs.setdefault("delete_patterns", DATASET_DELETE_PATTERNS)
-    kwargs.setdefault("commit_message", "Upload distilled dataset with hf_sfm")
+    kwargs["delete_patterns"] = kwargs.get("delete_patterns") or DATASET_DELETE_PATTERNS
+    kwargs["commit_message"] = kwargs.get("commit_message") or "Upload distilled dataset with hf_sfm"
     return push_folder(folder, repo_id, repo_type="dataset", **kwargs)
 
 
 def push_classifier(folder: str | Path, repo_id: str, **kwargs: Any):
     """Push a `save_classifier` folder as a model repo (one commit; stale weight shards removed)."""
-    kwargs.setdefault("delete_patterns", MODEL_DELETE_PATTERNS)
-    kwargs.setdefault("commit_message", "Upload inherited classifier with hf_sfm")
+    kwargs["delete_patterns"] = kwargs.get("delete_patterns") or MODEL_DELETE_PATTERNS
+    kwargs["commit_message"] = kwargs.get("commit_message") or "Upload inherited classifier with hf_sfm"
     return push_folder(folder, repo_id, repo_type="model", **kwargs)
