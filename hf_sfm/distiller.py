@@ -587,3 +587,34 @@ class Distiller:
         from .visualization import save_image_grid
 
         return save_image_grid(self.synthetic_images(), self.labels, self.class_names, path)
+
+    # ------------------------------------------------------------------ classifier inheritance (DESIGN §5)
+
+    def train_inherited_head(self, config=None, **overrides) -> torch.nn.Linear:
+        """Linear head `(D_distill → C)` on the full real features of this backbone; see `hf_sfm.inheritance`.
+
+        `config` is an `InheritedHeadConfig` (reference defaults: Adam 5e-4, batch 128, 10 epochs, cosine); keyword
+        overrides such as `augment=True` or `epochs=20` replace its fields.
+        """
+        from .inheritance import train_inherited_head
+
+        return train_inherited_head(self, config, **overrides)
+
+    def fit_projector(
+        self, eval_model=None, eval_image_processor=None, eval_feature_fn=None, images=None, config=None, **overrides
+    ) -> torch.nn.Linear:
+        """Projector `(D_eval → D_distill)` fitted on the distilled images by feature MSE; see `hf_sfm.inheritance`.
+
+        `eval_model=None` is this backbone (identity projector). `config` is a `ProjectorConfig`.
+        """
+        from .inheritance import fit_projector_for
+
+        return fit_projector_for(
+            self, eval_model, eval_image_processor, eval_feature_fn, images=images, config=config, **overrides
+        )
+
+    def inherited_classifier(self):
+        """The `from_pretrained` [`SFMInheritedClassifier`] (eval backbone → projector → inherited head)."""
+        from .inheritance import inherited_classifier
+
+        return inherited_classifier(self)

@@ -1,0 +1,294 @@
+"""`SFMInheritedClassifier`: the classifier a distilled set inherits, as a `from_pretrained` image classifier.
+
+Classifier inheritance (DESIGN §5): a linear head `W` is trained once on the *full real* features of the
+distillation backbone `φ_distill`; a linear projector `P: D_eval → D_distill` maps another (evaluation) backbone's
+features into that space, fitted on the distilled images only. At inference
+
+    logits = W · P(φ_eval(x))
+
+so the model is: eval backbone (frozen, part of the model, so it predicts from pixels) → `projector` → `classifier`.
+
+This file is deliberately self-contained (it imports only `torch` and `transformers`): `save_pretrained` copies it
+next to the weights (`register_for_auto_class`), so users without `hf_sfm` can load a saved classifier with
+`AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True)`. Importing `hf_sfm` registers the
+classes with the Auto API instead (see `register_auto_classes`), so `trust_remote_code` is then unnecessary.
+
+Two artefacts can be written:
+- `save_pretrained(path)` embeds the backbone's weights (self-sufficient, works offline, largest).
+- `save_pretrained(path, embed_backbone=False)` writes only projector + head (`D_eval·D_distill + D_distill·C`
+  numbers) and a reference (`backbone_name_or_path` + `backbone_revision`) from which `from_pretrained` loads the
+  backbone; the backbone's config is still nested in `config.json`, so its architecture is checked on load.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import ImageClassifierOutput
+
+MODEL_TYPE = "hf_sfm_inherited"
+# How a backbone's output becomes one `(B, D)` feature. The names are what `config.feature_pooling` records (a
+# callable cannot be serialised); `hf_sfm.features` maps its per-family adapters onto these names.
+FEATURE_POOLINGS = ("cls_token", "pooler_output", "image_embeds")
+
+
+def pool_features(backbone: nn.Module, pixel_values: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Normalised pixels `(B, 3, H, W)` → pooled backbone feature `(B, D)`, as named by `pooling`.
+
+    `cls_token`: `last_hidden_state[:, 0]` (ViT/DeiT, whose pooler is an untrained dense+tanh);
+    `pooler_output`: flattened, so ResNet's `(B, C, 1, 1)` becomes `(B, C)` (DINOv2, ConvNeXt, EfficientNet, ...);
+    `image_embeds`: CLIP's projected embedding (falls back to `pooler_output` without a projection).
+    """
+    outputs = backbone(pixel_values=pixel_values)
+    if pooling == "cls_token":
+        return outputs.last_hidden_state[:, 0]
+    if pooling == "image_embeds":
+        embeds = getattr(outputs, "image_embeds", None)
+        return embeds if embeds is not None else outputs.pooler_output.flatten(1)
+    if pooling == "pooler_output":
+        pooled = getattr(outputs, "pooler_output", None)
+        if pooled is None:
+            raise ValueError(
+                f"{type(backbone).__name__} returns no `pooler_output`; set `feature_pooling` to one of "
+                f"{FEATURE_POOLINGS} that the backbone supports."
+            )
+        return pooled.flatten(1)
+    raise ValueError(f"feature_pooling={pooling!r} is not supported; choose one of {FEATURE_POOLINGS}.")
+
+
+class SFMInheritedConfig(PreTrainedConfig):
+    r"""Configuration of an [`SFMInheritedClassifier`].
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`): config of the evaluation backbone, nested like LLaVA's
+            `vision_config` (its `model_type` selects the config class).
+        backbone_class (`str`, *optional*): `transformers` class of the backbone (`"ViTModel"`,
+            `"CLIPVisionModelWithProjection"`, ...); `AutoModel.from_config` when unset.
+        backbone_init_kwargs (`dict`, *optional*): extra constructor arguments, e.g. `{"add_pooling_layer": False}`.
+        feature_pooling (`str`): how the backbone output becomes a `(B, D)` feature, one of `FEATURE_POOLINGS`.
+        eval_feature_dim, distill_feature_dim (`int`): `D_eval` (backbone feature) and `D_distill` (head input).
+        embed_backbone (`bool`): whether the checkpoint holds the backbone weights, or only projector + head.
+        backbone_name_or_path, backbone_revision (`str`, *optional*): where the backbone weights come from
+            (required to load a checkpoint saved with `embed_backbone=False`).
+        distill_backbone_name_or_path, distill_backbone_revision (`str`, *optional*): the backbone the head was
+            trained on (provenance only).
+        inheritance (`dict`, *optional*): how head and projector were trained (settings, dataset, losses).
+    """
+
+    model_type = MODEL_TYPE
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit")
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    backbone_class: str | None = None
+    backbone_init_kwargs: dict | None = None
+    feature_pooling: str = "cls_token"
+    eval_feature_dim: int = 768
+    distill_feature_dim: int = 768
+    embed_backbone: bool = True
+    backbone_name_or_path: str | None = None
+    backbone_revision: str | None = None
+    distill_backbone_name_or_path: str | None = None
+    distill_backbone_revision: str | None = None
+    inheritance: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.feature_pooling not in FEATURE_POOLINGS:
+            raise ValueError(
+                f"SFMInheritedConfig.feature_pooling={self.feature_pooling!r} is not supported; "
+                f"choose one of {FEATURE_POOLINGS}."
+            )
+        for name in ("eval_feature_dim", "distill_feature_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SFMInheritedConfig.{name} must be >= 1, got {getattr(self, name)}.")
+
+
+class SFMInheritedPreTrainedModel(PreTrainedModel):
+    config_class = SFMInheritedConfig
+    config: SFMInheritedConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Projector starts as the identity when square (exact inheritance for the same backbone), head at 0.01."""
+        if module is getattr(self, "projector", None):
+            if module.in_features == module.out_features:
+                init.eye_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
+            init.zeros_(module.bias)
+        elif module is getattr(self, "classifier", None):
+            init.normal_(module.weight, mean=0.0, std=0.01)
+            init.zeros_(module.bias)
+
+
+def build_backbone(config: SFMInheritedConfig) -> PreTrainedModel:
+    """A randomly initialised backbone with the architecture `config.vision_config` describes."""
+    kwargs = dict(config.backbone_init_kwargs or {})
+    if config.backbone_class:
+        backbone_class = getattr(transformers, config.backbone_class, None)
+        if backbone_class is None:
+            raise ValueError(
+                f"backbone_class={config.backbone_class!r} is not a class of the installed transformers "
+                f"{transformers.__version__}; upgrade transformers or clear `backbone_class` to use AutoModel."
+            )
+        return backbone_class(config.vision_config, **kwargs)
+    return AutoModel.from_config(config.vision_config, **kwargs)
+
+
+class SFMInheritedClassifier(SFMInheritedPreTrainedModel):
+    """Frozen eval backbone → `projector` (D_eval → D_distill) → inherited `classifier` (D_distill → C).
+
+    Input: `pixel_values` `(B, 3, H, W)`, normalised by the image processor saved with the model.
+    Output: `ImageClassifierOutput` with `logits` `(B, C)`; with `output_hidden_states=True`, `hidden_states` is
+    `(backbone feature (B, D_eval), projected feature (B, D_distill))`.
+    """
+
+    def __init__(self, config: SFMInheritedConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.backbone = build_backbone(config)
+        self.projector = nn.Linear(config.eval_feature_dim, config.distill_feature_dim)
+        self.classifier = nn.Linear(config.distill_feature_dim, config.num_labels)
+        self.image_processor = None  # set by hf_sfm when built; written by `save_pretrained` when present
+        self.post_init()
+        if not config.embed_backbone:
+            # The checkpoint holds projector + head only; the backbone is loaded from its reference afterwards.
+            self._keys_to_ignore_on_load_missing = set(self._keys_to_ignore_on_load_missing or ()) | {r"^backbone\."}
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifierOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("SFMInheritedClassifier needs `pixel_values` (B, 3, H, W) from its image processor.")
+        parameter = next(self.backbone.parameters(), None)
+        if parameter is not None and parameter.is_floating_point():
+            pixel_values = pixel_values.to(parameter.dtype)
+        features = pool_features(self.backbone, pixel_values, self.config.feature_pooling)
+        projected = self.projector(features.to(self.projector.weight.dtype))
+        logits = self.classifier(projected)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device))
+        hidden_states = (features, projected) if output_hidden_states else None
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if not return_dict:
+            output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
+            return ((loss, *output)) if loss is not None else output
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+    def train(self, mode: bool = True) -> SFMInheritedClassifier:
+        """The backbone stays in eval mode (BatchNorm statistics and dropout of a frozen backbone must not move)."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, embed_backbone: bool | None = None, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the image processor, and optionally without the backbone.
+
+        Args:
+            embed_backbone: `False` writes projector + head only and references the backbone by
+                `config.backbone_name_or_path` (+ `backbone_revision`); default: `config.embed_backbone`.
+        """
+        embed = self.config.embed_backbone if embed_backbone is None else bool(embed_backbone)
+        if not embed and not self.config.backbone_name_or_path:
+            raise ValueError(
+                "save_pretrained(embed_backbone=False) needs `config.backbone_name_or_path` (a Hub id or folder the "
+                "backbone can be loaded from); set it, or save with embed_backbone=True."
+            )
+        previous = self.config.embed_backbone
+        self.config.embed_backbone = embed
+        try:
+            if not embed and kwargs.get("state_dict") is None:
+                kwargs["state_dict"] = {
+                    name: tensor for name, tensor in self.state_dict().items() if not name.startswith("backbone.")
+                }
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.embed_backbone = previous
+        if self.image_processor is not None and kwargs.get("is_main_process", True):
+            self.image_processor.save_pretrained(save_directory)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a projector+head checkpoint also loads its referenced backbone."""
+        wants_info = bool(kwargs.get("output_loading_info", False))
+        kwargs["output_loading_info"] = True
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if not model.config.embed_backbone:
+            hub_kwargs = {
+                key: kwargs[key] for key in ("cache_dir", "local_files_only", "token", "proxies") if key in kwargs
+            }
+            model.load_referenced_backbone(**hub_kwargs)
+        model.eval()
+        return (model, loading_info) if wants_info else model
+
+    def load_referenced_backbone(self, **hub_kwargs: Any) -> None:
+        """Fill the backbone from `config.backbone_name_or_path` at `config.backbone_revision` (strict)."""
+        reference = self.config.backbone_name_or_path
+        if not reference:
+            raise ValueError(
+                "This checkpoint was saved without its backbone (embed_backbone=False) and names no "
+                "`backbone_name_or_path` to load it from."
+            )
+        backbone_class = getattr(transformers, self.config.backbone_class or "", None) or AutoModel
+        revision = self.config.backbone_revision or None
+        try:
+            source = backbone_class.from_pretrained(
+                reference, revision=revision, **dict(self.config.backbone_init_kwargs or {}), **hub_kwargs
+            )
+        except OSError as error:
+            raise OSError(
+                f"This classifier stores only its projector and head; its backbone is referenced as {reference!r}"
+                f"{f' at revision {revision!r}' if revision else ''} and could not be loaded from there ({error}). "
+                "Make it available (download it, or fix `backbone_name_or_path` in config.json)."
+            ) from error
+        state = source.state_dict()
+        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"The referenced backbone {reference!r} does not match the architecture in this config "
+                f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})."
+            )
+        self.backbone.to(device=self.projector.weight.device, dtype=self.projector.weight.dtype)
+
+    def num_parameters_by_part(self) -> dict[str, int]:
+        """Parameter counts of backbone, projector and head: what each artefact stores."""
+        return {
+            "backbone": sum(p.numel() for p in self.backbone.parameters()),
+            "projector": sum(p.numel() for p in self.projector.parameters()),
+            "classifier": sum(p.numel() for p in self.classifier.parameters()),
+        }
+
+
+SFMInheritedConfig.register_for_auto_class()
+SFMInheritedClassifier.register_for_auto_class("AutoModelForImageClassification")
+
+
+def register_auto_classes() -> None:
+    """Make `AutoConfig` / `AutoModelForImageClassification` resolve `model_type="hf_sfm_inherited"`.
+
+    Called when `hf_sfm` is imported. Not at this module's import: the copy that `trust_remote_code` loads must not
+    collide with the registration of an installed `hf_sfm`.
+    """
+    from transformers import AutoModelForImageClassification
+
+    AutoConfig.register(MODEL_TYPE, SFMInheritedConfig, exist_ok=True)
+    AutoModelForImageClassification.register(SFMInheritedConfig, SFMInheritedClassifier, exist_ok=True)

@@ -1,0 +1,425 @@
+"""Classifier inheritance: the `from_pretrained` model, its round trips, the pipeline, and the training of its parts.
+
+Tiny random backbones from configs and in-memory datasets; no network. The `trust_remote_code` test runs a Python
+that cannot import hf_sfm (no `site` processing, so the editable-install finder is never installed).
+"""
+
+import os
+import site
+import subprocess
+import sys
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_sfm_test_home_"))
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    ResNetConfig,
+    ResNetModel,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
+    pipeline,
+)
+
+import hf_sfm
+from hf_sfm import DistillationConfig, Distiller, SFMInheritedClassifier, SFMInheritedConfig
+from hf_sfm.augment import Augmentation
+from hf_sfm.features import FeatureExtractor
+from hf_sfm.inheritance import (
+    InheritedHeadConfig,
+    KDConfig,
+    ProjectorConfig,
+    accuracy,
+    build_inherited_classifier,
+    embed_dataset,
+    features_and_labels,
+    fit_projector,
+    image_processor_for,
+    projection_mse,
+    real_features,
+    train_kd_head,
+    train_linear_head,
+    view_feature_bank,
+)
+from hf_sfm.preprocessing import ImagePreprocessing
+
+SIZE = 32
+PREPROCESSING = ImagePreprocessing(SIZE, SIZE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def tiny_vit(seed: int = 0) -> ViTModel:
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    return ViTModel(config, add_pooling_layer=False).eval()
+
+
+def tiny_resnet(seed: int = 1) -> ResNetModel:
+    torch.manual_seed(seed)
+    return ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).eval()
+
+
+def tiny_clip(seed: int = 2) -> CLIPVisionModelWithProjection:
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        image_size=SIZE,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        projection_dim=24,
+    )
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+BACKBONES = {
+    "vit": (tiny_vit, "cls_token"),
+    "resnet": (tiny_resnet, "pooler_output"),
+    "clip": (tiny_clip, "image_embeds"),
+}
+
+
+def color_dataset(num_classes: int = 3, per_class: int = 12, seed: int = 0) -> datasets.Dataset:
+    """Noisy images whose class is their dominant colour channel: linearly separable through any backbone."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in range(num_classes):
+        for _ in range(per_class):
+            array = rng.integers(0, 90, (SIZE, SIZE, 3), dtype=np.uint8)
+            array[..., c] += 140
+            images.append(PIL.Image.fromarray(array))
+            labels.append(c)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "green", "blue"][:num_classes])}
+    )
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def processor() -> ViTImageProcessor:
+    return ViTImageProcessor(size={"height": SIZE, "width": SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def random_classifier(family: str, num_classes: int = 3, distill_dim: int = 12) -> SFMInheritedClassifier:
+    builder, _ = BACKBONES[family]
+    extractor = FeatureExtractor(builder(), PREPROCESSING)
+    eval_dim = extractor(torch.zeros(1, 3, SIZE, SIZE)).shape[1]
+    torch.manual_seed(3)
+    projector, head = nn.Linear(eval_dim, distill_dim), nn.Linear(distill_dim, num_classes)
+    return build_inherited_classifier(extractor, PREPROCESSING, projector, head, ["red", "green", "blue"][:num_classes])
+
+
+def pixel_batch(num_images: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.randn(num_images, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return color_dataset()
+
+
+@pytest.fixture(scope="module")
+def distiller(dataset, tmp_path_factory):
+    """A distilled toy set (2 images per class) with an inherited head trained on the full real features."""
+    args = DistillationConfig(
+        output_dir=str(tmp_path_factory.mktemp("distill")),
+        ipc=2,
+        num_steps=8,
+        pyramid_level_every=2,
+        save_grid=False,
+        logging_steps=0,
+    )
+    distiller = Distiller(model=tiny_vit(), args=args, train_dataset=dataset, image_processor=processor())
+    distiller.train()
+    distiller.train_inherited_head(epochs=60, learning_rate=1e-2, batch_size=16)
+    return distiller
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+
+@pytest.mark.parametrize("family", list(BACKBONES))
+def test_save_and_from_pretrained_give_bit_identical_logits(family, tmp_path):
+    model = random_classifier(family)
+    pixels = pixel_batch()
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
+    model.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), SFMInheritedConfig)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert type(loaded) is SFMInheritedClassifier
+    assert loaded.config.feature_pooling == BACKBONES[family][1]
+    assert not loaded.training and not loaded.backbone.training
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values=pixels).logits, logits)
+    # The nested backbone config comes back as the backbone's own config class.
+    assert type(loaded.config.vision_config) is type(model.backbone.config)
+
+
+def test_forward_is_head_of_projector_of_backbone_feature():
+    model = random_classifier("resnet")
+    pixels = pixel_batch()
+    with torch.no_grad():
+        output = model(pixel_values=pixels, output_hidden_states=True, labels=torch.tensor([0, 1, 2, 0]))
+        features = model.backbone(pixel_values=pixels).pooler_output.flatten(1)
+        expected = model.classifier(model.projector(features))
+    assert torch.equal(output.hidden_states[0], features)
+    assert torch.allclose(output.logits, expected)
+    assert torch.isclose(output.loss, nn.functional.cross_entropy(expected, torch.tensor([0, 1, 2, 0])))
+
+
+def test_projector_and_head_only_artefact_loads_backbone_from_reference(tmp_path):
+    model = random_classifier("vit")
+    model.backbone.save_pretrained(tmp_path / "backbone")
+    model.config.backbone_name_or_path = str(tmp_path / "backbone")
+    model.save_pretrained(tmp_path / "full")
+    model.save_pretrained(tmp_path / "light", embed_backbone=False)
+    with safe_open(str(tmp_path / "light" / "model.safetensors"), framework="pt") as handle:
+        assert sorted(handle.keys()) == ["classifier.bias", "classifier.weight", "projector.bias", "projector.weight"]
+    light_bytes = (tmp_path / "light" / "model.safetensors").stat().st_size
+    assert light_bytes < (tmp_path / "full" / "model.safetensors").stat().st_size / 5
+    assert model.config.embed_backbone  # saving light does not change the live model's config
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "light")
+    assert loaded.config.embed_backbone is False
+    pixels = pixel_batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+
+
+def test_projector_and_head_only_artefact_names_a_missing_backbone(tmp_path):
+    model = random_classifier("vit")
+    model.config.backbone_name_or_path = str(tmp_path / "nowhere")
+    model.save_pretrained(tmp_path / "light", embed_backbone=False)
+    with pytest.raises(OSError, match="nowhere"):
+        AutoModelForImageClassification.from_pretrained(tmp_path / "light")
+
+
+def test_light_save_without_reference_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="backbone_name_or_path"):
+        random_classifier("vit").save_pretrained(tmp_path, embed_backbone=False)
+
+
+def test_trust_remote_code_loads_bit_identical_without_hf_sfm(tmp_path):
+    model = random_classifier("vit")
+    model.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "modeling_inherited.py").exists()
+    pixels = pixel_batch()
+    with torch.no_grad():
+        torch.save({"pixel_values": pixels, "logits": model(pixel_values=pixels).logits}, tmp_path / "reference.pt")
+    site_packages = [path for path in site.getsitepackages() if path.endswith("site-packages")]
+    script = f"""
+import sys
+sys.path.extend({site_packages!r})
+try:
+    import hf_sfm
+    sys.exit("hf_sfm is importable here, so this would not test remote code")
+except ImportError:
+    pass
+import torch
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+reference = torch.load({str(tmp_path / "reference.pt")!r})
+with torch.no_grad():
+    logits = model(pixel_values=reference["pixel_values"]).logits
+print(type(model).__module__, torch.equal(logits, reference["logits"]))
+"""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=environment, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, equal = result.stdout.split()[-2:]
+    assert module.startswith("transformers_modules.") and equal == "True"
+
+
+def test_custom_feature_function_cannot_be_recorded():
+    extractor = FeatureExtractor(tiny_vit(), PREPROCESSING, lambda model, pixels: model(pixel_values=pixels)[0][:, 1])
+    with pytest.raises(ValueError, match="custom"):
+        build_inherited_classifier(extractor, PREPROCESSING, nn.Linear(32, 8), nn.Linear(8, 3), ["a", "b", "c"])
+
+
+def test_config_rejects_unknown_pooling():
+    with pytest.raises(ValueError, match="feature_pooling"):
+        SFMInheritedConfig(feature_pooling="mean")
+
+
+# ---------------------------------------------------------------------------------------------------- processor
+
+
+def test_image_processor_reproduces_training_preprocessing():
+    rng = np.random.default_rng(0)
+    grey = PIL.Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8))  # MNIST-like: mode L, square
+    preprocessing = ImagePreprocessing(64, 64, (0.1, 0.2, 0.3), (0.5, 0.6, 0.7))
+    mean, std = torch.tensor(preprocessing.image_mean), torch.tensor(preprocessing.image_std)
+    ours = (preprocessing([grey]) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    theirs = image_processor_for(preprocessing)(grey, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    # Resize-then-crop of a non-square image: equal up to the rounding of the resized side (smooth image).
+    ramp = np.linspace(0, 255, 50 * 40).reshape(40, 50).astype(np.uint8)
+    wide = PIL.Image.fromarray(np.stack([ramp, ramp[::-1], ramp], axis=-1))
+    preprocessing = ImagePreprocessing(32, 37, (0.5,) * 3, (0.5,) * 3)
+    ours = (preprocessing([wide]) - 0.5) / 0.5
+    theirs = image_processor_for(preprocessing)(wide, return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape and (ours - theirs).abs().mean() < 0.05
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def test_linear_head_separates_separable_blobs():
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 16, generator=generator) * 3
+    labels = torch.arange(4).repeat_interleave(50)
+    features = centers[labels] + torch.randn(200, 16, generator=generator)
+    config = InheritedHeadConfig(epochs=30, learning_rate=1e-2, batch_size=32)
+    head, losses = train_linear_head(lambda index, epoch: features[index], labels, 16, 4, config)
+    assert accuracy(head, features, labels) > 0.97
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_real_features_are_a_cached_datasets_column(distiller, dataset):
+    embedded = real_features(distiller)
+    again = real_features(distiller)
+    assert embedded._fingerprint == again._fingerprint  # same backbone, preprocessing and data → same cache key
+    features, labels = features_and_labels(embedded, "label")
+    assert features.shape == (len(dataset), 32)
+    assert torch.equal(labels, torch.tensor(dataset["label"]))
+    with torch.no_grad():
+        direct = distiller.feature_extractor(distiller.preprocessing(dataset[:5]["image"]))
+    assert torch.allclose(features[:5], direct, atol=1e-5)
+    other = embed_dataset(FeatureExtractor(tiny_vit(seed=7), PREPROCESSING), PREPROCESSING, dataset)
+    assert other._fingerprint != embedded._fingerprint  # other weights → other cache entry
+
+
+def test_inherited_head_fits_the_full_real_data(distiller):
+    record = distiller._inheritance.head_record["head"]
+    assert record["train_accuracy"] >= 0.95
+    assert record["augment"] is False and record["epochs"] == 60
+
+
+def test_same_backbone_classifier_is_the_inherited_head(distiller, dataset):
+    projector = distiller.fit_projector()
+    assert torch.equal(projector.weight, torch.eye(32)) and not projector.bias.any()
+    model = distiller.inherited_classifier()
+    assert model.config.id2label == {0: "red", 1: "green", 2: "blue"}
+    assert model.config.inheritance["projector"]["identity"] is True
+    images = dataset[:6]["image"]
+    pixels = model.image_processor(images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = distiller._inheritance.head(distiller.feature_extractor(distiller.preprocessing(images)))
+        assert torch.allclose(model(pixel_values=pixels).logits, expected, atol=1e-4)
+
+
+def test_pipeline_returns_the_labels_of_the_model(distiller, dataset, tmp_path):
+    distiller.fit_projector()
+    model = distiller.inherited_classifier()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "preprocessor_config.json").exists()
+    classifier = pipeline("image-classification", model=str(tmp_path))
+    predictions = [result[0]["label"] for result in classifier(list(dataset["image"]), top_k=1)]
+    names = dataset.features["label"].names
+    expected = [names[i] for i in distiller._inheritance.head(real_features(distiller)[:]["features"]).argmax(1)]
+    assert predictions == expected
+    assert np.mean([p == names[y] for p, y in zip(predictions, dataset["label"])]) >= 0.95
+
+
+@pytest.mark.parametrize("view_bank", [None, 8])
+def test_projector_fitted_on_distilled_images_reduces_feature_mse(distiller, view_bank):
+    eval_extractor = FeatureExtractor(tiny_resnet(), PREPROCESSING)
+    images = distiller.synthetic_images()
+    augmentation = Augmentation(SIZE, noise=False)
+    # lr · batch / 256 = 3e-2 for the 6 images
+    config = ProjectorConfig(epochs=60, learning_rate=3e-2 * 256 / len(images), seed=0, view_bank=view_bank)
+    projector, losses = fit_projector(distiller.feature_extractor, eval_extractor, images, augmentation, config, None)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        untrained = nn.Linear(16, 32)
+    # Held-out views (another seed than training): the fit generalises across augmentations of the images.
+    before = projection_mse(untrained, distiller.feature_extractor, eval_extractor, images, augmentation, seed=5)
+    after = projection_mse(projector, distiller.feature_extractor, eval_extractor, images, augmentation, seed=5)
+    assert after < 0.5 * before
+    assert losses[-1] < losses[0]
+
+
+def test_view_bank_pairs_views_seen_by_both_backbones(distiller):
+    eval_extractor = FeatureExtractor(tiny_resnet(), PREPROCESSING)
+    images = distiller.synthetic_images()
+    augmentation = Augmentation(SIZE, noise=False)
+    eval_bank, distill_bank = view_feature_bank(
+        distiller.feature_extractor, eval_extractor, images, augmentation, views=3, seed=4
+    )
+    assert eval_bank.shape == (3, 6, 16) and distill_bank.shape == (3, 6, 32)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for view in range(3):
+            pixels = augmentation(images, generator)
+            assert torch.allclose(eval_bank[view], eval_extractor(pixels), atol=1e-5)
+            assert torch.allclose(distill_bank[view], distiller.feature_extractor(pixels), atol=1e-5)
+
+
+def test_distiller_cross_backbone_classifier_round_trips(distiller, tmp_path):
+    distiller.fit_projector(eval_model=tiny_resnet(), eval_image_processor=processor(), epochs=3)
+    model = distiller.inherited_classifier()
+    assert model.config.backbone_class == "ResNetModel" and model.config.eval_feature_dim == 16
+    assert model.config.inheritance["projector"]["num_distilled_images"] == 6
+    model.save_pretrained(tmp_path)
+    pixels = pixel_batch()
+    with torch.no_grad():
+        loaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+        assert torch.equal(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+
+
+def test_augmented_head_training_runs_a_fresh_view_per_epoch(distiller):
+    head = distiller.train_inherited_head(augment=True, epochs=2, batch_size=64)
+    assert head.weight.shape == (3, 32)
+    assert distiller._inheritance.head_record["head"]["augment"] is True
+    distiller.train_inherited_head(epochs=60, learning_rate=1e-2, batch_size=16)  # restore for later tests
+
+
+def test_kd_student_head_learns_from_the_inherited_head_alone(distiller, dataset):
+    """With alpha = 1 the labels are unused: the student can only be right by imitating the inherited head."""
+    eval_extractor = FeatureExtractor(tiny_resnet(), PREPROCESSING)
+    images = distiller.sample_real_images(2, seed=1, size=SIZE)
+    wrong_labels = (distiller.labels + 1) % 3  # ignored when alpha = 1
+    config = KDConfig(epochs=100, learning_rate=1e-2 * 256 / len(images), alpha=1.0)
+    student = train_kd_head(
+        distiller.feature_extractor,
+        eval_extractor,
+        distiller._inheritance.head,
+        images,
+        wrong_labels,
+        Augmentation(SIZE, noise=False),
+        config,
+        None,
+    )
+    assert student.weight.shape == (3, 16)
+    real, labels = features_and_labels(embed_dataset(eval_extractor, PREPROCESSING, dataset))
+    assert accuracy(student, real, labels) >= 0.9
+
+
+def test_registration_comes_with_the_package():
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    assert CONFIG_MAPPING["hf_sfm_inherited"] is hf_sfm.SFMInheritedConfig
