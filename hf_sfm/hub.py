@@ -387,8 +387,9 @@ def model_card(
     inheritance = dict(getattr(config, "inheritance", None) or {})
     method = method or (inheritance.get("distillation") or {}).get("method") or "sfm"
     vision_config = getattr(config, "vision_config", None)
+    reference = getattr(config, "backbone_name_or_path", None)
     backbone = (
-        getattr(config, "backbone_name_or_path", None)
+        reference
         or getattr(config, "backbone_class", None)
         or getattr(vision_config, "model_type", None)
         or getattr(config, "_name_or_path", "")
@@ -425,7 +426,7 @@ def model_card(
         pipeline_tag="image-classification",
         tags=["hf_sfm", "dataset-distillation", "classifier-inheritance", method.replace("_", "-")],
         datasets=dataset_ids or None,
-        base_model=backbone if _is_hub_id(backbone) else None,
+        base_model=reference if _is_hub_id(reference) else None,  # only a real Hub id, never a class name
         metrics=["accuracy"],
         model_name=name,
         eval_results=eval_results,
