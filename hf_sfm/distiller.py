@@ -564,12 +564,18 @@ class Distiller:
 
         return distilled_dataset(self.synthetic_images(), self.labels, self.class_names)
 
-    def save_distilled(self, path: str | Path | None = None) -> Path:
-        """Write the distilled set so `load_dataset(path)` and `load_from_disk(path)` both read it back."""
+    def save_distilled(self, path: str | Path | None = None, **card_kwargs: Any) -> Path:
+        """Write the distilled set so `load_dataset(path)` and `load_from_disk(path)` both read it back.
+
+        The folder is exactly what `push_to_hub` uploads; `card_kwargs` (`results`, `repo_id`, `source_dataset`,
+        `license`, ...) go to the dataset card (`hf_sfm.hub.dataset_card`).
+        """
         from .export import save_distilled
 
         path = Path(path) if path is not None else self.output_dir / "distilled"
         if self.accelerator.is_main_process:
+            metadata = self.statistics_metadata()
+            card_kwargs.setdefault("source_dataset", getattr(self.train_dataset.info, "dataset_name", None))
             save_distilled(
                 path,
                 images=self.synthetic_images(),
@@ -578,7 +584,9 @@ class Distiller:
                 config=self.args,
                 statistics=self.statistics,
                 preprocessing=self.preprocessing,
-                backbone=self.statistics_metadata()["backbone"],
+                backbone=metadata["backbone"],
+                backbone_revision=metadata["backbone_revision"] or None,
+                **card_kwargs,
             )
         self.accelerator.wait_for_everyone()
         return path
@@ -618,3 +626,68 @@ class Distiller:
         from .inheritance import inherited_classifier
 
         return inherited_classifier(self)
+
+    # ------------------------------------------------------------------ the Hub
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        classifier_repo_id: str | None = None,
+        private: bool = False,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        *,
+        results: dict | None = None,
+        classifier: Any = None,
+        local_dir: str | Path | None = None,
+        **card_kwargs: Any,
+    ) -> dict[str, Any]:
+        """Publish the distilled set as a dataset repo and, with `classifier_repo_id`, the inherited classifier.
+
+        Each repo gets one commit. The folders are written first (`local_dir`, default `<output_dir>/hub/`), so a
+        failed push (`hf_sfm.hub.HubPushError`) keeps them and can be retried with `hf_sfm.hub.push_distilled` /
+        `push_classifier`. `results` (the evaluation module's dict) fill the cards' results tables and the
+        classifier's `model-index`; `classifier` defaults to `self.inherited_classifier()` (which trains what is
+        missing). `card_kwargs`: `source_dataset`, `license`, `pretty_name`. Returns `{"dataset": CommitInfo,
+        "classifier": CommitInfo | None}`.
+        """
+        from . import hub
+
+        if self.synthetic is None:
+            raise RuntimeError("There is no distilled set to push yet: call `train()` before `push_to_hub()`.")
+        hub.check_repo_id(repo_id)
+        if classifier_repo_id is not None:
+            hub.check_repo_id(classifier_repo_id)
+        if create_pr and revision not in (None, "main"):
+            raise ValueError("create_pr=True opens a pull request against the default branch; do not pass revision.")
+        local_dir = Path(local_dir) if local_dir is not None else self.output_dir / "hub"
+        push_kwargs = dict(
+            private=private, token=token, revision=revision, commit_message=commit_message, create_pr=create_pr
+        )
+        commits: dict[str, Any] = {"dataset": None, "classifier": None}
+        card_kwargs.setdefault("source_dataset", getattr(self.train_dataset.info, "dataset_name", None))
+        dataset_folder = local_dir / repo_id.split("/")[-1]
+        self.save_distilled(
+            dataset_folder, results=results, repo_id=repo_id, classifier_repo_id=classifier_repo_id, **card_kwargs
+        )
+        classifier_folder = None
+        if classifier_repo_id is not None and classifier is None:
+            classifier = self.inherited_classifier()  # on every process: training it may synchronise them
+        if classifier_repo_id is not None and self.accelerator.is_main_process:
+            classifier_folder = hub.save_classifier(
+                local_dir / classifier_repo_id.split("/")[-1],
+                classifier,
+                results=results,
+                repo_id=classifier_repo_id,
+                distilled_repo_id=repo_id,
+                source_dataset=card_kwargs.get("source_dataset"),
+                license=card_kwargs.get("license", "unknown"),
+            )
+        if self.accelerator.is_main_process:
+            commits["dataset"] = hub.push_distilled(dataset_folder, repo_id, **push_kwargs)
+            if classifier_folder is not None:
+                commits["classifier"] = hub.push_classifier(classifier_folder, classifier_repo_id, **push_kwargs)
+        self.accelerator.wait_for_everyone()
+        return commits
