@@ -221,13 +221,17 @@ def test_light_save_without_reference_is_refused(tmp_path):
         random_classifier("vit").save_pretrained(tmp_path, embed_backbone=False)
 
 
-def test_trust_remote_code_loads_bit_identical_without_hf_sfm(tmp_path):
+def test_trust_remote_code_loads_bit_identical_and_pipelines_without_hf_sfm(tmp_path):
     model = random_classifier("vit")
     model.save_pretrained(tmp_path / "model")
     assert (tmp_path / "model" / "modeling_inherited.py").exists()
     pixels = pixel_batch()
+    image = color_dataset(per_class=1)[1]["image"]
     with torch.no_grad():
         torch.save({"pixel_values": pixels, "logits": model(pixel_values=pixels).logits}, tmp_path / "reference.pt")
+        image_pixels = model.image_processor(image, return_tensors="pt")["pixel_values"]
+        expected_label = model.config.id2label[int(model(pixel_values=image_pixels).logits.argmax())]
+    image.save(tmp_path / "image.png")
     site_packages = [path for path in site.getsitepackages() if path.endswith("site-packages")]
     script = f"""
 import sys
@@ -244,15 +248,20 @@ model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "model")
 reference = torch.load({str(tmp_path / "reference.pt")!r})
 with torch.no_grad():
     logits = model(pixel_values=reference["pixel_values"]).logits
-print(type(model).__module__, torch.equal(logits, reference["logits"]))
+from transformers import pipeline
+label = pipeline("image-classification", model={str(tmp_path / "model")!r}, trust_remote_code=True)(
+    {str(tmp_path / "image.png")!r}, top_k=1
+)[0]["label"]
+print(type(model).__module__, torch.equal(logits, reference["logits"]), label)
 """
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
         [sys.executable, "-S", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=environment, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    module, equal = result.stdout.split()[-2:]
+    module, equal, label = result.stdout.split()[-3:]
     assert module.startswith("transformers_modules.") and equal == "True"
+    assert label == expected_label
 
 
 def test_custom_feature_function_cannot_be_recorded():
