@@ -38,7 +38,7 @@ from .checkpointing import (
 )
 from .config import DistillationConfig
 from .data import class_names_of, find_image_column, find_label_column
-from .distributed import all_reduce_sum, gather_shards, shard_range
+from .distributed import all_reduce_sum, cpu_only, gather_shards, shard_range
 from .features import FeatureExtractor, FeatureFn
 from .io_utils import atomic_path
 from .memory import enable_gradient_checkpointing
@@ -114,7 +114,10 @@ class Distiller:
     ):
         self.args = args
         self.accelerator = accelerator or Accelerator(
-            mixed_precision=args.mixed_precision, log_with=_trackers(args.report_to), project_dir=args.output_dir
+            cpu=cpu_only(),  # several CPU processes form one gloo group (see `cpu_only`)
+            mixed_precision=args.mixed_precision,
+            log_with=_trackers(args.report_to),
+            project_dir=args.output_dir,
         )
         set_seed(args.seed)
         self.train_dataset = train_dataset
@@ -217,17 +220,24 @@ class Distiller:
         # Each process maps its own shard under its own fingerprint, so no cache file is shared and the passes run
         # side by side (`main_process_first` would only serialise them).
         fingerprint = Hasher.hash([metadata, self.accelerator.process_index, self.accelerator.num_processes])
-        statistics = compute_class_statistics(
-            dataset,
-            embed,
-            image_column=self.image_column,
-            label_column=self.label_column,
-            class_names=self.class_names,
-            batch_size=self.args.statistics_batch_size,
-            num_proc=self.args.statistics_num_proc,
-            new_fingerprint=fingerprint,
-            metadata=metadata,
-        )
+        quiet = not self.accelerator.is_local_main_process and datasets.is_progress_bar_enabled()
+        if quiet:  # one progress bar per machine
+            datasets.disable_progress_bars()
+        try:
+            statistics = compute_class_statistics(
+                dataset,
+                embed,
+                image_column=self.image_column,
+                label_column=self.label_column,
+                class_names=self.class_names,
+                batch_size=self.args.statistics_batch_size,
+                num_proc=self.args.statistics_num_proc,
+                new_fingerprint=fingerprint,
+                metadata=metadata,
+            )
+        finally:
+            if quiet:
+                datasets.enable_progress_bars()
         if self.accelerator.num_processes > 1:
             statistics.feature_sums = self.accelerator.reduce(statistics.feature_sums.to(device), "sum").cpu()
             statistics.counts = self.accelerator.reduce(statistics.counts.to(device), "sum").cpu()

@@ -18,6 +18,16 @@ from accelerate import Accelerator
 from accelerate.utils import reduce
 
 
+def cpu_only() -> bool:
+    """True when torch sees no accelerator (GPU, XPU, MPS, ...): pass it as `Accelerator(cpu=...)`.
+
+    `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs starts N processes but sets
+    `ACCELERATE_USE_CPU=False` in their environment (overriding the user's), and `--cpu` cannot be combined with
+    `--multi_gpu`; each process would then believe it is alone. `Accelerator(cpu=True)` makes them one gloo group.
+    """
+    return not torch.accelerator.is_available()
+
+
 def shard_range(num_items: int, num_shards: int, index: int) -> tuple[int, int]:
     """`[start, stop)` of shard `index` when `num_items` rows are cut into `num_shards` contiguous shards.
 

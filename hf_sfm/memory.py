@@ -13,8 +13,9 @@ backbone is alive and the gradients of the image parameters are being written):
 
 Everything per image is divided by the number of processes `P`: the synthetic set is sharded, and the only
 cross-process tensors are the `(C, D)` sums. `activations` depends on the backbone and on the precision (bf16
-halves it) and shrinks to about `1/L` of itself plus the layer inputs with gradient checkpointing over `L` blocks;
-`saved_activation_bytes` measures it for any backbone on the CPU, one image, by counting what autograd saves.
+halves it) and shrinks to `1/L` of itself plus the block inputs with gradient checkpointing over `L` blocks
+(`checkpointed_activation_bytes`); `saved_activation_bytes` measures it for any backbone, by counting what
+autograd saves for a few images.
 """
 
 from __future__ import annotations
@@ -84,27 +85,39 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
 
 
 def saved_activation_bytes(feature_extractor: nn.Module, crop_size: int, num_images: int = 2) -> int:
-    """Bytes autograd keeps for the backward pass of `feature_extractor` per image at `crop_size`, `(3, crop, crop)`.
+    """Bytes autograd keeps for the backward pass of `feature_extractor`, per image of `(3, crop, crop)`.
 
-    Counts the distinct storages saved for backward (parameters and buffers excluded: they exist anyway) during
-    one forward of `num_images` images that require grad, divided by `num_images`. Runs on any device.
+    Counts the distinct storages saved for backward (parameters and buffers excluded: they exist anyway) during a
+    forward of `num_images` and of `2 · num_images` images that require grad, and returns the difference per
+    image, so per-batch constants (e.g. the weight copies autocast makes) drop out. Runs on any device and under
+    any autocast context the caller opens.
     """
     persistent = {
         t.untyped_storage().data_ptr() for t in [*feature_extractor.parameters(), *feature_extractor.buffers()]
     }
-    seen: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in persistent:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     device = next(iter(feature_extractor.buffers())).device
-    images = torch.rand(num_images, 3, crop_size, crop_size, device=device, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        feature_extractor(images).sum()
-    return math.ceil(sum(seen.values()) / num_images)
+
+    def saved(count: int) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in persistent:
+                seen[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        images = torch.rand(count, 3, crop_size, crop_size, device=device, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            feature_extractor(images).sum()
+        return sum(seen.values())
+
+    return math.ceil((saved(2 * num_images) - saved(num_images)) / num_images)
+
+
+def checkpointed_activation_bytes(full: int, block_inputs: int, num_blocks: int) -> int:
+    """Per-image activation bytes with gradient checkpointing over `num_blocks` blocks: the saved block inputs
+    plus one block's activations, alive while that block is recomputed in the backward pass."""
+    return block_inputs + math.ceil(full / max(1, num_blocks))
 
 
 # ---------------------------------------------------------------------------------------------- the model

@@ -1,0 +1,152 @@
+"""Several processes give the same statistics and the same images as one.
+
+The multi-process tests launch `recipes/distill.py` on two real CPU processes (gloo) exactly as a user would,
+
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no
+
+with `ACCELERATE_USE_CPU=true` (`--cpu --num_processes 2` silently runs one process), and compare with the same
+recipe run in this process. The other tests pin down the pieces that make this work, in one process.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from conftest import build_backbone, color_dataset
+from safetensors.torch import load_file
+from transformers import ViTImageProcessor
+
+from hf_sfm import DistillationConfig, Distiller
+from hf_sfm.augment import Augmentation
+from hf_sfm.distributed import shard_range
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "distill.py"
+LAUNCH = [
+    sys.executable, "-m", "accelerate.commands.launch",
+    "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+]  # fmt: skip
+# 3 classes x ipc 3 = 9 images: uneven shards (5 + 4); pyramid levels are added during the run; checkpoints at 4, 6.
+RUN = ["--ipc", "3", "--num_steps", "6", "--pyramid_level_every", "2", "--learning_rate", "0.05"]
+RUN += ["--statistics_batch_size", "4", "--save_steps", "4", "--do_eval", "false", "--save_grid", "false"]
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("distill_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the annotations through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny ViT with its processor, and a small dataset, saved the way users point the recipe at local data."""
+    root = tmp_path_factory.mktemp("assets")
+    build_backbone("vit").save_pretrained(root / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        root / "vit"
+    )
+    datasets.DatasetDict({"train": color_dataset(3, 7)}).save_to_disk(str(root / "data"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_process(assets, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("one_process")
+    argv = ["--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data")]
+    load_recipe().main([*argv, "--output_dir", str(output_dir), *RUN])
+    return output_dir
+
+
+def launch_two_processes(assets, output_dir, *extra):
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    argv = ["--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data")]
+    command = [*LAUNCH, str(RECIPE), *argv, "--output_dir", str(output_dir), *RUN, *extra]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def results(output_dir):
+    return load_file(str(output_dir / "statistics.safetensors")), final_images(output_dir)
+
+
+def final_images(output_dir):
+    return load_file(str(output_dir / "distilled" / "synthetic.safetensors"))["images"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", [False, True], ids=["in_memory", "streaming"])
+def test_two_processes_give_the_statistics_and_images_of_one(assets, one_process, tmp_path, streaming):
+    extra = ["--streaming", "true", "--streaming_num_shards", "4"] if streaming else []
+    launch_two_processes(assets, tmp_path, *extra)
+    assert '"num_processes": 2' in (tmp_path / "train_results.json").read_text()
+    # every process wrote its own shard of the checkpoint
+    assert sorted(p.name for p in (tmp_path / "checkpoint-4").glob("synthetic-*")) == [
+        "synthetic-00000-of-00002.safetensors",
+        "synthetic-00001-of-00002.safetensors",
+    ]
+    (reference_statistics, reference_images), (statistics, images) = results(one_process), results(tmp_path)
+    assert torch.equal(statistics["counts"], reference_statistics["counts"])
+    torch.testing.assert_close(statistics["feature_sums"], reference_statistics["feature_sums"], rtol=1e-9, atol=1e-9)
+    assert images.shape == (9, 3, 37, 37)
+    torch.testing.assert_close(images, reference_images, rtol=0, atol=1e-5)
+    assert (images - reference_images).abs().max() < 1e-5 < (images - images.roll(1, 0)).abs().max()
+
+    if not streaming:  # a 2-process checkpoint resumed by 1 process: the shards are re-cut
+        resumed = tmp_path / "resumed_by_one"
+        argv = ["--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data")]
+        argv += ["--output_dir", str(resumed), "--statistics_path", str(tmp_path / "statistics.safetensors")]
+        load_recipe().main([*argv, *RUN, "--resume_from_checkpoint", str(tmp_path / "checkpoint-4")])
+        torch.testing.assert_close(final_images(resumed), images, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- pieces, one process
+
+
+@pytest.mark.parametrize("num_items", [1, 2, 7, 9, 100])
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 8])
+def test_shard_ranges_tile_the_set_contiguously_and_evenly(num_items, num_shards):
+    ranges = [shard_range(num_items, num_shards, index) for index in range(num_shards)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == num_items
+    assert all(ranges[i][1] == ranges[i + 1][0] for i in range(num_shards - 1))
+    sizes = [stop - start for start, stop in ranges]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_a_shard_gets_the_same_augmented_views_as_in_the_whole_set():
+    augmentation = Augmentation(output_size=16, noise=True, noise_std=0.1)
+    images = torch.rand(9, 3, 20, 20)
+    whole_generator = torch.Generator().manual_seed(3)
+    whole = augmentation(images, whole_generator)
+    for start, stop in [(0, 5), (5, 9)]:
+        generator = torch.Generator().manual_seed(3)
+        part = augmentation(images[start:stop], generator, shard=slice(start, stop), total=9)
+        assert torch.equal(part, whole[start:stop])
+        assert torch.equal(generator.get_state(), whole_generator.get_state())  # next step draws the same too
+    with pytest.raises(ValueError, match="does not match"):
+        augmentation(images[:4], torch.Generator(), shard=slice(0, 5), total=9)
+
+
+def test_streaming_statistics_equal_in_memory_statistics(tmp_path):
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    dataset = color_dataset(3, 7)
+    computed = {}
+    for name, data in [("memory", dataset), ("stream", dataset.to_iterable_dataset(num_shards=3))]:
+        args = DistillationConfig(output_dir=str(tmp_path / name), statistics_batch_size=4)
+        computed[name] = Distiller(build_backbone("vit"), args, data, image_processor=processor).compute_statistics()
+    assert isinstance(dataset.to_iterable_dataset(), datasets.IterableDataset)
+    assert torch.equal(computed["stream"].counts, computed["memory"].counts)
+    torch.testing.assert_close(computed["stream"].feature_sums, computed["memory"].feature_sums, rtol=1e-12, atol=1e-9)
+
+
+def test_reduce_sum_is_the_identity_in_one_process(tmp_path):
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    args = DistillationConfig(output_dir=str(tmp_path))
+    distiller = Distiller(build_backbone("vit"), args, color_dataset(3, 2), image_processor=processor)
+    assert distiller.reduce_sum is None  # one process keeps the exact single-process arithmetic

@@ -1,0 +1,127 @@
+"""`recipes/distill.py`: the script users launch, end to end on a tiny local model and dataset, and its configs."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+from conftest import build_backbone, color_dataset
+from safetensors.torch import load_file
+from transformers import ViTImageProcessor
+
+from hf_sfm import DistillationConfig
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "distill.py"
+CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("distill_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the annotations through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny random ViT saved with `save_pretrained`, and a train/test dataset saved with `save_to_disk`."""
+    root = tmp_path_factory.mktemp("assets")
+    build_backbone("vit").save_pretrained(root / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        root / "vit"
+    )
+    splits = {"train": color_dataset(3, 6), "test": color_dataset(3, 4, seed=1)}
+    datasets.DatasetDict(splits).save_to_disk(str(root / "data"))
+    return root
+
+
+def test_the_recipe_runs_statistics_distillation_evaluation_and_save(assets, tmp_path):
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable, str(RECIPE),
+        "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data"),
+        "--output_dir", str(output_dir), "--num_steps", "2", "--ipc", "2", "--save_steps", "1", "--grid_steps", "1",
+        "--probe_epochs", "2", "--eval_runs", "2",
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    assert (output_dir / "statistics.safetensors").exists()
+    assert [p.name for p in sorted(output_dir.glob("checkpoint-*"))] == ["checkpoint-1", "checkpoint-2"]
+    assert sorted(p.name for p in (output_dir / "grids").iterdir()) == ["step-0000001.png", "step-0000002.png"]
+    train_results = json.loads((output_dir / "train_results.json").read_text())
+    assert len(train_results["losses"]) == 2 and train_results["num_processes"] == 1
+    evaluation = json.loads((output_dir / "eval_results.json").read_text())
+    assert set(evaluation) == {"sfm", "random_real"}
+    assert len(evaluation["sfm"]["accuracy_per_run"]) == 2 and 0 <= evaluation["sfm"]["accuracy"] <= 1
+    assert evaluation["sfm"]["num_test_images"] == 12
+    distilled = datasets.load_from_disk(str(output_dir / "distilled"))["train"]
+    assert distilled.num_rows == 6 and distilled.features["label"].names == ["class_0", "class_1", "class_2"]
+    assert load_file(str(output_dir / "distilled" / "synthetic.safetensors"))["images"].shape == (6, 3, 37, 37)
+
+
+def test_yaml_config_sets_arguments_and_the_command_line_wins(recipe, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model_name_or_path: some/backbone\nipc: 10\nnum_steps: 7\nmixed_precision: bf16\ndo_eval: false\n"
+    )
+    model_args, data_args, run_args, args = recipe.parse_args(["--config", str(config), "--ipc", "3"])
+    assert model_args.model_name_or_path == "some/backbone"
+    assert (args.ipc, args.num_steps, args.mixed_precision) == (3, 7, "bf16")
+    assert run_args.do_eval is False and data_args.train_split == "train"
+    assert isinstance(args, DistillationConfig)
+
+
+def test_a_yaml_key_that_is_no_argument_is_refused(recipe, tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("ipcs: 10\n")
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--config", str(config)])
+    assert "unknown arguments ['ipcs']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_every_shipped_config_is_valid(recipe, config):
+    model_args, data_args, _, args = recipe.parse_args(["--config", str(config)])
+    assert args.output_dir == f"outputs/{config.stem}"
+    if config.stem != "default":
+        assert model_args.model_name_or_path and data_args.dataset_name
+        assert args.image_size == 256 and args.crop_size == 224 and args.mixed_precision == "bf16"
+        assert args.save_steps > 0 and args.report_to.startswith("none")
+
+
+def test_the_shipped_configs_cover_the_issue_matrix():
+    names = {path.stem for path in CONFIGS}
+    for dataset in ("imagenet1k", "imagenet100"):
+        for backbone in ("dinov2_base", "clip_vit_b16", "eva02_base"):
+            assert {f"{dataset}_{backbone}_ipc1", f"{dataset}_{backbone}_ipc10"} <= names
+    assert "default" in names and any(name.startswith("flowers102") for name in names)
+
+
+def test_push_to_hub_without_a_repo_fails_before_any_work(recipe):
+    with pytest.raises(ValueError, match="--hub_repo_id"):
+        recipe.main(["--push_to_hub", "true", "--dataset_name", "/nonexistent"])
+
+
+def test_local_dataset_folders_and_missing_splits(recipe, assets):
+    arguments = recipe.parse_args(["--dataset_name", str(assets / "data")])[1]
+    train, evaluation = recipe.load_data(arguments)
+    assert train.num_rows == 18 and evaluation.num_rows == 12
+    arguments = recipe.parse_args(["--dataset_name", str(assets / "data"), "--streaming", "true"])[1]
+    train, _ = recipe.load_data(arguments)
+    assert isinstance(train, datasets.IterableDataset) and train.num_shards == 16
+    arguments = recipe.parse_args(["--dataset_name", str(assets / "data"), "--train_split", "training"])[1]
+    with pytest.raises(ValueError, match="Split 'training' not in the dataset"):
+        recipe.load_data(arguments)
