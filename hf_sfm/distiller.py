@@ -511,7 +511,8 @@ class Distiller:
         return optimizer, list(saved["losses"][: saved["step"]])
 
     def _init_trackers(self) -> None:
-        if self.args.report_to in ("none", "", None) or self.accelerator.trackers:
+        """Start the accelerator's trackers (from `report_to`, or a user's `Accelerator(log_with=...)`) once."""
+        if not self.accelerator.log_with or self.accelerator.trackers:
             return
         config = {
             key: value if isinstance(value, int | float | str | bool) else str(value)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import datasets
 import pytest
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from conftest import build_backbone, color_dataset
 from safetensors.torch import load_file
 from transformers import ViTImageProcessor
 
-from hf_sfm import DistillationConfig
+from hf_sfm import DistillationConfig, Distiller
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "distill.py"
@@ -125,3 +127,50 @@ def test_local_dataset_folders_and_missing_splits(recipe, assets):
     arguments = recipe.parse_args(["--dataset_name", str(assets / "data"), "--train_split", "training"])[1]
     with pytest.raises(ValueError, match="Split 'training' not in the dataset"):
         recipe.load_data(arguments)
+
+
+class RecordingTracker(GeneralTracker):
+    """An Accelerate tracker that keeps what it is given (trackers are optional: none is installed in CI)."""
+
+    name = "recorder"
+    requires_logging_directory = False
+
+    def __init__(self):
+        super().__init__()
+        self.config, self.scalars, self.images = None, [], []
+
+    @property
+    def tracker(self):
+        return self
+
+    def store_init_configuration(self, values):
+        self.config = values
+
+    def log(self, values, step=None, **kwargs):
+        self.scalars.append((step, values))
+
+    def log_images(self, values, step=None, **kwargs):
+        self.images.append((step, values))
+
+
+def test_trackers_get_the_loss_and_the_image_grid_when_asked(tmp_path):
+    tracker = RecordingTracker()
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    args = DistillationConfig(output_dir=str(tmp_path), num_steps=4, logging_steps=2, grid_steps=2, save_grid=False)
+    distiller = Distiller(
+        build_backbone("vit"), args, color_dataset(3, 2), image_processor=processor,
+        accelerator=Accelerator(log_with=[tracker]),
+    )  # fmt: skip
+    distiller.train()
+    assert tracker.config["num_steps"] == 4
+    assert [step for step, _ in tracker.scalars] == [2, 4] and set(tracker.scalars[0][1]) == {"loss", "pyramid_levels"}
+    assert [step for step, _ in tracker.images] == [2, 4]
+    (grid,) = tracker.images[0][1]["synthetic_grid"]
+    assert grid.size[0] > 32 and (tmp_path / "grids" / "step-0000002.png").exists()
+
+
+def test_no_tracker_is_needed_by_default():
+    from hf_sfm.distiller import _trackers
+
+    assert DistillationConfig().report_to == "none" and _trackers("none") is None
+    assert _trackers("tensorboard, wandb") == ["tensorboard", "wandb"] and _trackers("all") == "all"
