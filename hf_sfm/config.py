@@ -28,6 +28,8 @@ class DistillationConfig:
         image_column, label_column: dataset columns; detected from the features when unset.
         statistics_batch_size, statistics_num_proc: the `datasets.map` pass that computes class statistics.
         statistics_path: reuse class statistics saved by an earlier run instead of recomputing them.
+        recompute_statistics: ignore (and overwrite) saved statistics, e.g. after changing backbone or data.
+        skip_corrupt_images: skip (and count) images that cannot be decoded instead of raising.
 
     > Method
         method: `"sfm"` (statistical flow matching), `"sfm_decouple"` (class-mean matching) or `"lgm"`.
@@ -142,6 +144,21 @@ class DistillationConfig:
     statistics_num_proc: int | None = field(default=None, metadata={"help": "Processes for the statistics map."})
     statistics_path: str | None = field(
         default=None, metadata={"help": "Load class statistics from this safetensors file instead of computing them."}
+    )
+    recompute_statistics: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute the class statistics even if statistics_path (or <output_dir>/statistics.safetensors) "
+            "exists, and overwrite it: the fix when saved statistics were computed with another backbone, "
+            "preprocessing or dataset version."
+        },
+    )
+    skip_corrupt_images: bool = field(
+        default=True,
+        metadata={
+            "help": "Skip training images that cannot be decoded (corrupt or truncated bytes, missing values) and "
+            "report how many, instead of raising at the first one."
+        },
     )
 
     def __post_init__(self):

@@ -82,6 +82,82 @@ def class_names_of(dataset: datasets.Dataset | datasets.IterableDataset, label_c
             f"known in advance. Cast it: `dataset.cast_column({label_column!r}, datasets.ClassLabel(names=[...]))`."
         )
     labels = dataset.unique(label_column)
+    if None in labels:
+        raise ValueError(
+            f"Label column {label_column!r} has missing (None) labels; drop those rows first, e.g. "
+            f"`dataset.filter(lambda label: label is not None, input_columns={label_column!r})`."
+        )
+    if not labels:
+        raise ValueError("The training dataset is empty: there are no labelled images to distil.")
     if min(labels) < 0:
         raise ValueError(f"Label column {label_column!r} has negative labels {sorted(labels)[:3]}; expected 0..C-1.")
     return [str(i) for i in range(max(labels) + 1)]
+
+
+def check_eval_classes(
+    class_names: list[str],
+    eval_dataset: datasets.Dataset | datasets.IterableDataset,
+    label_column: str | None = None,
+) -> None:
+    """`check_label_sets` for an eval split whose class names can be known (a `ClassLabel`, or a map-style set)."""
+    eval_label_column = find_label_column(eval_dataset, label_column)
+    feature = _features(eval_dataset)[eval_label_column]
+    if isinstance(feature, datasets.ClassLabel) or isinstance(eval_dataset, datasets.Dataset):
+        check_label_sets(class_names, class_names_of(eval_dataset, eval_label_column), eval_label_column)
+
+
+def check_label_sets(train_names: list[str], eval_names: list[str], eval_label_column: str = "label") -> None:
+    """Refuse an eval split whose class ids do not mean what they mean in the training split (compared by name).
+
+    A probe trained on the distilled set predicts training class ids: an eval class the training set lacks can
+    never be predicted, and the same names in another order would silently score the wrong classes. An eval split
+    covering only some of the training classes is fine, as long as every id names the same class.
+    """
+    unknown = [name for name in eval_names if name not in train_names]
+    if unknown:
+        raise ValueError(
+            f"The eval dataset has classes the training set lacks: {unknown[:10]}"
+            + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else "")
+            + f". A classifier trained on the distilled set can never predict them. Training classes: "
+            f"{list(train_names)[:10]}{' …' if len(train_names) > 10 else ''}. Filter those rows out of the eval split "
+            "or add the classes to the training set."
+        )
+    moved = [(i, name) for i, name in enumerate(eval_names) if train_names.index(name) != i]
+    if moved:
+        i, name = moved[0]
+        raise ValueError(
+            f"The eval dataset numbers its classes differently: id {i} is {name!r} there but "
+            f"{train_names.index(name)} in the training set ({len(moved)} id(s) differ). Realign it: "
+            f"`eval_dataset = eval_dataset.align_labels_with_mapping({{name: i for i, name in "
+            f"enumerate(train_class_names)}}, {eval_label_column!r})`."
+        )
+
+
+def undecoded(
+    dataset: datasets.Dataset | datasets.IterableDataset, image_column: str
+) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Image | None]:
+    """`dataset` with `image_column` left as raw `{"bytes", "path"}` values, and the `Image` feature to decode them.
+
+    `datasets` decodes an `Image` column while it formats a batch, so one corrupt file raises deep inside
+    `datasets` before a batch function sees it. Decoding ourselves (`decode_image`) lets a bad image be skipped
+    and counted. Returns `(dataset, None)` when the column is not a decoding `Image` column.
+    """
+    feature = _features(dataset)[image_column]
+    if not isinstance(feature, datasets.Image) or not feature.decode:
+        return dataset, None
+    return dataset.cast_column(image_column, datasets.Image(mode=feature.mode, decode=False)), feature
+
+
+def decode_image(value, feature: datasets.Image):
+    """One raw `Image` value → an RGB `PIL.Image`, as `datasets` would decode it (EXIF orientation, `mode`).
+
+    Raises `ValueError` for a missing value, and PIL's own errors (`UnidentifiedImageError`, `OSError` for
+    truncated data, ...) for bytes that are not a readable image.
+    """
+    from .preprocessing import to_rgb
+
+    if value is None or (isinstance(value, dict) and value.get("bytes") is None and value.get("path") is None):
+        raise ValueError("the value is missing (None)")
+    if not isinstance(value, dict):  # a PIL image or path already
+        value = feature.encode_example(value)
+    return to_rgb(feature.decode_example(value))

@@ -37,10 +37,10 @@ from .checkpointing import (
     statistics_digest,
 )
 from .config import DistillationConfig
-from .data import class_names_of, find_image_column, find_label_column
+from .data import check_eval_classes, class_names_of, find_image_column, find_label_column
 from .distributed import all_reduce_sum, cpu_only, gather_shards, shard_range
-from .features import FeatureExtractor, FeatureFn
-from .io_utils import atomic_path
+from .features import FeatureExtractor, FeatureFn, check_image_processor
+from .io_utils import atomic_path, foreign_entries
 from .memory import enable_gradient_checkpointing
 from .methods import DistillationMethod, get_method
 from .preprocessing import ImagePreprocessing
@@ -52,6 +52,17 @@ logger = get_logger(__name__)
 
 STATISTICS_FILE = "statistics.safetensors"
 GRID_FILE = "synthetic_grid.png"
+# What hf_sfm itself writes into output_dir (fnmatch patterns): such files never count as "other content".
+OWN_OUTPUTS = (
+    STATISTICS_FILE,
+    GRID_FILE,
+    f"{CHECKPOINT_PREFIX}*",
+    "distilled",
+    "grids",
+    "hub",
+    "hf_sfm",  # Accelerate trackers' logs (run name "hf_sfm")
+    "*results.json",  # the demo and recipes/distill.py
+)
 
 
 def _trackers(report_to: str | None) -> str | list[str] | None:
@@ -130,11 +141,16 @@ class Distiller:
                 f"The dataset has {len(self.class_names)} class(es) in {self.label_column!r}; distillation by "
                 "statistical flows needs at least 2 (a flow points from one class to the others)."
             )
+        if eval_dataset is not None:
+            check_eval_classes(self.class_names, eval_dataset, args.label_column)
+        self._check_output_dir()
         self.model = model
         self.image_processor = image_processor
         self.preprocessing = ImagePreprocessing.from_image_processor(image_processor, args.crop_size)
         self.image_size = args.image_size or round(self.preprocessing.crop_size * 8 / 7)
         self.feature_extractor = FeatureExtractor(model, self.preprocessing, feature_fn).to(self.accelerator.device)
+        check_image_processor(model, image_processor)
+        self.feature_extractor.check_forward(image_processor)  # a clear error now, not deep in torch later
         if args.gradient_checkpointing and not enable_gradient_checkpointing(self.feature_extractor.model):
             logger.warning(
                 f"gradient_checkpointing: found no blocks to checkpoint in {type(model).__name__}; running without.",
@@ -179,6 +195,26 @@ class Distiller:
             "versions": json.dumps(library_versions(), sort_keys=True),
         }
 
+    def _check_output_dir(self) -> None:
+        """Refuse an `output_dir` holding files hf_sfm did not write, unless `overwrite_output_dir` (or resuming).
+
+        hf_sfm's own outputs (`OWN_OUTPUTS`) do not count, so re-running a job into its folder reuses its statistics.
+        """
+        args = self.args
+        if args.overwrite_output_dir or args.resume_from_checkpoint:
+            return
+        own = OWN_OUTPUTS
+        if args.statistics_path and Path(args.statistics_path).parent.resolve() == Path(args.output_dir).resolve():
+            own = (*own, Path(args.statistics_path).name)
+        foreign = foreign_entries(args.output_dir, own)
+        if foreign:
+            raise ValueError(
+                f"output_dir={args.output_dir!r} already holds content hf_sfm did not write: {foreign[:5]}"
+                + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                + ". Choose a new or empty output_dir, or set `overwrite_output_dir=True` to write beside it "
+                "(hf_sfm's own files there are replaced)."
+            )
+
     def compute_statistics(self) -> ClassStatistics:
         """Per-class feature means `(C, D)` and counts of the real training set, computed once and saved.
 
@@ -187,12 +223,14 @@ class Distiller:
         """
         metadata = self.statistics_metadata()
         path = Path(self.args.statistics_path) if self.args.statistics_path else self.output_dir / STATISTICS_FILE
-        if path.exists():
+        if path.exists() and not self.args.recompute_statistics:
             statistics = ClassStatistics.load(path)
             statistics.check_compatible(metadata, path)
             logger.info(f"Loaded class statistics from {path}", main_process_only=True)
         else:
-            if self.args.statistics_path:
+            if path.exists():
+                logger.info(f"recompute_statistics=True: recomputing {path}.", main_process_only=True)
+            elif self.args.statistics_path:
                 logger.info(f"{path} does not exist yet; computing class statistics into it.", main_process_only=True)
             statistics = self._compute_statistics(metadata)
             if self.accelerator.is_main_process:
@@ -234,6 +272,7 @@ class Distiller:
                 num_proc=self.args.statistics_num_proc,
                 new_fingerprint=fingerprint,
                 metadata=metadata,
+                skip_corrupt_images=self.args.skip_corrupt_images,
             )
         finally:
             if quiet:

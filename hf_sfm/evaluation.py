@@ -38,6 +38,7 @@ from .data import class_names_of, find_image_column, find_label_column
 from .features import FeatureExtractor, FeatureFn
 from .preprocessing import ImagePreprocessing
 from .real_images import RealImages, square_preprocessing
+from .versions import library_versions
 
 METRICS_DIR = Path(__file__).parent / "metrics"
 
@@ -477,6 +478,7 @@ class ProbeEvaluator:
             "top5_accuracy_std": top5["std"],
             "top5_accuracy_per_run": top5["values"],
             "probe": probe.to_dict(),
+            "versions": library_versions(),
         }
 
 

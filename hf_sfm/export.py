@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from .hub import dataset_card, folder_files
 from .io_utils import atomic_path
-from .versions import library_versions
+from .versions import library_versions, provenance_metadata
 from .visualization import save_image_grid, to_pil_images
 
 PARQUET_FILE = "data/train-00000-of-00001.parquet"
@@ -73,6 +73,7 @@ def save_distilled(
     `license`, `pretty_name`, `template_path`); the card is rendered last so it lists the folder's files.
     """
     dataset = distilled_dataset(images, labels, class_names)
+    seed = config.get("seed") if isinstance(config, dict) else getattr(config, "seed", None)
     with atomic_path(path) as staged:
         datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged))
         (staged / "data").mkdir()
@@ -80,7 +81,12 @@ def save_distilled(
         save_file(
             {"images": images.float().contiguous(), "labels": labels.long().contiguous()},
             str(staged / FLOAT_IMAGES_FILE),
-            metadata={"class_names": json.dumps(list(class_names)), "range": "[0, 1]", "layout": "NCHW"},
+            metadata={
+                "class_names": json.dumps(list(class_names)),
+                "range": "[0, 1]",
+                "layout": "NCHW",
+                **provenance_metadata(seed),
+            },
         )
         if statistics is not None:
             statistics.save(staged / "statistics.safetensors")
@@ -90,6 +96,7 @@ def save_distilled(
             "backbone": backbone,
             "backbone_revision": backbone_revision,
             "class_names": list(class_names),
+            "seed": seed,
             "versions": library_versions(),
         }
         (staged / CONFIG_FILE).write_text(json.dumps(run, indent=2, sort_keys=True))

@@ -7,14 +7,22 @@ extra dense+tanh that is random unless trained (so we take the CLS token), CLIP'
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .preprocessing import ImagePreprocessing
 
+logger = logging.getLogger(__name__)
+
 FeatureFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+class FeatureFunctionError(ValueError):
+    """The pooled-feature function cannot turn this backbone's outputs into `(batch, dim)` features."""
 
 
 def _cls_token(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -36,7 +44,7 @@ def _default(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     outputs = model(pixel_values=pixel_values)
     pooled = getattr(outputs, "pooler_output", None)
     if pooled is None or (pooled.dim() == 4 and pooled.shape[-2:] != (1, 1)):
-        raise ValueError(
+        raise FeatureFunctionError(
             f"{type(model).__name__} returns no pooled output hf_sfm knows how to use. Pass "
             "`feature_fn=lambda model, pixel_values: ...` returning a (batch, dim) tensor to the Distiller, "
             "or register one with `hf_sfm.features.register_feature_fn(model_type, fn)`."
@@ -109,7 +117,79 @@ class FeatureExtractor(nn.Module):
             pixel_values = pixel_values.to(parameter.dtype)
         features = self.feature_fn(self.model, pixel_values)
         if features.dim() != 2:
-            raise ValueError(
+            raise FeatureFunctionError(
                 f"The feature function must return (batch, dim) features, got shape {tuple(features.shape)}."
             )
         return features.float()
+
+    @torch.no_grad()
+    def check_forward(self, image_processor: Any = None) -> int:
+        """Run two grey `(2, 3, S, S)` images through the backbone once; return the feature dim `D`.
+
+        A processor that does not fit the model (another input size, channel count or family) otherwise fails
+        deep inside torch, minutes into the statistics pass; here it fails at once with a message naming both.
+        """
+        device = self.mean.device
+        images = torch.full((2, 3, self.input_size, self.input_size), 0.5, device=device)
+        try:
+            features = self(images)
+        except FeatureFunctionError:
+            raise
+        except Exception as error:  # whatever the backbone raises on an input it cannot take
+            raise ValueError(
+                f"{type(self.model).__name__} cannot embed {self.input_size}x{self.input_size} RGB images "
+                f"({type(error).__name__}: {error}). The image processor"
+                + (f" ({type(image_processor).__name__})" if image_processor is not None else "")
+                + " probably does not belong to this model: pass the model's own "
+                "`AutoImageProcessor.from_pretrained(<checkpoint>)`, or set `crop_size` to the model's input size."
+            ) from error
+        if not bool(torch.isfinite(features).all()):
+            raise FloatingPointError(
+                f"{type(self.model).__name__} returns NaN/Inf features for a plain grey image: its weights are broken "
+                "(NaN in the checkpoint) or its dtype overflows (float16 weights; load it in float32 or bfloat16)."
+            )
+        return int(features.shape[1])
+
+
+def check_image_processor(model: nn.Module, image_processor: Any) -> None:
+    """Refuse a backbone hf_sfm cannot feed, and warn when the image processor is not its family's.
+
+    Errors for what cannot work (a backbone that does not take 3-channel RGB input); only a warning for a processor
+    class that transformers does not pair with the model type, because processors are shared across families
+    (DINOv2 uses `BitImageProcessor`) and a hand-built one with the right normalisation is legitimate. A processor
+    that truly does not fit (size, channels) is caught by `FeatureExtractor.check_forward`.
+    """
+    config = getattr(base_vision_model(model), "config", None)
+    num_channels = getattr(config, "num_channels", 3)
+    if isinstance(num_channels, int) and num_channels != 3:
+        raise ValueError(
+            f"{type(model).__name__} expects {num_channels}-channel input, but hf_sfm feeds RGB images (3 channels; "
+            "grayscale and RGBA images are converted). Use a backbone configured with num_channels=3."
+        )
+    model_type = getattr(config, "model_type", None)
+    if image_processor is None or not model_type:
+        return
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    paired = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or IMAGE_PROCESSOR_MAPPING_NAMES.get(
+        model_type.removesuffix("_vision_model")
+    )
+    if not paired:
+        return
+    names = paired.values() if isinstance(paired, dict) else paired if isinstance(paired, tuple | list) else [paired]
+    expected = {_base_processor_name(name) for name in names if name}
+    actual = _base_processor_name(type(image_processor).__name__)
+    if expected and actual not in expected:
+        logger.warning(
+            f"The image processor {type(image_processor).__name__} is not the kind transformers pairs with "
+            f"{model_type!r} models ({', '.join(sorted(expected))}); check that its size and normalisation "
+            f"(mean {getattr(image_processor, 'image_mean', None)}, std {getattr(image_processor, 'image_std', None)}) "
+            "are the backbone's, e.g. by loading `AutoImageProcessor.from_pretrained(<the model's checkpoint>)`."
+        )
+
+
+def _base_processor_name(name: str) -> str:
+    """`ViTImageProcessorPil`/`ViTImageProcessorFast` → `ViTImageProcessor`."""
+    for suffix in ("Pil", "Fast"):
+        name = name.removesuffix(suffix)
+    return name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import shutil
 import tempfile
@@ -30,3 +31,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(staged, target)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def foreign_entries(folder: str | os.PathLike, own_patterns: tuple[str, ...]) -> list[str]:
+    """Names in `folder` that match none of the `fnmatch` patterns of what we write ourselves, sorted.
+
+    The temporaries `atomic_path` leaves when killed (`.<name>.*.tmp`) always count as ours.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    patterns = (*own_patterns, ".*.tmp")
+    return sorted(
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in folder.iterdir()
+        if not any(fnmatch.fnmatch(entry.name, pattern) for pattern in patterns)
+    )

@@ -9,6 +9,7 @@ Saved as safetensors with the metadata needed to refuse a mismatched reuse.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .data import decode_image, undecoded
 from .io_utils import atomic_path
+
+logger = logging.getLogger(__name__)
 
 # Metadata keys that must agree before saved statistics may stand in for a fresh computation.
 COMPATIBILITY_KEYS = ("backbone", "backbone_revision", "preprocessing", "dataset_fingerprint", "feature_fn")
@@ -95,7 +99,8 @@ class ClassStatistics:
             where = f" in {path}" if path else ""
             raise ValueError(
                 f"The class statistics{where} were computed under other conditions ({'; '.join(mismatches)}). "
-                "Delete the file or point `statistics_path` elsewhere to recompute them."
+                "Set `recompute_statistics=True` to recompute (and overwrite) them, or point `statistics_path` "
+                "elsewhere."
             )
 
 
@@ -103,9 +108,22 @@ def batch_class_sums(
     images: list[Any],
     labels: list[int],
     embed: Callable[[list[Any]], torch.Tensor],
+    rows: str = "",
 ) -> dict[str, list]:
-    """One batch → one row per class present: `label`, `feature_sum` (float64) and `count`."""
+    """One batch → one row per class present: `label`, `feature_sum` (float64) and `count`.
+
+    Non-finite features raise `FloatingPointError` (`rows` names the batch in the message): a NaN here would
+    silently poison a class mean, and through it every flow.
+    """
     features = embed(images).double().cpu()
+    finite = torch.isfinite(features).all(dim=1)
+    if not bool(finite.all()):
+        raise FloatingPointError(
+            f"The backbone returned NaN/Inf features for {int((~finite).sum())} of {len(images)} images"
+            + (f" in {rows}" if rows else "")
+            + " of the statistics pass. Likely causes: float16 overflow (mixed_precision='fp16'; use 'bf16' or "
+            "'no'), a feature_fn that divides by zero, or backbone weights that hold NaN."
+        )
     labels = torch.as_tensor(labels, dtype=torch.long)
     present, inverse = torch.unique(labels, return_inverse=True)
     sums = torch.zeros(len(present), features.shape[1], dtype=torch.float64).index_add_(0, inverse, features)
@@ -114,19 +132,30 @@ def batch_class_sums(
 
 
 def reduce_class_sums(
-    partial_sums: datasets.Dataset | datasets.IterableDataset, num_classes: int
+    partial_sums: datasets.Dataset | datasets.IterableDataset, num_classes: int, skipped_rows: list[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum the per-batch partial rows into `(C, D)` sums and `(C,)` counts."""
+    """Sum the per-batch partial rows into `(C, D)` sums and `(C,)` counts (one pass: a streamed map runs once).
+
+    Rows of skipped images, when the partial sums carry them, are appended to `skipped_rows`.
+    """
     feature_sums, counts = None, torch.zeros(num_classes, dtype=torch.long)
     for batch in partial_sums.iter(batch_size=1024):
-        labels = torch.as_tensor(batch["label"], dtype=torch.long)
-        sums = torch.as_tensor(np.asarray(batch["feature_sum"], dtype=np.float64))
+        if skipped_rows is not None and "skipped_rows" in batch:
+            skipped_rows.extend(row for rows in batch["skipped_rows"] for row in rows)
+        keep = [i for i, label in enumerate(batch["label"]) if label >= 0]  # label -1: a batch of skipped images
+        if not keep:
+            continue
+        labels = torch.as_tensor([batch["label"][i] for i in keep], dtype=torch.long)
+        sums = torch.as_tensor(np.asarray([batch["feature_sum"][i] for i in keep], dtype=np.float64))
         if feature_sums is None:
             feature_sums = torch.zeros(num_classes, sums.shape[1], dtype=torch.float64)
         feature_sums.index_add_(0, labels, sums)
-        counts.index_add_(0, labels, torch.as_tensor(batch["count"], dtype=torch.long))
+        counts.index_add_(0, labels, torch.as_tensor([batch["count"][i] for i in keep], dtype=torch.long))
     if feature_sums is None:
-        raise ValueError("The training dataset is empty: there are no images to compute class statistics from.")
+        raise ValueError(
+            "The training dataset is empty (or none of its images could be decoded): there are no images to "
+            "compute class statistics from."
+        )
     return feature_sums, counts
 
 
@@ -141,32 +170,91 @@ def compute_class_statistics(
     num_proc: int | None = None,
     new_fingerprint: str | None = None,
     metadata: dict[str, str] | None = None,
+    skip_corrupt_images: bool = True,
 ) -> ClassStatistics:
     """Per-class feature sums and counts of `dataset` through `embed` (PIL images → `(B, D)` features).
 
     `new_fingerprint` should identify backbone + preprocessing + dataset, so `datasets` caches the pass without
     hashing the model (which would give a new hash every run).
+
+    Images are decoded here, not by `datasets`, so that an undecodable one (corrupt or truncated bytes, a missing
+    value) does not abort the pass minutes in: with `skip_corrupt_images` it is left out of the statistics, counted
+    in `metadata["skipped_images"]` (its row numbers in `metadata["skipped_rows"]`) and reported by a warning;
+    without, the first one raises a `ValueError` naming its row.
     """
     num_classes = len(class_names)
+    dataset, image_feature = undecoded(dataset, image_column)
 
-    def partial_sums(batch: dict[str, list]) -> dict[str, list]:
+    def partial_sums(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         if num_proc and num_proc > 1:
             torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (DESIGN §9)
         labels = batch[label_column]
-        bad = [label for label in labels if not 0 <= int(label) < num_classes]
+        bad = [label for label in labels if label is None or not 0 <= int(label) < num_classes]
         if bad:
             raise ValueError(
-                f"Label values {sorted(set(bad))[:5]} in column '{label_column}' are outside 0..{num_classes - 1}; "
-                "check the label column or the class names."
+                f"Label values {sorted(set(bad), key=str)[:5]} in column '{label_column}' are outside "
+                f"0..{num_classes - 1}; check the label column or the class names"
+                + (" (-1 is how `datasets` marks an unlabelled example, e.g. in a test split)." if -1 in bad else ".")
             )
-        return batch_class_sums(batch[image_column], labels, embed)
+        images, kept_labels, skipped = batch[image_column], labels, []
+        if image_feature is not None:
+            images, kept_labels = [], []
+            for value, label, index in zip(batch[image_column], labels, indices):
+                try:
+                    images.append(decode_image(value, image_feature))
+                except Exception as error:  # PIL raises many types for bad bytes; all mean "not an image"
+                    if not skip_corrupt_images:
+                        raise ValueError(
+                            f"The image in row {index} of column {image_column!r} cannot be decoded "
+                            f"({type(error).__name__}: {error}). Set `skip_corrupt_images=True` to leave such "
+                            "images out (they are counted and reported), or repair the dataset."
+                        ) from error
+                    skipped.append(index)
+                    continue
+                kept_labels.append(label)
+        if not images:  # nothing decodable: one placeholder row (label -1) carries the skipped rows
+            return {"label": [-1], "feature_sum": [[]], "count": [0], "skipped_rows": [skipped]} if skipped else {}
+        rows = f"rows {indices[0]}..{indices[-1]}" if indices else ""
+        result = batch_class_sums(images, kept_labels, embed, rows=rows)
+        result["skipped_rows"] = [skipped] + [[] for _ in result["label"][1:]]
+        return result
 
-    map_kwargs: dict[str, Any] = {"batched": True, "batch_size": batch_size, "remove_columns": _columns(dataset)}
+    features = datasets.Features(
+        {
+            "label": datasets.Value("int64"),
+            "feature_sum": datasets.List(datasets.Value("float64")),
+            "count": datasets.Value("int64"),
+            "skipped_rows": datasets.List(datasets.Value("int64")),
+        }
+    )
+    map_kwargs: dict[str, Any] = {
+        "batched": True,
+        "batch_size": batch_size,
+        "with_indices": True,
+        "remove_columns": _columns(dataset),
+        "features": features,
+    }
     if isinstance(dataset, datasets.Dataset):
         map_kwargs.update(num_proc=num_proc, new_fingerprint=new_fingerprint, desc="Class statistics")
     partial = dataset.map(partial_sums, **map_kwargs)
-    feature_sums, counts = reduce_class_sums(partial, num_classes)
-    return ClassStatistics(feature_sums, counts, list(class_names), dict(metadata or {}))
+    skipped_rows: list[int] = []
+    feature_sums, counts = reduce_class_sums(partial, num_classes, skipped_rows)
+    skipped_rows.sort()
+    metadata = dict(metadata or {})
+    if skipped_rows:
+        if not skip_corrupt_images:  # statistics cached by an earlier skipping pass
+            raise ValueError(
+                f"{len(skipped_rows)} images of column {image_column!r} cannot be decoded (rows "
+                f"{skipped_rows[:10]}). Set `skip_corrupt_images=True` to leave them out, or repair the dataset."
+            )
+        logger.warning(
+            f"Skipped {len(skipped_rows)} training image(s) that could not be decoded (rows {skipped_rows[:10]}"
+            + (" …" if len(skipped_rows) > 10 else "")
+            + "); the class statistics use the others."
+        )
+    metadata["skipped_images"] = str(len(skipped_rows))
+    metadata["skipped_rows"] = json.dumps(skipped_rows[:1000])
+    return ClassStatistics(feature_sums, counts, list(class_names), metadata)
 
 
 def _columns(dataset: datasets.Dataset | datasets.IterableDataset) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+from typing import Any
 
 _PACKAGES = ("hf_sfm", "torch", "transformers", "datasets", "accelerate", "huggingface_hub", "safetensors")
 
@@ -15,3 +17,13 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def provenance(seed: int | None) -> dict[str, Any]:
+    """`{"seed": ..., "versions": {...}}`: what every output records so that it can be reproduced."""
+    return {"seed": seed, "versions": library_versions()}
+
+
+def provenance_metadata(seed: int | None) -> dict[str, str]:
+    """`provenance` as the string-to-string metadata of a safetensors file."""
+    return {"seed": json.dumps(seed), "versions": json.dumps(library_versions(), sort_keys=True)}
