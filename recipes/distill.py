@@ -199,15 +199,17 @@ def evaluate(distiller: Distiller, run_args, backbone: str) -> dict[str, Any]:
         test_labels.append(torch.as_tensor(batch[distiller.label_column]))
     test_features, test_labels = torch.cat(test_features), torch.cat(test_labels)
     probe = ProbeConfig(epochs=run_args.probe_epochs, augment=run_args.probe_augment)
-    training_sets = {distiller.args.method: (distiller.synthetic_images(), distiller.labels)}
+    synthetic = distiller.synthetic_images()
+    # name -> run seed -> training images: the distilled set is fixed; random real images are drawn anew per run.
+    training_sets = {distiller.args.method: lambda seed: synthetic}
     if run_args.eval_random_real and isinstance(distiller.train_dataset, datasets.Dataset):
-        real = distiller.sample_real_images(distiller.args.ipc, seed=distiller.args.seed, size=distiller.image_size)
-        training_sets["random_real"] = (real, distiller.labels)
+        ipc, size = distiller.args.ipc, distiller.image_size
+        training_sets["random_real"] = lambda seed: distiller.sample_real_images(ipc, seed=1000 + seed, size=size)
     results = {}
-    for name, (images, labels) in training_sets.items():
+    for name, images_for in training_sets.items():
         accuracies = [
             probe_accuracy(
-                train_linear_probe(extractor, images, labels, distiller.num_classes, probe, seed=seed),
+                train_linear_probe(extractor, images_for(seed), distiller.labels, distiller.num_classes, probe, seed),
                 test_features,
                 test_labels,
             )
