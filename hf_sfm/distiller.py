@@ -52,6 +52,8 @@ logger = get_logger(__name__)
 
 STATISTICS_FILE = "statistics.safetensors"
 GRID_FILE = "synthetic_grid.png"
+# Bump when the rows of the statistics map change, so a stale `datasets` cache of the old layout is not reused.
+STATISTICS_FORMAT = "partial-sums-v2"
 # What hf_sfm itself writes into output_dir (fnmatch patterns): such files never count as "other content".
 OWN_OUTPUTS = (
     STATISTICS_FILE,
@@ -257,7 +259,9 @@ class Distiller:
             )
         # Each process maps its own shard under its own fingerprint, so no cache file is shared and the passes run
         # side by side (`main_process_first` would only serialise them).
-        fingerprint = Hasher.hash([metadata, self.accelerator.process_index, self.accelerator.num_processes])
+        fingerprint = Hasher.hash(
+            [STATISTICS_FORMAT, metadata, self.accelerator.process_index, self.accelerator.num_processes]
+        )
         quiet = not self.accelerator.is_local_main_process and datasets.is_progress_bar_enabled()
         if quiet:  # one progress bar per machine
             datasets.disable_progress_bars()
@@ -331,7 +335,7 @@ class Distiller:
         """Training images at `indices`, resized and center-cropped like synthetic ones: `(N, 3, S, S)` in `[0, 1]`."""
         size = size or self.image_size
         preprocessing = ImagePreprocessing(size, size, self.preprocessing.image_mean, self.preprocessing.image_std)
-        return preprocessing(self.train_dataset[indices][self.image_column])
+        return preprocessing(self.train_dataset[[int(i) for i in indices]][self.image_column])
 
     def create_method(self) -> DistillationMethod:
         return get_method(self.args.method).from_distiller(self).to(self.accelerator.device)
