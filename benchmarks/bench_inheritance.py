@@ -41,6 +41,7 @@ from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassif
 import hf_sfm  # noqa: F401  (registers the inherited classifier with the Auto classes)
 from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.assets import efficientnet_lite_path, load_mnist
+from hf_sfm.demo import DEMO_DEFAULTS
 from hf_sfm.evaluation import ProbeConfig, probe_accuracy, train_linear_probe
 from hf_sfm.export import distilled_dataset
 from hf_sfm.inheritance import (
@@ -55,6 +56,7 @@ from hf_sfm.inheritance import (
     identity_projector,
     inheritance_state,
     projection_mse,
+    projector_augmentation,
     real_features,
     train_kd_head,
     train_linear_head,
@@ -73,10 +75,7 @@ class BenchSettings:
     ipcs: tuple[int, ...] = (1, 10)
     distill_variant: str = "lite0"
     eval_variants: tuple[str, ...] = ("lite0", "lite2")
-    crop_size: int = 64
-    distill_steps: tuple[int, ...] = (400, 200)  # per ipc (CPU budget: ipc 10 costs 10x per step)
-    pyramid_level_every: tuple[int, ...] = (50, 25)  # per ipc: all 8 levels of a 73 px image get trained
-    distill_learning_rate: float = 1e-2
+    distill_steps: tuple[int, ...] = (300, 150)  # per ipc (CPU budget: a step at ipc 10 costs 10x)
     views: tuple[int, ...] = (100, 20)  # per ipc: augmented views per distilled image in the shared view bank
     probe_epochs: int = 1000
     projector_epochs: int = 1000
@@ -86,6 +85,21 @@ class BenchSettings:
     seed: int = 0  # distillation seed
     kd: bool = True
     pipeline_test_images: int = 1000
+
+
+def distill_arguments(settings: BenchSettings, ipc: int, position: int, work_dir: Path) -> dict:
+    """The embedded default's distillation settings (`hf_sfm.demo.DEMO_DEFAULTS`) at this ipc and step budget."""
+    arguments = dict(DEMO_DEFAULTS)
+    arguments.update(
+        output_dir=str(work_dir / f"ipc{ipc}"),
+        ipc=ipc,
+        num_steps=settings.distill_steps[position],
+        seed=settings.seed,
+        statistics_path=str(work_dir / "statistics.safetensors"),
+        save_grid=False,
+        logging_steps=0,
+    )
+    return arguments
 
 
 def _load_backbone(variant: str):
@@ -219,22 +233,11 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
     rows, timings, package = [], {}, None
     head, full_probe, test_features_of = None, {}, {}
     for position, ipc in enumerate(settings.ipcs):
-        args = DistillationConfig(
-            output_dir=str(work_dir / f"ipc{ipc}"),
-            ipc=ipc,
-            crop_size=settings.crop_size,
-            num_steps=settings.distill_steps[position],
-            learning_rate=settings.distill_learning_rate,
-            pyramid_level_every=settings.pyramid_level_every[position],
-            seed=settings.seed,
-            statistics_path=str(work_dir / "statistics.safetensors"),
-            save_grid=False,
-            logging_steps=0,
-        )
+        args = DistillationConfig(**distill_arguments(settings, ipc, position, work_dir))
         distiller = Distiller(model=distill_model, args=args, train_dataset=train, image_processor=distill_processor)
         images, timings[f"distill_ipc{ipc}"] = _distilled_images(distiller, work_dir / f"distilled_ipc{ipc}")
         labels = distiller.labels
-        augmentation = dataclasses.replace(distiller.augmentation, noise=False)
+        augmentation = projector_augmentation(distiller, ProjectorConfig().crop_scale)
         if head is None:
             start = time.perf_counter()
             head = distiller.train_inherited_head(InheritedHeadConfig(seed=settings.seed))
@@ -389,17 +392,17 @@ def markdown(result: dict) -> str:
     has_kd = any("kd" in row for row in result["rows"])
     has_fresh = any("plain_probe_fresh_views" in row for row in result["rows"])
     steps = ", ".join(
-        f"ipc {ipc}: {steps} steps, level every {every}, {views} views"
-        for ipc, steps, every, views in zip(
-            settings["ipcs"], settings["distill_steps"], settings["pyramid_level_every"], settings["views"]
-        )
+        f"ipc {ipc}: {steps} steps, {views} views"
+        for ipc, steps, views in zip(settings["ipcs"], settings["distill_steps"], settings["views"])
     )
+    demo = {key: DEMO_DEFAULTS[key] for key in ("crop_size", "image_size", "learning_rate", "init", "parameterization")}
     lines = [
         "## Classifier inheritance (MNIST 4000/1000, EfficientNet-Lite, CPU)",
         "",
-        f"Distilled with SFM on `{settings['distill_variant']}` at crop {settings['crop_size']} px, lr "
-        f"{settings['distill_learning_rate']}, seed {settings['seed']} ({steps}). **Inherited head**: full real "
-        "features, Adam 5e-4, batch 128, 10 epochs, cosine, features cached once (no augmentation). **Plain probe**: "
+        f"Distilled with SFM on `{settings['distill_variant']}` with the embedded default's settings {demo}, "
+        f"crop scale {DEMO_DEFAULTS['crop_scale_min']}–1, seed {settings['seed']} ({steps}). **Inherited head**: "
+        "full real features, Adam 5e-4, batch 128, 10 epochs, cosine, features cached once (no augmentation). "
+        "**Plain probe**: "
         f"§6 protocol ({settings['probe_epochs']} epochs) on the distilled images. **Inheritance**: head ∘ projector, "
         f"projector Adam 1e-2·batch/256, cosine, {settings['projector_epochs']} epochs on the distilled images "
         f"(identity for the same backbone). **KD**: T=4, α=0.5, {settings['kd_epochs']} epochs. Probe, projector "
@@ -479,7 +482,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = BenchSettings()
     if options.quick:
         settings = dataclasses.replace(
-            settings, ipcs=(1,), distill_steps=(20,), pyramid_level_every=(3,), views=(3,), probe_epochs=5,
+            settings, ipcs=(1,), distill_steps=(20,), views=(3,), probe_epochs=5,
             projector_epochs=5, kd_epochs=5, fresh_view_probe_epochs=2, seeds=(0,), pipeline_test_images=50,
         )  # fmt: skip
     overrides = {}
