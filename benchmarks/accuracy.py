@@ -200,6 +200,35 @@ def _distillation_order(item: tuple[str, dict]) -> tuple[int, int]:
     return int(ipc), names.index(method) if method in names else len(names)
 
 
+def summary_lines(report: dict) -> list[str]:
+    """Comparisons read off the table (computed, so they stay true to the numbers)."""
+    results, ipcs = report["results"], report["plan"]["ipcs"]
+
+    def cell(row: str, column: str) -> float:
+        return 100 * results[row][column]["accuracy"]
+
+    lines = []
+    if 1 in ipcs:
+        same = "ipc1/Lite0"
+        lines.append(
+            f"- ipc 1, same backbone, equal steps: SFM {cell('SFM', same):.1f} vs LGM {cell('LGM', same):.1f} "
+            f"({cell('SFM', same) - cell('LGM', same):+.1f} points); random real {cell('random real', same):.1f} "
+            f"(SFM {cell('SFM', same) - cell('random real', same):+.1f}, LGM "
+            f"{cell('LGM', same) - cell('random real', same):+.1f})."
+        )
+    beaten = [
+        f"{row} at ipc {ipc}, {backbone} "
+        f"({cell(row, f'ipc{ipc}/{backbone}'):.1f} vs {cell('SFM', f'ipc{ipc}/{backbone}'):.1f})"
+        for ipc in ipcs
+        for backbone in ("Lite0", "Lite2")
+        for row in ("random real", "centroids", "neighbors (of SFM)")
+        if cell(row, f"ipc{ipc}/{backbone}") > cell("SFM", f"ipc{ipc}/{backbone}")
+    ]
+    if beaten:
+        lines.append("- Real-image baselines above SFM: " + "; ".join(beaten) + ".")
+    return lines
+
+
 def format_section(report: dict) -> str:
     plan = report["plan"]
     ipcs = plan["ipcs"]
@@ -242,10 +271,15 @@ def format_section(report: dict) -> str:
             "",
             common.markdown_table(headers, rows),
             "",
-            f"Distillation: {steps} steps for every method; crop {settings['crop_size']} px, synthetic "
+            f"Distillation steps (every method): {steps}; crop {settings['crop_size']} px, synthetic "
             f"{settings['image_size']} px, `{settings['parameterization']}` initialised from `{settings['init']}` "
             f"images (the same seed, hence the same start, for every method), Adam lr {settings['learning_rate']}, "
-            f"crop scale {settings['crop_scale_min']}–1, flip and noise on (the embedded default's settings).",
+            f"crop scale {settings['crop_scale_min']}–1, flip, "
+            f"noise {'on' if settings.get('augment_noise', True) else 'off'} "
+            "(`benchmarks/common.py` DISTILL_SETTINGS; `--set key=value` changes them).",
+            "",
+            *summary_lines(report),
+            "",
             f"Probe: 1000 epochs, Adam 1e-3 · batch / 256, flip + random-resized crop with {views} augmented "
             "views per image embedded once per run (instead of a fresh view each epoch: the one reduction); "
             f"full dataset: deterministic view, {plan['full_epochs']} epochs. Centroids: the real image nearest "
@@ -268,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--runs", type=int, default=None, help="Probe runs per cell (default 3; quick 2).")
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="Override distillation settings (DistillationConfig fields)."
+    )
     parser.add_argument("--no-results", action="store_true", help="Do not write benchmarks/RESULTS.md.")
     parser.add_argument(
         "--render", action="store_true", help="Only re-render the RESULTS.md section from results/accuracy.json."
@@ -276,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         common.write_results_section("accuracy", format_section(common.load_json("accuracy")))
         return
+    common.apply_overrides(args.set)
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="hf_sfm_accuracy_"))
     run(args.quick, args.runs, work_dir, write=not (args.no_results or args.quick))
 

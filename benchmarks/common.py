@@ -6,6 +6,7 @@ backbones converted from PyPI wheels (`hf_sfm.assets`), so every script runs off
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -24,8 +25,9 @@ import torch
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
 BENCHMARKS_DIR = Path(__file__).parent
 
-# The distillation settings of the benchmarks: the embedded default's (hf_sfm/demo.py DEMO_DEFAULTS) — 64 px,
-# pixels initialised from real images, lr 0.01, crop scale 0.5–1 — so the tables describe what the demo does.
+# The distillation settings of the benchmarks (the embedded default's first settings: 64 px, pixels initialised from
+# real images, lr 0.01, crop scale 0.5–1, noise on). `--set key=value` on any script overrides them, e.g. to
+# benchmark the values `hf_sfm.demo` uses today.
 DISTILL_SETTINGS: dict[str, Any] = {
     "crop_size": 64,
     "image_size": 64,
@@ -37,6 +39,22 @@ DISTILL_SETTINGS: dict[str, Any] = {
     "logging_steps": 0,
     "overwrite_output_dir": True,
 }
+
+
+def apply_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`["learning_rate=0.03", "augment_noise=false"]` → update `DISTILL_SETTINGS` in place (JSON values)."""
+    from hf_sfm import DistillationConfig
+
+    fields = {field.name for field in dataclasses.fields(DistillationConfig)}
+    for pair in pairs or []:
+        key, _, raw = pair.partition("=")
+        if key not in fields or not raw:
+            raise SystemExit(f"--set needs KEY=VALUE with KEY a DistillationConfig field, got {pair!r}.")
+        try:
+            DISTILL_SETTINGS[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            DISTILL_SETTINGS[key] = raw
+    return DISTILL_SETTINGS
 
 
 def set_threads(threads: int) -> None:
@@ -201,7 +219,7 @@ def distillation_worker(spec: dict[str, Any]) -> dict[str, Any]:
     statistics = ClassStatistics.load(spec["statistics"]) if spec.get("statistics") else None
     args = DistillationConfig(
         **{
-            **DISTILL_SETTINGS,
+            **spec.get("settings", DISTILL_SETTINGS),
             "output_dir": spec["output_dir"],
             "method": spec["method"],
             "ipc": spec["ipc"],

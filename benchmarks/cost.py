@@ -38,7 +38,7 @@ def statistics_worker(spec: dict) -> dict:
     common.set_threads(spec.get("threads", 1))
     model, processor, _ = common.load_backbone(spec.get("backbone", "lite0"))
     train = common.relabel(common.load_data()["train"], spec.get("num_classes", 10))
-    args = DistillationConfig(**{**common.DISTILL_SETTINGS, "output_dir": spec["output_dir"]})
+    args = DistillationConfig(**{**spec.get("settings", common.DISTILL_SETTINGS), "output_dir": spec["output_dir"]})
     distiller = Distiller(model=model, args=args, train_dataset=train, image_processor=processor)
     before = common.rss_mib()
     common.reset_peak_rss()
@@ -58,7 +58,9 @@ def run(quick: bool, ipc: int, steps: int | None, work_dir: Path, write: bool) -
     logs = work_dir / "logs"
     started = time.perf_counter()
     statistics = common.run_worker_subprocess(
-        script, {"mode": "statistics", "output_dir": str(work_dir / "statistics")}, logs / "statistics.log"
+        script,
+        {"mode": "statistics", "output_dir": str(work_dir / "statistics"), "settings": common.DISTILL_SETTINGS},
+        logs / "statistics.log",
     )
     runs = [
         ("SFM", {"method": "sfm", "statistics": statistics["statistics"]}),
@@ -67,7 +69,14 @@ def run(quick: bool, ipc: int, steps: int | None, work_dir: Path, write: bool) -
     ]
     results = {}
     for name, spec in runs:
-        spec = {**spec, "mode": "distill", "ipc": ipc, "num_steps": steps, "output_dir": str(work_dir / name[:6])}
+        spec = {
+            **spec,
+            "mode": "distill",
+            "ipc": ipc,
+            "num_steps": steps,
+            "output_dir": str(work_dir / name[:6]),
+            "settings": common.DISTILL_SETTINGS,
+        }
         print(f"[cost] {name} ...", flush=True)
         results[name] = common.run_worker_subprocess(
             script, spec, logs / f"{spec['method']}_{spec.get('lgm_rounds')}.log"
@@ -154,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ipc", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="Distillation steps (default 20; quick 3).")
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="Override distillation settings (DistillationConfig fields)."
+    )
     parser.add_argument("--no-results", action="store_true", help="Do not write benchmarks/RESULTS.md.")
     parser.add_argument(
         "--render", action="store_true", help="Only re-render the RESULTS.md section from results/cost.json."
@@ -168,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         result = statistics_worker(spec) if spec["mode"] == "statistics" else common.distillation_worker(spec)
         print(json.dumps(result), flush=True)
         return
+    common.apply_overrides(args.set)
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="hf_sfm_cost_"))
     run(args.quick, args.ipc, args.steps, work_dir, write=not (args.no_results or args.quick))
 
