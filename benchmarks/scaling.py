@@ -29,14 +29,15 @@ def write_statistics(work_dir: Path, class_counts: list[int]) -> dict[int, str]:
     import torch
 
     from hf_sfm import ClassStatistics
-    from hf_sfm.evaluation import embed_dataset
+    from hf_sfm.embedding import embed_dataset, features_and_labels
     from hf_sfm.features import FeatureExtractor
     from hf_sfm.preprocessing import ImagePreprocessing
 
     model, processor, _ = common.load_backbone("lite0")
     preprocessing = ImagePreprocessing.from_image_processor(processor, common.DISTILL_SETTINGS["crop_size"])
     train = common.load_data()["train"]
-    features = embed_dataset(FeatureExtractor(model, preprocessing), preprocessing, train, "image").double()
+    embedded = embed_dataset(FeatureExtractor(model, preprocessing), preprocessing, train)
+    features = features_and_labels(embedded)[0].double()
     paths = {}
     for num_classes in class_counts:
         labels = torch.as_tensor(common.relabel(train, num_classes)["label"])

@@ -44,6 +44,7 @@ from .io_utils import atomic_path, foreign_entries
 from .memory import enable_gradient_checkpointing
 from .methods import DistillationMethod, get_method
 from .preprocessing import ImagePreprocessing
+from .real_images import random_real_indices, square_preprocessing
 from .statistics import ClassStatistics, compute_class_statistics
 from .synthetic import SyntheticImages, synthetic_labels
 from .versions import library_versions
@@ -322,19 +323,12 @@ class Distiller:
         if not isinstance(self.train_dataset, datasets.Dataset):
             raise ValueError("Sampling real images needs a map-style `datasets.Dataset`, not a streaming one.")
         labels = torch.as_tensor(self.train_dataset[self.label_column])
-        generator = torch.Generator().manual_seed(seed)
-        indices = []
-        for c, name in enumerate(self.class_names):
-            members = (labels == c).nonzero().flatten()
-            if len(members) < ipc:
-                raise ValueError(f"Class {name!r} has {len(members)} training images; {ipc} were requested.")
-            indices += members[torch.randperm(len(members), generator=generator)[:ipc]].tolist()
-        return self.real_images(indices, size)
+        indices = random_real_indices(labels, self.num_classes, ipc, seed=seed, class_names=self.class_names)
+        return self.real_images(indices.tolist(), size)
 
     def real_images(self, indices: list[int], size: int | None = None) -> torch.Tensor:
         """Training images at `indices`, resized and center-cropped like synthetic ones: `(N, 3, S, S)` in `[0, 1]`."""
-        size = size or self.image_size
-        preprocessing = ImagePreprocessing(size, size, self.preprocessing.image_mean, self.preprocessing.image_std)
+        preprocessing = square_preprocessing(self.preprocessing, size or self.image_size)
         return preprocessing(self.train_dataset[[int(i) for i in indices]][self.image_column])
 
     def create_method(self) -> DistillationMethod:
@@ -655,8 +649,9 @@ class Distiller:
     def train_inherited_head(self, config=None, **overrides) -> torch.nn.Linear:
         """Linear head `(D_distill → C)` on the full real features of this backbone; see `hf_sfm.inheritance`.
 
-        `config` is an `InheritedHeadConfig` (reference defaults: Adam 5e-4, batch 128, 10 epochs, cosine); keyword
-        overrides such as `augment=True` or `epochs=20` replace its fields.
+        `config` is an `InheritedHeadConfig` (reference defaults: Adam 5e-4, batch 128, cosine, 10 epochs raised to
+        at least 3000 steps on small datasets); keyword overrides such as `augment=True` or `epochs=20` replace its
+        fields.
         """
         from .inheritance import train_inherited_head
 

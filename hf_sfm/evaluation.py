@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 
 from .augment import Augmentation, resize
 from .data import class_names_of, find_image_column, find_label_column
+from .embedding import embed_dataset, features_and_labels
 from .features import FeatureExtractor, FeatureFn
 from .preprocessing import ImagePreprocessing
-from .real_images import RealImages, square_preprocessing
+from .real_images import RealImages, check_enough_images, random_real_indices, square_preprocessing
 from .versions import library_versions
 
 METRICS_DIR = Path(__file__).parent / "metrics"
@@ -106,23 +107,6 @@ def embed_pil_images(
 
 
 @torch.no_grad()
-def embed_dataset(
-    feature_extractor: FeatureExtractor,
-    preprocessing: ImagePreprocessing,
-    dataset: datasets.Dataset,
-    image_column: str,
-    batch_size: int = 256,
-    desc: str = "Embedding",
-) -> torch.Tensor:
-    """A map-style dataset's images → `(N, D)` features (resize + center crop), decoding one batch at a time."""
-    device = feature_extractor.mean.device
-    chunks = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
-        images = dataset[start : start + batch_size][image_column]
-        chunks.append(feature_extractor(preprocessing(images).to(device)).cpu())
-    return torch.cat(chunks)
-
-
 @torch.no_grad()
 def embed_resized(feature_extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """`(N, 3, S, S)` images in `[0, 1]` at any `S` → `(N, D)` features of their deterministic resize to the
@@ -352,15 +336,18 @@ class ProbeEvaluator:
     def test_features(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`(N_test, D)` features and `(N_test,)` labels of the test split, computed on first use only."""
         if self._test_features is None:
-            self._test_features = embed_dataset(
-                self.feature_extractor,
-                self.preprocessing,
-                self.test_dataset,
-                self.image_column,
-                self.batch_size,
-                desc=f"Test features ({self.name})",
+            self._test_features, self._test_labels = features_and_labels(
+                embed_dataset(
+                    self.feature_extractor,
+                    self.preprocessing,
+                    self.test_dataset,
+                    image_column=self.image_column,
+                    label_column=self.label_column,
+                    batch_size=self.batch_size,
+                    desc=f"Test features ({self.name})",
+                ),
+                self.label_column,
             )
-            self._test_labels = torch.as_tensor(self.test_dataset[self.label_column], dtype=torch.long)
         return self._test_features, self._test_labels
 
     def metric(self, name: str):
@@ -446,13 +433,17 @@ class ProbeEvaluator:
         label_column = find_label_column(train_dataset)
         labels = torch.as_tensor(train_dataset[label_column], dtype=torch.long)
         if not probe.augment:
-            features = embed_dataset(
-                self.feature_extractor,
-                self.preprocessing,
-                train_dataset,
-                image_column,
-                self.batch_size,
-                desc=f"Train features ({self.name})",
+            features, _ = features_and_labels(
+                embed_dataset(
+                    self.feature_extractor,
+                    self.preprocessing,
+                    train_dataset,
+                    image_column=image_column,
+                    label_column=label_column,
+                    batch_size=self.batch_size,
+                    desc=f"Train features ({self.name})",
+                ),
+                label_column,
             )
             return self.evaluate_features(features, labels, runs, probe, seed)
         size = image_size or round(self.input_size * 8 / 7)
@@ -509,17 +500,6 @@ def evaluate_distilled(
 # ---------------------------------------------------------------------------------------------------- baselines
 
 
-def random_real_indices(labels: torch.Tensor, num_classes: int, ipc: int, seed: int = 0) -> torch.Tensor:
-    """`ipc` distinct random indices per class, class-major `(C · ipc,)`."""
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for c in range(num_classes):
-        members = (labels == c).nonzero().flatten()
-        _check_enough(members, ipc, c)
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:ipc]])
-    return torch.cat(chosen)
-
-
 def centroid_indices(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -540,7 +520,7 @@ def centroid_indices(
     chosen = []
     for c in range(num_classes):
         members = (labels == c).nonzero().flatten()
-        _check_enough(members, ipc, c)
+        check_enough_images(members, ipc, c)
         points = features[members]
         if ipc == 1:
             centers = class_means[c : c + 1].double() if class_means is not None else points.mean(0, keepdim=True)
@@ -563,7 +543,7 @@ def neighbor_indices(
     for c in torch.unique(query_labels).tolist():
         queries = (query_labels == c).nonzero().flatten()
         members = (real_labels == c).nonzero().flatten()
-        _check_enough(members, len(queries), c)
+        check_enough_images(members, len(queries), c)
         chosen[queries] = members[_nearest_distinct(real_features[members], query_features[queries])]
     return chosen
 
@@ -602,11 +582,6 @@ def _nearest_distinct(points: torch.Tensor, targets: torch.Tensor) -> torch.Tens
         taken[pick] = True
         picks.append(pick)
     return torch.tensor(picks, dtype=torch.long)
-
-
-def _check_enough(members: torch.Tensor, needed: int, label: int) -> None:
-    if len(members) < needed:
-        raise ValueError(f"Class {label} has {len(members)} real training images; {needed} were requested.")
 
 
 class RealBaselines:

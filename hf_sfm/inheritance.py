@@ -1,10 +1,13 @@
 """Classifier inheritance (DESIGN §5): train the parts of an [`SFMInheritedClassifier`].
 
 1. **Inherited head** `W: D_distill → C`, a linear head on the *full real* features of the distillation backbone.
-   Reference: Adam 5e-4, batch 128, 10 epochs, cosine, flip + random-resized crop. The default here is the cheap
-   variant: every image is embedded once (deterministic resize + center crop) into a `datasets` column by a cached
-   `datasets.map`, and the epochs run on that column; `augment=True` re-embeds a fresh augmented view per epoch as
-   the reference does (epochs × the feature pass).
+   Reference: Adam 5e-4, batch 128, 10 epochs, cosine, flip + random-resized crop. Ten epochs of ImageNet-1k are
+   ~100k optimiser steps; ten epochs of a small dataset are a few hundred and leave the head underfitted (4000
+   MNIST images: 86.0% after 320 steps vs 93.5% after 3200), so by default the epochs are raised until the run
+   has at least `min_steps` steps — inert at ImageNet scale. The default is also the cheap variant: every image is
+   embedded once (deterministic resize + center crop) into a `datasets` column by a cached `datasets.map`, and the
+   epochs run on that column; `augment=True` re-embeds a fresh augmented view per epoch as the reference does
+   (epochs × the feature pass).
 2. **Projector** `P: D_eval → D_distill`, fitted on the distilled images only, labels unused:
    `MSE(P(φ_eval(a(x))), φ_distill(a(x)))`, both backbones seeing the *same* augmented view `a(x)` (flip +
    random-resized crop, no noise); head frozen. Reference: Adam `1e-2 · batch / 256`, `batch = min(100, N)`,
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,13 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from datasets.fingerprint import Hasher
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import features as feature_adapters
 from .augment import Augmentation, resize
-from .data import find_image_column, find_label_column
+from .embedding import embed_dataset, features_and_labels
 from .features import FeatureExtractor, FeatureFn
 from .modeling_inherited import SFMInheritedClassifier, SFMInheritedConfig
 from .preprocessing import ImagePreprocessing
@@ -49,18 +50,21 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-FEATURES_COLUMN = "features"
+REFERENCE_HEAD_EPOCHS = 10  # DESIGN §5, for ImageNet-1k
 
 
 @dataclass
 class InheritedHeadConfig:
     """Training of the inherited head on the full real features of the distillation backbone (DESIGN §5).
 
-    Defaults are the reference settings, except `augment=False`: features are computed once and cached as a
-    `datasets` column instead of re-embedding an augmented view of every real image in every epoch.
+    Defaults are the reference settings, except that `epochs=None` means "10 epochs, or more if that is under
+    `min_steps` optimiser steps" (see the module doc), and `augment=False`: features are computed once and cached as
+    a `datasets` column instead of re-embedding an augmented view of every real image in every epoch. An explicit
+    `epochs` is used as given.
     """
 
-    epochs: int = 10
+    epochs: int | None = None
+    min_steps: int = 3000
     learning_rate: float = 5e-4
     batch_size: int = 128
     init_std: float = 0.01
@@ -69,8 +73,19 @@ class InheritedHeadConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError(f"InheritedHeadConfig needs epochs >= 1, batch_size >= 1, learning_rate > 0; got {self}.")
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError(
+                f"InheritedHeadConfig needs epochs None or >= 1, batch_size >= 1, learning_rate > 0; got {self}."
+            )
+        if self.min_steps < 0:
+            raise ValueError(f"InheritedHeadConfig.min_steps must be >= 0, got {self.min_steps}.")
+
+    def num_epochs(self, num_examples: int) -> int:
+        """`epochs` if given, else the reference's 10 raised to reach `min_steps` steps on `num_examples`."""
+        if self.epochs is not None:
+            return self.epochs
+        steps_per_epoch = math.ceil(num_examples / self.batch_size)
+        return max(REFERENCE_HEAD_EPOCHS, math.ceil(self.min_steps / steps_per_epoch))
 
 
 @dataclass
@@ -164,78 +179,6 @@ def backbone_reference(model: nn.Module) -> tuple[str | None, str | None]:
     return name, revision
 
 
-def weights_digest(model: nn.Module) -> str:
-    """A content hash of a model's parameters and buffers: identifies a backbone even without a name.
-
-    Used in `datasets` fingerprints instead of hashing the module object (whose pickle differs run to run).
-    """
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def embed_dataset(
-    feature_extractor: FeatureExtractor,
-    preprocessing: ImagePreprocessing,
-    dataset: datasets.Dataset,
-    *,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    batch_size: int = 64,
-    num_proc: int | None = None,
-    desc: str = "Features",
-) -> datasets.Dataset:
-    """Embed every image once: `dataset` → a `datasets.Dataset` with `features` `(N, D)` float32 and the labels.
-
-    The map's fingerprint is built from the backbone's weights, the preprocessing, the feature function and the
-    dataset's own fingerprint, so a cached dataset reuses the column across calls and runs instead of
-    recomputing it; the returned dataset is formatted as torch tensors.
-    """
-    image_column = find_image_column(dataset, image_column)
-    label_column = find_label_column(dataset, label_column)
-    device = feature_extractor.mean.device
-    fingerprint = Hasher.hash(
-        [
-            "hf_sfm.inheritance.embed_dataset",
-            weights_digest(feature_extractor.model),
-            getattr(feature_extractor.feature_fn, "__qualname__", "custom"),
-            preprocessing.to_dict(),
-            dataset._fingerprint,
-            image_column,
-            label_column,
-        ]
-    )
-
-    def embed(batch: dict[str, list]) -> dict[str, Any]:
-        if num_proc and num_proc > 1:
-            torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (DESIGN §9)
-        with torch.no_grad():
-            features = feature_extractor(preprocessing(batch[image_column]).to(device))
-        return {FEATURES_COLUMN: features.cpu().numpy().astype(np.float32)}
-
-    embedded = dataset.map(
-        embed,
-        batched=True,
-        batch_size=batch_size,
-        num_proc=num_proc,
-        remove_columns=[name for name in dataset.column_names if name != label_column],
-        new_fingerprint=fingerprint,
-        desc=desc,
-    )
-    return embedded.with_format("torch", columns=[FEATURES_COLUMN, label_column])
-
-
-def features_and_labels(
-    embedded: datasets.Dataset, label_column: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(N, D)` float32 features and `(N,)` int64 labels from an `embed_dataset` result."""
-    label_column = label_column or next(name for name in embedded.column_names if name != FEATURES_COLUMN)
-    columns = embedded[:]  # one formatted read of both columns (a bare `embedded[name]` is a lazy Column)
-    return columns[FEATURES_COLUMN].float(), columns[label_column].long()
-
-
 # ---------------------------------------------------------------------------------------------------- training
 
 
@@ -266,10 +209,11 @@ def train_linear_head(
         head.bias.zero_()
     num_examples = len(labels)
     steps_per_epoch = math.ceil(num_examples / config.batch_size)
-    optimizer, scheduler = _cosine_adam(head.parameters(), config.learning_rate, config.epochs * steps_per_epoch)
+    epochs = config.num_epochs(num_examples)
+    optimizer, scheduler = _cosine_adam(head.parameters(), config.learning_rate, epochs * steps_per_epoch)
     labels = labels.to(device)
     epoch_losses = []
-    for epoch in tqdm(range(config.epochs), desc=progress_desc, disable=progress_desc is None):
+    for epoch in tqdm(range(epochs), desc=progress_desc, disable=progress_desc is None):
         order = torch.randperm(num_examples, generator=generator)
         total = 0.0
         for start in range(0, num_examples, config.batch_size):
@@ -681,7 +625,9 @@ def train_inherited_head(distiller: Distiller, config: InheritedHeadConfig | Non
     state = inheritance_state(distiller)
     state.head = head
     state.head_record = {
-        "head": dict(dataclasses.asdict(config), train_accuracy=train_accuracy, final_loss=losses[-1]),
+        "head": dict(
+            dataclasses.asdict(config), epochs=len(losses), train_accuracy=train_accuracy, final_loss=losses[-1]
+        ),
         "num_real_images": len(labels),
         "dataset_fingerprint": str(getattr(dataset, "_fingerprint", "")),
         "preprocessing": distiller.preprocessing.to_dict(),

@@ -34,6 +34,25 @@ def square_preprocessing(preprocessing: ImagePreprocessing, size: int) -> ImageP
     return ImagePreprocessing(size, size, preprocessing.image_mean, preprocessing.image_std)
 
 
+def random_real_indices(
+    labels: torch.Tensor, num_classes: int, ipc: int, seed: int = 0, class_names: list[str] | None = None
+) -> torch.Tensor:
+    """`ipc` distinct random indices per class, class-major `(C · ipc,)`: the random-real baseline and `init='real'`."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(num_classes):
+        members = (labels == c).nonzero().flatten()
+        check_enough_images(members, ipc, class_names[c] if class_names else c)
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:ipc]])
+    return torch.cat(chosen)
+
+
+def check_enough_images(members: torch.Tensor, needed: int, label: int | str) -> None:
+    if len(members) < needed:
+        name = repr(label) if isinstance(label, str) else label
+        raise ValueError(f"Class {name} has {len(members)} real training images; {needed} were requested.")
+
+
 def to_uint8_tensor(preprocessing: ImagePreprocessing, images: list) -> torch.Tensor:
     """PIL images → `(N, 3, S, S)` uint8, without the float round trip."""
     return torch.from_numpy(np.stack([preprocessing.array(image) for image in images])).permute(0, 3, 1, 2)

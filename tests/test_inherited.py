@@ -36,6 +36,7 @@ from transformers import (
 import hf_sfm
 from hf_sfm import DistillationConfig, Distiller, SFMInheritedClassifier, SFMInheritedConfig
 from hf_sfm.augment import Augmentation
+from hf_sfm.embedding import embed_dataset, features_and_labels
 from hf_sfm.features import FeatureExtractor
 from hf_sfm.inheritance import (
     InheritedHeadConfig,
@@ -43,8 +44,6 @@ from hf_sfm.inheritance import (
     ProjectorConfig,
     accuracy,
     build_inherited_classifier,
-    embed_dataset,
-    features_and_labels,
     fit_projector,
     image_processor_for,
     projection_mse,
@@ -307,6 +306,20 @@ def test_linear_head_separates_separable_blobs():
     head, losses = train_linear_head(lambda index, epoch: features[index], labels, 16, 4, config)
     assert accuracy(head, features, labels) > 0.97
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_default_head_epochs_reach_min_steps_on_small_data_only():
+    config = InheritedHeadConfig()  # batch 128, 10 reference epochs, at least 3000 steps
+    assert config.num_epochs(4000) == 94  # 32 steps per epoch: 10 epochs would be 320 steps
+    assert config.num_epochs(1_281_167) == 10  # ImageNet-1k: 10 epochs are already ~100k steps
+    assert InheritedHeadConfig(min_steps=0).num_epochs(4000) == 10
+    assert InheritedHeadConfig(epochs=7).num_epochs(4000) == 7  # an explicit count is used as given
+    labels = torch.arange(2).repeat(5)
+    features = torch.randn(10, 4)
+    _, losses = train_linear_head(lambda index, epoch: features[index], labels, 4, 2, InheritedHeadConfig(min_steps=50))
+    assert len(losses) == 50  # one step per epoch at 10 examples, batch 128
+    with pytest.raises(ValueError, match="min_steps"):
+        InheritedHeadConfig(min_steps=-1)
 
 
 def test_real_features_are_a_cached_datasets_column(distiller, dataset):
