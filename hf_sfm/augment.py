@@ -2,8 +2,9 @@
 
 Flip (p=0.5) and random-resized crop (area scale × aspect ratio) are folded into one affine transform per
 image and applied with `affine_grid` / `grid_sample`, so a single resampling produces the crop at the backbone's
-input resolution and gradients reach every source pixel; additive Gaussian noise (p=0.5) follows. All
-randomness comes from an explicit `torch.Generator`, so a seed fixes every view.
+input resolution and gradients reach every source pixel; additive Gaussian noise (p=0.5) follows, drawn on the
+images' device (`gaussian_noise`). All randomness comes from an explicit `torch.Generator`, so a seed fixes every
+view.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+NOISE_BLOCK = 64  # images per noise draw; fixed, so the noise does not depend on the number of processes
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Augmentation:
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if self.noise and self.noise_std > 0:
             apply = (torch.rand(num_draws, 1, 1, 1, generator=generator)[rows] < 0.5).to(images)
-            noise = torch.randn((num_draws, *images.shape[1:]), generator=generator)[rows].to(images)
+            noise = gaussian_noise(num_draws, rows, images, generator)
             images = images + apply * self.noise_std * noise
         return images
 
@@ -92,6 +95,42 @@ class Augmentation:
         theta[:, 1, 1] = height
         theta[:, 1, 2] = center_y
         return theta
+
+
+def gaussian_noise(
+    num_draws: int, rows: slice, like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Standard normals shaped like `like`, for rows `rows` of a set of `num_draws` images, drawn on `like`'s device.
+
+    The set is cut into fixed blocks of `NOISE_BLOCK` images, each drawn from a device generator seeded with one
+    number from `generator` plus the block's index. So a process draws only the blocks its rows touch (not the whole
+    set: 0.6 GiB per step at ImageNet-1k ipc 1), on the accelerator instead of the CPU, and an image gets the same
+    noise whatever the number of processes; `generator` (what a checkpoint saves) still fixes every draw.
+    """
+    indices = range(num_draws)[rows]
+    if indices.step != 1:
+        raise ValueError(f"gaussian_noise needs a contiguous row slice, got {rows}.")
+    base_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    noise = torch.empty((len(indices), *like.shape[1:]), device=like.device, dtype=dtype)
+    if len(indices):
+        for block in range(indices.start // NOISE_BLOCK, (indices.stop - 1) // NOISE_BLOCK + 1):
+            block_start = block * NOISE_BLOCK
+            block_stop = min(block_start + NOISE_BLOCK, num_draws)
+            block_generator = torch.Generator(device=like.device).manual_seed(base_seed + block)
+            start, stop = max(indices.start, block_start), min(indices.stop, block_stop)
+            target = noise[start - indices.start : stop - indices.start]
+            if (start, stop) == (block_start, block_stop):  # the whole block: draw straight into place
+                torch.randn(target.shape, generator=block_generator, out=target)
+            else:
+                block_noise = torch.randn(
+                    (block_stop - block_start, *like.shape[1:]),
+                    generator=block_generator,
+                    device=like.device,
+                    dtype=dtype,
+                )
+                target.copy_(block_noise[start - block_start : stop - block_start])
+    return noise
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:

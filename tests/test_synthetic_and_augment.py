@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_sfm.augment import Augmentation
+from hf_sfm.augment import Augmentation, gaussian_noise
 from hf_sfm.synthetic import SyntheticImages, pyramid_sizes, synthetic_labels
 
 
@@ -81,3 +81,17 @@ def test_flip_only_mirrors_the_image():
     flipped = torch.isclose(out, images.flip(-1), atol=1e-5).flatten(1).all(1)
     kept = torch.isclose(out, images, atol=1e-5).flatten(1).all(1)
     assert bool((flipped | kept).all()) and 10 < int(flipped.sum()) < 54
+
+
+def test_noise_of_a_shard_spanning_blocks_equals_those_rows_of_the_whole_set():
+    like = torch.zeros(200, 3, 4, 4)  # 200 images: blocks of 64 → 4 blocks, the last one short
+    whole = gaussian_noise(200, slice(None), like, torch.Generator().manual_seed(5))
+    assert whole.shape == like.shape and whole.dtype == like.dtype and whole.device == like.device
+    assert abs(whole.mean()) < 0.05 and abs(whole.std() - 1) < 0.05
+    assert not torch.equal(whole[:64], whole[64:128])  # each block has its own seed
+    for start, stop in [(0, 1), (50, 130), (127, 128), (128, 200), (199, 200), (10, 10)]:
+        generator = torch.Generator().manual_seed(5)
+        part = gaussian_noise(200, slice(start, stop), like[start:stop], generator)
+        assert torch.equal(part, whole[start:stop])
+    with pytest.raises(ValueError, match="contiguous"):
+        gaussian_noise(200, slice(0, 10, 2), like[:5])
