@@ -11,7 +11,7 @@ Probe: the papers' protocol (Adam 1e-3 · batch / 256, batch min(100, n), cosine
 flip + random-resized crop on the training images, resize at test), with one documented reduction to fit two CPU
 cores: `views` augmented views per training image are embedded once per run and each epoch draws one of them,
 instead of a fresh view through the backbone every epoch (`ProbeConfig.views`). The full-data probe uses the
-deterministic (test-time) view of the 4000 images and 100 epochs (40 000 Adam steps).
+deterministic (test-time) view of the 4000 images and 100 epochs (4000 Adam steps at batch 100).
 
 LGM uses its reference K = 10 augmentation rounds at ipc 1; at ipc 10, K = 10 would forward and backward 1000
 synthetic images per step (~45 s per step here), so K = 1 is used there, which is the same per-step cost as
