@@ -6,11 +6,10 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_sfm_test_home_"))
 
-import datasets
 import numpy as np
-import PIL.Image
 import pytest
 import torch
+from conftest import color_dataset
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 import hf_sfm.evaluation as evaluation
@@ -45,19 +44,7 @@ def _processor():
 
 
 def _dataset(num_classes=3, per_class=8, seed=0):
-    """Noisy images whose class is their dominant colour channel: a random ViT separates them."""
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for c in range(num_classes):
-        for _ in range(per_class):
-            array = rng.integers(0, 90, (SIZE, SIZE, 3), dtype=np.uint8)
-            array[..., c % 3] += 140
-            images.append(PIL.Image.fromarray(array))
-            labels.append(c)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"c{c}" for c in range(num_classes)])}
-    )
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return color_dataset(num_classes, per_class, SIZE, seed)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,11 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_sfm_test_home_"))
 
-import datasets
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import color_dataset
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 from hf_sfm import DistillationConfig, Distiller
@@ -36,18 +35,7 @@ def _processor():
 
 
 def _dataset(num_classes=3, per_class=6, seed=0):
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for c in range(num_classes):
-        for _ in range(per_class):
-            array = rng.integers(0, 90, (SIZE, SIZE, 3), dtype=np.uint8)
-            array[..., c % 3] += 140
-            images.append(PIL.Image.fromarray(array))
-            labels.append(c)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"c{c}" for c in range(num_classes)])}
-    )
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return color_dataset(num_classes, per_class, SIZE, seed)
 
 
 def _distiller(tmp_path, **overrides):
