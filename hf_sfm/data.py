@@ -6,6 +6,9 @@ one line which column to point at.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
 import datasets
 
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
@@ -161,3 +164,45 @@ def decode_image(value, feature: datasets.Image):
     if not isinstance(value, dict):  # a PIL image or path already
         value = feature.encode_example(value)
     return to_rgb(feature.decode_example(value))
+
+
+class DecodedImages(NamedTuple):
+    """What `decode_images` made of a list of raw values: the decodable ones and where the others were."""
+
+    images: list  # RGB `PIL.Image`s, in input order
+    kept: list[int]  # positions in the input list of `images`, to pick the matching labels
+    skipped_rows: list[int]  # row numbers of the undecodable values
+
+
+def decode_images(
+    values: Sequence[Any],
+    rows: Sequence[int],
+    feature: datasets.Image | None,
+    image_column: str,
+    skip_corrupt_images: bool = True,
+    row_kind: str = "row",
+) -> DecodedImages:
+    """Decode raw `Image` values (from `undecoded`) at row numbers `rows`, skipping or refusing the undecodable.
+
+    One place for every pass over real images, so a corrupt, truncated or missing image is treated alike
+    everywhere: with `skip_corrupt_images` it is left out and its row returned; without, the first one raises a
+    `ValueError` naming its row and the fix. `feature=None` (a column `datasets` does not decode) keeps the
+    values as they are. `row_kind` names what `rows` number (e.g. positions in a shuffled stream).
+    """
+    if feature is None:
+        return DecodedImages(list(values), list(range(len(values))), [])
+    images, kept, skipped_rows = [], [], []
+    for position, (value, row) in enumerate(zip(values, rows, strict=True)):
+        try:
+            images.append(decode_image(value, feature))
+        except Exception as error:  # PIL raises many types for bad bytes; all mean "not an image"
+            if not skip_corrupt_images:
+                raise ValueError(
+                    f"The image in {row_kind} {row} of column {image_column!r} cannot be decoded "
+                    f"({type(error).__name__}: {error}). Set `skip_corrupt_images=True` to leave such "
+                    "images out (they are counted and reported), or repair the dataset."
+                ) from error
+            skipped_rows.append(row)
+            continue
+        kept.append(position)
+    return DecodedImages(images, kept, skipped_rows)

@@ -44,7 +44,7 @@ from .io_utils import atomic_path, foreign_entries
 from .memory import enable_gradient_checkpointing
 from .methods import DistillationMethod, get_method
 from .preprocessing import ImagePreprocessing
-from .real_images import random_real_indices, square_preprocessing
+from .real_images import RowImages, random_real_indices, square_preprocessing, warn_skipped
 from .statistics import ClassStatistics, compute_class_statistics
 from .synthetic import SyntheticImages, synthetic_labels
 from .versions import library_versions
@@ -319,12 +319,22 @@ class Distiller:
         return self.synthetic
 
     def sample_real_images(self, ipc: int, seed: int = 0, size: int | None = None) -> torch.Tensor:
-        """`ipc` random real training images per class, class-major, as `(C · ipc, 3, S, S)` in `[0, 1]`."""
+        """`ipc` random real training images per class, class-major, as `(C · ipc, 3, S, S)` in `[0, 1]`.
+
+        An undecodable image is replaced by the next one of the class's seeded permutation (or, with
+        `skip_corrupt_images=False`, refused naming its row), so a clean dataset gives the same images as ever.
+        """
         if not isinstance(self.train_dataset, datasets.Dataset):
             raise ValueError("Sampling real images needs a map-style `datasets.Dataset`, not a streaming one.")
         labels = torch.as_tensor(self.train_dataset[self.label_column])
-        indices = random_real_indices(labels, self.num_classes, ipc, seed=seed, class_names=self.class_names)
-        return self.real_images(indices.tolist(), size)
+        rows = RowImages(self.train_dataset, self.image_column, self.args.skip_corrupt_images)
+        indices = random_real_indices(
+            labels, self.num_classes, ipc, seed=seed, class_names=self.class_names, usable=rows.usable
+        )
+        if rows.skipped_rows:
+            warn_skipped(rows.skipped_rows, "the next random images of their classes were taken instead")
+        preprocessing = square_preprocessing(self.preprocessing, size or self.image_size)
+        return preprocessing([rows[int(i)] for i in indices])
 
     def real_images(self, indices: list[int], size: int | None = None) -> torch.Tensor:
         """Training images at `indices`, resized and center-cropped like synthetic ones: `(N, 3, S, S)` in `[0, 1]`."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data import decode_image, undecoded
+from .data import decode_images, undecoded
 from .io_utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -196,22 +196,9 @@ def compute_class_statistics(
                 f"0..{num_classes - 1}; check the label column or the class names"
                 + (" (-1 is how `datasets` marks an unlabelled example, e.g. in a test split)." if -1 in bad else ".")
             )
-        images, kept_labels, skipped = batch[image_column], labels, []
-        if image_feature is not None:
-            images, kept_labels = [], []
-            for value, label, index in zip(batch[image_column], labels, indices):
-                try:
-                    images.append(decode_image(value, image_feature))
-                except Exception as error:  # PIL raises many types for bad bytes; all mean "not an image"
-                    if not skip_corrupt_images:
-                        raise ValueError(
-                            f"The image in row {index} of column {image_column!r} cannot be decoded "
-                            f"({type(error).__name__}: {error}). Set `skip_corrupt_images=True` to leave such "
-                            "images out (they are counted and reported), or repair the dataset."
-                        ) from error
-                    skipped.append(index)
-                    continue
-                kept_labels.append(label)
+        decoded = decode_images(batch[image_column], indices, image_feature, image_column, skip_corrupt_images)
+        images, skipped = decoded.images, decoded.skipped_rows
+        kept_labels = [labels[position] for position in decoded.kept]
         if not images:  # nothing decodable: one placeholder row (label -1) carries the skipped rows
             return {"label": [-1], "feature_sum": [[]], "count": [0], "skipped_rows": [skipped]} if skipped else {}
         rows = f"rows {indices[0]}..{indices[-1]}" if indices else ""

@@ -32,6 +32,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.evaluation import ProbeConfig, evaluate_distilled
 from hf_sfm.preprocessing import ImagePreprocessing, to_rgb
+from hf_sfm.real_images import RealBatchStream, RealImages, random_real_indices
 from hf_sfm.statistics import ClassStatistics, compute_class_statistics
 
 SIZE = 32
@@ -295,6 +296,116 @@ def test_a_batch_of_only_corrupt_images_and_streaming_are_handled():
     assert in_memory.counts.tolist() == streamed.counts.tolist() == [4, 4, 4]
     assert in_memory.metadata["skipped_images"] == streamed.metadata["skipped_images"] == "3"
     torch.testing.assert_close(in_memory.feature_sums, streamed.feature_sums)
+
+
+_GOOD_ROWS = range(12)  # of `_corrupt_dataset`; rows 12 (garbage bytes), 13 (truncated), 14 (None) are bad
+_SQUARE = ImagePreprocessing(SIZE, SIZE, (0.5,) * 3, (0.5,) * 3)
+
+
+def test_sampled_real_images_of_a_clean_dataset_are_unchanged(tmp_path):
+    """The decodability check must not move the seeded choice: same rows, same pixels as a plain decode."""
+    distiller = _distiller(tmp_path)
+    labels = torch.as_tensor(distiller.train_dataset["label"])
+    for seed in range(3):
+        plain = distiller.real_images(random_real_indices(labels, 3, 2, seed=seed).tolist())
+        assert torch.equal(distiller.sample_real_images(2, seed=seed), plain)
+
+
+def test_sampled_real_images_replace_undecodable_ones_along_the_same_permutation(tmp_path, caplog):
+    distiller = _distiller(tmp_path, dataset=_corrupt_dataset())
+    labels = torch.as_tensor(distiller.train_dataset["label"])
+    replaced = []
+    for seed in range(4):
+        with caplog.at_level("WARNING", logger="hf_sfm.real_images"):
+            caplog.clear()
+            images = distiller.sample_real_images(3, seed=seed)
+        expected = random_real_indices(labels, 3, 3, seed=seed, usable=lambda row: row in _GOOD_ROWS)
+        assert torch.equal(images, distiller.real_images(expected.tolist()))  # only decodable rows, seeded walk
+        assert torch.equal(images, distiller.sample_real_images(3, seed=seed))
+        unchecked = random_real_indices(labels, 3, 3, seed=seed)
+        if any(int(row) not in _GOOD_ROWS for row in unchecked):
+            replaced.append(seed)
+            assert "could not be decoded" in caplog.text and "next random images" in caplog.text
+    assert replaced  # the seeds above do meet a bad row
+
+
+def test_sampling_more_real_images_than_a_class_can_decode_names_the_class(tmp_path):
+    distiller = _distiller(tmp_path, dataset=_corrupt_dataset())  # each class: 4 good rows + 1 bad
+    with pytest.raises(
+        ValueError,
+        match=r"Class 'a' has 5 real training images, but 1 of them cannot be decoded.*"
+        r"5 were requested\. Lower ipc, use init='noise', or repair",
+    ):
+        distiller.sample_real_images(5)
+
+
+def test_sampled_real_images_refuse_undecodable_ones_when_asked(tmp_path):
+    distiller = _distiller(tmp_path, dataset=_corrupt_dataset(), skip_corrupt_images=False)
+    with pytest.raises(ValueError, match=r"row 12 of column 'image' cannot be decoded.*skip_corrupt_images=True"):
+        distiller.sample_real_images(5)  # every row of class 'a' is tried, row 12 among them
+
+
+def test_in_memory_real_images_leave_out_undecodable_rows(caplog):
+    dataset = _corrupt_dataset()
+    with caplog.at_level("WARNING", logger="hf_sfm.real_images"):
+        real = RealImages.from_dataset(dataset, _SQUARE, "image", "label", batch_size=4, progress=False)
+    clean = RealImages.from_dataset(dataset.select(_GOOD_ROWS), _SQUARE, "image", "label", progress=False)
+    assert real.skipped_rows == [12, 13, 14] and clean.skipped_rows == []
+    assert torch.equal(real.pixels, clean.pixels) and torch.equal(real.labels, clean.labels)
+    assert caplog.text.count("Skipped 3 real training image(s)") == 1 and "rows [12, 13, 14]" in caplog.text
+    with pytest.raises(ValueError, match=r"row 12 of column 'image' cannot be decoded.*repair the dataset"):
+        RealImages.from_dataset(dataset, _SQUARE, "image", "label", progress=False, skip_corrupt_images=False)
+
+
+def _assert_from_good_rows(images, labels, clean: RealImages):
+    """Every image is one of the decodable images, with its own label."""
+    for image, label in zip(images, labels):
+        match = (clean.images() - image).abs().flatten(1).amax(1) == 0
+        assert bool(match.any()) and int(clean.labels[match][0]) == int(label)
+
+
+@pytest.mark.parametrize("kind", ["cached", "uncached", "streaming"])
+def test_real_batches_skip_undecodable_images_and_stay_full(kind, caplog):
+    dataset = _corrupt_dataset()
+    clean = RealImages.from_dataset(dataset.select(_GOOD_ROWS), _SQUARE, "image", "label", progress=False)
+    source = dataset.to_iterable_dataset() if kind == "streaming" else dataset
+    with caplog.at_level("WARNING", logger="hf_sfm.real_images"):
+        stream = RealBatchStream(
+            source, _SQUARE, 8, "image", "label", seed=3, max_cached_bytes=0 if kind == "uncached" else 2**31
+        )
+        batches = [next(stream) for _ in range(4)]  # 32 images: a stream of 12 good ones wraps around
+    assert stream.cached == (kind == "cached")
+    for images, labels in batches:
+        assert images.shape == (8, 3, SIZE, SIZE) and labels.shape == (8,)
+        _assert_from_good_rows(images, labels, clean)
+    assert stream.skipped_images >= 3 if kind == "streaming" else stream.skipped_rows == {12, 13, 14}
+    assert caplog.text.count("could not be decoded") == 1  # warned once, counted after
+
+
+@pytest.mark.parametrize("kind", ["cached", "uncached", "streaming"])
+def test_real_batches_refuse_undecodable_images_when_asked(kind):
+    dataset = _corrupt_dataset()
+    source = dataset.to_iterable_dataset() if kind == "streaming" else dataset
+    where = r"shuffled-stream example \d+" if kind == "streaming" else r"row 1[234]"
+    with pytest.raises(ValueError, match=where + r" of column 'image' cannot be decoded.*skip_corrupt_images=True"):
+        cache = 0 if kind == "uncached" else 2**31
+        next(RealBatchStream(source, _SQUARE, 15, "image", "label", max_cached_bytes=cache, skip_corrupt_images=False))
+
+
+@pytest.mark.parametrize("kind", ["cached", "uncached", "streaming"])
+def test_real_batches_of_a_set_with_no_decodable_image_fail_instead_of_looping(kind):
+    dataset = _corrupt_dataset().select([12, 13, 14])
+    source = dataset.to_iterable_dataset() if kind == "streaming" else dataset
+    with pytest.raises(ValueError, match=r"No image in column 'image' of the real training set can be decoded"):
+        next(RealBatchStream(source, _SQUARE, 2, "image", "label", max_cached_bytes=0 if kind == "uncached" else 2**31))
+
+
+def test_lgm_real_batches_follow_the_skip_corrupt_images_flag(tmp_path):
+    distiller = _distiller(tmp_path, dataset=_corrupt_dataset(), method="lgm")
+    assert distiller.create_method().real_batches.skipped_rows == {12, 13, 14}
+    strict = _distiller(tmp_path / "strict", dataset=_corrupt_dataset(), method="lgm", skip_corrupt_images=False)
+    with pytest.raises(ValueError, match=r"row 12 of column 'image' cannot be decoded"):
+        strict.create_method()
 
 
 # ---------------------------------------------------------------------------------------------- the model

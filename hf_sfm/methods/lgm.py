@@ -107,6 +107,7 @@ class LinearGradientMatching(DistillationMethod):
             label_column=distiller.label_column,
             seed=args.seed + 1000 + process_index,  # each process draws its own real batches
             max_cached_bytes=DEFAULT_MAX_CACHED_BYTES,
+            skip_corrupt_images=args.skip_corrupt_images,
         )
         return cls(
             distiller.num_classes, stream, rounds=args.lgm_rounds, seed=args.seed, reduce_sum=distiller.reduce_sum
