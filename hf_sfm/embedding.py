@@ -3,12 +3,14 @@
 The inherited head, the full-data probe and the evaluator's test split all need the frozen backbone's features of
 every image of a split. `embed_dataset` computes them with one `datasets.map` whose fingerprint is the backbone's
 weights, the preprocessing and the dataset's own fingerprint, so a second call (or a second run, for a dataset with
-cache files) reads the column instead of running the backbone again.
+cache files) reads the column instead of running the backbone again. Undecodable images are skipped or refused as
+everywhere else (`data.decode_images`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import datasets
@@ -17,11 +19,14 @@ import torch
 from datasets.fingerprint import Hasher
 from torch import nn
 
-from .data import find_image_column, find_label_column
+from .data import decode_images, find_image_column, find_label_column, undecoded
 from .features import FeatureExtractor
 from .preprocessing import ImagePreprocessing
 
 FEATURES_COLUMN = "features"
+ROW_COLUMN = "row"  # each example's row in the embedded dataset (undecodable images are left out)
+
+logger = logging.getLogger(__name__)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -45,16 +50,21 @@ def embed_dataset(
     label_column: str | None = None,
     batch_size: int = 64,
     num_proc: int | None = None,
+    skip_corrupt_images: bool = True,
     desc: str = "Features",
 ) -> datasets.Dataset:
-    """Embed every image once: `dataset` → a `datasets.Dataset` with `features` `(N, D)` float32 and the labels.
+    """Embed every image once: `dataset` → a `datasets.Dataset` of `features` `(N, D)` float32, labels and `row`.
 
     The map's fingerprint is built from the backbone's weights, the preprocessing, the feature function and the
     dataset's own fingerprint, so a cached dataset reuses the column across calls and runs instead of
-    recomputing it; the returned dataset is formatted as torch tensors.
+    recomputing it; the returned dataset is formatted as torch tensors. Images are decoded by
+    `data.decode_images`: an undecodable one is left out (one warning; `row` keeps each kept example's row in
+    `dataset`) or, with `skip_corrupt_images=False`, refused naming its row.
     """
     image_column = find_image_column(dataset, image_column)
     label_column = find_label_column(dataset, label_column)
+    label_feature = dataset.features[label_column]
+    source, image_feature = undecoded(dataset, image_column)
     device = feature_extractor.mean.device
     fingerprint = Hasher.hash(
         [
@@ -65,32 +75,63 @@ def embed_dataset(
             dataset._fingerprint,
             image_column,
             label_column,
+            skip_corrupt_images,
         ]
     )
 
-    def embed(batch: dict[str, list]) -> dict[str, Any]:
+    def embed(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
         if num_proc and num_proc > 1:
             torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (DESIGN §9)
-        with torch.no_grad():
-            features = feature_extractor(preprocessing(batch[image_column]).to(device))
-        return {FEATURES_COLUMN: features.cpu().numpy().astype(np.float32)}
+        decoded = decode_images(batch[image_column], indices, image_feature, image_column, skip_corrupt_images)
+        features: Any = []
+        if decoded.images:
+            with torch.no_grad():
+                features = feature_extractor(preprocessing(decoded.images).to(device)).cpu().numpy().astype(np.float32)
+        return {
+            FEATURES_COLUMN: features,
+            label_column: [batch[label_column][position] for position in decoded.kept],
+            ROW_COLUMN: [indices[position] for position in decoded.kept],
+        }
 
-    embedded = dataset.map(
+    embedded = source.map(
         embed,
         batched=True,
         batch_size=batch_size,
+        with_indices=True,
         num_proc=num_proc,
-        remove_columns=[name for name in dataset.column_names if name != label_column],
+        remove_columns=source.column_names,
+        features=datasets.Features(
+            {
+                FEATURES_COLUMN: datasets.List(datasets.Value("float32")),
+                label_column: label_feature,
+                ROW_COLUMN: datasets.Value("int64"),
+            }
+        ),
         new_fingerprint=fingerprint,
         desc=desc,
     )
-    return embedded.with_format("torch", columns=[FEATURES_COLUMN, label_column])
+    if len(embedded) < len(dataset):
+        kept = torch.zeros(len(dataset), dtype=torch.bool)
+        kept[torch.as_tensor(embedded[ROW_COLUMN], dtype=torch.long)] = True
+        skipped = (~kept).nonzero().flatten().tolist()
+        logger.warning(
+            f"Skipped {len(skipped)} image(s) of column {image_column!r} that could not be decoded (rows "
+            f"{skipped[:10]}{' …' if len(skipped) > 10 else ''}); the features cover the other {len(embedded)}."
+        )
+    return embedded.with_format("torch", columns=[FEATURES_COLUMN, label_column, ROW_COLUMN])
 
 
 def features_and_labels(
     embedded: datasets.Dataset, label_column: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(N, D)` float32 features and `(N,)` int64 labels from an `embed_dataset` result."""
-    label_column = label_column or next(name for name in embedded.column_names if name != FEATURES_COLUMN)
+    label_column = label_column or next(
+        name for name in embedded.column_names if name not in (FEATURES_COLUMN, ROW_COLUMN)
+    )
     columns = embedded[:]  # one formatted read of both columns (a bare `embedded[name]` is a lazy Column)
     return columns[FEATURES_COLUMN].float(), columns[label_column].long()
+
+
+def embedded_rows(embedded: datasets.Dataset) -> torch.Tensor:
+    """`(N,)` int64: the row in the embedded dataset of each example of an `embed_dataset` result."""
+    return torch.as_tensor(embedded.select_columns([ROW_COLUMN]).with_format("numpy")[:][ROW_COLUMN], dtype=torch.long)

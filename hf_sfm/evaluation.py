@@ -431,9 +431,8 @@ class ProbeEvaluator:
         probe = probe or ProbeConfig()
         image_column = find_image_column(train_dataset)
         label_column = find_label_column(train_dataset)
-        labels = torch.as_tensor(train_dataset[label_column], dtype=torch.long)
         if not probe.augment:
-            features, _ = features_and_labels(
+            features, labels = features_and_labels(
                 embed_dataset(
                     self.feature_extractor,
                     self.preprocessing,

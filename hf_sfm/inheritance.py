@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from . import features as feature_adapters
 from .augment import Augmentation, resize
-from .embedding import embed_dataset, features_and_labels
+from .embedding import embed_dataset, embedded_rows, features_and_labels
 from .features import FeatureExtractor, FeatureFn
 from .modeling_inherited import SFMInheritedClassifier, SFMInheritedConfig
 from .preprocessing import ImagePreprocessing
@@ -584,6 +584,7 @@ def real_features(distiller: Distiller, dataset: datasets.Dataset | None = None,
             label_column=distiller.label_column if distiller.label_column in dataset.column_names else None,
             batch_size=distiller.args.statistics_batch_size,
             num_proc=distiller.args.statistics_num_proc,
+            skip_corrupt_images=distiller.args.skip_corrupt_images,
             desc=desc,
         )
 
@@ -595,6 +596,7 @@ def train_inherited_head(distiller: Distiller, config: InheritedHeadConfig | Non
     dataset = distiller.train_dataset
     embedded = real_features(distiller)
     cached_features, labels = features_and_labels(embedded, distiller.label_column)
+    rows = embedded_rows(embedded)  # the dataset rows of the embedded examples (undecodable images are left out)
     if config.augment:
         size = distiller.image_size
         source = ImagePreprocessing(size, size, distiller.preprocessing.image_mean, distiller.preprocessing.image_std)
@@ -604,7 +606,7 @@ def train_inherited_head(distiller: Distiller, config: InheritedHeadConfig | Non
         generator = torch.Generator().manual_seed(config.seed + 1)
 
         def features_of(index: torch.Tensor, epoch: int) -> torch.Tensor:
-            images = source(dataset[index.tolist()][distiller.image_column]).to(device)
+            images = source(dataset[rows[index].tolist()][distiller.image_column]).to(device)
             with torch.no_grad():
                 return distiller.feature_extractor(augmentation(images, generator))
     else:

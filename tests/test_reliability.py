@@ -30,6 +30,7 @@ from transformers import ConvNextImageProcessor, ViTConfig, ViTImageProcessor, V
 from transformers.modeling_outputs import BaseModelOutput
 
 from hf_sfm import DistillationConfig, Distiller
+from hf_sfm.embedding import embed_dataset, embedded_rows, features_and_labels
 from hf_sfm.evaluation import ProbeConfig, evaluate_distilled
 from hf_sfm.preprocessing import ImagePreprocessing, to_rgb
 from hf_sfm.real_images import RealBatchStream, RealImages, random_real_indices
@@ -276,6 +277,36 @@ def test_corrupt_images_are_skipped_counted_and_reported(tmp_path, caplog):
     torch.testing.assert_close(statistics.feature_sums, clean.feature_sums)  # the bad rows left no trace
     saved = ClassStatistics.load(tmp_path / "out" / "statistics.safetensors")
     assert saved.metadata["skipped_images"] == "3"
+
+
+def test_feature_column_skips_undecodable_images_and_keeps_their_rows(tmp_path, caplog):
+    order = [12, *range(6), 13, *range(6, 12), 14]  # the bad rows (12, 13, 14) at positions 0, 7 and 14
+    dataset = _corrupt_dataset().select(order)
+    distiller = _distiller(tmp_path, dataset=dataset)
+    with caplog.at_level("WARNING", logger="hf_sfm.embedding"):
+        embedded = embed_dataset(distiller.feature_extractor, distiller.preprocessing, dataset)
+    features, labels = features_and_labels(embedded)
+    clean = embed_dataset(distiller.feature_extractor, distiller.preprocessing, _corrupt_dataset().select(range(12)))
+    clean_features, clean_labels = features_and_labels(clean)
+    torch.testing.assert_close(features, clean_features)  # the bad rows left no trace
+    assert torch.equal(labels, clean_labels)
+    assert embedded_rows(embedded).tolist() == [*range(1, 7), *range(8, 14)]
+    assert "Skipped 3 image(s) of column 'image'" in caplog.text and "[0, 7, 14]" in caplog.text
+    head = distiller.train_inherited_head(epochs=2, augment=True, batch_size=8)  # decodes by row: never a bad one
+    assert head.weight.shape == (3, 32)
+    with pytest.raises(ValueError, match=r"row 0 of column 'image' cannot be decoded.*skip_corrupt_images=True"):
+        embed_dataset(distiller.feature_extractor, distiller.preprocessing, dataset, skip_corrupt_images=False)
+
+
+def test_evaluator_test_and_full_data_features_skip_undecodable_images(tmp_path):
+    from hf_sfm.evaluation import ProbeEvaluator
+
+    dataset = _corrupt_dataset()
+    evaluator = ProbeEvaluator(_vit(), _processor(), dataset, name="tiny")
+    features, labels = evaluator.test_features()
+    assert features.shape[0] == labels.shape[0] == 12
+    result = evaluator.evaluate_full_dataset(dataset, runs=1, probe=ProbeConfig(epochs=2, augment=False))
+    assert result["num_train_images"] == 12  # the features and their labels stay aligned
 
 
 def test_corrupt_images_raise_naming_the_row_when_asked(tmp_path):
