@@ -14,9 +14,10 @@ It also checks the packaged model: `save_pretrained → from_pretrained` bit-ide
 `trust_remote_code=True` in a process that cannot import `hf_sfm`), `pipeline("image-classification")` labels on
 the real test images, and the size on disk of projector + head against the distilled images.
 
-Run: `HF_HUB_OFFLINE=1 python benchmarks/bench_inheritance.py` (CPU; about an hour on 2 busy cores with the
-defaults; `--quick` for a smoke run). Prints a markdown table and replaces the section between
-`<!-- inheritance:start -->` and `<!-- inheritance:end -->` in `benchmarks/RESULTS.md`.
+Run: `HF_HUB_OFFLINE=1 python benchmarks/bench_inheritance.py` (CPU; about 15 minutes on 2 shared cores
+with the defaults; `--quick` for a smoke run). Prints a markdown table, replaces the section between
+`<!-- inheritance:start -->` and `<!-- inheritance:end -->` in `benchmarks/RESULTS.md` and writes the raw numbers
+to `benchmarks/results/inheritance.json` (`--from-json` re-renders the section from them).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from hf_sfm.inheritance import (
 )
 
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
+JSON_PATH = Path(__file__).parent / "results" / "inheritance.json"  # re-render with --from-json
 START_MARKER = "<!-- inheritance:start -->"
 END_MARKER = "<!-- inheritance:end -->"
 
@@ -531,6 +533,7 @@ def main(argv: list[str] | None = None) -> dict:
     (Path(options.work_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
     if not options.no_results and not options.quick:
         write_results_section(section)
+        JSON_PATH.write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
