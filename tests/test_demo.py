@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hf_sfm.demo import format_results, parse_arguments, run_demo
+from hf_sfm.demo import format_results, parse_arguments, probe_config, run_demo
 
 
 @pytest.mark.slow
@@ -41,3 +41,10 @@ def test_demo_runs_end_to_end_and_saves_its_outputs(tmp_path):
 def test_demo_defaults_parse_and_cli_overrides_win():
     args, demo = parse_arguments(["--ipc", "2"])
     assert args.ipc == 2 and args.crop_size == 64 and args.init == "real" and demo.backbone == "lite0"
+
+
+def test_demo_probe_follows_the_protocol_unless_asked_for_plain_views():
+    probe = probe_config(parse_arguments([])[1])
+    assert probe.augment and probe.views == 8 and probe.epochs == 1000 and probe.crop_scale == (0.08, 1.0)
+    plain = probe_config(parse_arguments(["--probe_views", "0"])[1])
+    assert not plain.augment and plain.views == 0
