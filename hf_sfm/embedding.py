@@ -24,7 +24,7 @@ from .features import FeatureExtractor
 from .preprocessing import ImagePreprocessing
 
 FEATURES_COLUMN = "features"
-ROW_COLUMN = "row"  # each example's row in the embedded dataset (undecodable images are left out)
+ROW_COLUMN = "row"  # each example's row in the source dataset (undecodable images are left out)
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def embed_dataset(
     )
     if len(embedded) < len(dataset):
         kept = torch.zeros(len(dataset), dtype=torch.bool)
-        kept[torch.as_tensor(embedded[ROW_COLUMN], dtype=torch.long)] = True
+        kept[embedded_rows(embedded)] = True
         skipped = (~kept).nonzero().flatten().tolist()
         logger.warning(
             f"Skipped {len(skipped)} image(s) of column {image_column!r} that could not be decoded (rows "
@@ -133,5 +133,5 @@ def features_and_labels(
 
 
 def embedded_rows(embedded: datasets.Dataset) -> torch.Tensor:
-    """`(N,)` int64: the row in the embedded dataset of each example of an `embed_dataset` result."""
+    """`(N,)` int64: each example's row in the source dataset of an `embed_dataset` result."""
     return torch.as_tensor(embedded.select_columns([ROW_COLUMN]).with_format("numpy")[:][ROW_COLUMN], dtype=torch.long)
