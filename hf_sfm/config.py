@@ -52,6 +52,8 @@ class DistillationConfig:
 
     > Scale
         gradient_checkpointing: recompute the backbone's blocks in the backward pass (big backbones, many images).
+        embed_chunk_size: send the synthetic views through the backbone in chunks, each recomputed in the backward
+            pass, so the graph of one chunk is alive at a time (exact gradients; many images per process).
     """
 
     # Logging and saving
@@ -101,6 +103,15 @@ class DistillationConfig:
         metadata={
             "help": "Recompute the backbone's blocks in the backward pass: keeps one block's activations instead "
             "of all, for one extra backbone forward per step."
+        },
+    )
+    embed_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Images per backbone chunk: the synthetic views go through the frozen backbone in chunks of this "
+            "many under activation checkpointing, so the backward pass recomputes and frees one chunk at a time. "
+            "Exact gradients; the graph memory of one chunk instead of every image of the process, for one extra "
+            "backbone forward per step. None: one pass over all images."
         },
     )
     lgm_rounds: int = field(
@@ -172,6 +183,8 @@ class DistillationConfig:
         for name in ("logging_steps", "save_steps", "grid_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillationConfig.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.embed_chunk_size is not None and self.embed_chunk_size < 1:
+            raise ValueError(f"DistillationConfig.embed_chunk_size must be >= 1 or None, got {self.embed_chunk_size}.")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"DistillationConfig.save_total_limit must be >= 1 or None, got {self.save_total_limit}.")
         if self.learning_rate <= 0:

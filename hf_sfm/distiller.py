@@ -41,7 +41,7 @@ from .data import check_eval_classes, class_names_of, find_image_column, find_la
 from .distributed import all_reduce_sum, cpu_only, gather_shards, shard_range
 from .features import FeatureExtractor, FeatureFn, check_image_processor
 from .io_utils import atomic_path, foreign_entries
-from .memory import enable_gradient_checkpointing
+from .memory import embed_in_chunks, enable_gradient_checkpointing
 from .methods import DistillationMethod, get_method
 from .preprocessing import ImagePreprocessing
 from .real_images import RowImages, random_real_indices, square_preprocessing, warn_skipped
@@ -373,7 +373,7 @@ class Distiller:
                 views = self.augmentation(images, generator, shard=slice(*shard), total=num_images)
             else:
                 views = self.augmentation(images, generator)
-            return self.feature_extractor(views)
+            return embed_in_chunks(self.feature_extractor, views, args.embed_chunk_size)
 
         self._warn_if_pyramid_incomplete(synthetic)
         loop_state = self._loop_state_for(generator, method)

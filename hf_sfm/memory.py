@@ -15,12 +15,14 @@ Everything per image is divided by the number of processes `P`: the synthetic se
 cross-process tensors are the `(C, D)` sums. `activations` depends on the backbone and on the precision (bf16
 halves it) and shrinks to `1/L` of itself plus the block inputs with gradient checkpointing over `L` blocks
 (`checkpointed_activation_bytes`); `saved_activation_bytes` measures it for any backbone, by counting what
-autograd saves for a few images.
+autograd saves for a few images. With the backbone run in chunks of `k` images (`embed_in_chunks`), only one chunk's
+activations are alive, plus every image's backbone input.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -82,6 +84,28 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
+
+
+def embed_in_chunks(
+    embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, chunk_size: int | None
+) -> torch.Tensor:
+    """`embed(images)` computed `chunk_size` images at a time, each chunk under activation checkpointing.
+
+    The forward pass keeps only each chunk's input; the backward pass recomputes one chunk's graph, backpropagates
+    it and frees it before the next. The gradient is the one of `embed(images)` (the frozen backbone in eval mode
+    is deterministic, and checkpointing restores the random state), at the cost of a second forward pass. Losses
+    that couple all images (SFM's class means) need the features of every image before any gradient exists, which
+    is why chunking is done here, through autograd, and not by splitting the loss.
+    """
+    if chunk_size is None or chunk_size >= len(images) or not torch.is_grad_enabled():
+        return embed(images)
+    from torch.utils.checkpoint import checkpoint
+
+    chunks = [
+        checkpoint(embed, images[start : start + chunk_size], use_reentrant=False)
+        for start in range(0, len(images), chunk_size)
+    ]
+    return torch.cat(chunks)
 
 
 def saved_activation_bytes(feature_extractor: nn.Module, crop_size: int, num_images: int = 2) -> int:
@@ -159,9 +183,16 @@ def estimate_sfm_peak_memory(
     feature_dim: int,
     num_processes: int = 1,
     parameterization: str = "pyramid",
+    embed_chunk_size: int | None = None,
 ) -> MemoryEstimate:
-    """Predicted peak memory of one process in an SFM step (the formula of the module docstring)."""
+    """Predicted peak memory of one process in an SFM step (the formula of the module docstring).
+
+    With `embed_chunk_size` (`embed_in_chunks`), only one chunk's activations are alive, plus every image's
+    backbone input (`3 · crop²` floats), which the checkpoints keep.
+    """
     images = math.ceil(num_classes * ipc / num_processes)
+    graph_images = images if embed_chunk_size is None else min(images, embed_chunk_size)
+    kept_inputs = 0 if graph_images == images else images * FLOAT_BYTES * 3 * crop_size**2
     # Statistics: float64 sums + float32 means, flow, synthetic sums and flow with their gradients.
     statistics = num_classes * feature_dim * (8 + 6 * FLOAT_BYTES)
     return MemoryEstimate(
@@ -169,7 +200,7 @@ def estimate_sfm_peak_memory(
         static=backbone_bytes + statistics,
         state=images * 4 * FLOAT_BYTES * parameter_elements(image_size, parameterization),
         decode=images * FLOAT_BYTES * (2 * 3 * image_size**2 + 2 * crop_size**2),
-        activations=images * activation_bytes_per_image,
+        activations=graph_images * activation_bytes_per_image + kept_inputs,
     )
 
 

@@ -1,6 +1,7 @@
 """Measure what recipes/README.md's memory section reports, on the CPU of any machine.
 
     python recipes/measure_memory.py sfm --num_classes 10 100        # peak of a run vs the memory model
+    python recipes/measure_memory.py sfm --num_classes 100 --embed_chunk_size 16   # the same, backbone in chunks
     accelerate launch --multi_gpu --num_processes 2 recipes/measure_memory.py sfm --num_classes 100
     python recipes/measure_memory.py streaming --num_images 1000      # statistics over a stream: flat in its size
     python recipes/measure_memory.py streaming --num_images 10000
@@ -99,6 +100,7 @@ def measure_sfm(options) -> dict:
         output_dir=os.path.join(options.output_dir, f"sfm_{options.num_classes}_classes"),
         ipc=options.ipc, image_size=options.image_size, num_steps=options.steps, pyramid_level_every=1,
         save_grid=False, logging_steps=0, gradient_checkpointing=options.gradient_checkpointing,
+        embed_chunk_size=options.embed_chunk_size,
     )  # fmt: skip
     full = saved_activation_bytes(
         FeatureExtractor(model, ImagePreprocessing(options.crop, options.crop, *NORM)), options.crop
@@ -110,13 +112,14 @@ def measure_sfm(options) -> dict:
         block_inputs = saved_activation_bytes(distiller.feature_extractor, options.crop)
         activations = checkpointed_activation_bytes(full, block_inputs, len(checkpoint_blocks(model)))
     baseline = reset_peak()
-    distiller.train()
+    output = distiller.train()
     peak = resident()[1] - baseline
     accelerator = distiller.accelerator
     estimate = estimate_sfm_peak_memory(
         num_classes=options.num_classes, ipc=options.ipc, image_size=distiller.image_size, crop_size=options.crop,
         activation_bytes_per_image=activations, backbone_bytes=module_bytes(model),
         feature_dim=distiller.statistics.feature_dim, num_processes=accelerator.num_processes,
+        embed_chunk_size=options.embed_chunk_size,
     )  # fmt: skip
     predicted = estimate.total - estimate.static  # the backbone and the statistics are in the baseline
     row = {
@@ -128,6 +131,8 @@ def measure_sfm(options) -> dict:
         "image_size": distiller.image_size,
         "crop": options.crop,
         "gradient_checkpointing": options.gradient_checkpointing,
+        "embed_chunk_size": options.embed_chunk_size,
+        "seconds_per_step": output.seconds_per_step,
         "images_per_process": estimate.images_per_process,
         "activation_mib_per_image": activations / MIB,
         "measured_peak_mib": peak / MIB,
@@ -206,6 +211,7 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--embed_chunk_size", type=int, default=None, help="sfm: backbone chunks (embed_in_chunks)")
     parser.add_argument("--num_images", type=int, default=1000)
     parser.add_argument("--output_dir", default=None)
     options = parser.parse_args()

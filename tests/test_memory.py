@@ -60,6 +60,76 @@ def test_distilling_with_gradient_checkpointing_gives_the_same_losses(tmp_path):
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-5, atol=1e-6)
 
 
+def _saved_bytes(function) -> int:
+    """Bytes autograd keeps for the backward pass while `function` runs (tensors packed by saved-tensor hooks)."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = function()
+    return total, result
+
+
+@pytest.mark.parametrize("family", ["vit", "efficientnet"])
+def test_chunked_embedding_gives_the_exact_sfm_gradient_and_keeps_one_chunk_of_graph(family):
+    from hf_sfm.memory import embed_in_chunks
+    from hf_sfm.methods.sfm import StatisticalFlowMatching
+
+    extractor = FeatureExtractor(build_backbone(family), ImagePreprocessing(32, 32, (0.5,) * 3, (0.5,) * 3))
+    method = StatisticalFlowMatching(torch.randn(3, extractor(torch.rand(1, 3, 32, 32)).shape[1]))
+    labels = torch.arange(3).repeat_interleave(4)
+    pixels = torch.rand(12, 3, 32, 32)
+
+    def gradient(chunk_size):
+        images = pixels.clone().requires_grad_()
+        saved, loss = _saved_bytes(
+            lambda: method(images, labels, lambda views: embed_in_chunks(extractor, views, chunk_size))
+        )
+        loss.backward()
+        return loss.detach(), images.grad, saved
+
+    loss, reference, full_graph = gradient(None)
+    for chunk_size in (1, 5, 12):
+        chunked_loss, chunked, graph = gradient(chunk_size)
+        torch.testing.assert_close(chunked_loss, loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(chunked, reference, rtol=1e-4, atol=1e-7)
+        if chunk_size < 12:  # the forward pass keeps the chunk inputs only, not the backbone's activations
+            assert graph < full_graph / 4
+    with torch.no_grad():  # without a graph there is nothing to recompute: one plain pass
+        assert torch.equal(embed_in_chunks(extractor, pixels, 5), extractor(pixels))
+
+
+def test_distilling_in_chunks_follows_the_unchunked_run(tmp_path):
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    runs = {}
+    for chunk_size in (None, 2):
+        args = DistillationConfig(
+            output_dir=str(tmp_path / str(chunk_size)), num_steps=3, ipc=2, learning_rate=0.05, save_grid=False,
+            embed_chunk_size=chunk_size,
+        )  # fmt: skip
+        distiller = Distiller(build_backbone("vit"), args, color_dataset(3, 4), image_processor=processor)
+        runs[chunk_size] = (torch.tensor(distiller.train().losses), distiller.synthetic_images())
+    torch.testing.assert_close(runs[2][0], runs[None][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(runs[2][1], runs[None][1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="embed_chunk_size"):
+        DistillationConfig(embed_chunk_size=0)
+
+
+def test_the_estimate_with_chunks_counts_one_chunk_of_activations_and_every_input():
+    common = dict(
+        num_classes=1000, ipc=10, image_size=256, crop_size=224, activation_bytes_per_image=70 * 2**20,
+        backbone_bytes=330 * 2**20, feature_dim=768,
+    )  # fmt: skip
+    whole, chunked = estimate_sfm_peak_memory(**common), estimate_sfm_peak_memory(**common, embed_chunk_size=64)
+    assert whole.activations == 10_000 * 70 * 2**20
+    assert chunked.activations == 64 * 70 * 2**20 + 10_000 * 4 * 3 * 224**2
+    assert (chunked.static, chunked.state, chunked.decode) == (whole.static, whole.state, whole.decode)
+
+
 def test_the_estimate_divides_every_per_image_term_by_the_number_of_processes():
     common = dict(
         num_classes=1000, ipc=1, image_size=256, crop_size=224, activation_bytes_per_image=70 * 2**20,
