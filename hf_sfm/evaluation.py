@@ -242,6 +242,38 @@ def probe_accuracy(head: nn.Module, test_features: torch.Tensor, test_labels: to
 
 
 @torch.no_grad()
+def classifier_accuracy(
+    model: nn.Module,
+    dataset: datasets.Dataset,
+    image_processor: Any = None,
+    batch_size: int = 64,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> dict[str, Any]:
+    """Top-1 of an image-classification model from pixels, as users will run it: its own image processor, its logits.
+
+    For the inherited classifier this measures the saved artefact (processor → backbone → projector → head), not
+    the training-side feature path. `image_processor` defaults to `model.image_processor`.
+    """
+    image_processor = image_processor if image_processor is not None else getattr(model, "image_processor", None)
+    if image_processor is None:
+        raise ValueError("classifier_accuracy needs the model's image processor: pass image_processor=.")
+    image_column = find_image_column(dataset, image_column)
+    label_column = find_label_column(dataset, label_column)
+    device = next(model.parameters()).device
+    correct = total = 0
+    for batch in dataset.iter(batch_size=batch_size):
+        pixel_values = image_processor(batch[image_column], return_tensors="pt")["pixel_values"].to(device)
+        predictions = model(pixel_values=pixel_values).logits.argmax(dim=1).cpu()
+        labels = torch.as_tensor(batch[label_column])
+        correct += int((predictions == labels).sum())
+        total += len(labels)
+    if total == 0:
+        raise ValueError("classifier_accuracy got an empty dataset.")
+    return {"accuracy": correct / total, "num_test_images": total}
+
+
+@torch.no_grad()
 def _feature_dim(feature_extractor: FeatureExtractor, size: int, device: torch.device) -> int:
     return feature_extractor(torch.zeros(1, 3, size, size, device=device)).shape[1]
 

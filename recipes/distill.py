@@ -3,6 +3,7 @@
     accelerate launch recipes/distill.py --config recipes/configs/imagenet1k_dinov2_base_ipc1.yaml
     python recipes/distill.py                                    # the embedded default: MNIST + EfficientNet-Lite0
     python recipes/distill.py --config recipes/configs/default.yaml --num_steps 200 --ipc 10   # CLI overrides YAML
+    python recipes/distill.py --inherited_classifier true --inherit_eval_model <backbone>   # + output_dir/classifier
 
 Arguments are the fields of `hf_sfm.DistillationConfig` plus the model, data and run arguments below, read by
 `transformers.HfArgumentParser` from a YAML file (`--config`) and the command line (which wins). Every step is a
@@ -29,7 +30,14 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, HfArgumentPa
 
 from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.distributed import cpu_only
-from hf_sfm.evaluation import ProbeConfig, embed_pil_images, probe_accuracy, train_linear_probe
+from hf_sfm.evaluation import (
+    ProbeConfig,
+    classifier_accuracy,
+    embed_pil_images,
+    probe_accuracy,
+    train_linear_probe,
+)
+from hf_sfm.hub import save_classifier
 from hf_sfm.io_utils import atomic_path
 
 logger = logging.getLogger("recipes.distill")
@@ -99,6 +107,21 @@ class RunArguments:
         default=None, metadata={"help": "Also push the inherited classifier to this model repo."}
     )
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repos as private."})
+    inherited_classifier: bool = field(
+        default=False,
+        metadata={
+            "help": "Classifier inheritance: train the head on the real training features, fit a projector for "
+            "inherit_eval_model on the distilled images, score it on the eval split and save it to "
+            "<output_dir>/classifier (from_pretrained / pipeline ready). Implied by hub_classifier_repo_id."
+        },
+    )
+    inherit_eval_model: str | None = field(
+        default=None,
+        metadata={"help": "Backbone (Hub id or folder) the inherited classifier runs on (default: the distilled one)."},
+    )
+    inherit_projector_epochs: int = field(
+        default=1000, metadata={"help": "Epochs of the projector fit on the distilled images (DESIGN §5: 1000)."}
+    )
 
 
 def _without(cls: type, taken: set[str]) -> type:
@@ -228,6 +251,20 @@ def evaluate(distiller: Distiller, run_args, backbone: str) -> dict[str, Any]:
     return results
 
 
+def build_inherited_classifier(distiller: Distiller, run_args, model_args):
+    """Head on the real features, projector for the eval backbone, the `SFMInheritedClassifier` (every process)."""
+    distiller.train_inherited_head()
+    eval_model = eval_processor = None
+    if run_args.inherit_eval_model:
+        eval_model, eval_processor = load_backbone(
+            dataclasses.replace(model_args, model_name_or_path=run_args.inherit_eval_model, model_revision=None)
+        )
+    distiller.fit_projector(
+        eval_model=eval_model, eval_image_processor=eval_processor, epochs=run_args.inherit_projector_epochs
+    )
+    return distiller.inherited_classifier()
+
+
 def _write_json(path: Path, value: Any) -> None:
     with atomic_path(path) as staged:
         staged.write_text(json.dumps(value, indent=2, sort_keys=True))
@@ -265,18 +302,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = None
     if run_args.do_eval and evaluation is not None and state.is_main_process:
         results = evaluate(distiller, run_args, distiller.statistics_metadata()["backbone"])
+    classifier = None
+    if run_args.inherited_classifier or run_args.hub_classifier_repo_id:
+        classifier = build_inherited_classifier(distiller, run_args, model_args)
+        if run_args.do_eval and evaluation is not None and state.is_main_process:
+            score = classifier_accuracy(classifier, evaluation)
+            eval_backbone = run_args.inherit_eval_model or distiller.statistics_metadata()["backbone"]
+            results["inheritance"] = {**score, "eval_backbone": eval_backbone}
+            logger.info(f"inherited classifier: top-1 {100 * score['accuracy']:.2f}% on {eval_backbone}")
     if state.is_main_process:
         _write_json(distiller.output_dir / "train_results.json", {**summary, "losses": output.losses})
         if results is not None:
             _write_json(distiller.output_dir / "eval_results.json", results)
     results = _broadcast(results)
     distiller.save_distilled(results=results) if results else distiller.save_distilled()
+    if classifier is not None and state.is_main_process:
+        save_classifier(distiller.output_dir / "classifier", classifier, results=results)
     if run_args.push_to_hub:
         distiller.push_to_hub(
             run_args.hub_repo_id,
             classifier_repo_id=run_args.hub_classifier_repo_id,
             private=run_args.hub_private,
             results=results,
+            classifier=classifier,
         )
     state.wait_for_everyone()
     return {**summary, "results": results}

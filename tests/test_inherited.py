@@ -366,6 +366,11 @@ def test_pipeline_returns_the_labels_of_the_model(distiller, dataset, tmp_path):
     expected = [names[i] for i in distiller._inheritance.head(real_features(distiller)[:]["features"]).argmax(1)]
     assert predictions == expected
     assert np.mean([p == names[y] for p, y in zip(predictions, dataset["label"])]) >= 0.95
+    from hf_sfm.evaluation import classifier_accuracy
+
+    score = classifier_accuracy(model, dataset, batch_size=5)  # batches that do not divide the set
+    assert score["num_test_images"] == len(dataset)
+    assert score["accuracy"] == pytest.approx(np.mean([p == names[y] for p, y in zip(predictions, dataset["label"])]))
 
 
 @pytest.mark.parametrize("view_bank", [None, 8])

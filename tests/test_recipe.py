@@ -74,6 +74,41 @@ def test_the_recipe_runs_statistics_distillation_evaluation_and_save(assets, tmp
     assert load_file(str(output_dir / "distilled" / "synthetic.safetensors"))["images"].shape == (6, 3, 37, 37)
 
 
+def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbone(assets, tmp_path):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, ConvNextImageProcessor
+
+    import hf_sfm  # noqa: F401  (registers the Auto classes)
+
+    build_backbone("resnet").save_pretrained(assets / "resnet")
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(assets / "resnet")
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable, str(RECIPE),
+        "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data"),
+        "--output_dir", str(output_dir), "--num_steps", "2", "--ipc", "1", "--probe_epochs", "2",
+        "--eval_random_real", "false", "--inherited_classifier", "true",
+        "--inherit_eval_model", str(assets / "resnet"), "--inherit_projector_epochs", "3",
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    evaluation = json.loads((output_dir / "eval_results.json").read_text())
+    inherited = evaluation["inheritance"]
+    assert 0 <= inherited["accuracy"] <= 1 and inherited["num_test_images"] == 12
+    assert inherited["eval_backbone"] == str(assets / "resnet")
+    model = AutoModelForImageClassification.from_pretrained(output_dir / "classifier")
+    assert type(model.backbone).__name__ == "ResNetModel"
+    assert model.config.id2label == {0: "class_0", 1: "class_1", 2: "class_2"}
+    card = (output_dir / "classifier" / "README.md").read_text()
+    assert "model-index" in card  # the measured accuracy went into the card's metadata
+    test = datasets.load_from_disk(str(assets / "data"))["test"]
+    from hf_sfm.evaluation import classifier_accuracy
+
+    processor = AutoImageProcessor.from_pretrained(output_dir / "classifier")
+    assert classifier_accuracy(model, test, processor)["accuracy"] == pytest.approx(inherited["accuracy"])
+
+
 def test_yaml_config_sets_arguments_and_the_command_line_wins(recipe, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(
