@@ -98,6 +98,13 @@ class RunArguments:
     probe_augment: bool = field(
         default=True, metadata={"help": "Flip + random-resized-crop the probe's training images (the papers do)."}
     )
+    probe_views: int = field(
+        default=0,
+        metadata={
+            "help": "Augmented views per probe training image, embedded once and drawn from each epoch (0: a fresh "
+            "view every epoch, as the papers; 8 is what benchmarks/accuracy.py and the demo use on a CPU)."
+        },
+    )
     eval_random_real: bool = field(
         default=True, metadata={"help": "Also probe ipc random real images per class (the baseline to beat)."}
     )
@@ -221,7 +228,7 @@ def evaluate(distiller: Distiller, run_args, backbone: str) -> dict[str, Any]:
         test_features.append(embed_pil_images(extractor, distiller.preprocessing, batch[distiller.image_column]))
         test_labels.append(torch.as_tensor(batch[distiller.label_column]))
     test_features, test_labels = torch.cat(test_features), torch.cat(test_labels)
-    probe = ProbeConfig(epochs=run_args.probe_epochs, augment=run_args.probe_augment)
+    probe = ProbeConfig(epochs=run_args.probe_epochs, augment=run_args.probe_augment, views=run_args.probe_views)
     synthetic = distiller.synthetic_images()
     # name -> run seed -> training images: the distilled set is fixed; random real images are drawn anew per run.
     training_sets = {distiller.args.method: lambda seed: synthetic}

@@ -139,6 +139,20 @@ def test_every_shipped_config_is_valid(recipe, config):
         assert args.save_steps > 0 and args.report_to.startswith("none")
 
 
+def test_the_default_config_distils_like_the_demo():
+    import yaml
+
+    from hf_sfm.demo import DEMO_DEFAULTS
+
+    config = yaml.safe_load((REPO / "recipes" / "configs" / "default.yaml").read_text())
+    differing = {
+        key: (value, config.get(key))
+        for key, value in DEMO_DEFAULTS.items()
+        if key not in ("output_dir", "overwrite_output_dir") and config.get(key) != value
+    }
+    assert not differing, f"recipes/configs/default.yaml drifted from hf_sfm.demo.DEMO_DEFAULTS: {differing}"
+
+
 def test_the_shipped_configs_cover_the_issue_matrix():
     names = {path.stem for path in CONFIGS}
     for dataset in ("imagenet1k", "imagenet100"):
