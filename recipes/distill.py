@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = _broadcast(results)
     distiller.save_distilled(results=results) if results else distiller.save_distilled()
     if classifier is not None and state.is_main_process:
-        save_classifier(distiller.output_dir / "classifier", classifier, results=results)
+        source = getattr(distiller.train_dataset.info, "dataset_name", None) or data_args.dataset_name
+        save_classifier(distiller.output_dir / "classifier", classifier, results=results, source_dataset=source)
     if run_args.push_to_hub:
         distiller.push_to_hub(
             run_args.hub_repo_id,
