@@ -232,11 +232,15 @@ class SFMInheritedClassifier(SFMInheritedPreTrainedModel):
         wants_info = bool(kwargs.get("output_loading_info", False))
         kwargs["output_loading_info"] = True
         model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        hub_kwargs = {
+            key: kwargs[key] for key in ("cache_dir", "local_files_only", "token", "proxies") if key in kwargs
+        }
         if not model.config.embed_backbone:
-            hub_kwargs = {
-                key: kwargs[key] for key in ("cache_dir", "local_files_only", "token", "proxies") if key in kwargs
-            }
             model.load_referenced_backbone(**hub_kwargs)
+        # The processor saved next to the weights, so that a loaded model saves (and pipelines) like the original.
+        model.image_processor = _saved_image_processor(
+            pretrained_model_name_or_path, revision=kwargs.get("revision"), **hub_kwargs
+        )
         model.eval()
         return (model, loading_info) if wants_info else model
 
@@ -292,3 +296,13 @@ def register_auto_classes() -> None:
 
     AutoConfig.register(MODEL_TYPE, SFMInheritedConfig, exist_ok=True)
     AutoModelForImageClassification.register(SFMInheritedConfig, SFMInheritedClassifier, exist_ok=True)
+
+
+def _saved_image_processor(name_or_path, **hub_kwargs: Any):
+    """The image processor stored with a checkpoint, or `None` if it has none."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
+    except (OSError, ValueError):
+        return None

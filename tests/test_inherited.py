@@ -177,6 +177,26 @@ def test_save_and_from_pretrained_give_bit_identical_logits(family, tmp_path):
     assert type(loaded.config.vision_config) is type(model.backbone.config)
 
 
+def test_a_loaded_classifier_keeps_its_image_processor_and_saves_like_the_original(distiller, dataset, tmp_path):
+    distiller.fit_projector()
+    model = distiller.inherited_classifier()
+    model.save_pretrained(tmp_path / "first")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "first")
+    assert loaded.image_processor.to_dict() == model.image_processor.to_dict()
+    loaded.save_pretrained(tmp_path / "second")  # a re-saved model still works from pixels
+    assert (tmp_path / "second" / "preprocessor_config.json").read_text() == (
+        tmp_path / "first" / "preprocessor_config.json"
+    ).read_text()
+    labels = [
+        r[0]["label"] for r in pipeline("image-classification", model=str(tmp_path / "second"))(dataset[:4]["image"])
+    ]
+    assert labels == [
+        r[0]["label"] for r in pipeline("image-classification", model=str(tmp_path / "first"))(dataset[:4]["image"])
+    ]
+    (tmp_path / "first" / "preprocessor_config.json").unlink()
+    assert AutoModelForImageClassification.from_pretrained(tmp_path / "first").image_processor is None
+
+
 def test_forward_is_head_of_projector_of_backbone_feature():
     model = random_classifier("resnet")
     pixels = pixel_batch()
