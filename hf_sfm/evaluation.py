@@ -107,7 +107,6 @@ def embed_pil_images(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def embed_resized(feature_extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """`(N, 3, S, S)` images in `[0, 1]` at any `S` → `(N, D)` features of their deterministic resize to the
     backbone's input size (how a synthetic image is seen at evaluation time). Resizes chunk by chunk."""

@@ -83,9 +83,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     return len(blocks)
 
 
-# ---------------------------------------------------------------------------------------------- measuring
-
-
 def embed_in_chunks(
     embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, chunk_size: int | None
 ) -> torch.Tensor:
@@ -106,6 +103,9 @@ def embed_in_chunks(
         for start in range(0, len(images), chunk_size)
     ]
     return torch.cat(chunks)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
 
 
 def saved_activation_bytes(feature_extractor: nn.Module, crop_size: int, num_images: int = 2) -> int:

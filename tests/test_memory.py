@@ -119,11 +119,15 @@ def test_distilling_in_chunks_follows_the_unchunked_run(tmp_path):
         DistillationConfig(embed_chunk_size=0)
 
 
+# ImageNet-1k with a ViT-B-sized backbone at 256 px (224 px crop): the setting of recipes/README.md's predictions.
+IMAGENET_VIT_B = dict(
+    num_classes=1000, image_size=256, crop_size=224, activation_bytes_per_image=70 * 2**20,
+    backbone_bytes=330 * 2**20, feature_dim=768,
+)  # fmt: skip
+
+
 def test_the_estimate_with_chunks_counts_one_chunk_of_activations_and_every_input():
-    common = dict(
-        num_classes=1000, ipc=10, image_size=256, crop_size=224, activation_bytes_per_image=70 * 2**20,
-        backbone_bytes=330 * 2**20, feature_dim=768,
-    )  # fmt: skip
+    common = dict(IMAGENET_VIT_B, ipc=10)
     whole, chunked = estimate_sfm_peak_memory(**common), estimate_sfm_peak_memory(**common, embed_chunk_size=64)
     assert whole.activations == 10_000 * 70 * 2**20
     assert chunked.activations == 64 * 70 * 2**20 + 10_000 * 4 * 3 * 224**2
@@ -131,10 +135,7 @@ def test_the_estimate_with_chunks_counts_one_chunk_of_activations_and_every_inpu
 
 
 def test_the_estimate_divides_every_per_image_term_by_the_number_of_processes():
-    common = dict(
-        num_classes=1000, ipc=1, image_size=256, crop_size=224, activation_bytes_per_image=70 * 2**20,
-        backbone_bytes=330 * 2**20, feature_dim=768,
-    )  # fmt: skip
+    common = dict(IMAGENET_VIT_B, ipc=1)
     one, eight = estimate_sfm_peak_memory(**common), estimate_sfm_peak_memory(**common, num_processes=8)
     assert (one.images_per_process, eight.images_per_process) == (1000, 125)
     assert one.static == eight.static
