@@ -62,6 +62,7 @@ from hf_sfm.inheritance import (
     train_linear_head,
     view_feature_bank,
 )
+from hf_sfm.io_utils import atomic_path
 
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
 JSON_PATH = Path(__file__).parent / "results" / "inheritance.json"  # re-render with --from-json
@@ -475,6 +476,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _write_json(path: Path, result: dict) -> None:
+    with atomic_path(path) as staged:  # an interrupted run leaves the previous numbers, not half a file
+        staged.write_text(json.dumps(result, indent=2, default=str))
+
+
 def write_results_section(section: str, path: Path = RESULTS_PATH) -> Path:
     """Put `section` between the inheritance markers of `path`, leaving everything else untouched."""
     block = f"{START_MARKER}\n{section.rstrip()}\n{END_MARKER}\n"
@@ -530,10 +536,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(settings, Path(options.work_dir))
     section = markdown(result)
     print(section)
-    (Path(options.work_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    _write_json(Path(options.work_dir) / "result.json", result)
     if not options.no_results and not options.quick:
         write_results_section(section)
-        JSON_PATH.write_text(json.dumps(result, indent=2, default=str))
+        _write_json(JSON_PATH, result)
     return result
 
 

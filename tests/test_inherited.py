@@ -391,6 +391,11 @@ def test_pipeline_returns_the_labels_of_the_model(distiller, dataset, tmp_path):
     score = classifier_accuracy(model, dataset, batch_size=5)  # batches that do not divide the set
     assert score["num_test_images"] == len(dataset)
     assert score["accuracy"] == pytest.approx(np.mean([p == names[y] for p, y in zip(predictions, dataset["label"])]))
+    with pytest.raises(ValueError, match="empty dataset"):
+        classifier_accuracy(model, dataset.select([]))
+    model.image_processor = None
+    with pytest.raises(ValueError, match="needs the model's image processor: pass image_processor="):
+        classifier_accuracy(model, dataset)
 
 
 @pytest.mark.parametrize("view_bank", [None, 8])
