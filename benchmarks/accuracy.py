@@ -1,292 +1,288 @@
-"""Accuracy of distilled sets against real-image baselines on the embedded default (DESIGN §6).
+"""Accuracy of distilled sets against real-image baselines, same- and cross-backbone (DESIGN §6).
 
-Distil MNIST (4000 train images) for EfficientNet-Lite0 with SFM, SFM-decouple and LGM at ipc 1 and ipc 10
-(same steps, parameterisation, augmentation and initialisation for all three), then train linear probes on
-each set and on the baselines — full training set (upper bound), random real images, class centroids, and the
-real nearest neighbours of the SFM images — with the same-backbone (Lite0) and a cross-backbone (Lite2) eval
-model, scored on the 1000 real test images. Each cell is mean ± std (population) of `--runs` probes with
-different seeds; the random baseline draws a new subset per run.
+For every dataset, distillation backbone, ipc, distillation seed and method, distil with the `Distiller`; then
+probe the distilled set and the real-image baselines — random real images (a new draw per seed), class centroids
+(the image nearest each class mean; k-means at ipc > 1), the real nearest neighbours of the SFM images, and the
+full training set (upper bound) — on every eval backbone, through the library's one evaluation path
+(`hf_sfm.evaluation.evaluate_training_sets`, the path `Distiller.evaluate()` takes). A cell is the mean ± std
+over distillation seeds of each seed's mean over `runs` probe runs (population std); a baseline's seeds are its
+draws (random), k-means seeds (centroids at ipc > 1) and probe seeds.
 
-Probe: the papers' protocol (Adam 1e-3 · batch / 256, batch min(100, n), cosine, 1000 epochs, N(0, 0.01) head,
-flip + random-resized crop on the training images, resize at test), with one documented reduction to fit two CPU
-cores: `views` augmented views per training image are embedded once per run and each epoch draws one of them,
-instead of a fresh view through the backbone every epoch (`ProbeConfig.views`). The full-data probe uses the
-deterministic (test-time) view of the 4000 images and 100 epochs (4000 Adam steps at batch 100).
+Probe: the papers' protocol (N(0, 0.01) head, Adam 1e-3 · batch / 256, batch min(100, n), cosine, 1000 epochs, a
+fresh flip + random-resized-crop view per image and epoch, resize at test). `--probe-views V` trades the fresh
+views for a bank of V views embedded once (a labelled approximation, stated in the table). The full-data probe
+uses the deterministic view of every training image.
 
-LGM uses its reference K = 10 augmentation rounds at ipc 1; at ipc 10, K = 10 would forward and backward 1000
-synthetic images per step (~45 s per step here), so K = 1 is used there, which is the same per-step cost as
-K = 10 at ipc 1. Stated in the table.
+Datasets: `mnist` (the embedded default: 4000 train / 1000 test, or train / validation with `--split validation`)
+and any other offline dataset registered in `DATASETS`. Never tune on `test`: `--split validation` exists for that.
 
-Run: `python benchmarks/accuracy.py [--quick]`; the full mode writes the `accuracy` section of RESULTS.md.
+Run: `python benchmarks/accuracy.py [--quick]`; the full mode writes the `accuracy` section of RESULTS.md (or
+`accuracy-<tag>` with `--tag`) and `results/accuracy[-<tag>].json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import common
 
-METHODS = [("SFM", "sfm"), ("SFM-decouple", "sfm_decouple"), ("LGM", "lgm")]
-ROWS = ["full dataset", "random real", "centroids", "neighbors (of SFM)", "SFM", "SFM-decouple", "LGM"]
+BASELINE_ROWS = ["full_dataset", "random_real", "centroids", "neighbors"]
+ROW_LABELS = {
+    "full_dataset": "full dataset",
+    "random_real": "random real",
+    "centroids": "centroids",
+    "neighbors": "neighbors (of SFM)",
+    "sfm": "SFM",
+    "sfm_decouple": "SFM-decouple",
+    "lgm": "LGM",
+}
 
 
-def settings(quick: bool, runs: int | None) -> dict:
-    if quick:
-        return {
-            "ipcs": [1, 10],
-            "steps": {1: 10, 10: 3},
-            "lgm_rounds": {1: 10, 10: 1},
-            "views": {1: 2, 10: 1},
-            "runs": runs or 2,
-            "full_epochs": 5,
-            "train_subset": 300,
-            "test_subset": 200,
-        }
-    return {
-        "ipcs": [1, 10],
-        "steps": {1: 200, 10: 60},
-        "lgm_rounds": {1: 10, 10: 1},
-        "views": {1: 8, 10: 3},
-        "runs": runs or 3,
-        "full_epochs": 100,
-        "train_subset": None,
-        "test_subset": None,
-    }
+@dataclasses.dataclass
+class Plan:
+    """Everything a table depends on; written into the JSON next to the numbers."""
+
+    datasets: list[str]
+    distill_backbones: list[str]
+    eval_backbones: list[str]
+    ipcs: list[int]
+    seeds: list[int]
+    methods: list[str]
+    steps: dict[int, int]  # per ipc
+    lgm_rounds: dict[int, int]  # per ipc
+    runs: int
+    probe_epochs: int = 1000
+    probe_views: dict[int, int | None] = dataclasses.field(default_factory=dict)  # per ipc; None: fresh views
+    full_epochs: int = 100
+    split: str = "test"
+    train_subset: int | None = None
+    test_subset: int | None = None
 
 
-def _subset(dataset, size: int | None, seed: int = 0):
-    """A class-stratified-enough random subset (shuffled rows) for the quick smoke run."""
-    return dataset if size is None else dataset.shuffle(seed=seed).select(range(size))
+def quick_plan() -> Plan:
+    """The smoke run: the shape of the full run at a few steps on a few hundred images (minutes)."""
+    from hf_sfm import METHODS
+
+    return Plan(
+        datasets=["mnist"],
+        distill_backbones=["lite0"],
+        eval_backbones=["lite0", "lite2"],
+        ipcs=[1, 10],
+        seeds=[0],
+        methods=list(METHODS),
+        steps={1: 10, 10: 3},
+        lgm_rounds={1: 10, 10: 1},
+        runs=2,
+        probe_views={1: 2, 10: 1},
+        full_epochs=5,
+        train_subset=300,
+        test_subset=200,
+    )
 
 
-def run(quick: bool, runs: int | None, work_dir: Path, write: bool) -> dict:
+def full_plan() -> Plan:
+    from hf_sfm import METHODS
+
+    return Plan(
+        datasets=["mnist"],
+        distill_backbones=["lite0"],
+        eval_backbones=["lite0", "lite2"],
+        ipcs=[1, 10],
+        seeds=[0, 1, 2],
+        methods=list(METHODS),
+        steps={1: 200, 10: 60},
+        lgm_rounds={1: 10, 10: 1},
+        runs=5,
+        probe_views={1: None, 10: None},
+    )
+
+
+def load_dataset_splits(name: str, split: str, plan: Plan):
+    """`(train, evaluation)` of an offline dataset; `split` picks `test` or `validation` for evaluation."""
+    from hf_sfm.assets import load_mnist
+
+    loaders = {"mnist": lambda: load_mnist(validation_size=500) if split == "validation" else load_mnist()}
+    try:
+        from hf_sfm.assets import load_textures
+
+        loaders["textures"] = load_textures
+    except ImportError:
+        pass
+    if name not in loaders:
+        raise SystemExit(f"Unknown dataset {name!r}; available: {sorted(loaders)}.")
+    splits = loaders[name]()
+    train, evaluation = splits["train"], splits[split]
+    if plan.train_subset:
+        train = train.shuffle(seed=0).select(range(plan.train_subset))
+    if plan.test_subset:
+        evaluation = evaluation.shuffle(seed=0).select(range(plan.test_subset))
+    return train, evaluation
+
+
+def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
     import torch
 
     from hf_sfm import DistillationConfig, Distiller
-    from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, RealBaselines
+    from hf_sfm.baselines import RealBaselines
+    from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets
+    from hf_sfm.results import summarize
 
-    plan = settings(quick, runs)
     common.set_threads(1)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    data = common.load_data()
-    train, test = _subset(data["train"], plan["train_subset"]), _subset(data["test"], plan["test_subset"])
-    crop = common.DISTILL_SETTINGS["crop_size"]
-    image_size = common.DISTILL_SETTINGS["image_size"]
-    model, processor, _ = common.load_backbone("lite0")
-    cross_model, cross_processor, _ = common.load_backbone("lite2")
-    evaluators = {
-        "Lite0": ProbeEvaluator(model, processor, test, crop_size=crop, name="efficientnet-lite0"),
-        "Lite2": ProbeEvaluator(cross_model, cross_processor, test, crop_size=crop, name="efficientnet-lite2"),
-    }
-    for evaluator in evaluators.values():
-        evaluator.test_features()
-        evaluator.metric("accuracy"), evaluator.metric("top5_accuracy")
-    timings["test features"] = time.perf_counter() - started
+    cells: dict[str, dict[str, list[float]]] = {}  # column → row → per-seed means
+    distillations: dict[str, dict] = {}
 
-    # ---------------------------------------------------------------- distillations (one per method and ipc)
-    mark = time.perf_counter()
-    statistics_path = work_dir / "statistics.safetensors"
-    distilled, distill_info = {}, {}
-    for ipc in plan["ipcs"]:
-        for name, method in METHODS:
-            args = DistillationConfig(
-                **common.DISTILL_SETTINGS,
-                output_dir=str(work_dir / f"{method}_ipc{ipc}"),
-                method=method,
-                ipc=ipc,
-                num_steps=plan["steps"][ipc],
-                lgm_rounds=plan["lgm_rounds"][ipc],
-                statistics_path=str(statistics_path),
-                seed=0,
-            )
-            distiller = Distiller(model=model, args=args, train_dataset=train, image_processor=processor)
-            print(f"[accuracy] distilling {name} ipc={ipc} ({args.num_steps} steps) ...", flush=True)
-            output = distiller.train()
-            distilled[(name, ipc)] = (distiller.synthetic_images(), distiller.labels.clone())
-            distill_info[f"{name} ipc={ipc}"] = {
-                "steps": args.num_steps,
-                "lgm_rounds": args.lgm_rounds if method == "lgm" else None,
-                "seconds_per_step": output.seconds_per_step,
-                "train_seconds": output.train_runtime,
-                "final_loss": output.final_loss,
-            }
-            print(f"[accuracy]   {distill_info[f'{name} ipc={ipc}']}", flush=True)
-    timings["distillation"] = time.perf_counter() - mark
+    def record(column: str, row: str, value: float) -> None:
+        cells.setdefault(column, {}).setdefault(row, []).append(value)
 
-    # ---------------------------------------------------------------- baselines and probes
-    mark = time.perf_counter()
-    distill_extractor = evaluators["Lite0"].feature_extractor
-    baselines = RealBaselines.from_dataset(train, distill_extractor, image_size=image_size)
-    timings["real images + features"] = time.perf_counter() - mark
-    results: dict[str, dict] = {row: {} for row in ROWS}
-
-    mark = time.perf_counter()
-    full_probe = ProbeConfig(epochs=plan["full_epochs"], augment=False)
-    for backbone, evaluator in evaluators.items():
-        same_view = evaluator.preprocessing.resize_size == evaluator.input_size == image_size
-        if backbone == "Lite0" and same_view:
-            # The decoded real images at 64 px are exactly the test-time view: reuse their features.
-            full = evaluator.evaluate_features(baselines.features, baselines.real.labels, plan["runs"], full_probe)
-        else:
-            full = evaluator.evaluate_full_dataset(train, plan["runs"], full_probe)
-        print(f"[accuracy] full dataset / {backbone}: {full['accuracy']:.4f}", flush=True)
-        for ipc in plan["ipcs"]:
-            results["full dataset"][f"ipc{ipc}/{backbone}"] = full
-    timings["full-data probes"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    for ipc in plan["ipcs"]:
-        probe = ProbeConfig(views=plan["views"][ipc])
-        sfm_images, sfm_labels = distilled[("SFM", ipc)]
-        sets = {
-            "centroids": baselines.centroids(ipc, seed=0),
-            "neighbors (of SFM)": baselines.neighbors(sfm_images, sfm_labels),
-            **{name: distilled[(name, ipc)] for name, _ in METHODS},
+    backbones = {name: common.load_backbone(name) for name in {*plan.distill_backbones, *plan.eval_backbones}}
+    crop = settings["crop_size"]
+    for dataset in plan.datasets:
+        train, evaluation = load_dataset_splits(dataset, plan.split, plan)
+        evaluators = {
+            name: ProbeEvaluator(backbones[name][0], backbones[name][1], evaluation, crop_size=crop, name=name)
+            for name in plan.eval_backbones
         }
-        for backbone, evaluator in evaluators.items():
-            key = f"ipc{ipc}/{backbone}"
-            results["random real"][key] = evaluator.evaluate(
-                None,
-                None,
-                plan["runs"],
-                probe,
-                seed=0,
-                images_for_run=lambda run, ipc=ipc: baselines.random(ipc, seed=run),
+        for name, evaluator in evaluators.items():
+            mark = time.perf_counter()
+            evaluator.test_features()
+            full = evaluator.probe_full_dataset(
+                train, plan.runs, ProbeConfig(epochs=plan.full_epochs, augment=False), seed=0
             )
-            for row, (images, labels) in sets.items():
-                results[row][key] = evaluator.evaluate(images, labels, plan["runs"], probe, seed=0)
-            for row in ROWS[1:]:
-                cell = results[row][key]
-                print(f"[accuracy] {row:20s} {key}: {common.fmt_percent(cell['accuracy'], cell['accuracy_std'])}")
-    timings["probes on small sets"] = time.perf_counter() - mark
+            timings[f"{dataset} full-data probe {name}"] = time.perf_counter() - mark
+            for distill in plan.distill_backbones:
+                for ipc in plan.ipcs:
+                    for _ in plan.seeds:
+                        record(f"{dataset}|{distill}|ipc{ipc}|{name}", "full_dataset", full.mean())
+        for distill in plan.distill_backbones:
+            model, processor, _ = backbones[distill]
+            statistics_path = work_dir / f"{dataset}_{distill}_statistics.safetensors"
+            for ipc in plan.ipcs:
+                probe = ProbeConfig(epochs=plan.probe_epochs, views=plan.probe_views.get(ipc))
+                for seed in plan.seeds:
+                    distilled = {}
+                    distiller = None
+                    for method in plan.methods:
+                        args = DistillationConfig(
+                            **settings,
+                            output_dir=str(work_dir / f"{dataset}_{distill}_{method}_ipc{ipc}_seed{seed}"),
+                            method=method,
+                            method_kwargs={"rounds": plan.lgm_rounds[ipc]} if method == "lgm" else None,
+                            ipc=ipc,
+                            num_steps=plan.steps[ipc],
+                            statistics_path=str(statistics_path),
+                            seed=seed,
+                        )
+                        distiller = Distiller(model=model, args=args, train_dataset=train, image_processor=processor)
+                        print(f"[accuracy] {dataset} {distill} {method} ipc={ipc} seed={seed} ...", flush=True)
+                        output = distiller.train()
+                        distilled[method] = (distiller.synthetic_images(), distiller.labels.clone())
+                        distillations[f"{dataset} {distill} {method} ipc={ipc} seed={seed}"] = {
+                            "steps": args.num_steps,
+                            **{key: output.metrics[key] for key in ("train_seconds_per_step", "final_loss")},
+                            "train_runtime": output.metrics["train_runtime"],
+                        }
+                    baselines = RealBaselines(
+                        train, distiller.feature_extractor, distiller.preprocessing, distiller.image_size
+                    )
+                    class_means = distiller.statistics.class_means if distiller.statistics is not None else None
+                    reference = distilled.get("sfm") or next(iter(distilled.values()))
+                    mark = time.perf_counter()
+                    centroids = baselines.centroids(ipc, seed=seed, class_means=class_means)
+                    neighbors = baselines.neighbors(*reference)
+                    training_sets = {
+                        **{method: _fixed(pair) for method, pair in distilled.items()},
+                        "random_real": _random_draws(baselines, ipc, seed),
+                        "centroids": _fixed(centroids),
+                        "neighbors": _fixed(neighbors),
+                    }
+                    for name, evaluator in evaluators.items():
+                        report = evaluate_training_sets(evaluator, training_sets, plan.runs, probe, seed=100 * seed)
+                        column = f"{dataset}|{distill}|ipc{ipc}|{name}"
+                        for row, scores in report.scores.items():
+                            record(column, row, scores.mean())
+                        summary = ", ".join(f"{row} {100 * s.mean():.1f}" for row, s in report.scores.items())
+                        print(f"[accuracy]   {column} seed {seed}: {summary}", flush=True)
+                    timings[f"{dataset} {distill} ipc{ipc} seed{seed} probes"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
-
-    report = {
-        "plan": {
-            **plan,
-            "steps": {str(k): v for k, v in plan["steps"].items()},
-            "lgm_rounds": {str(k): v for k, v in plan["lgm_rounds"].items()},
-            "views": {str(k): v for k, v in plan["views"].items()},
-        },
-        "settings": common.DISTILL_SETTINGS,
-        "distillation": distill_info,
-        "results": results,
+    table = {
+        column: {row: [*summarize(values), len(values)] for row, values in rows.items()}
+        for column, rows in cells.items()
+    }
+    return {
+        "plan": json.loads(json.dumps(dataclasses.asdict(plan))),  # int keys become strings, as in the saved JSON
+        "settings": settings,
+        "cells": table,
+        "per_seed": cells,
+        "distillation": distillations,
         "timings_seconds": timings,
         "machine": common.machine_description(),
-        "num_train": len(train),
-        "num_test": len(test),
-        "quick": quick,
         "torch_threads": torch.get_num_threads(),
     }
-    section = format_section(report)
-    print(section)
-    if write:
-        common.write_results_section("accuracy", section)
-        common.save_json(report, "accuracy")
-    return report
 
 
-def _distillation_order(item: tuple[str, dict]) -> tuple[int, int]:
-    """ "SFM ipc=1" → (1, 0): by ipc, then in the order of METHODS."""
-    method, ipc = item[0].rsplit(" ipc=", 1)
-    names = [name for name, _ in METHODS]
-    return int(ipc), names.index(method) if method in names else len(names)
+def _fixed(pair):
+    """A training set that is the same in every probe run (a distilled set, the centroids)."""
+    return lambda run: pair
 
 
-def summary_lines(report: dict) -> list[str]:
-    """Comparisons read off the table (computed, so they stay true to the numbers)."""
-    results, ipcs = report["results"], report["plan"]["ipcs"]
-
-    def cell(row: str, column: str) -> float:
-        return 100 * results[row][column]["accuracy"]
-
-    lines = []
-    if 1 in ipcs:
-        same = "ipc1/Lite0"
-        lines.append(
-            f"- ipc 1, same backbone, equal steps: SFM {cell('SFM', same):.1f} vs LGM {cell('LGM', same):.1f} "
-            f"({cell('SFM', same) - cell('LGM', same):+.1f} points); random real {cell('random real', same):.1f} "
-            f"(SFM {cell('SFM', same) - cell('random real', same):+.1f}, LGM "
-            f"{cell('LGM', same) - cell('random real', same):+.1f})."
-        )
-    beaten = [
-        f"{row} at ipc {ipc}, {backbone} "
-        f"({cell(row, f'ipc{ipc}/{backbone}'):.1f} vs {cell('SFM', f'ipc{ipc}/{backbone}'):.1f})"
-        for ipc in ipcs
-        for backbone in ("Lite0", "Lite2")
-        for row in ("random real", "centroids", "neighbors (of SFM)")
-        if cell(row, f"ipc{ipc}/{backbone}") > cell("SFM", f"ipc{ipc}/{backbone}")
-    ]
-    if beaten:
-        lines.append("- Real-image baselines above SFM: " + "; ".join(beaten) + ".")
-    return lines
+def _random_draws(baselines, ipc: int, seed: int):
+    """Random real images: a new draw in every probe run, and other draws for every seed."""
+    return lambda run: baselines.random(ipc, seed=1000 * seed + run)
 
 
-def format_section(report: dict) -> str:
-    plan = report["plan"]
-    ipcs = plan["ipcs"]
-    columns = [(ipc, backbone) for ipc in ipcs for backbone in ("Lite0", "Lite2")]
+def _row_order(plan: dict) -> list[str]:
+    return [*BASELINE_ROWS, *plan["methods"]]
+
+
+def format_section(report: dict, title: str) -> str:
+    plan, table = report["plan"], report["cells"]
+    columns = list(table)
     headers = ["training set"] + [
-        f"ipc {ipc}, {backbone} ({'same' if backbone == 'Lite0' else 'cross'})" for ipc, backbone in columns
+        f"{c.split('|')[0]} {c.split('|')[1]}→{c.split('|')[3]}, {c.split('|')[2].replace('ipc', 'ipc ')}"
+        for c in columns
     ]
     rows = []
-    for row in ROWS:
+    for row in _row_order(plan):
         cells = []
-        for ipc, backbone in columns:
-            result = report["results"][row].get(f"ipc{ipc}/{backbone}")
-            cells.append(common.fmt_percent(result["accuracy"], result["accuracy_std"]) if result else "–")
-        label = row
-        if row == "LGM":
-            label = "LGM (K=" + ", ".join(f"{plan['lgm_rounds'][str(ipc)]} at ipc {ipc}" for ipc in ipcs) + ")"
+        for column in columns:
+            cell = table[column].get(row)
+            cells.append(common.fmt_percent(cell[0], cell[1]) if cell else "–")
+        label = ROW_LABELS.get(row, row)
+        if row == "lgm":
+            label += " (K=" + ", ".join(f"{plan['lgm_rounds'][str(i)]} at ipc {i}" for i in plan["ipcs"]) + ")"
         rows.append([label, *cells])
-    distill_rows = [
-        [
-            name,
-            info["steps"],
-            f"{info['seconds_per_step']:.2f}",
-            f"{info['train_seconds']:.0f}",
-            f"{info['final_loss']:.4f}",
-        ]
-        for name, info in sorted(report["distillation"].items(), key=_distillation_order)
-    ]
+    views = {ipc: plan["probe_views"].get(str(ipc)) for ipc in plan["ipcs"]}
+    protocol = (
+        "a fresh flip + random-resized-crop view per image and epoch (the papers' protocol)"
+        if not any(views.values())
+        else "a bank of " + ", ".join(f"{v or 'fresh'} views at ipc {i}" for i, v in views.items())
+    )
     settings = report["settings"]
-    timings = ", ".join(f"{key} {value:.0f} s" for key, value in report["timings_seconds"].items())
-    views = ", ".join(f"{plan['views'][str(ipc)]} at ipc {ipc}" for ipc in ipcs)
-    steps = ", ".join(f"{plan['steps'][str(ipc)]} at ipc {ipc}" for ipc in ipcs)
+    steps = ", ".join(f"{plan['steps'][str(ipc)]} at ipc {ipc}" for ipc in plan["ipcs"])
+    timings = ", ".join(f"{key} {value:.0f} s" for key, value in report["timings_seconds"].items() if "total" in key)
     return "\n".join(
         [
-            "## Accuracy on the embedded default" + (" (quick run)" if report["quick"] else ""),
+            f"## {title}",
             "",
-            f"MNIST ({report['num_train']} train / {report['num_test']} test real images), distilled for "
-            "EfficientNet-Lite0; linear-probe top-1 accuracy (%) on the real test set, mean ± std over "
-            f"{plan['runs']} probe runs (seeds 0…{plan['runs'] - 1}; random real: a new draw per run). Same = "
-            "evaluated with Lite0; cross = evaluated with EfficientNet-Lite2 (never seen in distillation).",
+            f"Linear-probe top-1 (%) on the real `{plan['split']}` split, mean ± std over distillation seeds "
+            f"{plan['seeds']} of each seed's mean over {plan['runs']} probe runs; columns are dataset, "
+            "distillation backbone → eval backbone, ipc. Probe: 1000 epochs, Adam 1e-3 · batch / 256, "
+            f"{protocol}; full dataset: deterministic view, {plan['full_epochs']} epochs.",
             "",
             common.markdown_table(headers, rows),
             "",
-            f"Distillation steps (every method): {steps}; crop {settings['crop_size']} px, synthetic "
-            f"{settings['image_size']} px, `{settings['parameterization']}` initialised from `{settings['init']}` "
-            f"images (the same seed, hence the same start, for every method), Adam lr {settings['learning_rate']}, "
-            f"crop scale {settings['crop_scale_min']}–1, flip, "
-            f"noise {'on' if settings.get('augment_noise', True) else 'off'} "
-            "(`benchmarks/common.py` DISTILL_SETTINGS; `--set key=value` changes them).",
-            "",
-            *summary_lines(report),
-            "",
-            f"Probe: 1000 epochs, Adam 1e-3 · batch / 256, flip + random-resized crop with {views} augmented "
-            "views per image embedded once per run (instead of a fresh view each epoch: the one reduction); "
-            f"full dataset: deterministic view, {plan['full_epochs']} epochs. Centroids: the real image nearest "
-            "the class mean (k-means centroids at ipc > 1) in Lite0 space; neighbors: the real image nearest "
-            "each SFM image (same class). Top-5 accuracies are in `benchmarks/results/accuracy.json`.",
-            "",
-            common.markdown_table(["distillation", "steps", "s / step", "loop (s)", "final loss"], distill_rows),
+            f"Distillation steps (every method): {steps}; settings {settings}.",
             "",
             f"Wall time: {timings} (one torch thread; {report['machine']}).",
         ]
@@ -295,27 +291,55 @@ def format_section(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="300 train / 200 test images, a few steps: a smoke run of a few minutes; RESULTS.md is not touched.",
-    )
-    parser.add_argument("--runs", type=int, default=None, help="Probe runs per cell (default 3; quick 2).")
+    parser.add_argument("--quick", action="store_true", help="A smoke run of a few minutes; RESULTS.md untouched.")
+    parser.add_argument("--datasets", nargs="+")
+    parser.add_argument("--distill", nargs="+", help="Distillation backbones (lite0 lite1 lite2).")
+    parser.add_argument("--eval", nargs="+", help="Eval backbones.")
+    parser.add_argument("--ipcs", nargs="+", type=int)
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--methods", nargs="+")
+    parser.add_argument("--steps", nargs="+", type=int, help="Steps per ipc, in the order of --ipcs.")
+    parser.add_argument("--runs", type=int)
+    parser.add_argument("--probe-views", type=int, default=None, help="A bank of V views instead of fresh views.")
+    parser.add_argument("--split", choices=["test", "validation"], default=None)
+    parser.add_argument("--tag", default=None, help="Write section accuracy-<tag> and results/accuracy-<tag>.json.")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="Override distillation settings (DistillationConfig fields)."
     )
     parser.add_argument("--no-results", action="store_true", help="Do not write benchmarks/RESULTS.md.")
-    parser.add_argument(
-        "--render", action="store_true", help="Only re-render the RESULTS.md section from results/accuracy.json."
-    )
-    args = parser.parse_args(argv)
-    if args.render:
-        common.write_results_section("accuracy", format_section(common.load_json("accuracy")))
+    parser.add_argument("--render", action="store_true", help="Only re-render the section from its JSON.")
+    options = parser.parse_args(argv)
+    name = "accuracy" + (f"-{options.tag}" if options.tag else "")
+    title = "Accuracy" + (f" ({options.tag})" if options.tag else " on the embedded default")
+    if options.render:
+        common.write_results_section(name, format_section(common.load_json(name), title))
         return
-    common.apply_overrides(args.set)
-    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="hf_sfm_accuracy_"))
-    run(args.quick, args.runs, work_dir, write=not (args.no_results or args.quick))
+    plan = quick_plan() if options.quick else full_plan()
+    for field, value in (
+        ("datasets", options.datasets),
+        ("distill_backbones", options.distill),
+        ("eval_backbones", options.eval),
+        ("ipcs", options.ipcs),
+        ("seeds", options.seeds),
+        ("methods", options.methods),
+        ("runs", options.runs),
+        ("split", options.split),
+    ):
+        if value is not None:
+            setattr(plan, field, value)
+    if options.steps:
+        plan.steps = dict(zip(plan.ipcs, options.steps, strict=True))
+    if options.probe_views is not None:
+        plan.probe_views = {ipc: options.probe_views or None for ipc in plan.ipcs}
+    settings = common.apply_overrides(options.set)
+    work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="hf_sfm_accuracy_"))
+    report = run(plan, work_dir, settings)
+    section = format_section(report, title + (" (quick run)" if options.quick else ""))
+    print(section)
+    if not (options.no_results or options.quick):
+        common.write_results_section(name, section)
+        common.save_json(report, name)
 
 
 if __name__ == "__main__":

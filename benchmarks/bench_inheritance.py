@@ -44,25 +44,21 @@ from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.assets import efficientnet_lite_path, load_mnist
 from hf_sfm.demo import DEMO_DEFAULTS
 from hf_sfm.embedding import embed_dataset, features_and_labels
-from hf_sfm.evaluation import ProbeConfig, probe_accuracy, train_linear_probe
+from hf_sfm.evaluation import ProbeConfig, fit_probe, fit_probe_on_features, train_linear_probe
 from hf_sfm.export import distilled_dataset
 from hf_sfm.inheritance import (
     InheritedHeadConfig,
     KDConfig,
     ProjectorConfig,
     accuracy,
-    eval_feature_extractor,
+    build_inherited_classifier,
     fit_projector,
     identity_projector,
-    inheritance_state,
     projection_mse,
-    projector_augmentation,
-    real_features,
     train_kd_head,
-    train_linear_head,
-    view_feature_bank,
 )
 from hf_sfm.io_utils import atomic_path
+from hf_sfm.linear_fit import ViewFeatures
 
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
 JSON_PATH = Path(__file__).parent / "results" / "inheritance.json"  # re-render with --from-json
@@ -121,11 +117,11 @@ def _distilled_images(distiller: Distiller, cache: Path) -> tuple[torch.Tensor, 
     images = distiller.synthetic_images()
     cache.mkdir(parents=True, exist_ok=True)
     save_file(
-        {"images": images.contiguous(), "seconds": torch.tensor(output.train_runtime)},
+        {"images": images.contiguous(), "seconds": torch.tensor(output.metrics["train_runtime"])},
         str(cache / "images.safetensors"),
     )
     key.write_text(settings)
-    return images, output.train_runtime
+    return images, output.metrics["train_runtime"]
 
 
 def _folder_bytes(path: Path, pattern: str = "*") -> int:
@@ -210,30 +206,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(tensor.mean()), float(tensor.std(unbiased=False)) if len(values) > 1 else 0.0
 
 
-def bank_probe(eval_bank: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, seed: int) -> nn.Linear:
-    """The §6 probe on a view bank `(V, N, D)`: N(0, 0.01) init, Adam 1e-3·b/256, b = min(100, N), cosine."""
-    num_views, num_images, dim = eval_bank.shape
-    batch = min(100, num_images)
-    generator = torch.Generator().manual_seed(seed + 12345)
-
-    def features_of(index: torch.Tensor, epoch: int) -> torch.Tensor:
-        return eval_bank[torch.randint(num_views, (len(index),), generator=generator), index]
-
-    config = InheritedHeadConfig(epochs=epochs, learning_rate=1e-3 * batch / 256, batch_size=batch, seed=seed)
-    head, _ = train_linear_head(features_of, labels, dim, num_classes, config)
-    return head
-
-
-def full_data_probe(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, seed: int
-) -> nn.Linear:
-    """The §6 probe on the deterministic features of the whole real training set: b = 100, Adam 1e-3·b/256, cosine."""
-    batch = min(100, len(labels))
-    config = InheritedHeadConfig(epochs=epochs, learning_rate=1e-3 * batch / 256, batch_size=batch, seed=seed)
-    head, _ = train_linear_head(lambda index, epoch: features[index], labels, features.shape[1], num_classes, config)
-    return head
-
-
 def run(settings: BenchSettings, work_dir: Path) -> dict:
     torch.manual_seed(settings.seed)
     mnist = load_mnist()
@@ -251,28 +223,29 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
         distiller = Distiller(model=distill_model, args=args, train_dataset=train, image_processor=distill_processor)
         images, timings[f"distill_ipc{ipc}"] = _distilled_images(distiller, work_dir / f"distilled_ipc{ipc}")
         labels = distiller.labels
-        augmentation = projector_augmentation(distiller, ProjectorConfig().crop_scale)
+        inheritance = distiller.classifier_inheritance()
+        distill_extractor = inheritance.feature_extractor
+        augmentation = inheritance.view_augmentation(ProjectorConfig().crop_scale)
         if head is None:
             start = time.perf_counter()
-            head = distiller.train_inherited_head(InheritedHeadConfig(seed=settings.seed))
+            head = inheritance.train_head(InheritedHeadConfig(seed=settings.seed))
             timings["inherited_head (incl. feature column)"] = time.perf_counter() - start
-            head_record = inheritance_state(distiller).head_record["head"]
-            _, test_labels = features_and_labels(real_features(distiller, test), "label")
-        state = inheritance_state(distiller)
-        state.head = head
+            head_record = inheritance.head.record
+            _, test_labels = features_and_labels(inheritance.real_features(test), "label")
         for variant in settings.eval_variants:
             same = variant == settings.distill_variant
             eval_model, eval_processor = (None, None) if same else eval_backbones[variant]
-            extractor, preprocessing = eval_feature_extractor(distiller, eval_model, eval_processor)
+            extractor, preprocessing = inheritance.eval_backbone(eval_model, eval_processor)
             if variant not in test_features_of:
                 start = time.perf_counter()
                 test_features_of[variant], _ = features_and_labels(
                     embed_dataset(extractor, preprocessing, test), "label"
                 )
                 train_features, train_labels = features_and_labels(embed_dataset(extractor, preprocessing, train))
+                full_config = ProbeConfig(epochs=settings.full_probe_epochs, augment=False)
                 full_probe[variant] = [
                     accuracy(
-                        full_data_probe(train_features, train_labels, num_classes, settings.full_probe_epochs, seed),
+                        fit_probe_on_features(train_features, train_labels, num_classes, full_config, seed),
                         test_features_of[variant],
                         test_labels,
                     )
@@ -281,30 +254,40 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
                 timings[f"full_data_probe_{variant}"] = time.perf_counter() - start
             test_features = test_features_of[variant]
             start = time.perf_counter()
-            bank = view_feature_bank(
-                distiller.feature_extractor, extractor, images, augmentation, settings.views[position], seed=1000 + ipc
+            # One bank of V views per distilled image, seen by both backbones, shared by probe, projector and KD.
+            bank_generator = torch.Generator().manual_seed(1000 + ipc)
+            views = ViewFeatures(
+                images, [extractor, distill_extractor], augmentation, bank_generator, settings.views[position]
             )
+            eval_bank, distill_bank = views.bank
             timings[f"view_bank_ipc{ipc}_{variant}"] = time.perf_counter() - start
             start = time.perf_counter()
             plain, inherited, kd, mse = [], [], [], []
             for seed in settings.seeds:
-                probe = bank_probe(bank[0], labels, num_classes, settings.probe_epochs, seed)
+                probe = fit_probe(
+                    lambda index, views=views: views(index)[0],
+                    eval_bank.shape[-1],
+                    labels,
+                    num_classes,
+                    ProbeConfig(epochs=settings.probe_epochs),
+                    seed,
+                )
                 plain.append(accuracy(probe, test_features, test_labels))
                 if same:
                     projector = identity_projector(test_features.shape[1])
                 else:
                     projector, _ = fit_projector(
-                        distiller.feature_extractor,
+                        distill_extractor,
                         extractor,
                         images,
                         augmentation,
                         ProjectorConfig(epochs=settings.projector_epochs, seed=seed),
                         progress_desc=None,
-                        bank=bank,
+                        views=views,
                     )
                     if settings.kd:
                         student = train_kd_head(
-                            distiller.feature_extractor,
+                            distill_extractor,
                             extractor,
                             head,
                             images,
@@ -312,13 +295,11 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
                             augmentation,
                             KDConfig(epochs=settings.kd_epochs, seed=seed),
                             progress_desc=None,
-                            bank=bank,
+                            views=views,
                         )
                         kd.append(accuracy(student, test_features, test_labels))
                 inherited.append(accuracy(nn.Sequential(projector, head), test_features, test_labels))
-                mse.append(
-                    projection_mse(projector, distiller.feature_extractor, extractor, images, augmentation, seed=99)
-                )
+                mse.append(projection_mse(projector, distill_extractor, extractor, images, augmentation, seed=99))
                 if seed == settings.seeds[0]:
                     first_projector = projector
             timings[f"probe+projector+kd_ipc{ipc}_{variant} ({len(settings.seeds)} seeds)"] = (
@@ -332,7 +313,7 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
                 "plain_probe": _mean_std(plain),
                 "inheritance": _mean_std(inherited),
                 "projector_mse_heldout_views": _mean_std(mse),
-                "feature_variance_distill": float(bank[1].var(dim=(0, 1)).sum() / bank[1].shape[-1]),
+                "feature_variance_distill": float(distill_bank.var(dim=(0, 1)).sum() / distill_bank.shape[-1]),
             }
             if kd:
                 row["kd"] = _mean_std(kd)
@@ -346,17 +327,24 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
                     ProbeConfig(epochs=settings.fresh_view_probe_epochs),
                     settings.seeds[0],
                 )
-                row["plain_probe_fresh_views"] = probe_accuracy(fresh, test_features, test_labels)
+                row["plain_probe_fresh_views"] = accuracy(fresh, test_features, test_labels)
                 timings[f"fresh_view_probe_ipc{ipc}_{variant}"] = time.perf_counter() - start
             rows.append(row)
             print(json.dumps(row), flush=True)
             if ipc == min(settings.ipcs) and not same and package is None:
-                state.eval_extractor, state.eval_preprocessing = extractor, preprocessing
-                state.projector = first_projector
-                state.projector_record = {
-                    "projector": {"epochs": settings.projector_epochs, "view_bank": bank[0].shape[0]}
-                }
-                model = distiller.inherited_classifier()
+                # The public assembly from parts: eval backbone, projector, head, class names.
+                model = build_inherited_classifier(
+                    extractor,
+                    preprocessing,
+                    first_projector,
+                    head,
+                    class_names,
+                    distill_backbone=distill_model,
+                    record={
+                        **head_record,
+                        "projector": {"epochs": settings.projector_epochs, "views": settings.views[position]},
+                    },
+                )
                 with torch.no_grad():
                     expected = nn.Sequential(first_projector, head)(test_features).argmax(dim=1)
                 package = package_checks(
@@ -374,7 +362,7 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
                 print(json.dumps(package), flush=True)
     return {
         "rows": rows,
-        "head": head_record,
+        "head": head_record["head"],
         "package": package,
         "timings": timings,
         "settings": dataclasses.asdict(settings),

@@ -218,6 +218,8 @@ def distillation_worker(spec: dict[str, Any]) -> dict[str, Any]:
     Peak memory: the RSS high-water mark is reset right before `Distiller.train()` (after model and data are
     loaded), so `peak_rss_mib − rss_before_mib` is the distillation's own memory: synthetic set, graph, real
     batches and, for LGM, its decoded real images. CUDA allocator peaks are added when a GPU is present.
+    The graph of one step is measured by a one-step `train()` of the same run under autograd's saved-tensor
+    hooks (nothing else in `train()` records a graph), so the benchmark never rebuilds the step by hand.
     """
     from hf_sfm import ClassStatistics, DistillationConfig, Distiller
 
@@ -225,17 +227,17 @@ def distillation_worker(spec: dict[str, Any]) -> dict[str, Any]:
     model, processor, _ = load_backbone(spec.get("backbone", "lite0"))
     train = relabel(load_data()["train"], spec.get("num_classes", 10))
     statistics = ClassStatistics.load(spec["statistics"]) if spec.get("statistics") else None
-    args = DistillationConfig(
-        **{
-            **spec.get("settings", DISTILL_SETTINGS),
-            "output_dir": spec["output_dir"],
-            "method": spec["method"],
-            "ipc": spec["ipc"],
-            "num_steps": spec["num_steps"],
-            "lgm_rounds": spec.get("lgm_rounds", 10),
-            "seed": spec.get("seed", 0),
-        }
-    )
+    method_kwargs = {"rounds": spec.get("lgm_rounds", 10)} if spec["method"] == "lgm" else None
+    settings = {
+        **spec.get("settings", DISTILL_SETTINGS),
+        "output_dir": spec["output_dir"],
+        "method": spec["method"],
+        "method_kwargs": method_kwargs,
+        "ipc": spec["ipc"],
+        "num_steps": spec["num_steps"],
+        "seed": spec.get("seed", 0),
+    }
+    args = DistillationConfig(**settings)
     distiller = Distiller(model=model, args=args, train_dataset=train, image_processor=processor, statistics=statistics)
     cuda = torch.cuda.is_available()
     if cuda:
@@ -247,33 +249,24 @@ def distillation_worker(spec: dict[str, Any]) -> dict[str, Any]:
     total = time.perf_counter() - start
     result = {
         **{key: spec.get(key) for key in ("method", "ipc", "num_steps", "lgm_rounds", "num_classes")},
-        "seconds_per_step": output.seconds_per_step,
+        "seconds_per_step": output.metrics["train_seconds_per_step"],
         "train_seconds": total,
-        "loop_seconds": output.train_runtime,
+        "loop_seconds": output.metrics["train_runtime"],
         "rss_before_mib": rss_before,
         "peak_rss_mib": peak_rss_mib(),
         "peak_rss_reset": reset_ok,
-        "final_loss": output.final_loss,
+        "final_loss": output.metrics["final_loss"],
     }
     result["peak_increase_mib"] = result["peak_rss_mib"] - rss_before
     if cuda:
         result["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
         result["cuda_max_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
-    # One more step, with autograd's saved tensors counted.
-    result["saved_activations_mib"] = _saved_for_one_step(distiller, distiller.create_method())
-    return result
-
-
-def _saved_for_one_step(distiller, method) -> float:
-    generator = torch.Generator().manual_seed(12345)
-    labels = distiller.labels.to(distiller.accelerator.device)
-
-    def embed(images):
-        return distiller.feature_extractor(distiller.augmentation(images, generator))
-
-    return saved_activation_mib(
-        lambda: method(distiller.synthetic.decode(), labels, embed), exclude=distiller.feature_extractor
+    one_step = DistillationConfig(**{**settings, "num_steps": 1, "save_grid": False, "overwrite_output_dir": True})
+    measured = Distiller(
+        model=model, args=one_step, train_dataset=train, image_processor=processor, statistics=distiller.statistics
     )
+    result["saved_activations_mib"] = saved_activation_mib(measured.train, exclude=measured.feature_extractor)
+    return result
 
 
 def run_worker_subprocess(script: Path, spec: dict[str, Any], log_path: Path | None = None) -> dict[str, Any]:

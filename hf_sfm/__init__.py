@@ -1,21 +1,34 @@
 """hf_sfm: dataset distillation for frozen pre-trained vision backbones by statistical flow matching."""
 
+from .callbacks import TrainerCallback, TrainerControl, TrainerState
 from .config import DistillationConfig
-from .distiller import DistillationOutput, Distiller
+from .distiller import Distiller
+from .evaluation import ProbeConfig, ProbeEvaluator
 from .features import FeatureExtractor, register_feature_fn
+from .inheritance import ClassifierInheritance
+from .methods import METHODS, MethodContext
 from .modeling_inherited import SFMInheritedClassifier, SFMInheritedConfig, register_auto_classes
+from .results import EvaluationReport
 from .statistics import ClassStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS",
     "ClassStatistics",
+    "ClassifierInheritance",
     "DistillationConfig",
-    "DistillationOutput",
     "Distiller",
+    "EvaluationReport",
     "FeatureExtractor",
+    "MethodContext",
+    "ProbeConfig",
+    "ProbeEvaluator",
     "SFMInheritedClassifier",
     "SFMInheritedConfig",
+    "TrainerCallback",
+    "TrainerControl",
+    "TrainerState",
     "register_feature_fn",
 ]
 

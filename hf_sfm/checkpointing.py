@@ -301,3 +301,96 @@ def load_checkpoint(
             state["state"][j] = entry
     optimizer.load_state_dict(state)
     return optimizer
+
+
+# ---------------------------------------------------------------------------------------------- one run's checkpoints
+
+
+class Checkpointer:
+    """The checkpoints of one run in `output_dir`: the loop state registered once, save, prune and resume.
+
+    The loop hands it what a checkpoint holds (images, optimiser, generators, run state); it never reaches into
+    the loop. `fingerprint` (see `REQUIRED_KEYS`) is what a resume is checked against.
+    """
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path, save_total_limit: int | None = None):
+        self.accelerator = accelerator
+        self.output_dir = Path(output_dir)
+        self.save_total_limit = save_total_limit
+        self.loop_state: LoopState | None = None
+        self._registered = False
+
+    def track(self, generators: dict[str, torch.Generator]) -> LoopState:
+        """The loop's step counter and `generators` (by name), as a fresh `LoopState` for this run."""
+        if self.loop_state is None:
+            self.loop_state = LoopState(generators)
+        self.loop_state.generators = generators
+        self.loop_state.step = 0
+        return self.loop_state
+
+    def _register(self) -> None:
+        """`Accelerator.save_state`/`load_state` carry the loop state (only runs that checkpoint register it)."""
+        if not self._registered:
+            self.accelerator.register_for_checkpointing(self.loop_state)
+            self._registered = True
+
+    def save(
+        self,
+        step: int,
+        synthetic: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        shard: tuple[int, int],
+        run_state: dict[str, Any],
+    ) -> Path:
+        """Write `checkpoint-<step>` (a collective) and prune old ones beyond `save_total_limit`."""
+        self._register()
+        target = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        save_checkpoint(
+            self.accelerator,
+            target,
+            levels=list(synthetic.levels),
+            optimizer=optimizer,
+            shard=shard,
+            num_images=run_state["num_images"],
+            num_active_levels=int(synthetic.num_active_levels),
+            run_state=run_state,
+        )
+        if self.accelerator.is_main_process:
+            prune_checkpoints(self.output_dir, self.save_total_limit)
+        self.accelerator.wait_for_everyone()
+        logger.info("Saved checkpoint %s", target)
+        return target
+
+    def resume(
+        self,
+        checkpoint: Path,
+        fingerprint: dict[str, Any],
+        num_steps: int,
+        *,
+        synthetic: torch.nn.Module,
+        make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+        shard: tuple[int, int],
+        num_images: int,
+    ) -> tuple[torch.optim.Optimizer, dict[str, Any]]:
+        """Restore images, optimiser, generators and step from `checkpoint`; returns the optimiser and its run
+        state (`step`, `losses`, `log_history`, …). Refuses a checkpoint of an incompatible run."""
+        saved = read_run_state(checkpoint)
+        check_resume_compatible(saved["fingerprint"], fingerprint, checkpoint)
+        if saved["step"] > num_steps:
+            raise ValueError(
+                f"{checkpoint} is at step {saved['step']}, beyond num_steps={num_steps}. Raise num_steps to "
+                "continue it."
+            )
+        self._register()
+        optimizer = load_checkpoint(
+            self.accelerator,
+            checkpoint,
+            synthetic=synthetic,
+            make_optimizer=make_optimizer,
+            shard=shard,
+            num_images=num_images,
+        )
+        if self.loop_state.step != saved["step"]:
+            raise ValueError(f"{checkpoint} is inconsistent: step {saved['step']} vs {self.loop_state.step}.")
+        logger.info("Resumed from %s at step %d", checkpoint, saved["step"])
+        return optimizer, saved

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-# Registry names live with their implementations; the config only validates against them.
-METHODS = ("sfm", "sfm_decouple", "lgm")
+from .methods import METHODS, get_method
+from .results import BASELINES
+
 PARAMETERIZATIONS = ("pyramid", "pixels")
 INITIALIZATIONS = ("noise", "real")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -32,7 +35,9 @@ class DistillationConfig:
         skip_corrupt_images: skip (and count) images that cannot be decoded instead of raising.
 
     > Method
-        method: `"sfm"` (statistical flow matching), `"sfm_decouple"` (class-mean matching) or `"lgm"`.
+        method: a name of the `hf_sfm.methods.METHODS` registry: `"sfm"` (statistical flow matching),
+            `"sfm_decouple"` (class-mean matching) or `"lgm"` (the peer).
+        method_kwargs: the method's own settings (its `config_class`), e.g. `{"rounds": 3}` for LGM.
         ipc: synthetic images per class.
 
     > Images
@@ -43,12 +48,24 @@ class DistillationConfig:
         augment_flip, augment_crop, crop_scale_min, crop_scale_max, augment_noise, noise_std.
 
     > Optimisation
-        num_steps, learning_rate, seed, mixed_precision, lgm_rounds, lgm_real_batch_size.
+        num_steps, learning_rate, seed, mixed_precision.
+
+    > Evaluation (`Distiller.evaluate()`, the §6 linear-probe protocol)
+        eval_steps: also evaluate every this many steps during training (0: only when asked).
+        eval_runs, probe_epochs, probe_views: probe runs (seeds), epochs, and `None` for a fresh augmented view per
+            epoch (the papers) or `V` for a bank of `V` views embedded once (faster, labelled as such).
+        eval_baselines: real-image baselines probed beside the distilled set (`random_real`, `centroids`,
+            `neighbors`, `full_dataset`).
 
     > Logging and saving
         output_dir, overwrite_output_dir, logging_steps, save_steps, save_grid.
         save_total_limit, resume_from_checkpoint: checkpoints `<output_dir>/checkpoint-<step>` and resuming from them.
-        report_to, grid_steps: optional Accelerate trackers (TensorBoard, W&B, …) and the periodic image grid.
+        report_to, run_name, grid_steps: Accelerate trackers (TensorBoard, W&B, …), the run's name there, and the
+            periodic image grid.
+
+    > Hub (names as in `TrainingArguments`)
+        push_to_hub, hub_dataset_id (the distilled set), hub_model_id (the inherited classifier), hub_private_repo,
+        hub_token, hub_revision.
 
     > Scale
         gradient_checkpointing: recompute the backbone's blocks in the backward pass (big backbones, many images).
@@ -75,10 +92,14 @@ class DistillationConfig:
         default=None,
         metadata={"help": "Resume from this checkpoint folder, or 'latest' for the newest one in output_dir."},
     )
-    report_to: str = field(
+    report_to: str | list[str] = field(
         default="none",
-        metadata={"help": "Accelerate trackers to log to: 'none', 'all', or a comma list such as 'tensorboard,wandb'."},
+        metadata={
+            "help": "Trackers to log to, as in TrainingArguments: 'none', 'all', or names such as 'tensorboard' "
+            "'wandb' (a list, or one comma-separated string). A named tracker must be installed."
+        },
     )
+    run_name: str | None = field(default=None, metadata={"help": "The run's name in the trackers (default: hf_sfm)."})
     grid_steps: int = field(
         default=0,
         metadata={"help": "Save (and log to trackers) the synthetic image grid every this many steps (0: never)."},
@@ -88,7 +109,11 @@ class DistillationConfig:
     )
 
     # Method
-    method: str = field(default="sfm", metadata={"help": f"Distillation method, one of {METHODS}."})
+    method: str = field(default="sfm", metadata={"help": f"Distillation method, one of {tuple(METHODS)}."})
+    method_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "The method's own settings as a dict (or JSON string), e.g. '{\"rounds\": 3}' for lgm."},
+    )
     ipc: int = field(default=1, metadata={"help": "Synthetic images per class."})
 
     # Optimisation
@@ -114,11 +139,23 @@ class DistillationConfig:
             "backbone forward per step. None: one pass over all images."
         },
     )
-    lgm_rounds: int = field(
-        default=10, metadata={"help": "LGM only: augmented copies of the synthetic set per step (reference: 10)."}
+
+    # Evaluation
+    eval_steps: int = field(
+        default=0, metadata={"help": "Evaluate (linear probes) every this many steps during training (0: never)."}
     )
-    lgm_real_batch_size: int | None = field(
-        default=None, metadata={"help": "LGM only: real images per step (default ipc * lgm_rounds * classes)."}
+    eval_runs: int = field(default=5, metadata={"help": "Probe runs (seeds) per training set; the papers use 5."})
+    probe_epochs: int = field(default=1000, metadata={"help": "Epochs of each linear probe; the papers use 1000."})
+    probe_views: int | None = field(
+        default=None,
+        metadata={
+            "help": "None: a fresh flip + random-resized-crop view per image and epoch (the papers). V: draw from V "
+            "views per image embedded once (V backbone passes instead of one per epoch; an approximation)."
+        },
+    )
+    eval_baselines: list[str] = field(
+        default_factory=list,
+        metadata={"help": f"Real-image baselines evaluate() probes beside the distilled set, from {BASELINES}."},
     )
 
     # Images
@@ -172,39 +209,124 @@ class DistillationConfig:
         },
     )
 
+    # Hub
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "Push the distilled set (and, with hub_model_id, a classifier) when the recipe ends."},
+    )
+    hub_dataset_id: str | None = field(
+        default=None, metadata={"help": "Dataset repo ('namespace/name') that receives the distilled set."}
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Model repo ('namespace/name') that receives the inherited classifier."}
+    )
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the repos as private."})
+    hub_token: str | None = field(default=None, metadata={"help": "Token for the pushes (default: the logged-in one)."})
+    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+
     def __post_init__(self):
-        self._check_choice("method", METHODS)
+        self._check_choice("method", tuple(METHODS))
         self._check_choice("parameterization", PARAMETERIZATIONS)
         self._check_choice("init", INITIALIZATIONS)
         self._check_choice("mixed_precision", MIXED_PRECISION)
-        for name in ("ipc", "num_steps", "statistics_batch_size", "lgm_rounds", "pyramid_level_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DistillationConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("logging_steps", "save_steps", "grid_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DistillationConfig.{name} must be >= 0, got {getattr(self, name)}.")
-        if self.embed_chunk_size is not None and self.embed_chunk_size < 1:
-            raise ValueError(f"DistillationConfig.embed_chunk_size must be >= 1 or None, got {self.embed_chunk_size}.")
-        if self.save_total_limit is not None and self.save_total_limit < 1:
-            raise ValueError(f"DistillationConfig.save_total_limit must be >= 1 or None, got {self.save_total_limit}.")
-        if self.learning_rate <= 0:
-            raise ValueError(f"DistillationConfig.learning_rate must be > 0, got {self.learning_rate}.")
+        positive = ("ipc", "num_steps", "statistics_batch_size", "pyramid_level_every", "eval_runs", "probe_epochs")
+        for name in positive:
+            self._check_int(name, minimum=1)
+        for name in ("logging_steps", "save_steps", "grid_steps", "eval_steps"):
+            self._check_int(name, minimum=0)
+        for name in ("embed_chunk_size", "save_total_limit", "probe_views", "image_size", "crop_size"):
+            if getattr(self, name) is not None:
+                self._check_int(name, minimum=8 if name in ("image_size", "crop_size") else 1, optional=True)
+        self._check_float("learning_rate", low=0.0, inclusive=False)
+        self._check_float("init_noise_std", low=0.0, inclusive=True)
+        self._check_float("noise_std", low=0.0, inclusive=True)
+        self._check_float("crop_scale_min", low=0.0, inclusive=False)
+        self._check_float("crop_scale_max", low=0.0, inclusive=False)
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
             raise ValueError(
                 "DistillationConfig needs 0 < crop_scale_min <= crop_scale_max <= 1, "
                 f"got crop_scale_min={self.crop_scale_min}, crop_scale_max={self.crop_scale_max}."
             )
-        for name in ("image_size", "crop_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 8:
-                raise ValueError(f"DistillationConfig.{name} must be >= 8 pixels, got {getattr(self, name)}.")
+        if isinstance(self.method_kwargs, str):
+            try:
+                self.method_kwargs = json.loads(self.method_kwargs) if self.method_kwargs.strip() else None
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"DistillationConfig.method_kwargs={self.method_kwargs!r} is not JSON: {error}. Pass a dict, or a "
+                    "JSON object such as '{\"rounds\": 3}'."
+                ) from error
+        if self.method_kwargs is not None and not isinstance(self.method_kwargs, dict):
+            raise ValueError(f"DistillationConfig.method_kwargs must be a dict, got {self.method_kwargs!r}.")
+        self.method_config()  # unknown or invalid method settings fail here, before any work
+        self.report_to = self._trackers(self.report_to)
+        if isinstance(self.eval_baselines, str):
+            self.eval_baselines = [name.strip() for name in self.eval_baselines.split(",") if name.strip()]
+        self.eval_baselines = list(self.eval_baselines or [])
+        unknown = sorted(set(self.eval_baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"DistillationConfig.eval_baselines has unknown baselines {unknown}; use {BASELINES}.")
+        if self.push_to_hub and not self.hub_dataset_id:
+            raise ValueError(
+                "DistillationConfig.push_to_hub=True needs hub_dataset_id ('namespace/name' of the dataset repo that "
+                "receives the distilled set); set it, or push_to_hub=False."
+            )
+
+    def method_config(self) -> Any:
+        """The method's own settings (`hf_sfm.methods.<method>.config_class`) from `method_kwargs`."""
+        return get_method(self.method).parse_config(self.method_kwargs)
 
     def _check_choice(self, name: str, allowed: tuple[str, ...]) -> None:
         value = getattr(self, name)
         if value not in allowed:
             raise ValueError(f"DistillationConfig.{name}={value!r} is not supported; choose one of {allowed}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _check_int(self, name: str, minimum: int, optional: bool = False) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(
+                f"DistillationConfig.{name} must be an integer{' or None' if optional else ''}, got {value!r} "
+                f"({type(value).__name__})."
+            )
+        if value < minimum:
+            raise ValueError(f"DistillationConfig.{name} must be >= {minimum}, got {value}.")
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    def _check_float(self, name: str, low: float, inclusive: bool) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"DistillationConfig.{name} must be a finite number, got {value!r}.")
+        if value < low or (value == low and not inclusive):
+            raise ValueError(f"DistillationConfig.{name} must be {'>=' if inclusive else '>'} {low}, got {value}.")
+
+    @staticmethod
+    def _trackers(report_to: str | list[str] | None) -> list[str]:
+        """`report_to` as a list of tracker names (`[]` for none), each refused unless it is installed."""
+        if report_to is None:
+            return []
+        names = report_to if isinstance(report_to, list | tuple) else [report_to]
+        names = [part.strip() for name in names for part in str(name).split(",") if part.strip()]
+        if names in ([], ["none"]):
+            return []
+        if names == ["all"]:
+            return ["all"]
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+        available = {str(tracker) for tracker in get_available_trackers()}
+        for name in names:
+            if name not in LOGGER_TYPE_TO_CLASS:
+                raise ValueError(
+                    f"DistillationConfig.report_to names {name!r}, which is not an Accelerate tracker; choose from "
+                    f"{sorted(LOGGER_TYPE_TO_CLASS)}, 'all' or 'none'."
+                )
+            if name not in available:
+                raise ValueError(
+                    f"DistillationConfig.report_to names {name!r}, but it is not installed. Install it (e.g. `pip "
+                    f"install {name}`) or drop it from report_to."
+                )
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data, with `hub_token` redacted (it must never reach a card or a file)."""
+        values = dataclasses.asdict(self)
+        if values.get("hub_token"):
+            values["hub_token"] = "<HUB_TOKEN>"
+        return values

@@ -1,8 +1,13 @@
 """`Distiller`: the loop that turns a labelled image dataset and a frozen backbone into a tiny synthetic dataset.
 
-It mirrors `transformers.Trainer`: the constructor wires backbone, data, image processor and an `Accelerator`;
-`compute_statistics()` and `train()` do the work; `distilled_dataset()` / `save_distilled()` hand out the result.
-The method-specific maths (SFM, its decoupled variant, LGM) lives in `hf_sfm.methods`.
+It works like `transformers.Trainer`: the constructor wires backbone, data, image processor, callbacks and an
+`Accelerator`; `compute_statistics()`, `train()` and `evaluate()` do the work; `log_metrics` / `save_metrics` /
+`save_state` record it; `distilled_dataset()` / `save_distilled()` / `push_to_hub()` hand out the result.
+
+It owns the loop and nothing else: the loss is a method's (`hf_sfm.methods`, built from a `MethodContext`), the
+probe protocol is `hf_sfm.evaluation`'s, classifier inheritance is `hf_sfm.inheritance.ClassifierInheritance`'s,
+checkpoints are `hf_sfm.checkpointing.Checkpointer`'s. Data flows one way: statistics → synthetic → features →
+loss → evaluation → export/hub; nothing below this module imports it.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,86 +24,34 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from datasets.fingerprint import Hasher
-from tqdm.auto import tqdm
+from transformers import TrainerCallback, TrainerControl, TrainerState
+from transformers.trainer_utils import TrainOutput
 
 from .augment import Augmentation
-from .checkpointing import (
-    CHECKPOINT_PREFIX,
-    LoopState,
-    check_resume_compatible,
-    load_checkpoint,
-    prune_checkpoints,
-    read_run_state,
-    resolve_checkpoint,
-    save_checkpoint,
-    statistics_digest,
-)
+from .callbacks import CallbackHandler
+from .checkpointing import Checkpointer, resolve_checkpoint, statistics_digest
 from .config import DistillationConfig
 from .data import check_eval_classes, class_names_of, find_image_column, find_label_column
-from .distributed import all_reduce_sum, cpu_only, gather_shards, shard_range
+from .distributed import all_reduce_sum, cpu_only, gather_parameters, gather_shards, shard_parameters
+from .evaluation import ComputeMetrics, DistilledSetEvaluator, ProbeConfig
 from .features import FeatureExtractor, FeatureFn, check_image_processor
-from .io_utils import atomic_path, foreign_entries
+from .io_utils import atomic_path
 from .memory import embed_in_chunks, enable_gradient_checkpointing
-from .methods import DistillationMethod, get_method
+from .methods import DistillationMethod, MethodContext, get_method
+from .outputs import GRID_FILE, STATE_FILE, STATISTICS_FILE, check_output_dir
 from .preprocessing import ImagePreprocessing
-from .real_images import RowImages, random_real_indices, square_preprocessing, warn_skipped
+from .real_images import DEFAULT_MAX_CACHED_BYTES, RealBatchStream, sample_real_images, square_preprocessing
 from .statistics import ClassStatistics, compute_class_statistics
 from .synthetic import SyntheticImages, synthetic_labels
+from .tracking import close_trackers, format_metrics, log_grid, start_trackers, write_metrics
 from .versions import library_versions
 
 logger = get_logger(__name__)
 
-STATISTICS_FILE = "statistics.safetensors"
-GRID_FILE = "synthetic_grid.png"
 # Bump when the rows of the statistics map change, so a stale `datasets` cache of the old layout is not reused.
 STATISTICS_FORMAT = "partial-sums-v2"
-# What hf_sfm itself writes into output_dir (fnmatch patterns): such files never count as "other content".
-OWN_OUTPUTS = (
-    STATISTICS_FILE,
-    GRID_FILE,
-    f"{CHECKPOINT_PREFIX}*",
-    "distilled",
-    "grids",
-    "hub",
-    "hf_sfm",  # Accelerate trackers' logs (run name "hf_sfm")
-    "*results.json",  # the demo and recipes/distill.py
-)
-
-
-def _trackers(report_to: str | None) -> str | list[str] | None:
-    """`DistillationConfig.report_to` → `Accelerator(log_with=...)`: `None` for "none", else "all" or a list."""
-    if report_to in (None, "", "none"):
-        return None
-    if report_to == "all":
-        return "all"
-    return [name.strip() for name in report_to.split(",") if name.strip()]
-
-
-def _generators_of(method: torch.nn.Module, prefix: str) -> dict[str, torch.Generator]:
-    """The `torch.Generator`s a method draws from (its own attributes, and those of objects it holds, such as
-    LGM's real-batch stream): a checkpoint saves their states so a resumed run draws the same numbers."""
-    found = {}
-    for name, value in vars(method).items():
-        if isinstance(value, torch.Generator):
-            found[f"{prefix}.{name}"] = value
-        elif hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module | torch.Tensor | type):
-            for inner, inner_value in vars(value).items():
-                if isinstance(inner_value, torch.Generator):
-                    found[f"{prefix}.{name}.{inner}"] = inner_value
-    return found
-
-
-@dataclass
-class DistillationOutput:
-    """What `train()` returns: the loss curve and timing of the run."""
-
-    num_steps: int
-    final_loss: float
-    losses: list[float] = field(default_factory=list)
-    train_runtime: float = 0.0
-    seconds_per_step: float = 0.0
 
 
 class Distiller:
@@ -110,9 +62,12 @@ class Distiller:
         args: the [`DistillationConfig`].
         train_dataset: a `datasets.Dataset` (or `IterableDataset`) with an image and a label column.
         image_processor: the backbone's image processor; defines input size and normalisation.
-        eval_dataset: optional real test split, used by evaluation helpers.
+        eval_dataset: optional real test split, the default of `evaluate()`.
         feature_fn: optional `(model, pixel_values) -> (B, D)` override of the pooled feature.
         statistics: optional precomputed [`ClassStatistics`] (skips `compute_statistics`).
+        accelerator: optional `Accelerator` (default: one built from `args`).
+        callbacks: `transformers.TrainerCallback` instances or classes (see `hf_sfm.callbacks`).
+        compute_metrics: `EvalPrediction → {name: value}` for every probe run of `evaluate()` (default: top-1/top-5).
     """
 
     def __init__(
@@ -125,12 +80,14 @@ class Distiller:
         feature_fn: FeatureFn | None = None,
         statistics: ClassStatistics | None = None,
         accelerator: Accelerator | None = None,
+        callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None,
+        compute_metrics: ComputeMetrics | None = None,
     ):
         self.args = args
         self.accelerator = accelerator or Accelerator(
             cpu=cpu_only(),  # several CPU processes form one gloo group (see `cpu_only`)
             mixed_precision=args.mixed_precision,
-            log_with=_trackers(args.report_to),
+            log_with=(args.report_to if args.report_to != ["all"] else "all") or None,
             project_dir=args.output_dir,
         )
         set_seed(args.seed)
@@ -146,7 +103,10 @@ class Distiller:
             )
         if eval_dataset is not None:
             check_eval_classes(self.class_names, eval_dataset, args.label_column)
-        self._check_output_dir()
+        self.output_dir = Path(args.output_dir)
+        check_output_dir(
+            self.output_dir, args.overwrite_output_dir, bool(args.resume_from_checkpoint), args.statistics_path
+        )
         self.model = model
         self.image_processor = image_processor
         self.preprocessing = ImagePreprocessing.from_image_processor(image_processor, args.crop_size)
@@ -163,12 +123,31 @@ class Distiller:
         self.statistics = statistics
         self.synthetic: SyntheticImages | None = None
         self.labels = synthetic_labels(self.num_classes, args.ipc)
-        self.output_dir = Path(args.output_dir)
+        self.losses: list[float] = []
+        self.callback_handler = CallbackHandler(callbacks)
+        self.state = self._new_state()
+        self.control = TrainerControl()
+        self.checkpointer = Checkpointer(self.accelerator, self.output_dir, args.save_total_limit)
         self._shard: tuple[int, int, int] | None = None  # (start, stop, N) while the synthetic set is sharded
-        self._loop_state: LoopState | None = None
-        self._loop_state_registered = False
+        self.evaluator = DistilledSetEvaluator(
+            self.feature_extractor,
+            image_processor,
+            train_dataset,
+            image_column=self.image_column,
+            label_column=self.label_column,
+            class_names=self.class_names,
+            image_size=self.image_size,
+            crop_size=args.crop_size,
+            probe=ProbeConfig(epochs=args.probe_epochs, views=args.probe_views),
+            runs=args.eval_runs,
+            name=self.statistics_metadata()["backbone"],
+            compute_metrics=compute_metrics,
+            batch_size=args.statistics_batch_size,
+            num_proc=args.statistics_num_proc,
+            skip_corrupt_images=args.skip_corrupt_images,
+        )
 
-    # ------------------------------------------------------------------ properties
+    # ------------------------------------------------------------------ Trainer idioms
 
     @property
     def num_classes(self) -> int:
@@ -178,6 +157,65 @@ class Distiller:
     def reduce_sum(self):
         """Differentiable sum over processes of per-class sums (identity with one process)."""
         return all_reduce_sum if self.accelerator.num_processes > 1 else None
+
+    def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
+        self.callback_handler.add_callback(callback)
+
+    def pop_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> TrainerCallback | None:
+        return self.callback_handler.pop_callback(callback)
+
+    def is_world_process_zero(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _new_state(self) -> TrainerState:
+        return TrainerState(
+            max_steps=self.args.num_steps,
+            logging_steps=self.args.logging_steps,
+            save_steps=self.args.save_steps,
+            eval_steps=self.args.eval_steps,
+            is_local_process_zero=self.accelerator.is_local_main_process,
+            is_world_process_zero=self.accelerator.is_main_process,
+        )
+
+    def _event(self, event: str, **kwargs: Any) -> TrainerControl:
+        self.control = self.callback_handler.call_event(
+            event,
+            self.args,
+            self.state,
+            self.control,
+            model=self.feature_extractor.model,
+            processing_class=self.image_processor,
+            synthetic=self.synthetic,
+            **kwargs,
+        )
+        return self.control
+
+    def log(self, logs: dict[str, Any]) -> None:
+        """Record `logs` at the current step: `state.log_history`, the trackers, and every callback's `on_log`."""
+        entry = {**logs, "step": self.state.global_step}
+        self.state.log_history.append(entry)
+        numeric = {k: v for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if numeric and self.accelerator.trackers:
+            self.accelerator.log(numeric, step=self.state.global_step)
+        self._event("on_log", logs=logs)
+
+    def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
+        """Log `metrics` of `split` ("train", "eval") as a table, on the main process (as `Trainer.log_metrics`)."""
+        if self.is_world_process_zero():
+            logger.info(format_metrics(split, metrics), main_process_only=True)
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> Path | None:
+        """Write `<output_dir>/<split>_results.json` (and merge into `all_results.json`), atomically, main process."""
+        return write_metrics(self.output_dir, split, metrics, combined) if self.is_world_process_zero() else None
+
+    def save_state(self) -> Path | None:
+        """Write `<output_dir>/trainer_state.json` (the `TrainerState`: steps, log history), main process."""
+        if not self.is_world_process_zero():
+            return None
+        path = self.output_dir / STATE_FILE
+        with atomic_path(path) as staged:
+            self.state.save_to_json(str(staged))
+        return path
 
     # ------------------------------------------------------------------ statistics
 
@@ -192,31 +230,11 @@ class Distiller:
             "backbone_revision": str(getattr(config, "_commit_hash", "") or ""),
             "preprocessing": json.dumps(self.preprocessing.to_dict(), sort_keys=True),
             "dataset_fingerprint": str(fingerprint),
-            "feature_fn": getattr(self.feature_extractor.feature_fn, "__qualname__", "custom"),
+            "feature_fn": self.feature_extractor.feature_fn_name,
             "image_column": self.image_column,
             "label_column": self.label_column,
             "versions": json.dumps(library_versions(), sort_keys=True),
         }
-
-    def _check_output_dir(self) -> None:
-        """Refuse an `output_dir` holding files hf_sfm did not write, unless `overwrite_output_dir` (or resuming).
-
-        hf_sfm's own outputs (`OWN_OUTPUTS`) do not count, so re-running a job into its folder reuses its statistics.
-        """
-        args = self.args
-        if args.overwrite_output_dir or args.resume_from_checkpoint:
-            return
-        own = OWN_OUTPUTS
-        if args.statistics_path and Path(args.statistics_path).parent.resolve() == Path(args.output_dir).resolve():
-            own = (*own, Path(args.statistics_path).name)
-        foreign = foreign_entries(args.output_dir, own)
-        if foreign:
-            raise ValueError(
-                f"output_dir={args.output_dir!r} already holds content hf_sfm did not write: {foreign[:5]}"
-                + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-                + ". Choose a new or empty output_dir, or set `overwrite_output_dir=True` to write beside it "
-                "(hf_sfm's own files there are replaced)."
-            )
 
     def compute_statistics(self) -> ClassStatistics:
         """Per-class feature means `(C, D)` and counts of the real training set, computed once and saved.
@@ -300,7 +318,7 @@ class Distiller:
                 f"{self.class_names[small]!r} has only {int(statistics.counts[small])}. Lower ipc or use init='noise'."
             )
 
-    # ------------------------------------------------------------------ distillation
+    # ------------------------------------------------------------------ the synthetic set and its method
 
     def init_synthetic(self) -> SyntheticImages:
         """Create the synthetic images: noise, or `ipc` random real images per class."""
@@ -319,38 +337,57 @@ class Distiller:
         return self.synthetic
 
     def sample_real_images(self, ipc: int, seed: int = 0, size: int | None = None) -> torch.Tensor:
-        """`ipc` random real training images per class, class-major, as `(C · ipc, 3, S, S)` in `[0, 1]`.
-
-        An undecodable image is replaced by the next one of the class's seeded permutation (or, with
-        `skip_corrupt_images=False`, refused naming its row), so a clean dataset gives the same images as ever.
-        """
-        if not isinstance(self.train_dataset, datasets.Dataset):
-            raise ValueError("Sampling real images needs a map-style `datasets.Dataset`, not a streaming one.")
-        labels = torch.as_tensor(self.train_dataset[self.label_column])
-        rows = RowImages(self.train_dataset, self.image_column, self.args.skip_corrupt_images)
-        indices = random_real_indices(
-            labels, self.num_classes, ipc, seed=seed, class_names=self.class_names, usable=rows.usable
+        """`ipc` random real training images per class, class-major, `(C · ipc, 3, S, S)` in `[0, 1]`."""
+        return sample_real_images(
+            self.train_dataset,
+            square_preprocessing(self.preprocessing, size or self.image_size),
+            image_column=self.image_column,
+            label_column=self.label_column,
+            class_names=self.class_names,
+            ipc=ipc,
+            seed=seed,
+            skip_corrupt_images=self.args.skip_corrupt_images,
         )
-        if rows.skipped_rows:
-            warn_skipped(rows.skipped_rows, "the next random images of their classes were taken instead")
-        preprocessing = square_preprocessing(self.preprocessing, size or self.image_size)
-        return preprocessing([rows[int(i)] for i in indices])
 
-    def real_images(self, indices: list[int], size: int | None = None) -> torch.Tensor:
-        """Training images at `indices`, resized and center-cropped like synthetic ones: `(N, 3, S, S)` in `[0, 1]`."""
-        preprocessing = square_preprocessing(self.preprocessing, size or self.image_size)
-        return preprocessing(self.train_dataset[[int(i) for i in indices]][self.image_column])
+    def method_context(self) -> MethodContext:
+        """The small, typed view of this run a method is built from (never the Distiller itself)."""
+        method = get_method(self.args.method)
+        return MethodContext(
+            num_classes=self.num_classes,
+            ipc=self.args.ipc,
+            seed=self.args.seed,
+            class_means=self.statistics.class_means if self.statistics is not None else None,
+            real_batches=self._real_batches if method.needs_real_images else None,
+            reduce_sum=self.reduce_sum or (lambda tensor: tensor),
+            process_index=self.accelerator.process_index,
+        )
+
+    def _real_batches(self, batch_size: int, seed: int) -> RealBatchStream:
+        return RealBatchStream(
+            self.train_dataset,
+            square_preprocessing(self.preprocessing, self.image_size),
+            batch_size=batch_size,
+            image_column=self.image_column,
+            label_column=self.label_column,
+            seed=seed,
+            max_cached_bytes=DEFAULT_MAX_CACHED_BYTES,
+            skip_corrupt_images=self.args.skip_corrupt_images,
+        )
 
     def create_method(self) -> DistillationMethod:
-        return get_method(self.args.method).from_distiller(self).to(self.accelerator.device)
+        method = get_method(self.args.method)
+        return method.from_context(self.method_context(), self.args.method_config()).to(self.accelerator.device)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None) -> DistillationOutput:
-        """Optimise the synthetic images; returns the loss curve. Computes statistics first if needed.
+    # ------------------------------------------------------------------ the loop
 
-        With several processes (`accelerate launch`), each process optimises a contiguous shard of the
-        `C · ipc` images and the per-class feature sums are all-reduced, so the result equals a one-process
-        run (to float tolerance). `resume_from_checkpoint` (or `args.resume_from_checkpoint`): a
-        `checkpoint-<step>` folder, or `"latest"`/`True` for the newest one in `output_dir`.
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
+        """Optimise the synthetic images; returns `TrainOutput(global_step, training_loss, metrics)`.
+
+        Computes statistics first if the method needs them. With several processes (`accelerate launch`), each
+        process optimises a contiguous shard of the `C · ipc` images and the per-class feature sums are
+        all-reduced, so the result equals a one-process run (to float tolerance). `resume_from_checkpoint` (or
+        `args.resume_from_checkpoint`): a `checkpoint-<step>` folder, or `"latest"`/`True` for the newest one.
+        The loss stays on the device and is read at logging steps (no host sync per step).
         """
         args, accelerator = self.args, self.accelerator
         if resume_from_checkpoint is None:
@@ -360,55 +397,51 @@ class Distiller:
         checkpoint = resolve_checkpoint(resume_from_checkpoint, self.output_dir)
         synthetic = self.init_synthetic()
         num_images = synthetic.num_images
-        shard = self._shard_synthetic(synthetic)
+        shard = shard_parameters(synthetic.levels, accelerator)
+        self._shard = (*shard, num_images) if accelerator.num_processes > 1 else None
         method = self.create_method()
         labels = self.labels[shard[0] : shard[1]].to(accelerator.device)
         generator = torch.Generator().manual_seed(args.seed + 1)
-        sharded = accelerator.num_processes > 1
-        step_images: list[torch.Tensor] = []
-
-        def embed(images: torch.Tensor) -> torch.Tensor:
-            if sharded and step_images and images is step_images[0]:
-                # This process's synthetic shard: draw the views of all N images, keep ours (same as one process).
-                views = self.augmentation(images, generator, shard=slice(*shard), total=num_images)
-            else:
-                views = self.augmentation(images, generator)
-            return embed_in_chunks(self.feature_extractor, views, args.embed_chunk_size)
-
+        current: dict[str, torch.Tensor] = {}  # this step's decoded synthetic shard, which `embed` recognises
+        embed = self._embedder(generator, shard, num_images, current)
         self._warn_if_pyramid_incomplete(synthetic)
-        loop_state = self._loop_state_for(generator, method)
+        method_generators = {f"method.{name}": g for name, g in method.generators().items()}
+        loop_state = self.checkpointer.track({"augmentation": generator, **method_generators})
 
         def make_optimizer(parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
             return torch.optim.Adam(parameters, lr=args.learning_rate)
 
-        losses: list[float] = []
+        self.state = self._new_state()
+        losses = torch.zeros(args.num_steps, device=accelerator.device)  # the loss curve, kept on the device
         if checkpoint is not None:
-            optimizer, losses = self._resume(checkpoint, synthetic, make_optimizer, shard, num_images)
+            optimizer, saved = self.checkpointer.resume(
+                checkpoint,
+                self.checkpoint_fingerprint(),
+                args.num_steps,
+                synthetic=synthetic,
+                make_optimizer=make_optimizer,
+                shard=shard,
+                num_images=num_images,
+            )
+            self.state.global_step = saved["step"]
+            self.state.log_history = list(saved.get("log_history", []))
+            losses[: saved["step"]] = torch.tensor(saved["losses"][: saved["step"]], device=accelerator.device)
         else:
             optimizer = make_optimizer(synthetic.active_parameters())
-        first_step = len(losses)
-        self._init_trackers()
-        progress = tqdm(
-            range(first_step, args.num_steps),
-            desc=f"Distilling ({args.method})",
-            initial=first_step,
-            total=args.num_steps,
-            disable=not accelerator.is_local_main_process,
-        )
-        start = time.perf_counter()
-        for step in progress:
+        first_step = self.state.global_step
+        start_trackers(self.accelerator, self.args.to_dict(), self.args.run_name)
+        self._event("on_train_begin", optimizer=optimizer)
+        start = last_log_time = time.perf_counter()
+        last_log_step = first_step
+        for step in range(first_step, args.num_steps):
+            self._event("on_step_begin", optimizer=optimizer)
             if step > 0 and step % args.pyramid_level_every == 0 and synthetic.grow():
                 # A new level joins: a fresh optimiser, as Adam's moments of the old levels no longer describe it.
                 optimizer = make_optimizer(synthetic.active_parameters())
             with accelerator.autocast():
-                step_images[:] = [synthetic.decode()]
-                loss = method(step_images[0], labels, embed)
-            step_images.clear()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"The {args.method} loss became {loss.item()} at step {step}. Likely causes: features "
-                    "overflowing in reduced precision (try mixed_precision='no'), or a learning rate too high."
-                )
+                current["images"] = synthetic.decode()
+                loss = method(current["images"], labels, embed)
+            current.clear()
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if accelerator.scaler is not None:  # fp16: unscale, skip steps with overflowing gradients
@@ -416,71 +449,86 @@ class Distiller:
                 accelerator.scaler.update()
             else:
                 optimizer.step()
-            losses.append(loss.item())
-            loop_state.step = step + 1
-            progress.set_postfix(loss=f"{losses[-1]:.4f}", levels=int(synthetic.num_active_levels))
-            if args.logging_steps and (step + 1) % args.logging_steps == 0:
-                logger.info(f"step {step + 1}/{args.num_steps} loss {losses[-1]:.5f}", main_process_only=True)
-                accelerator.log({"loss": losses[-1], "pyramid_levels": int(synthetic.num_active_levels)}, step=step + 1)
+            losses[step] = loss.detach()
+            loop_state.step = self.state.global_step = step + 1
+            self._event("on_step_end", optimizer=optimizer)
+            if self.control.should_log:
+                now = time.perf_counter()
+                self._check_finite(losses[: step + 1])
+                self.log(
+                    {
+                        "loss": float(losses[last_log_step : step + 1].mean()),
+                        "learning_rate": optimizer.param_groups[0]["lr"],
+                        "seconds_per_step": (now - last_log_time) / (step + 1 - last_log_step),
+                        "pyramid_levels": int(synthetic.num_active_levels),
+                    }
+                )
+                last_log_step, last_log_time = step + 1, now
+                self.control.should_log = False
             if args.grid_steps and (step + 1) % args.grid_steps == 0:
                 self._log_grid(step + 1)
-            if args.save_steps and ((step + 1) % args.save_steps == 0 or step + 1 == args.num_steps):
-                self._save_checkpoint(step + 1, optimizer, shard, num_images, losses)
+            if self.control.should_evaluate:
+                self.control.should_evaluate = False
+                self.evaluate()
+            if self.control.should_save:
+                self.control.should_save = False
+                self._check_finite(losses[: step + 1])
+                self._save_checkpoint(step + 1, synthetic, optimizer, shard, num_images, losses)
+            if self.control.should_training_stop:
+                break
         runtime = time.perf_counter() - start
-        self._unshard_synthetic(num_images)
+        steps_run = self.state.global_step - first_step
+        self._check_finite(losses[: self.state.global_step])
+        self.losses = losses[: self.state.global_step].tolist()
+        self._unshard(num_images)
         if args.save_grid and accelerator.is_main_process:
             self.save_grid(self.output_dir / GRID_FILE)
-        steps_run = args.num_steps - first_step
-        return DistillationOutput(
-            num_steps=args.num_steps,
-            final_loss=losses[-1] if losses else math.nan,
-            losses=losses,
-            train_runtime=runtime,
-            seconds_per_step=runtime / max(1, steps_run),
+        self._event("on_train_end", optimizer=optimizer)
+        close_trackers(self.accelerator)
+        training_loss = float(np.mean(self.losses[first_step:])) if steps_run else math.nan
+        metrics = {
+            "train_runtime": round(runtime, 4),
+            "train_steps_per_second": round(steps_run / runtime, 4) if runtime > 0 else math.nan,
+            "train_seconds_per_step": runtime / max(1, steps_run),
+            "train_loss": training_loss,
+            "final_loss": self.losses[-1] if self.losses else math.nan,
+        }
+        self.state.log_history.append({**metrics, "step": self.state.global_step})
+        return TrainOutput(self.state.global_step, training_loss, metrics)
+
+    def _embedder(self, generator: torch.Generator, shard: tuple[int, int], num_images: int, current: dict):
+        """`embed(images) → (N, D)`: one augmented view per image through the backbone (checkpointed in chunks).
+
+        With several processes the synthetic shard (`current["images"]`) draws the views of all `N` images and keeps
+        its own, so every image gets the view it would get in one process; other images (LGM's real batches) draw
+        for themselves.
+        """
+        sharded = self.accelerator.num_processes > 1
+
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            if sharded and images is current.get("images"):
+                views = self.augmentation(images, generator, shard=slice(*shard), total=num_images)
+            else:
+                views = self.augmentation(images, generator)
+            return embed_in_chunks(self.feature_extractor, views, self.args.embed_chunk_size)
+
+        return embed
+
+    def _check_finite(self, losses: torch.Tensor) -> None:
+        """Refuse a non-finite loss, naming the first step that had one (one host sync, at logging/saving only)."""
+        finite = torch.isfinite(losses)
+        if bool(finite.all()):
+            return
+        step = int((~finite).nonzero()[0])
+        raise FloatingPointError(
+            f"The {self.args.method} loss became {float(losses[step])} at step {step}. Likely causes: features "
+            "overflowing in reduced precision (try mixed_precision='no'), or a learning rate too high."
         )
 
-    # ------------------------------------------------------------------ several processes, checkpoints, trackers
-
-    def _shard_synthetic(self, synthetic: SyntheticImages) -> tuple[int, int]:
-        """Keep this process's contiguous rows `[start, stop)` of the (identically initialised) synthetic set."""
-        num_images, num_processes = synthetic.num_images, self.accelerator.num_processes
-        if num_processes == 1:
-            return 0, num_images
-        if num_images < num_processes:
-            raise ValueError(
-                f"{num_images} synthetic images cannot be shared among {num_processes} processes (each needs at "
-                "least one). Launch fewer processes or raise ipc."
-            )
-        start, stop = shard_range(num_images, num_processes, self.accelerator.process_index)
-        for i, level in enumerate(synthetic.levels):
-            synthetic.levels[i] = torch.nn.Parameter(level.detach()[start:stop].clone())
-        self._shard = (start, stop, num_images)
-        return start, stop
-
-    def _unshard_synthetic(self, num_images: int) -> None:
-        """Gather every process's rows so that each process holds the whole synthetic set again."""
-        if self._shard is None:
-            return
-        with torch.no_grad():
-            for i, level in enumerate(self.synthetic.levels):
-                full = gather_shards(self.accelerator, level.detach(), num_images)
-                self.synthetic.levels[i] = torch.nn.Parameter(full)
-        self._shard = None
-
-    def _loop_state_for(self, generator: torch.Generator, method: DistillationMethod) -> LoopState:
-        """The step counter and random generators a checkpoint must hold (registered with the accelerator once)."""
-        generators = {"augmentation": generator, **_generators_of(method, prefix="method")}
-        if self._loop_state is None:
-            self._loop_state = LoopState(generators)
-        self._loop_state.generators = generators
-        self._loop_state.step = 0
-        return self._loop_state
-
-    def _register_loop_state(self) -> None:
-        """`Accelerator.save_state`/`load_state` then carry the loop state (only runs that checkpoint register)."""
-        if not self._loop_state_registered:
-            self.accelerator.register_for_checkpointing(self._loop_state)
-            self._loop_state_registered = True
+    def _unshard(self, num_images: int) -> None:
+        if self._shard is not None:
+            gather_parameters(self.synthetic.levels, self.accelerator, num_images)
+            self._shard = None
 
     def checkpoint_fingerprint(self) -> dict[str, Any]:
         """What a checkpoint is checked against on resume (see `hf_sfm.checkpointing.REQUIRED_KEYS`)."""
@@ -501,94 +549,31 @@ class Distiller:
             "pyramid_level_every": args.pyramid_level_every,
             "augmentation": dataclasses.asdict(self.augmentation),
             "mixed_precision": args.mixed_precision,
-            "lgm_rounds": args.lgm_rounds if args.method == "lgm" else None,
+            "method_kwargs": args.method_kwargs,
             "num_processes": self.accelerator.num_processes,
         }
         return json.loads(json.dumps(fingerprint))
 
-    def _save_checkpoint(
-        self, step: int, optimizer: torch.optim.Optimizer, shard: tuple[int, int], num_images: int, losses: list[float]
-    ) -> Path:
-        self._register_loop_state()
+    def _save_checkpoint(self, step, synthetic, optimizer, shard, num_images, losses) -> Path:
         run_state = {
             "step": step,
             "num_steps": self.args.num_steps,
-            "losses": losses,
+            "num_images": num_images,
+            "losses": losses[:step].tolist(),
+            "log_history": self.state.log_history,
             "fingerprint": self.checkpoint_fingerprint(),
             "config": self.args.to_dict(),
             "versions": library_versions(),
         }
-        target = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
-        save_checkpoint(
-            self.accelerator,
-            target,
-            levels=list(self.synthetic.levels),
-            optimizer=optimizer,
-            shard=shard,
-            num_images=num_images,
-            num_active_levels=int(self.synthetic.num_active_levels),
-            run_state=run_state,
-        )
-        if self.accelerator.is_main_process:
-            prune_checkpoints(self.output_dir, self.args.save_total_limit)
-        self.accelerator.wait_for_everyone()
-        logger.info(f"Saved checkpoint {target}", main_process_only=True)
+        target = self.checkpointer.save(step, synthetic, optimizer, shard, run_state)
+        self._event("on_save", checkpoint=target)
         return target
 
-    def _resume(self, checkpoint, synthetic, make_optimizer, shard, num_images):
-        saved = read_run_state(checkpoint)
-        check_resume_compatible(saved["fingerprint"], self.checkpoint_fingerprint(), checkpoint)
-        if saved["step"] > self.args.num_steps:
-            raise ValueError(
-                f"{checkpoint} is at step {saved['step']}, beyond num_steps={self.args.num_steps}. Raise num_steps "
-                "to continue it."
-            )
-        self._register_loop_state()
-        optimizer = load_checkpoint(
-            self.accelerator,
-            checkpoint,
-            synthetic=synthetic,
-            make_optimizer=make_optimizer,
-            shard=shard,
-            num_images=num_images,
-        )
-        if self._loop_state.step != saved["step"]:
-            raise ValueError(f"{checkpoint} is inconsistent: step {saved['step']} vs {self._loop_state.step}.")
-        logger.info(f"Resumed from {checkpoint} at step {saved['step']}", main_process_only=True)
-        return optimizer, list(saved["losses"][: saved["step"]])
-
-    def _init_trackers(self) -> None:
-        """Start the accelerator's trackers (from `report_to`, or a user's `Accelerator(log_with=...)`) once."""
-        if not self.accelerator.log_with or self.accelerator.trackers:
-            return
-        config = {
-            key: value if isinstance(value, int | float | str | bool) else str(value)
-            for key, value in self.args.to_dict().items()
-        }
-        self.accelerator.init_trackers("hf_sfm", config=config)
-
     def _log_grid(self, step: int) -> None:
-        """Save the grid of the current images to `<output_dir>/grids/` and log it to the trackers."""
-        with torch.no_grad():
-            images = self.synthetic.decode().float()
-        if self._shard is not None:
-            images = gather_shards(self.accelerator, images, self._shard[2])
-        if not self.accelerator.is_main_process:
-            return
-        from .visualization import image_grid
-
-        grid = image_grid(images.cpu(), self.labels, self.class_names)
-        path = self.output_dir / "grids" / f"step-{step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as staged:
-            grid.save(staged, format="PNG")
-        for tracker in self.accelerator.trackers:
-            if not hasattr(tracker, "log_images"):
-                continue
-            if tracker.name == "tensorboard":
-                tracker.log_images({"synthetic_grid": np.asarray(grid)[None]}, step=step, dataformats="NHWC")
-            else:
-                tracker.log_images({"synthetic_grid": [grid]}, step=step)
+        images = self.synthetic_images()  # a collective when sharded
+        if self.accelerator.is_main_process:
+            path = self.output_dir / "grids" / f"step-{step:07d}.png"
+            log_grid(self.accelerator, images, self.labels, self.class_names, path, step)
 
     def _warn_if_pyramid_incomplete(self, synthetic: SyntheticImages) -> None:
         levels_reached = 1 + (self.args.num_steps - 1) // self.args.pyramid_level_every
@@ -599,6 +584,52 @@ class Distiller:
                 "detail stays at its initial value. Lower pyramid_level_every or raise num_steps.",
                 main_process_only=True,
             )
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(
+        self,
+        eval_dataset: datasets.Dataset | None = None,
+        metric_key_prefix: str = "eval",
+        *,
+        eval_model: torch.nn.Module | None = None,
+        eval_image_processor: Any = None,
+        eval_feature_fn: FeatureFn | None = None,
+        baselines: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Linear-probe the distilled set (§6 protocol: `eval_runs` runs, `probe_epochs`, fresh views) on the real
+        `eval_dataset`; returns the flat metrics dict (`eval_accuracy`, `eval_accuracy_std`, …; `hf_sfm.results`).
+
+        `eval_model` (+ its processor) evaluates on another backbone (cross-model). `baselines` (default
+        `args.eval_baselines`) adds real-image training sets: `random_real`, `centroids`, `neighbors`,
+        `full_dataset`. Every process must call it; the probes run on the main process.
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs real test images: pass eval_dataset= here or to the Distiller.")
+        if eval_dataset is not None:
+            check_eval_classes(self.class_names, eval_dataset, self.args.label_column)
+        images = self.synthetic_images()  # a collective when sharded
+        holder: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            report = self.evaluator.report(
+                dataset,
+                images,
+                self.labels,
+                list(self.args.eval_baselines if baselines is None else baselines),
+                eval_model=eval_model,
+                eval_image_processor=eval_image_processor,
+                eval_feature_fn=eval_feature_fn,
+                class_means=self.statistics.class_means if self.statistics is not None else None,
+                seed=self.args.seed,
+            )
+            holder[0] = report.metrics(metric_key_prefix)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(holder, from_process=0)
+        metrics = holder[0]
+        self.log(metrics)
+        self._event("on_evaluate", metrics=metrics)
+        return metrics
 
     # ------------------------------------------------------------------ results
 
@@ -622,21 +653,30 @@ class Distiller:
 
         return distilled_dataset(self.synthetic_images(), self.labels, self.class_names)
 
-    def save_distilled(self, path: str | Path | None = None, **card_kwargs: Any) -> Path:
+    @property
+    def source_dataset(self) -> str | None:
+        """The training set's name as `datasets` records it (the cards' `source_datasets`), if any."""
+        return getattr(self.train_dataset.info, "dataset_name", None)
+
+    def save_distilled(
+        self, path: str | Path | None = None, metrics: dict[str, Any] | None = None, **card_kwargs: Any
+    ) -> Path:
         """Write the distilled set so `load_dataset(path)` and `load_from_disk(path)` both read it back.
 
-        The folder is exactly what `push_to_hub` uploads; `card_kwargs` (`results`, `repo_id`, `source_dataset`,
-        `license`, ...) go to the dataset card (`hf_sfm.hub.dataset_card`).
+        The folder is exactly what `push_to_hub` uploads. `metrics` (what `evaluate()` returned, or several such
+        dicts) fill the card's results table; `card_kwargs` (`repo_id`, `source_dataset`, `license`, ...) go to
+        `hf_sfm.cards.dataset_card`.
         """
         from .export import save_distilled
 
         path = Path(path) if path is not None else self.output_dir / "distilled"
+        images = self.synthetic_images()
         if self.accelerator.is_main_process:
             metadata = self.statistics_metadata()
-            card_kwargs.setdefault("source_dataset", getattr(self.train_dataset.info, "dataset_name", None))
+            card_kwargs.setdefault("source_dataset", self.source_dataset)
             save_distilled(
                 path,
-                images=self.synthetic_images(),
+                images=images,
                 labels=self.labels,
                 class_names=self.class_names,
                 config=self.args,
@@ -644,6 +684,7 @@ class Distiller:
                 preprocessing=self.preprocessing,
                 backbone=metadata["backbone"],
                 backbone_revision=metadata["backbone_revision"] or None,
+                metrics=metrics,
                 **card_kwargs,
             )
         self.accelerator.wait_for_everyone()
@@ -654,97 +695,104 @@ class Distiller:
 
         return save_image_grid(self.synthetic_images(), self.labels, self.class_names, path)
 
-    # ------------------------------------------------------------------ classifier inheritance (DESIGN §5)
+    def classifier_inheritance(self):
+        """A [`ClassifierInheritance`] built from this run's parts: backbone, preprocessing, class names, data.
 
-    def train_inherited_head(self, config=None, **overrides) -> torch.nn.Linear:
-        """Linear head `(D_distill → C)` on the full real features of this backbone; see `hf_sfm.inheritance`.
-
-        `config` is an `InheritedHeadConfig` (reference defaults: Adam 5e-4, batch 128, cosine, 10 epochs raised to
-        at least 3000 steps on small datasets); keyword overrides such as `augment=True` or `epochs=20` replace its
-        fields.
+        `inheritance.train_head()`, `inheritance.fit_projector(self.synthetic_images(), eval_model=...)`, then
+        `inheritance.classifier()` give the `from_pretrained` classifier (DESIGN §5).
         """
-        from .inheritance import train_inherited_head
+        from .inheritance import ClassifierInheritance
 
-        return train_inherited_head(self, config, **overrides)
-
-    def fit_projector(
-        self, eval_model=None, eval_image_processor=None, eval_feature_fn=None, images=None, config=None, **overrides
-    ) -> torch.nn.Linear:
-        """Projector `(D_eval → D_distill)` fitted on the distilled images by feature MSE; see `hf_sfm.inheritance`.
-
-        `eval_model=None` is this backbone (identity projector). `config` is a `ProjectorConfig`.
-        """
-        from .inheritance import fit_projector_for
-
-        return fit_projector_for(
-            self, eval_model, eval_image_processor, eval_feature_fn, images=images, config=config, **overrides
+        return ClassifierInheritance(
+            self.feature_extractor,
+            self.preprocessing,
+            self.class_names,
+            train_dataset=self.train_dataset,
+            image_column=self.image_column,
+            label_column=self.label_column,
+            accelerator=self.accelerator,
+            image_size=self.image_size,
+            crop_size=self.args.crop_size,
+            batch_size=self.args.statistics_batch_size,
+            num_proc=self.args.statistics_num_proc,
+            skip_corrupt_images=self.args.skip_corrupt_images,
+            distillation={"method": self.args.method, "ipc": self.args.ipc, "seed": self.args.seed},
         )
-
-    def inherited_classifier(self):
-        """The `from_pretrained` [`SFMInheritedClassifier`] (eval backbone → projector → inherited head)."""
-        from .inheritance import inherited_classifier
-
-        return inherited_classifier(self)
 
     # ------------------------------------------------------------------ the Hub
 
     def push_to_hub(
         self,
-        repo_id: str,
+        commit_message: str | None = None,
+        *,
+        metrics: dict[str, Any] | list[dict[str, Any]] | None = None,
+        classifier: Any = None,
+        dataset_repo_id: str | None = None,
         classifier_repo_id: str | None = None,
-        private: bool = False,
+        private: bool | None = None,
         token: str | None = None,
         revision: str | None = None,
-        commit_message: str | None = None,
         create_pr: bool = False,
-        *,
-        results: dict | None = None,
-        classifier: Any = None,
         local_dir: str | Path | None = None,
         **card_kwargs: Any,
     ) -> dict[str, Any]:
-        """Publish the distilled set as a dataset repo and, with `classifier_repo_id`, the inherited classifier.
+        """Publish the distilled set as a dataset repo and, if given, a classifier as a model repo. Trains nothing.
 
-        Each repo gets one commit. The folders are written first (`local_dir`, default `<output_dir>/hub/`), so a
-        failed push (`hf_sfm.hub.HubPushError`) keeps them and can be retried with `hf_sfm.hub.push_distilled` /
-        `push_classifier`. `results` (the evaluation module's dict) fill the cards' results tables and the
-        classifier's `model-index`; `classifier` defaults to `self.inherited_classifier()` (which trains what is
-        missing). `card_kwargs`: `source_dataset`, `license`, `pretty_name`. Returns `{"dataset": CommitInfo,
-        "classifier": CommitInfo | None}`.
+        Repos default to `args.hub_dataset_id` / `args.hub_model_id`; `private`, `token`, `revision` to
+        `args.hub_private_repo` / `hub_token` / `hub_revision`. Each repo gets one commit. The folders are written
+        first (`local_dir`, default `<output_dir>/hub/`), so a failed push (`hf_sfm.hub.HubPushError`) keeps them
+        and can be retried with `hf_sfm.hub.push_distilled` / `push_classifier`. `metrics` (from `evaluate()`)
+        fill the cards and the classifier's `model-index`. Returns `{"dataset": CommitInfo, "classifier": ...}`.
         """
         from . import hub
+        from .export import save_classifier
 
+        args = self.args
+        repo_id = dataset_repo_id if dataset_repo_id is not None else args.hub_dataset_id
+        classifier_repo_id = classifier_repo_id if classifier_repo_id is not None else args.hub_model_id
         if self.synthetic is None:
             raise RuntimeError("There is no distilled set to push yet: call `train()` before `push_to_hub()`.")
+        if repo_id is None:
+            raise ValueError("push_to_hub needs a dataset repo: set args.hub_dataset_id or pass dataset_repo_id=.")
         hub.check_repo_id(repo_id)
         if classifier_repo_id is not None:
             hub.check_repo_id(classifier_repo_id)
+            if classifier is None:
+                raise ValueError(
+                    f"A classifier repo ({classifier_repo_id!r}) was given but no classifier: pushing never trains "
+                    "one. Build it first (`inheritance = distiller.classifier_inheritance()`, `train_head()`, "
+                    "`fit_projector(...)`, `classifier()`) and pass classifier=, or drop hub_model_id."
+                )
+        elif classifier is not None:
+            raise ValueError("classifier= was given but no model repo: set args.hub_model_id or classifier_repo_id=.")
         if create_pr and revision not in (None, "main"):
             raise ValueError("create_pr=True opens a pull request against the default branch; do not pass revision.")
         local_dir = Path(local_dir) if local_dir is not None else self.output_dir / "hub"
         push_kwargs = dict(
-            private=private, token=token, revision=revision, commit_message=commit_message, create_pr=create_pr
+            private=bool(args.hub_private_repo if private is None else private),
+            token=token or args.hub_token,
+            revision=revision or args.hub_revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
         )
-        commits: dict[str, Any] = {"dataset": None, "classifier": None}
-        card_kwargs.setdefault("source_dataset", getattr(self.train_dataset.info, "dataset_name", None))
+        card_kwargs.setdefault("source_dataset", self.source_dataset)
         dataset_folder = local_dir / repo_id.split("/")[-1]
         self.save_distilled(
-            dataset_folder, results=results, repo_id=repo_id, classifier_repo_id=classifier_repo_id, **card_kwargs
+            dataset_folder, metrics=metrics, repo_id=repo_id, classifier_repo_id=classifier_repo_id, **card_kwargs
         )
-        classifier_folder = None
-        if classifier_repo_id is not None and classifier is None:
-            classifier = self.inherited_classifier()  # on every process: training it may synchronise them
-        if classifier_repo_id is not None and self.accelerator.is_main_process:
-            classifier_folder = hub.save_classifier(
-                local_dir / classifier_repo_id.split("/")[-1],
-                classifier,
-                results=results,
-                repo_id=classifier_repo_id,
-                distilled_repo_id=repo_id,
-                source_dataset=card_kwargs.get("source_dataset"),
-                license=card_kwargs.get("license", "unknown"),
-            )
+        commits: dict[str, Any] = {"dataset": None, "classifier": None}
         if self.accelerator.is_main_process:
+            classifier_folder = None
+            if classifier is not None:
+                classifier_folder = save_classifier(
+                    local_dir / classifier_repo_id.split("/")[-1],
+                    classifier,
+                    metrics=metrics,
+                    repo_id=classifier_repo_id,
+                    distilled_repo_id=repo_id,
+                    source_dataset=card_kwargs.get("source_dataset"),
+                    license=card_kwargs.get("license", "unknown"),
+                )
             commits["dataset"] = hub.push_distilled(dataset_folder, repo_id, **push_kwargs)
             if classifier_folder is not None:
                 commits["classifier"] = hub.push_classifier(classifier_folder, classifier_repo_id, **push_kwargs)

@@ -83,3 +83,31 @@ def gather_shards(accelerator: Accelerator, shard: torch.Tensor, num_items: int)
         start, stop = shard_range(num_items, accelerator.num_processes, index)
         pieces.append(gathered[index * longest : index * longest + (stop - start)])
     return torch.cat(pieces)
+
+
+def shard_parameters(levels: torch.nn.ParameterList, accelerator: Accelerator) -> tuple[int, int]:
+    """Keep this process's contiguous rows `[start, stop)` of every level of an (identically initialised) set.
+
+    Returns `(start, stop)`; with one process the whole set `(0, N)` stays.
+    """
+    num_images, num_processes = levels[0].shape[0], accelerator.num_processes
+    if num_processes == 1:
+        return 0, num_images
+    if num_images < num_processes:
+        raise ValueError(
+            f"{num_images} synthetic images cannot be shared among {num_processes} processes (each needs at least "
+            "one). Launch fewer processes or raise ipc."
+        )
+    start, stop = shard_range(num_images, num_processes, accelerator.process_index)
+    for i, level in enumerate(levels):
+        levels[i] = torch.nn.Parameter(level.detach()[start:stop].clone())
+    return start, stop
+
+
+def gather_parameters(levels: torch.nn.ParameterList, accelerator: Accelerator, num_images: int) -> None:
+    """The inverse of `shard_parameters`: every process holds all `num_images` rows again (a collective)."""
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        for i, level in enumerate(levels):
+            levels[i] = torch.nn.Parameter(gather_shards(accelerator, level.detach(), num_images))

@@ -70,7 +70,7 @@ def embed_dataset(
         [
             "hf_sfm.embedding.embed_dataset",
             weights_digest(feature_extractor.model),
-            getattr(feature_extractor.feature_fn, "__qualname__", "custom"),
+            feature_extractor.feature_fn_name,
             preprocessing.to_dict(),
             dataset._fingerprint,
             image_column,

@@ -10,7 +10,8 @@ Layout (the same files a Hub dataset repo receives):
     distillation_config.json          the run's `DistillationConfig`, preprocessing and library versions
     grid.png                          the images, one row per class (shown in the card)
 
-`hf_sfm.hub.push_distilled` uploads this folder as it is, in one commit.
+`hf_sfm.hub.push_distilled` uploads this folder as it is, in one commit. `save_classifier` writes the folder of a
+classifier (`save_pretrained` + image processor + model card) that `hf_sfm.hub.push_classifier` uploads.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import datasets
 import torch
 from safetensors.torch import save_file
 
-from .hub import dataset_card, folder_files
+from .cards import Metrics, dataset_card, model_card
+from .hub import folder_files
 from .io_utils import atomic_path
 from .versions import library_versions, provenance_metadata
 from .visualization import save_image_grid, to_pil_images
@@ -65,12 +67,14 @@ def save_distilled(
     preprocessing: Any = None,
     backbone: str = "",
     backbone_revision: str | None = None,
+    metrics: Metrics | None = None,
     **card_kwargs: Any,
 ) -> Path:
     """Write the folder described in the module docstring, atomically (a kill leaves any previous one intact).
 
-    `card_kwargs` go to `hf_sfm.hub.dataset_card` (`results`, `repo_id`, `classifier_repo_id`, `source_dataset`,
-    `license`, `pretty_name`, `template_path`); the card is rendered last so it lists the folder's files.
+    `metrics` (from `Distiller.evaluate()`) and `card_kwargs` go to `hf_sfm.cards.dataset_card` (`repo_id`,
+    `classifier_repo_id`, `source_dataset`, `license`, `pretty_name`, `template_path`); the card is rendered last so
+    it lists the folder's files.
     """
     dataset = distilled_dataset(images, labels, class_names)
     seed = config.get("seed") if isinstance(config, dict) else getattr(config, "seed", None)
@@ -111,7 +115,50 @@ def save_distilled(
             files=[*folder_files(staged), "README.md"],
             preprocessing=run["preprocessing"],
             versions=run["versions"],
+            metrics=metrics,
             **card_kwargs,
+        )
+        (staged / "README.md").write_text(str(card), encoding="utf-8")
+    return Path(path)
+
+
+def save_classifier(
+    path: str | Path,
+    model: Any,
+    image_processor: Any = None,
+    *,
+    metrics: Metrics | None = None,
+    repo_id: str | None = None,
+    distilled_repo_id: str | None = None,
+    source_dataset: str | None = None,
+    license: str = "unknown",
+    endpoint: str | None = None,
+    template_path: str | Path | None = None,
+) -> Path:
+    """Write a classifier folder, atomically: `save_pretrained` files + image processor + README.md model card.
+
+    Exactly the files `push_classifier` sends, so `from_pretrained(path)` behaves like `from_pretrained(repo_id)`.
+    `image_processor` defaults to `model.image_processor` (set on an `SFMInheritedClassifier`).
+    """
+    image_processor = image_processor if image_processor is not None else getattr(model, "image_processor", None)
+    if image_processor is None:
+        raise ValueError(
+            "save_classifier needs the image processor (input size and normalisation): pass image_processor=, "
+            "a classifier without it cannot be used from pixels."
+        )
+    with atomic_path(path) as staged:
+        model.save_pretrained(staged)
+        image_processor.save_pretrained(staged)
+        card = model_card(
+            model=model,
+            metrics=metrics,
+            repo_id=repo_id,
+            distilled_repo_id=distilled_repo_id,
+            source_dataset=source_dataset,
+            license=license,
+            files=[*folder_files(staged), "README.md"],
+            endpoint=endpoint,
+            template_path=template_path,
         )
         (staged / "README.md").write_text(str(card), encoding="utf-8")
     return Path(path)

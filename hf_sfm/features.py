@@ -2,7 +2,8 @@
 
 Families pool differently (DESIGN §7): DINOv2's `pooler_output` is the layer-normed CLS token, ViT's pooler is an
 extra dense+tanh that is random unless trained (so we take the CLS token), CLIP's projected embedding is
-`image_embeds`, ResNet pools to `(B, C, 1, 1)`. One small adapter per family decides; users can pass their own.
+`image_embeds`, ResNet pools to `(B, C, 1, 1)`. One line per family names its pooling; the pooling itself is
+`modeling_inherited.pool_features`, the same code a saved classifier runs. Users can pass their own `feature_fn`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .modeling_inherited import FEATURE_POOLINGS, pool_outputs
 from .preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
@@ -25,52 +27,33 @@ class FeatureFunctionError(ValueError):
     """The pooled-feature function cannot turn this backbone's outputs into `(batch, dim)` features."""
 
 
-def _cls_token(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    return model(pixel_values=pixel_values).last_hidden_state[:, 0]
-
-
-def _pooler_output(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    pooled = model(pixel_values=pixel_values).pooler_output
-    return pooled.flatten(1)  # ResNet-style (B, C, 1, 1) → (B, C)
-
-
-def _clip_embeds(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    outputs = model(pixel_values=pixel_values)
-    embeds = getattr(outputs, "image_embeds", None)
-    return embeds if embeds is not None else outputs.pooler_output
-
-
-def _default(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    outputs = model(pixel_values=pixel_values)
-    pooled = getattr(outputs, "pooler_output", None)
-    if pooled is None or (pooled.dim() == 4 and pooled.shape[-2:] != (1, 1)):
-        raise FeatureFunctionError(
-            f"{type(model).__name__} returns no pooled output hf_sfm knows how to use. Pass "
-            "`feature_fn=lambda model, pixel_values: ...` returning a (batch, dim) tensor to the Distiller, "
-            "or register one with `hf_sfm.features.register_feature_fn(model_type, fn)`."
-        )
-    return pooled.flatten(1)
-
-
-# model_type → adapter. One line per family; anything else falls back to `_default`.
-FEATURE_FNS: dict[str, FeatureFn] = {
-    "vit": _cls_token,
-    "deit": _cls_token,
-    "dinov2": _pooler_output,
-    "dinov2_with_registers": _pooler_output,
-    "clip_vision_model": _clip_embeds,
-    "siglip_vision_model": _pooler_output,
-    "resnet": _pooler_output,
-    "convnext": _pooler_output,
-    "convnextv2": _pooler_output,
-    "efficientnet": _pooler_output,
-    "regnet": _pooler_output,
+# model_type → how its output becomes one `(B, D)` feature: a pooling name of `modeling_inherited.pool_features` (the
+# one implementation, shared with the saved classifier, which records the name) or a custom callable. One line per
+# family; anything else gets `DEFAULT_POOLING` and a clear error if the model has no usable pooled output.
+FEATURE_POOLING: dict[str, str | FeatureFn] = {
+    "vit": "cls_token",
+    "deit": "cls_token",
+    "dinov2": "pooler_output",
+    "dinov2_with_registers": "pooler_output",
+    "clip_vision_model": "image_embeds",
+    "siglip_vision_model": "pooler_output",
+    "resnet": "pooler_output",
+    "convnext": "pooler_output",
+    "convnextv2": "pooler_output",
+    "efficientnet": "pooler_output",
+    "regnet": "pooler_output",
 }
+DEFAULT_POOLING = "pooler_output"
 
 
-def register_feature_fn(model_type: str, feature_fn: FeatureFn) -> None:
-    """Teach hf_sfm how to pool a new model family."""
-    FEATURE_FNS[model_type] = feature_fn
+def register_feature_fn(model_type: str, feature_fn: FeatureFn | str) -> None:
+    """Teach hf_sfm how to pool a new model family: a pooling name (`FEATURE_POOLINGS`) or a callable.
+
+    A named pooling can be recorded in a saved classifier; a callable cannot (see `SFMInheritedConfig`).
+    """
+    if isinstance(feature_fn, str) and feature_fn not in FEATURE_POOLINGS:
+        raise ValueError(f"Unknown pooling {feature_fn!r}; choose one of {FEATURE_POOLINGS} or pass a callable.")
+    FEATURE_POOLING[model_type] = feature_fn
 
 
 def base_vision_model(model: nn.Module) -> nn.Module:
@@ -91,6 +74,8 @@ class FeatureExtractor(nn.Module):
 
     Normalisation (the image processor's mean/std) happens here, so synthetic and real images are normalised
     identically. The backbone is frozen and kept in eval mode (BatchNorm statistics must not move).
+
+    `pooling` names the built-in pooling used (`None` with a custom `feature_fn`): what a saved classifier records.
     """
 
     def __init__(self, model: nn.Module, preprocessing: ImagePreprocessing, feature_fn: FeatureFn | None = None):
@@ -99,10 +84,19 @@ class FeatureExtractor(nn.Module):
         self.model.eval()
         self.model.requires_grad_(False)
         model_type = getattr(getattr(self.model, "config", None), "model_type", None)
-        self.feature_fn = feature_fn or FEATURE_FNS.get(model_type, _default)
+        chosen = feature_fn or FEATURE_POOLING.get(model_type, DEFAULT_POOLING)
+        self.pooling: str | None = chosen if isinstance(chosen, str) else None
+        self.custom_feature_fn: FeatureFn | None = None if isinstance(chosen, str) else chosen
         self.input_size = preprocessing.crop_size
         self.register_buffer("mean", torch.tensor(preprocessing.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocessing.image_std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def feature_fn_name(self) -> str:
+        """How features are pooled, as recorded in statistics metadata: the pooling name or the callable's name."""
+        if self.pooling is not None:
+            return self.pooling
+        return getattr(self.custom_feature_fn, "__qualname__", "custom")
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         """The backbone stays in eval mode whatever the caller asks: it is frozen."""
@@ -110,17 +104,37 @@ class FeatureExtractor(nn.Module):
         self.model.eval()
         return self
 
+    def pool(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels → the backbone's pooled `(B, D)` feature."""
+        if self.custom_feature_fn is not None:
+            return self.custom_feature_fn(self.model, pixel_values)
+        outputs = self.model(pixel_values=pixel_values)
+        try:
+            return pool_outputs(outputs, self.pooling, type(self.model).__name__)
+        except ValueError as error:
+            raise FeatureFunctionError(
+                f"{type(self.model).__name__} returns no pooled output hf_sfm knows how to use ({error}). Pass "
+                "`feature_fn=lambda model, pixel_values: ...` returning a (batch, dim) tensor to the Distiller, "
+                "or register one with `hf_sfm.features.register_feature_fn(model_type, fn_or_pooling_name)`."
+            ) from error
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixel_values = (images - self.mean) / self.std
         parameter = next(self.model.parameters(), None)
         if parameter is not None and parameter.is_floating_point():
             pixel_values = pixel_values.to(parameter.dtype)
-        features = self.feature_fn(self.model, pixel_values)
+        features = self.pool(pixel_values)
         if features.dim() != 2:
             raise FeatureFunctionError(
                 f"The feature function must return (batch, dim) features, got shape {tuple(features.shape)}."
             )
         return features.float()
+
+    @torch.no_grad()
+    def feature_dim(self) -> int:
+        """`D`, from one grey image at the input size."""
+        size = self.input_size
+        return int(self(torch.full((1, 3, size, size), 0.5, device=self.mean.device)).shape[1])
 
     @torch.no_grad()
     def check_forward(self, image_processor: Any = None) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,7 +31,6 @@ from torch import nn
 from .synthetic import pyramid_sizes
 
 FLOAT_BYTES = 4
-GIB = 1024**3
 
 
 # ---------------------------------------------------------------------------------------------- gradient checkpointing
@@ -166,10 +165,6 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return self.static + self.state + self.decode + self.activations
-
-    def gib(self) -> dict[str, float]:
-        parts = {key: value / GIB for key, value in asdict(self).items() if key != "images_per_process"}
-        return {"images_per_process": self.images_per_process, **parts, "total": self.total / GIB}
 
 
 def estimate_sfm_peak_memory(

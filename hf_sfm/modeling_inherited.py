@@ -40,13 +40,17 @@ FEATURE_POOLINGS = ("cls_token", "pooler_output", "image_embeds")
 
 
 def pool_features(backbone: nn.Module, pixel_values: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Normalised pixels `(B, 3, H, W)` → pooled backbone feature `(B, D)`, as named by `pooling`.
+    """Normalised pixels `(B, 3, H, W)` → pooled backbone feature `(B, D)`, as named by `pooling`."""
+    return pool_outputs(backbone(pixel_values=pixel_values), pooling, type(backbone).__name__)
+
+
+def pool_outputs(outputs: Any, pooling: str, backbone_name: str = "The backbone") -> torch.Tensor:
+    """A backbone's outputs → one `(B, D)` feature, as named by `pooling`.
 
     `cls_token`: `last_hidden_state[:, 0]` (ViT/DeiT, whose pooler is an untrained dense+tanh);
     `pooler_output`: flattened, so ResNet's `(B, C, 1, 1)` becomes `(B, C)` (DINOv2, ConvNeXt, EfficientNet, ...);
     `image_embeds`: CLIP's projected embedding (falls back to `pooler_output` without a projection).
     """
-    outputs = backbone(pixel_values=pixel_values)
     if pooling == "cls_token":
         return outputs.last_hidden_state[:, 0]
     if pooling == "image_embeds":
@@ -54,10 +58,10 @@ def pool_features(backbone: nn.Module, pixel_values: torch.Tensor, pooling: str)
         return embeds if embeds is not None else outputs.pooler_output.flatten(1)
     if pooling == "pooler_output":
         pooled = getattr(outputs, "pooler_output", None)
-        if pooled is None:
+        if pooled is None or (pooled.dim() == 4 and tuple(pooled.shape[-2:]) != (1, 1)):
+            found = "no `pooler_output`" if pooled is None else f"a spatial `pooler_output` {tuple(pooled.shape)}"
             raise ValueError(
-                f"{type(backbone).__name__} returns no `pooler_output`; set `feature_pooling` to one of "
-                f"{FEATURE_POOLINGS} that the backbone supports."
+                f"{backbone_name} returns {found}; use another of {FEATURE_POOLINGS} that the backbone supports."
             )
         return pooled.flatten(1)
     raise ValueError(f"feature_pooling={pooling!r} is not supported; choose one of {FEATURE_POOLINGS}.")

@@ -125,6 +125,33 @@ class RowImages:
         return self.images[row]
 
 
+def sample_real_images(
+    dataset: datasets.Dataset,
+    preprocessing: ImagePreprocessing,
+    *,
+    image_column: str,
+    label_column: str,
+    class_names: list[str],
+    ipc: int,
+    seed: int = 0,
+    skip_corrupt_images: bool = True,
+) -> torch.Tensor:
+    """`ipc` random real images per class, class-major, as `(C · ipc, 3, S, S)` in `[0, 1]` (`S`: `preprocessing`).
+
+    `init='real'` and the random-real baseline. An undecodable image is replaced by the next one of the class's
+    seeded permutation (or, with `skip_corrupt_images=False`, refused naming its row), so a clean dataset gives
+    `random_real_indices(labels, C, ipc, seed)` exactly.
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        raise ValueError("Sampling real images needs a map-style `datasets.Dataset`, not a streaming one.")
+    labels = torch.as_tensor(dataset[label_column])
+    rows = RowImages(dataset, image_column, skip_corrupt_images)
+    indices = random_real_indices(labels, len(class_names), ipc, seed=seed, class_names=class_names, usable=rows.usable)
+    if rows.skipped_rows:
+        warn_skipped(rows.skipped_rows, "the next random images of their classes were taken instead")
+    return preprocessing([rows[int(i)] for i in indices])
+
+
 def to_uint8_tensor(preprocessing: ImagePreprocessing, images: list) -> torch.Tensor:
     """PIL images → `(N, 3, S, S)` uint8, without the float round trip."""
     return torch.from_numpy(np.stack([preprocessing.array(image) for image in images])).permute(0, 3, 1, 2)

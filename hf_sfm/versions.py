@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-from typing import Any
 
 _PACKAGES = ("hf_sfm", "torch", "transformers", "datasets", "accelerate", "huggingface_hub", "safetensors")
 
@@ -17,11 +16,6 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
-
-
-def provenance(seed: int | None) -> dict[str, Any]:
-    """`{"seed": ..., "versions": {...}}`: what every output records so that it can be reproduced."""
-    return {"seed": seed, "versions": library_versions()}
 
 
 def provenance_metadata(seed: int | None) -> dict[str, str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -30,15 +29,9 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, HfArgumentPa
 
 from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.distributed import cpu_only
-from hf_sfm.evaluation import (
-    ProbeConfig,
-    classifier_accuracy,
-    embed_pil_images,
-    probe_accuracy,
-    train_linear_probe,
-)
-from hf_sfm.hub import save_classifier
-from hf_sfm.io_utils import atomic_path
+from hf_sfm.evaluation import classifier_accuracy
+from hf_sfm.export import save_classifier
+from hf_sfm.results import inherited_metrics
 
 logger = logging.getLogger("recipes.distill")
 
@@ -89,37 +82,18 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
-    """What the recipe does after distilling."""
+    """What the recipe does around distilling (evaluation settings and Hub ids are `DistillationConfig` fields)."""
 
     config: str | None = field(default=None, metadata={"help": "YAML file of arguments (the command line wins)."})
-    do_eval: bool = field(default=True, metadata={"help": "Linear-probe the distilled set on the eval split."})
-    eval_runs: int = field(default=1, metadata={"help": "Probe runs (seeds) to average (the papers use 5)."})
-    probe_epochs: int = field(default=1000, metadata={"help": "Epochs of each linear probe (the papers use 1000)."})
-    probe_augment: bool = field(
-        default=True, metadata={"help": "Flip + random-resized-crop the probe's training images (the papers do)."}
+    do_eval: bool = field(
+        default=True, metadata={"help": "Evaluate the distilled set (and eval_baselines) on the eval split."}
     )
-    probe_views: int = field(
-        default=0,
-        metadata={
-            "help": "Augmented views per probe training image, embedded once and drawn from each epoch (0: a fresh "
-            "view every epoch, as the papers; 8 is what benchmarks/accuracy.py and the demo use on a CPU)."
-        },
-    )
-    eval_random_real: bool = field(
-        default=True, metadata={"help": "Also probe ipc random real images per class (the baseline to beat)."}
-    )
-    push_to_hub: bool = field(default=False, metadata={"help": "Push the distilled set to the Hub at the end."})
-    hub_repo_id: str | None = field(default=None, metadata={"help": "Dataset repo for the distilled set."})
-    hub_classifier_repo_id: str | None = field(
-        default=None, metadata={"help": "Also push the inherited classifier to this model repo."}
-    )
-    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repos as private."})
     inherited_classifier: bool = field(
         default=False,
         metadata={
             "help": "Classifier inheritance: train the head on the real training features, fit a projector for "
             "inherit_eval_model on the distilled images, score it on the eval split and save it to "
-            "<output_dir>/classifier (from_pretrained / pipeline ready). Implied by hub_classifier_repo_id."
+            "<output_dir>/classifier (from_pretrained / pipeline ready). Implied by hub_model_id."
         },
     )
     inherit_eval_model: str | None = field(
@@ -131,22 +105,16 @@ class RunArguments:
     )
 
 
-def _without(cls: type, taken: set[str]) -> type:
-    """`cls` minus fields another argument class already defines (e.g. if `DistillationConfig` grows hub fields)."""
-    if not taken & {f.name for f in dataclasses.fields(cls)}:
-        return cls
-    kept = [(f.name, f.type, f) for f in dataclasses.fields(cls) if f.name not in taken]
-    return dataclasses.make_dataclass(cls.__name__, kept, bases=(), namespace={"__doc__": cls.__doc__})
-
-
 def build_parser() -> HfArgumentParser:
-    taken = {f.name for f in dataclasses.fields(DistillationConfig)}
-    classes = [_without(cls, taken) for cls in (ModelArguments, DataArguments, RunArguments)]
-    return HfArgumentParser([*classes, DistillationConfig])
+    return HfArgumentParser([ModelArguments, DataArguments, RunArguments, DistillationConfig])
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, DistillationConfig]:
-    """`(model_args, data_args, run_args, config)` from `--config <yaml>` and the command line (which wins)."""
+    """`(model_args, data_args, run_args, config)` from `--config <yaml>` and the command line (which wins).
+
+    The YAML's keys become the parser's defaults (argparse's public `set_defaults`), after a check that each is an
+    argument of one of the dataclasses, so a typo fails with the file named instead of being ignored.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     pre = argparse.ArgumentParser(add_help=False)
@@ -154,8 +122,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, Distillati
     known, _ = pre.parse_known_args(argv)
     if known.config:
         values = yaml.safe_load(Path(known.config).read_text()) or {}
-        destinations = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - destinations)
+        if not isinstance(values, dict):
+            parser.error(f"{known.config} must hold a mapping of argument names to values.")
+        arguments = {f.name for cls in parser.dataclass_types for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - arguments)
         if unknown:
             parser.error(f"{known.config} sets unknown arguments {unknown}; see `python recipes/distill.py --help`.")
         parser.set_defaults(**values)
@@ -220,61 +190,22 @@ def _first(dataset, count: int):
     return dataset.take(count)
 
 
-def evaluate(distiller: Distiller, run_args, backbone: str) -> dict[str, Any]:
-    """Linear probes on the distilled set (and on random real images), scored on the eval split's features."""
-    extractor = distiller.feature_extractor
-    test_features, test_labels = [], []
-    for batch in distiller.eval_dataset.iter(batch_size=256):
-        test_features.append(embed_pil_images(extractor, distiller.preprocessing, batch[distiller.image_column]))
-        test_labels.append(torch.as_tensor(batch[distiller.label_column]))
-    test_features, test_labels = torch.cat(test_features), torch.cat(test_labels)
-    probe = ProbeConfig(epochs=run_args.probe_epochs, augment=run_args.probe_augment, views=run_args.probe_views)
-    synthetic = distiller.synthetic_images()
-    # name -> run seed -> training images: the distilled set is fixed; random real images are drawn anew per run.
-    training_sets = {distiller.args.method: lambda seed: synthetic}
-    if run_args.eval_random_real and isinstance(distiller.train_dataset, datasets.Dataset):
-        ipc, size = distiller.args.ipc, distiller.image_size
-        training_sets["random_real"] = lambda seed: distiller.sample_real_images(ipc, seed=1000 + seed, size=size)
-    results = {}
-    for name, images_for in training_sets.items():
-        accuracies = [
-            probe_accuracy(
-                train_linear_probe(extractor, images_for(seed), distiller.labels, distiller.num_classes, probe, seed),
-                test_features,
-                test_labels,
-            )
-            for seed in range(run_args.eval_runs)
-        ]
-        mean = sum(accuracies) / len(accuracies)
-        std = (sum((a - mean) ** 2 for a in accuracies) / max(1, len(accuracies) - 1)) ** 0.5
-        results[name] = {
-            "accuracy": mean,
-            "accuracy_std": std,
-            "accuracy_per_run": accuracies,
-            "eval_backbone": backbone,
-            "num_test_images": len(test_labels),
-        }
-        logger.info(f"{name}: linear-probe top-1 {100 * mean:.2f}% over {len(accuracies)} run(s)")
-    return results
-
-
 def build_inherited_classifier(distiller: Distiller, run_args, model_args):
     """Head on the real features, projector for the eval backbone, the `SFMInheritedClassifier` (every process)."""
-    distiller.train_inherited_head()
+    inheritance = distiller.classifier_inheritance()
+    inheritance.train_head()
     eval_model = eval_processor = None
     if run_args.inherit_eval_model:
         eval_model, eval_processor = load_backbone(
             dataclasses.replace(model_args, model_name_or_path=run_args.inherit_eval_model, model_revision=None)
         )
-    distiller.fit_projector(
-        eval_model=eval_model, eval_image_processor=eval_processor, epochs=run_args.inherit_projector_epochs
+    inheritance.fit_projector(
+        distiller.synthetic_images(),
+        eval_model=eval_model,
+        eval_image_processor=eval_processor,
+        epochs=run_args.inherit_projector_epochs,
     )
-    return distiller.inherited_classifier()
-
-
-def _write_json(path: Path, value: Any) -> None:
-    with atomic_path(path) as staged:
-        staged.write_text(json.dumps(value, indent=2, sort_keys=True))
+    return inheritance.classifier()
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -282,10 +213,6 @@ def _write_json(path: Path, value: Any) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_args, data_args, run_args, config = parse_args(argv)
-    if run_args.push_to_hub and not run_args.hub_repo_id:  # fail before hours of work, not after
-        raise ValueError("--push_to_hub needs --hub_repo_id (the dataset repo to create or update).")
-    if run_args.push_to_hub and not hasattr(Distiller, "push_to_hub"):
-        raise RuntimeError("This hf_sfm version has no Distiller.push_to_hub; upgrade hf_sfm.")
     state = PartialState(cpu=cpu_only())  # CPU-only machines: N gloo processes, not N lone ones
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     if state.is_local_main_process:
@@ -299,51 +226,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train, evaluation = load_data(data_args)
     distiller = Distiller(model, config, train, image_processor=processor, eval_dataset=evaluation)
     distiller.compute_statistics()
-    output = distiller.train()
-    summary: dict[str, Any] = {
-        "final_loss": output.final_loss,
-        "train_runtime": output.train_runtime,
-        "seconds_per_step": output.seconds_per_step,
-        "num_processes": state.num_processes,
-    }
-    results = None
-    if run_args.do_eval and evaluation is not None and state.is_main_process:
-        results = evaluate(distiller, run_args, distiller.statistics_metadata()["backbone"])
+    train_output = distiller.train()
+    distiller.log_metrics("train", train_output.metrics)
+    distiller.save_metrics("train", {**train_output.metrics, "num_processes": state.num_processes})
+    metrics = None
+    if run_args.do_eval and evaluation is not None:
+        metrics = distiller.evaluate()
+        distiller.log_metrics("eval", metrics)
+        distiller.save_metrics("eval", metrics)
     classifier = None
-    if run_args.inherited_classifier or run_args.hub_classifier_repo_id:
+    if run_args.inherited_classifier or config.hub_model_id:
         classifier = build_inherited_classifier(distiller, run_args, model_args)
-        if run_args.do_eval and evaluation is not None and state.is_main_process:
-            score = classifier_accuracy(classifier, evaluation)
-            eval_backbone = run_args.inherit_eval_model or distiller.statistics_metadata()["backbone"]
-            results["inheritance"] = {**score, "eval_backbone": eval_backbone}
-            logger.info(f"inherited classifier: top-1 {100 * score['accuracy']:.2f}% on {eval_backbone}")
-    if state.is_main_process:
-        _write_json(distiller.output_dir / "train_results.json", {**summary, "losses": output.losses})
-        if results is not None:
-            _write_json(distiller.output_dir / "eval_results.json", results)
-    results = _broadcast(results)
-    distiller.save_distilled(results=results) if results else distiller.save_distilled()
+        if metrics is not None:
+            eval_backbone = run_args.inherit_eval_model or metrics["eval_backbone"]
+            metrics = {**metrics, **inherited_metrics(classifier_accuracy(classifier, evaluation), eval_backbone)}
+            distiller.log_metrics("eval", metrics)
+            distiller.save_metrics("eval", metrics)
+    distiller.save_state()
+    distiller.save_distilled(metrics=metrics)
     if classifier is not None and state.is_main_process:
-        source = getattr(distiller.train_dataset.info, "dataset_name", None) or data_args.dataset_name
-        save_classifier(distiller.output_dir / "classifier", classifier, results=results, source_dataset=source)
-    if run_args.push_to_hub:
-        distiller.push_to_hub(
-            run_args.hub_repo_id,
-            classifier_repo_id=run_args.hub_classifier_repo_id,
-            private=run_args.hub_private,
-            results=results,
-            classifier=classifier,
-        )
+        source = data_args.dataset_name or distiller.source_dataset  # the source as the user named it
+        save_classifier(distiller.output_dir / "classifier", classifier, metrics=metrics, source_dataset=source)
+    if config.push_to_hub:
+        distiller.push_to_hub(metrics=metrics, classifier=classifier)
     state.wait_for_everyone()
-    return {**summary, "results": results}
-
-
-def _broadcast(value: Any) -> Any:
-    from accelerate.utils import broadcast_object_list
-
-    holder = [value]
-    broadcast_object_list(holder, from_process=0)
-    return holder[0]
+    return {"train": train_output.metrics, "eval": metrics}
 
 
 if __name__ == "__main__":

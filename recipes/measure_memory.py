@@ -132,7 +132,7 @@ def measure_sfm(options) -> dict:
         "crop": options.crop,
         "gradient_checkpointing": options.gradient_checkpointing,
         "embed_chunk_size": options.embed_chunk_size,
-        "seconds_per_step": output.seconds_per_step,
+        "seconds_per_step": output.metrics["train_seconds_per_step"],
         "images_per_process": estimate.images_per_process,
         "activation_mib_per_image": activations / MIB,
         "measured_peak_mib": peak / MIB,

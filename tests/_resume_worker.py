@@ -57,8 +57,11 @@ distiller = Distiller(
     image_processor=processor,
     feature_fn=slow_cls_token,
 )
-output = distiller.train()
+distiller.train()
 save_file(
-    {"images": distiller.synthetic_images().contiguous(), "losses": torch.tensor(output.losses, dtype=torch.float64)},
+    {
+        "images": distiller.synthetic_images().contiguous(),
+        "losses": torch.tensor(distiller.losses, dtype=torch.float64),
+    },
     str(Path(options.output_dir) / "result.safetensors"),
 )

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hf_sfm.demo import format_results, parse_arguments, probe_config, run_demo
+from hf_sfm.demo import format_results, parse_arguments, run_demo
 
 
 @pytest.mark.slow
@@ -19,7 +19,7 @@ def test_demo_runs_end_to_end_and_saves_its_outputs(tmp_path):
             "32",
             "--image_size",
             "32",
-            "--random_seeds",
+            "--eval_runs",
             "1",
             "--probe_epochs",
             "5",
@@ -28,10 +28,11 @@ def test_demo_runs_end_to_end_and_saves_its_outputs(tmp_path):
         ]
     )
     results = run_demo(args, demo)
-    for key in ("distilled_accuracy", "random_real_accuracy_mean", "centroid_accuracy"):
-        assert 0.0 <= results[key] <= 1.0
+    for key in ("eval_accuracy", "eval_random_real_accuracy", "eval_centroids_accuracy"):
+        assert 0.0 <= results["metrics"][key] <= 1.0
     output_dir = tmp_path / "demo"
     assert json.loads((output_dir / "results.json").read_text())["ipc"] == 1
+    assert json.loads((output_dir / "eval_results.json").read_text()) == results["metrics"]
     assert (output_dir / "statistics.safetensors").exists()
     assert (output_dir / "synthetic_grid.png").exists()
     assert (output_dir / "distilled" / "data" / "train-00000-of-00001.parquet").exists()
@@ -43,8 +44,6 @@ def test_demo_defaults_parse_and_cli_overrides_win():
     assert args.ipc == 2 and args.crop_size == 64 and args.init == "real" and demo.backbone == "lite0"
 
 
-def test_demo_probe_follows_the_protocol_unless_asked_for_plain_views():
-    probe = probe_config(parse_arguments([])[1])
-    assert probe.augment and probe.views == 8 and probe.epochs == 1000 and probe.crop_scale == (0.08, 1.0)
-    plain = probe_config(parse_arguments(["--probe_views", "0"])[1])
-    assert not plain.augment and plain.views == 0
+def test_demo_probes_follow_the_papers_protocol():
+    args, _ = parse_arguments([])
+    assert args.eval_runs == 5 and args.probe_epochs == 1000 and args.probe_views is None

@@ -8,7 +8,7 @@ import torch
 from conftest import build_backbone, color_dataset
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.evaluation import ProbeConfig, embed_pil_images, probe_accuracy, train_linear_probe
+from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator
 
 
 def _args(tmp_path, **overrides):
@@ -39,7 +39,8 @@ def test_statistics_match_a_direct_feature_pass(tmp_path, tiny_processor):
     distiller = _distiller(tmp_path, tiny_processor, statistics_batch_size=5)
     statistics = distiller.compute_statistics()
     dataset = distiller.train_dataset
-    features = embed_pil_images(distiller.feature_extractor, distiller.preprocessing, dataset["image"])
+    with torch.no_grad():
+        features = distiller.feature_extractor(distiller.preprocessing(dataset["image"]))
     labels = torch.tensor(dataset["label"])
     direct = torch.stack([features[labels == c].mean(0) for c in range(3)])
     torch.testing.assert_close(statistics.class_means, direct, atol=1e-5, rtol=1e-5)
@@ -75,7 +76,7 @@ def test_training_moves_the_pixels_and_lowers_the_loss(tmp_path, tiny_processor,
     initial = distiller.synthetic_images()
     output = distiller.train()
     assert not torch.equal(distiller.synthetic_images(), initial)
-    assert output.final_loss < output.losses[0]
+    assert output.metrics["final_loss"] < distiller.losses[0] and output.training_loss < distiller.losses[0]
 
 
 def _noisy_colour_dataset(num_classes, per_class, seed, noise=120.0, size=32):
@@ -110,15 +111,11 @@ def test_distilled_set_beats_random_real_images(tmp_path, tiny_processor):
         augment_flip=False,
     )
     distiller.train()
-    extractor = distiller.feature_extractor
-    test_features = embed_pil_images(extractor, distiller.preprocessing, test["image"])
-    test_labels = torch.tensor(test["label"])
+    evaluator = ProbeEvaluator(None, tiny_processor, test, feature_extractor=distiller.feature_extractor)
     probe = ProbeConfig(epochs=300, learning_rate=0.1, augment=False)
 
     def accuracy(images):
-        return probe_accuracy(
-            train_linear_probe(extractor, images, distiller.labels, 6, probe), test_features, test_labels
-        )
+        return evaluator.probe("set", lambda run: (images, distiller.labels), runs=1, config=probe).mean()
 
     distilled = accuracy(distiller.synthetic_images())
     random_real = [accuracy(distiller.sample_real_images(1, seed=seed)) for seed in range(4)]

@@ -1,4 +1,4 @@
-"""The probe protocol (determinism, cached test features, result dicts) and the real-image baselines."""
+"""The probe protocol (determinism, cached test features, typed results) and the real-image baselines."""
 
 import os
 import tempfile
@@ -13,19 +13,12 @@ from conftest import color_dataset
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 import hf_sfm.evaluation as evaluation
-from hf_sfm.evaluation import (
-    ProbeConfig,
-    ProbeEvaluator,
-    RealBaselines,
-    centroid_indices,
-    evaluate_distilled,
-    kmeans,
-    neighbor_indices,
-    random_real_indices,
-    train_linear_probe,
-)
+from hf_sfm.baselines import RealBaselines, centroid_indices, kmeans, neighbor_indices
+from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets, train_linear_probe
 from hf_sfm.features import FeatureExtractor
 from hf_sfm.preprocessing import ImagePreprocessing
+from hf_sfm.real_images import random_real_indices
+from hf_sfm.results import result_rows
 
 SIZE = 32
 FAST = ProbeConfig(epochs=6, learning_rate=0.1)
@@ -84,21 +77,28 @@ def test_probe_is_deterministic_per_seed(extractor, probe):
 
 
 def test_probe_follows_the_reference_recipe(extractor, monkeypatch):
-    """Head N(0, init_std) with zero bias, Adam at lr · min(100, n) / 256, cosine to zero."""
+    """Head N(0, init_std) with zero bias, Adam at lr · min(100, n) / 256, cosine to zero, one loop for all fits."""
     seen = {}
-    original = evaluation._fit
+    original = evaluation.fit_linear
 
-    def spy(head, batch_features, num_train, labels, config, generator):
-        seen["std"] = float(head.weight.detach().std())
-        seen["bias"] = float(head.bias.detach().abs().max())
-        result = original(head, batch_features, num_train, labels, config, generator)
-        return result
+    def spy(layer, batches, loss_fn, num_examples, config, generator, progress_desc=None):
+        seen["std"] = float(layer.weight.detach().std())
+        seen["bias"] = float(layer.bias.detach().abs().max())
+        seen["lr"] = config.learning_rate_for(num_examples)
+        return original(layer, batches, loss_fn, num_examples, config, generator, progress_desc)
 
-    monkeypatch.setattr(evaluation, "_fit", spy)
+    monkeypatch.setattr(evaluation, "fit_linear", spy)
     train_linear_probe(extractor, _images(), torch.tensor([0, 1, 2, 0, 1, 2]), 3, ProbeConfig(epochs=1, init_std=0.5))
     assert abs(seen["std"] - 0.5) < 0.1 and seen["bias"] == 0
+    assert seen["lr"] == pytest.approx(1e-3 * 6 / 256)
+    defaults = ProbeConfig()
+    assert (defaults.epochs, defaults.views, defaults.augment, defaults.batch_size) == (1000, None, True, 100)
     with pytest.raises(ValueError, match="views"):
         ProbeConfig(views=-1)
+
+
+def _fixed(images, labels):
+    return lambda run: (images, labels)
 
 
 def test_evaluator_computes_test_features_once_and_is_deterministic(evaluator, monkeypatch):
@@ -110,46 +110,58 @@ def test_evaluator_computes_test_features_once_and_is_deterministic(evaluator, m
         return original(*args, **kwargs)
 
     monkeypatch.setattr(evaluation, "embed_dataset", counting)
-    evaluator._test_features = None
-    images, labels = _images(), torch.tensor([0, 1, 2, 0, 1, 2])
-    first = evaluator.evaluate(images, labels, runs=2, probe=FAST, seed=0)
-    second = evaluator.evaluate(images, labels, runs=2, probe=FAST, seed=0)
+    evaluator._test = None
+    training_set = _fixed(_images(), torch.tensor([0, 1, 2, 0, 1, 2]))
+    first = evaluator.probe("distilled", training_set, runs=2, config=FAST, seed=0)
+    second = evaluator.probe("distilled", training_set, runs=2, config=FAST, seed=0)
     assert len(calls) == 1
     assert first == second
-    shifted = evaluator.evaluate(images, labels, runs=1, probe=FAST, seed=1)
-    assert shifted["accuracy_per_run"][0] == first["accuracy_per_run"][1]  # run r uses seed + r
+    shifted = evaluator.probe("distilled", training_set, runs=1, config=FAST, seed=1)
+    assert shifted.per_run[0] == first.per_run[1]  # run r uses seed + r
 
 
-def test_result_is_a_plain_dict_with_mean_std_and_runs(evaluator):
-    result = evaluator.evaluate(_images(), torch.tensor([0, 1, 2, 0, 1, 2]), runs=3, probe=FAST)
-    per_run = result["accuracy_per_run"]
-    assert len(per_run) == 3 and result["runs"] == 3 and result["seeds"] == [0, 1, 2]
-    assert result["accuracy"] == pytest.approx(np.mean(per_run))
-    assert result["accuracy_std"] == pytest.approx(np.std(per_run))
-    assert all(0 <= a <= t <= 1 for a, t in zip(per_run, result["top5_accuracy_per_run"]))
-    assert result["eval_backbone"] == "tiny-vit" and result["num_train_images"] == 6
-    assert result["num_test_images"] == 15 and result["probe"]["epochs"] == 6
+def test_report_flattens_to_trainer_metrics_with_population_std(evaluator):
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    sets = {"distilled": _fixed(_images(), labels), "random_real": lambda run: (_images(seed=10 + run), labels)}
+    report = evaluate_training_sets(evaluator, sets, runs=3, config=FAST)
+    per_run = [run["accuracy"] for run in report.scores["distilled"].per_run]
+    assert report.scores["distilled"].seeds == (0, 1, 2) and report.scores["distilled"].num_train_images == 6
+    metrics = report.metrics("eval")
+    assert metrics["eval_accuracy"] == pytest.approx(np.mean(per_run))
+    assert metrics["eval_accuracy_std"] == pytest.approx(np.std(per_run))  # population std, the one definition
+    assert metrics["eval_runs"] == 3 and metrics["eval_backbone"] == "tiny-vit"
+    assert metrics["eval_num_test_images"] == 15 and metrics["eval_probe_epochs"] == 6
+    assert 0 <= metrics["eval_random_real_accuracy"] <= metrics["eval_random_real_top5_accuracy"] <= 1
     import json
 
-    json.dumps(result)  # plain types only: cards can embed it
+    json.dumps(metrics)  # plain types only: save_metrics and cards take it as it is
+    rows = {row.training_set: row for row in result_rows(metrics)}
+    assert rows["distilled"].accuracy == metrics["eval_accuracy"] and rows["distilled"].runs == 3
+    assert rows["random_real"].accuracy_std == metrics["eval_random_real_accuracy_std"]
 
 
-def test_full_dataset_probe_beats_chance_and_features_variant_matches(evaluator):
+def test_compute_metrics_replaces_the_default_metrics(extractor):
+    seen = []
+
+    def compute_metrics(prediction):
+        seen.append((prediction.predictions.shape, prediction.label_ids.shape))
+        return {"mean_logit": float(prediction.predictions.mean())}
+
+    evaluator = ProbeEvaluator(
+        None, _processor(), _dataset(per_class=5, seed=1), feature_extractor=extractor, compute_metrics=compute_metrics
+    )
+    scores = evaluator.probe("distilled", _fixed(_images(), torch.tensor([0, 1, 2, 0, 1, 2])), runs=2, config=FAST)
+    assert seen == [((15, 3), (15,))] * 2 and scores.metric_names == ["mean_logit"]
+
+
+def test_full_dataset_probe_beats_chance_and_augmented_variant_runs(evaluator):
     train = _dataset(per_class=8, seed=2)
     probe = ProbeConfig(epochs=50, learning_rate=0.5, augment=False)
-    full = evaluator.evaluate_full_dataset(train, runs=2, probe=probe)
-    assert full["num_train_images"] == 24
-    assert full["accuracy"] > 0.6, full
-    augmented = evaluator.evaluate_full_dataset(train, runs=1, probe=ProbeConfig(epochs=3, learning_rate=0.5, views=2))
-    assert augmented["num_train_images"] == 24 and 0 <= augmented["accuracy"] <= 1
-
-
-def test_evaluate_distilled_is_the_same_protocol_in_one_call(evaluator):
-    images, labels = _images(), torch.tensor([0, 1, 2, 0, 1, 2])
-    one_call = evaluate_distilled(
-        images, labels, _vit(), _processor(), _dataset(per_class=5, seed=1), runs=2, probe=FAST
-    )
-    assert one_call["accuracy_per_run"] == evaluator.evaluate(images, labels, runs=2, probe=FAST)["accuracy_per_run"]
+    full = evaluator.probe_full_dataset(train, runs=2, config=probe)
+    assert full.num_train_images == 24 and full.training_set == "full_dataset"
+    assert full.mean() > 0.6, full
+    augmented = evaluator.probe_full_dataset(train, runs=1, config=ProbeConfig(epochs=3, learning_rate=0.5, views=2))
+    assert augmented.num_train_images == 24 and 0 <= augmented.mean() <= 1
 
 
 # ------------------------------------------------------------------------------------------------ baselines
@@ -209,12 +221,15 @@ def test_random_real_draws_ipc_per_class_per_seed():
 
 def test_real_baselines_return_class_major_real_images(extractor):
     dataset = _dataset(per_class=4)
-    baselines = RealBaselines.from_dataset(dataset, extractor, image_size=36)
-    assert baselines.real.pixels.shape == (12, 3, 36, 36) and baselines.features.shape == (12, 32)
-    for images, labels in (baselines.random(2, seed=0), baselines.centroids(2), baselines.centroids(1)):
+    preprocessing = ImagePreprocessing.from_image_processor(_processor())
+    baselines = RealBaselines(dataset, extractor, preprocessing, image_size=36)
+    features, labels, rows = baselines.features()
+    assert features.shape == (12, 32) and rows.tolist() == list(range(12))
+    for images, chosen in (baselines.random(2, seed=0), baselines.centroids(2), baselines.centroids(1)):
         assert images.shape[1:] == (3, 36, 36) and images.min() >= 0 and images.max() <= 1
-        assert labels.tolist() == sorted(labels.tolist()) and len(set(labels.tolist())) == 3
-    # A distilled image that *is* a real image has that real image as its neighbour.
-    real_images = baselines.real.images(torch.tensor([5, 9]))
-    neighbours, labels = baselines.neighbors(real_images, baselines.real.labels[[5, 9]])
-    assert torch.equal(neighbours, real_images) and labels.tolist() == [1, 2]
+        assert chosen.tolist() == sorted(chosen.tolist()) and len(set(chosen.tolist())) == 3
+    # A distilled image that *is* a real image (at the backbone's size) has that real image as its neighbour.
+    same_size = RealBaselines(dataset, extractor, preprocessing, image_size=SIZE)
+    real_images = same_size.images(torch.tensor([5, 9]))
+    neighbours, neighbour_labels = same_size.neighbors(real_images, labels[[5, 9]])
+    assert torch.equal(neighbours, real_images) and neighbour_labels.tolist() == labels[[5, 9]].tolist()

@@ -71,11 +71,27 @@ def test_model_without_pooled_output_names_the_override():
         FeatureExtractor(NoPool(), PREPROCESSING)(torch.rand(1, 3, 8, 8))
 
 
-def test_register_feature_fn_adds_a_family():
-    from hf_sfm.features import FEATURE_FNS
+def test_register_feature_fn_adds_a_family_by_callable_or_pooling_name():
+    from hf_sfm.features import FEATURE_POOLING
 
     register_feature_fn("my_family", lambda m, x: x.flatten(1))
+    register_feature_fn("my_named_family", "cls_token")
     try:
-        assert "my_family" in FEATURE_FNS
+        assert callable(FEATURE_POOLING["my_family"]) and FEATURE_POOLING["my_named_family"] == "cls_token"
+        with pytest.raises(ValueError, match="Unknown pooling"):
+            register_feature_fn("other", "mean_of_everything")
     finally:
-        FEATURE_FNS.pop("my_family")
+        FEATURE_POOLING.pop("my_family")
+        FEATURE_POOLING.pop("my_named_family")
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet", "clip"])
+def test_the_extractor_and_the_saved_classifier_pool_with_one_implementation(family):
+    """`FeatureExtractor` and `SFMInheritedClassifier` both call `modeling_inherited.pool_features` by name."""
+    from hf_sfm.modeling_inherited import pool_features
+
+    extractor = FeatureExtractor(build_backbone(family), PREPROCESSING)
+    pixels = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    normalised = (pixels - extractor.mean) / extractor.std
+    with torch.no_grad():
+        assert torch.equal(extractor(pixels), pool_features(extractor.model, normalised, extractor.pooling).float())

@@ -29,18 +29,29 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import AutoModelForImageClassification, ViTImageProcessor
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm import hub as hf_hub_module
-from hf_sfm.hub import CardMetadataError, HubPushError, push_distilled, push_folder, result_rows, save_classifier
+from hf_sfm import cards as hf_cards
+from hf_sfm.cards import CardMetadataError
+from hf_sfm.export import save_classifier
+from hf_sfm.hub import HubPushError, push_distilled, push_folder
+from hf_sfm.results import MetricsError, inherited_row, result_rows
 from hf_sfm.visualization import to_pil_images
 
 DATASET_REPO = "org/toy-sfm-ipc2"
 CLASSIFIER_REPO = "org/toy-sfm-ipc2-classifier"
-RESULTS = {
-    "sfm": {"accuracy": 0.91, "accuracy_std": 0.01, "runs": 5, "eval_backbone": "tiny-vit"},
-    "random": {"accuracy": 0.52, "accuracy_std": 0.03, "runs": 5},
-    "centroids": {"accuracy": 0.75, "accuracy_std": 0.0, "runs": 5},
-    "full": {"accuracy": 0.97, "runs": 3},
-    "inheritance": {"sfm": {"accuracy": 0.88, "runs": 1}},
+METRICS = {  # what Distiller.evaluate() returns, plus the inherited classifier's score (hf_sfm.results schema)
+    "eval_backbone": "tiny-vit",
+    "eval_runs": 5,
+    "eval_num_test_images": 30,
+    "eval_accuracy": 0.91,
+    "eval_accuracy_std": 0.01,
+    "eval_random_real_accuracy": 0.52,
+    "eval_random_real_accuracy_std": 0.03,
+    "eval_centroids_accuracy": 0.75,
+    "eval_centroids_accuracy_std": 0.0,
+    "eval_full_dataset_accuracy": 0.97,
+    "eval_full_dataset_accuracy_std": 0.002,
+    "eval_inherited_accuracy": 0.88,
+    "eval_inherited_backbone": "ViTModel",
 }
 DATASET_FILES = {
     ".gitattributes",
@@ -120,11 +131,14 @@ def pushed(trained, fake_hub, tmp_path_factory):
     local_dir = tmp_path_factory.mktemp("hub_folders")
     with pytest.MonkeyPatch.context() as patch:
         _point_hub_client_at(patch, fake_hub.endpoint)
-        classifier = trained.inherited_classifier()
+        inheritance = trained.classifier_inheritance()
+        inheritance.train_head()
+        inheritance.fit_projector(trained.synthetic_images())
+        classifier = inheritance.classifier()
         commits = trained.push_to_hub(
-            DATASET_REPO,
+            dataset_repo_id=DATASET_REPO,
             classifier_repo_id=CLASSIFIER_REPO,
-            results=RESULTS,
+            metrics=METRICS,
             classifier=classifier,
             local_dir=local_dir,
             source_dataset="org/toy",
@@ -298,7 +312,7 @@ def test_cards_parse_with_hub_loaders_and_carry_the_metadata(pushed, trained):
     assert model_card.data.model_name == CLASSIFIER_REPO.split("/")[1]
     assert f"/datasets/{DATASET_REPO}/resolve/main/grid.png" in model_card.text
     for card, repo_type in ((dataset_card, "dataset"), (model_card, "model")):
-        hf_hub_module.validate_card_metadata(card, repo_type)
+        hf_cards.validate_card_metadata(card, repo_type)
 
 
 # ---------------------------------------------------------------------------------------------------- push options
@@ -362,7 +376,7 @@ def test_repush_removes_stale_data_shards_in_the_same_commit(hub_client, pushed,
 def test_push_without_token_is_a_clear_error_and_retryable(fake_hub, trained, monkeypatch, tmp_path):
     _point_hub_client_at(monkeypatch, fake_hub.endpoint, token=None)
     with pytest.raises(HubPushError, match="No Hugging Face token") as caught:
-        trained.push_to_hub("org/needs-token", local_dir=tmp_path)
+        trained.push_to_hub(dataset_repo_id="org/needs-token", local_dir=tmp_path)
     folder = caught.value.folder
     assert folder == tmp_path / "needs-token" and (folder / "data/train-00000-of-00001.parquet").is_file()
     assert ("dataset", "org/needs-token") not in fake_hub.repos  # nothing was sent
@@ -381,7 +395,7 @@ def test_network_error_keeps_the_folder_and_the_push_can_be_retried(hub_client, 
         dead_endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
     monkeypatch.setattr(constants, "ENDPOINT", dead_endpoint)
     with pytest.raises(HubPushError, match="Could not reach the Hub") as caught:
-        trained.push_to_hub("org/flaky", local_dir=tmp_path)
+        trained.push_to_hub(dataset_repo_id="org/flaky", local_dir=tmp_path)
     assert "push_distilled(" in str(caught.value) and (caught.value.folder / "README.md").is_file()
     monkeypatch.setattr(constants, "ENDPOINT", hub_client.endpoint)
     push_distilled(caught.value.folder, "org/flaky")
@@ -408,9 +422,9 @@ def test_offline_mode_is_a_clear_error(hub_client, monkeypatch, tmp_path):
 def test_repo_id_of_the_wrong_form_is_refused_before_any_work(trained, hub_client, tmp_path, repo_id):
     requests_before = len(hub_client.requests)
     with pytest.raises(ValueError, match="namespace/name"):
-        trained.push_to_hub(repo_id, local_dir=tmp_path / "out")
+        trained.push_to_hub(dataset_repo_id=repo_id, local_dir=tmp_path / "out")
     with pytest.raises(ValueError, match="namespace/name"):
-        trained.push_to_hub(DATASET_REPO, classifier_repo_id=repo_id, local_dir=tmp_path / "out")
+        trained.push_to_hub(dataset_repo_id=DATASET_REPO, classifier_repo_id=repo_id, local_dir=tmp_path / "out")
     with pytest.raises(ValueError, match="namespace/name"):
         push_folder(_tiny_folder(tmp_path / "t"), repo_id, repo_type="model")
     assert not (tmp_path / "out").exists()
@@ -420,7 +434,7 @@ def test_repo_id_of_the_wrong_form_is_refused_before_any_work(trained, hub_clien
 def test_push_before_train_is_refused(hub_client, tmp_path):
     distiller = _distiller(tmp_path)
     with pytest.raises(RuntimeError, match=r"call `train\(\)`"):
-        distiller.push_to_hub("org/untrained", local_dir=tmp_path / "out")
+        distiller.push_to_hub(dataset_repo_id="org/untrained", local_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -428,10 +442,10 @@ def test_invalid_card_metadata_is_refused_before_upload(hub_client, trained, pus
     with pytest.raises(CardMetadataError, match=r"license='Apache 2.0'.*apache-2.0"):
         trained.save_distilled(tmp_path / "bad_license", license="Apache 2.0")
     assert not (tmp_path / "bad_license").exists()  # atomic: no half-written folder
-    with pytest.raises(CardMetadataError, match="finite accuracy"):
-        trained.save_distilled(tmp_path / "nan", results={"sfm": {"accuracy": math.nan}})
+    with pytest.raises(MetricsError, match="finite fraction"):
+        trained.save_distilled(tmp_path / "nan", metrics={"eval_backbone": "x", "eval_accuracy": math.nan})
     with pytest.raises(CardMetadataError, match="size_categories"):
-        hf_hub_module.validate_card_metadata(
+        hf_cards.validate_card_metadata(
             "---\nlicense: mit\ntask_categories: [image-classification]\nsize_categories: [tiny]\n"
             "configs: [x]\ntags: [a]\n---\n",
             "dataset",
@@ -474,28 +488,29 @@ def test_save_classifier_needs_an_image_processor(tmp_path):
 # ---------------------------------------------------------------------------------------------------- results
 
 
-def test_result_rows_read_the_shapes_the_evaluation_code_returns():
-    rows = result_rows(
-        {
-            "vit": {"sfm": {"accuracy_mean": 91.5, "accuracy_std": 0.4, "runs": [1, 2, 3]}, "note": "ignored"},
-            "random": 0.5,
-            "inheritance": {"sfm": {"accuracy": 0.8, "accuracy_per_run": [0.8, 0.8]}},
-            "flag": True,
-        }
-    )
-    assert [(row.key, round(row.mean, 4), row.runs) for row in rows] == [
-        (("vit", "sfm"), 0.915, 3),
-        (("random",), 0.5, None),
-        (("inheritance", "sfm"), 0.8, 2),
+def test_result_rows_read_the_metrics_that_evaluate_returns():
+    cross = {"eval_lite2_backbone": "lite2", "eval_lite2_runs": 3, "eval_lite2_accuracy": 0.4}
+    rows = result_rows([METRICS, cross])
+    assert [(row.training_set, row.eval_backbone, row.accuracy, row.runs) for row in rows] == [
+        ("distilled", "tiny-vit", 0.91, 5),
+        ("full_dataset", "tiny-vit", 0.97, 5),
+        ("random_real", "tiny-vit", 0.52, 5),
+        ("centroids", "tiny-vit", 0.75, 5),
+        ("inherited", "ViTModel", 0.88, 1),
+        ("distilled", "lite2", 0.4, 3),
     ]
-    assert rows[0].accuracy_text == "91.50 ± 0.40" and rows[2].protocol == "classifier inheritance"
-    assert hf_hub_module.classifier_result({"random": 0.5}) is None
+    assert rows[0].accuracy_text == "91.00 ± 1.00" and rows[4].protocol == "classifier inheritance"
+    assert inherited_row(METRICS).accuracy == 0.88 and inherited_row(cross) is None
+    with pytest.raises(MetricsError, match="_backbone"):
+        result_rows({"sfm": {"accuracy": 0.5}})  # a free-form dict is refused, not guessed at
+    with pytest.raises(MetricsError, match="fraction"):
+        result_rows({"eval_backbone": "x", "eval_accuracy": 91.5})  # a percentage is not silently rescaled
 
 
 def test_model_card_links_base_model_only_for_a_hub_id(pushed, tmp_path):
     config = copy.deepcopy(pushed["classifier"].config)
     for reference, expected in (("google/vit-base-patch16-224", "google/vit-base-patch16-224"), (str(tmp_path), None)):
         config.backbone_name_or_path = reference
-        card = hf_hub_module.model_card(model=SimpleNamespace(config=config), results=RESULTS, source_dataset="org/toy")
+        card = hf_cards.model_card(model=SimpleNamespace(config=config), metrics=METRICS, source_dataset="org/toy")
         assert card.data.base_model == expected
         assert f"`{reference}`" in card.text  # the backbone is named either way

@@ -18,6 +18,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 from transformers import (
@@ -39,6 +40,7 @@ from hf_sfm.augment import Augmentation
 from hf_sfm.embedding import embed_dataset, features_and_labels
 from hf_sfm.features import FeatureExtractor
 from hf_sfm.inheritance import (
+    ClassifierInheritance,
     InheritedHeadConfig,
     KDConfig,
     ProjectorConfig,
@@ -47,11 +49,9 @@ from hf_sfm.inheritance import (
     fit_projector,
     image_processor_for,
     projection_mse,
-    real_features,
     train_kd_head,
-    train_linear_head,
-    view_feature_bank,
 )
+from hf_sfm.linear_fit import ViewFeatures, fit_linear, new_linear
 from hf_sfm.preprocessing import ImagePreprocessing
 
 SIZE = 32
@@ -141,7 +141,7 @@ def dataset():
 
 @pytest.fixture(scope="module")
 def distiller(dataset, tmp_path_factory):
-    """A distilled toy set (2 images per class) with an inherited head trained on the full real features."""
+    """A distilled toy set (2 images per class)."""
     args = DistillationConfig(
         output_dir=str(tmp_path_factory.mktemp("distill")),
         ipc=2,
@@ -152,8 +152,16 @@ def distiller(dataset, tmp_path_factory):
     )
     distiller = Distiller(model=tiny_vit(), args=args, train_dataset=dataset, image_processor=processor())
     distiller.train()
-    distiller.train_inherited_head(epochs=60, learning_rate=1e-2, batch_size=16)
     return distiller
+
+
+@pytest.fixture(scope="module")
+def inheritance(distiller):
+    """Its classifier inheritance, with the head trained on the full real features (same-backbone projector)."""
+    inheritance = distiller.classifier_inheritance()
+    inheritance.train_head(epochs=60, learning_rate=1e-2, batch_size=16)
+    inheritance.fit_projector(distiller.synthetic_images())
+    return inheritance
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -177,9 +185,8 @@ def test_save_and_from_pretrained_give_bit_identical_logits(family, tmp_path):
     assert type(loaded.config.vision_config) is type(model.backbone.config)
 
 
-def test_a_loaded_classifier_keeps_its_image_processor_and_saves_like_the_original(distiller, dataset, tmp_path):
-    distiller.fit_projector()
-    model = distiller.inherited_classifier()
+def test_a_loaded_classifier_keeps_its_image_processor_and_saves_like_the_original(inheritance, dataset, tmp_path):
+    model = inheritance.classifier()
     model.save_pretrained(tmp_path / "first")
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "first")
     assert loaded.image_processor.to_dict() == model.image_processor.to_dict()
@@ -323,28 +330,37 @@ def test_linear_head_separates_separable_blobs():
     labels = torch.arange(4).repeat_interleave(50)
     features = centers[labels] + torch.randn(200, 16, generator=generator)
     config = InheritedHeadConfig(epochs=30, learning_rate=1e-2, batch_size=32)
-    head, losses = train_linear_head(lambda index, epoch: features[index], labels, 16, 4, config)
+    head = new_linear(16, 4, config, generator, "cpu")
+    losses = fit_linear(
+        head, lambda index, epoch: (features[index], labels[index]), F.cross_entropy, 200, config, generator
+    )
     assert accuracy(head, features, labels) > 0.97
     assert losses[-1] < 0.5 * losses[0]
 
 
 def test_default_head_epochs_reach_min_steps_on_small_data_only():
-    config = InheritedHeadConfig()  # batch 128, 10 reference epochs, at least 3000 steps
+    config = InheritedHeadConfig()  # batch 128, 10 reference epochs, at least 3000 steps, unscaled lr
     assert config.num_epochs(4000) == 94  # 32 steps per epoch: 10 epochs would be 320 steps
     assert config.num_epochs(1_281_167) == 10  # ImageNet-1k: 10 epochs are already ~100k steps
     assert InheritedHeadConfig(min_steps=0).num_epochs(4000) == 10
     assert InheritedHeadConfig(epochs=7).num_epochs(4000) == 7  # an explicit count is used as given
+    assert config.learning_rate_for(4000) == 5e-4 and ProjectorConfig().learning_rate_for(10) == 1e-2 * 10 / 256
     labels = torch.arange(2).repeat(5)
     features = torch.randn(10, 4)
-    _, losses = train_linear_head(lambda index, epoch: features[index], labels, 4, 2, InheritedHeadConfig(min_steps=50))
+    short = InheritedHeadConfig(min_steps=50)
+    generator = torch.Generator().manual_seed(0)
+    head = new_linear(4, 2, short, generator, "cpu")
+    losses = fit_linear(
+        head, lambda index, epoch: (features[index], labels[index]), F.cross_entropy, 10, short, generator
+    )
     assert len(losses) == 50  # one step per epoch at 10 examples, batch 128
     with pytest.raises(ValueError, match="min_steps"):
         InheritedHeadConfig(min_steps=-1)
 
 
-def test_real_features_are_a_cached_datasets_column(distiller, dataset):
-    embedded = real_features(distiller)
-    again = real_features(distiller)
+def test_real_features_are_a_cached_datasets_column(distiller, inheritance, dataset):
+    embedded = inheritance.real_features()
+    again = inheritance.real_features()
     assert embedded._fingerprint == again._fingerprint  # same backbone, preprocessing and data → same cache key
     features, labels = features_and_labels(embedded, "label")
     assert features.shape == (len(dataset), 32)
@@ -356,41 +372,48 @@ def test_real_features_are_a_cached_datasets_column(distiller, dataset):
     assert other._fingerprint != embedded._fingerprint  # other weights → other cache entry
 
 
-def test_inherited_head_fits_the_full_real_data(distiller):
-    record = distiller._inheritance.head_record["head"]
+def test_inherited_head_fits_the_full_real_data(inheritance):
+    record = inheritance.head.record["head"]
     assert record["train_accuracy"] >= 0.95
     assert record["augment"] is False and record["epochs"] == 60
 
 
-def test_same_backbone_classifier_is_the_inherited_head(distiller, dataset):
-    projector = distiller.fit_projector()
+def test_the_classifier_is_assembled_only_from_parts_trained_on_purpose(distiller):
+    inheritance = distiller.classifier_inheritance()
+    with pytest.raises(RuntimeError, match=r"train_head\(\) and fit_projector"):
+        inheritance.classifier()  # nothing is trained behind the caller's back
+    standalone = ClassifierInheritance(distiller.feature_extractor, distiller.preprocessing, ["r", "g", "b"])
+    with pytest.raises(ValueError, match="map-style"):
+        standalone.train_head()  # built from parts without real data: says what is missing
+
+
+def test_same_backbone_classifier_is_the_inherited_head(distiller, inheritance, dataset):
+    projector = inheritance.projector.layer
     assert torch.equal(projector.weight, torch.eye(32)) and not projector.bias.any()
-    model = distiller.inherited_classifier()
+    model = inheritance.classifier()
     assert model.config.id2label == {0: "red", 1: "green", 2: "blue"}
     assert model.config.inheritance["projector"]["identity"] is True
     images = dataset[:6]["image"]
     pixels = model.image_processor(images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        expected = distiller._inheritance.head(distiller.feature_extractor(distiller.preprocessing(images)))
+        expected = inheritance.head.layer(distiller.feature_extractor(distiller.preprocessing(images)))
         assert torch.allclose(model(pixel_values=pixels).logits, expected, atol=1e-4)
 
 
-def test_pipeline_returns_the_labels_of_the_model(distiller, dataset, tmp_path):
-    distiller.fit_projector()
-    model = distiller.inherited_classifier()
+def test_pipeline_returns_the_labels_of_the_model(inheritance, dataset, tmp_path):
+    model = inheritance.classifier()
     model.save_pretrained(tmp_path)
     assert (tmp_path / "preprocessor_config.json").exists()
     classifier = pipeline("image-classification", model=str(tmp_path))
     predictions = [result[0]["label"] for result in classifier(list(dataset["image"]), top_k=1)]
     names = dataset.features["label"].names
-    expected = [names[i] for i in distiller._inheritance.head(real_features(distiller)[:]["features"]).argmax(1)]
+    expected = [names[i] for i in inheritance.head.layer(inheritance.real_features()[:]["features"]).argmax(1)]
     assert predictions == expected
     assert np.mean([p == names[y] for p, y in zip(predictions, dataset["label"])]) >= 0.95
     from hf_sfm.evaluation import classifier_accuracy
 
     score = classifier_accuracy(model, dataset, batch_size=5)  # batches that do not divide the set
-    assert score["num_test_images"] == len(dataset)
-    assert score["accuracy"] == pytest.approx(np.mean([p == names[y] for p, y in zip(predictions, dataset["label"])]))
+    assert score == pytest.approx(np.mean([p == names[y] for p, y in zip(predictions, dataset["label"])]))
     with pytest.raises(ValueError, match="empty dataset"):
         classifier_accuracy(model, dataset.select([]))
     model.image_processor = None
@@ -398,13 +421,13 @@ def test_pipeline_returns_the_labels_of_the_model(distiller, dataset, tmp_path):
         classifier_accuracy(model, dataset)
 
 
-@pytest.mark.parametrize("view_bank", [None, 8])
-def test_projector_fitted_on_distilled_images_reduces_feature_mse(distiller, view_bank):
+@pytest.mark.parametrize("views", [None, 8])
+def test_projector_fitted_on_distilled_images_reduces_feature_mse(distiller, views):
     eval_extractor = FeatureExtractor(tiny_resnet(), PREPROCESSING)
     images = distiller.synthetic_images()
     augmentation = Augmentation(SIZE, noise=False)
     # lr · batch / 256 = 3e-2 for the 6 images
-    config = ProjectorConfig(epochs=60, learning_rate=3e-2 * 256 / len(images), seed=0, view_bank=view_bank)
+    config = ProjectorConfig(epochs=60, learning_rate=3e-2 * 256 / len(images), seed=0, views=views)
     projector, losses = fit_projector(distiller.feature_extractor, eval_extractor, images, augmentation, config, None)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -420,9 +443,10 @@ def test_view_bank_pairs_views_seen_by_both_backbones(distiller):
     eval_extractor = FeatureExtractor(tiny_resnet(), PREPROCESSING)
     images = distiller.synthetic_images()
     augmentation = Augmentation(SIZE, noise=False)
-    eval_bank, distill_bank = view_feature_bank(
-        distiller.feature_extractor, eval_extractor, images, augmentation, views=3, seed=4
+    views = ViewFeatures(
+        images, [eval_extractor, distiller.feature_extractor], augmentation, torch.Generator().manual_seed(4), views=3
     )
+    eval_bank, distill_bank = views.bank
     assert eval_bank.shape == (3, 6, 16) and distill_bank.shape == (3, 6, 32)
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
@@ -430,11 +454,18 @@ def test_view_bank_pairs_views_seen_by_both_backbones(distiller):
             pixels = augmentation(images, generator)
             assert torch.allclose(eval_bank[view], eval_extractor(pixels), atol=1e-5)
             assert torch.allclose(distill_bank[view], distiller.feature_extractor(pixels), atol=1e-5)
+    eval_features, distill_features = views(torch.tensor([4, 1]))  # a draw pairs the same view of each image
+    chosen = [int((eval_bank[:, i] == row).all(dim=1).nonzero()) for i, row in zip([4, 1], eval_features)]
+    assert torch.equal(distill_features, torch.stack([distill_bank[v, i] for v, i in zip(chosen, [4, 1])]))
 
 
-def test_distiller_cross_backbone_classifier_round_trips(distiller, tmp_path):
-    distiller.fit_projector(eval_model=tiny_resnet(), eval_image_processor=processor(), epochs=3)
-    model = distiller.inherited_classifier()
+def test_distiller_cross_backbone_classifier_round_trips(distiller, inheritance, tmp_path):
+    cross = distiller.classifier_inheritance()
+    cross.head = inheritance.head  # the same head serves every eval backbone
+    cross.fit_projector(
+        distiller.synthetic_images(), eval_model=tiny_resnet(), eval_image_processor=processor(), epochs=3
+    )
+    model = cross.classifier()
     assert model.config.backbone_class == "ResNetModel" and model.config.eval_feature_dim == 16
     assert model.config.inheritance["projector"]["num_distilled_images"] == 6
     model.save_pretrained(tmp_path)
@@ -445,13 +476,13 @@ def test_distiller_cross_backbone_classifier_round_trips(distiller, tmp_path):
 
 
 def test_augmented_head_training_runs_a_fresh_view_per_epoch(distiller):
-    head = distiller.train_inherited_head(augment=True, epochs=2, batch_size=64)
+    inheritance = distiller.classifier_inheritance()
+    head = inheritance.train_head(augment=True, epochs=2, batch_size=64)
     assert head.weight.shape == (3, 32)
-    assert distiller._inheritance.head_record["head"]["augment"] is True
-    distiller.train_inherited_head(epochs=60, learning_rate=1e-2, batch_size=16)  # restore for later tests
+    assert inheritance.head.record["head"]["augment"] is True
 
 
-def test_kd_student_head_learns_from_the_inherited_head_alone(distiller, dataset):
+def test_kd_student_head_learns_from_the_inherited_head_alone(distiller, inheritance, dataset):
     """With alpha = 1 the labels are unused: the student can only be right by imitating the inherited head."""
     eval_extractor = FeatureExtractor(tiny_resnet(), PREPROCESSING)
     images = distiller.sample_real_images(2, seed=1, size=SIZE)
@@ -460,7 +491,7 @@ def test_kd_student_head_learns_from_the_inherited_head_alone(distiller, dataset
     student = train_kd_head(
         distiller.feature_extractor,
         eval_extractor,
-        distiller._inheritance.head,
+        inheritance.head.layer,
         images,
         wrong_labels,
         Augmentation(SIZE, noise=False),

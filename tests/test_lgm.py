@@ -47,7 +47,7 @@ def _distiller(tmp_path, **overrides):
         learning_rate=0.05,
         image_size=SIZE,
         pyramid_level_every=2,
-        lgm_rounds=2,
+        method_kwargs={"rounds": 2},
         save_grid=False,
         logging_steps=0,
     )
@@ -184,7 +184,7 @@ def test_distiller_trains_lgm_without_statistics_and_with_the_default_real_batch
     distiller = _distiller(tmp_path / "a")
     output = distiller.train()
     assert distiller.statistics is None  # LGM needs no class statistics
-    assert len(output.losses) == 4 and all(0 <= loss <= 2 for loss in output.losses)
+    assert output.global_step == 4 and all(0 <= loss <= 2 for loss in distiller.losses)
     method = distiller.create_method()
     assert method.rounds == 2
     assert method.real_batches.batch_size == 1 * 2 * 3  # ipc · K · C
@@ -204,6 +204,9 @@ def test_lgm_distillation_is_deterministic_per_seed(tmp_path):
 
 @pytest.mark.parametrize("rounds", [1, 2])
 def test_lgm_lowers_its_loss(tmp_path, rounds):
-    distiller = _distiller(tmp_path, lgm_rounds=rounds, num_steps=20, parameterization="pixels", learning_rate=0.05)
-    losses = distiller.train().losses
+    distiller = _distiller(
+        tmp_path, method_kwargs={"rounds": rounds}, num_steps=20, parameterization="pixels", learning_rate=0.05
+    )
+    distiller.train()
+    losses = distiller.losses
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses

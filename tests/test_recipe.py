@@ -54,7 +54,7 @@ def test_the_recipe_runs_statistics_distillation_evaluation_and_save(assets, tmp
         sys.executable, str(RECIPE),
         "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data"),
         "--output_dir", str(output_dir), "--num_steps", "2", "--ipc", "2", "--save_steps", "1", "--grid_steps", "1",
-        "--probe_epochs", "2", "--eval_runs", "2",
+        "--probe_epochs", "2", "--eval_runs", "2", "--eval_baselines", "random_real",
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -64,11 +64,16 @@ def test_the_recipe_runs_statistics_distillation_evaluation_and_save(assets, tmp
     assert [p.name for p in sorted(output_dir.glob("checkpoint-*"))] == ["checkpoint-1", "checkpoint-2"]
     assert sorted(p.name for p in (output_dir / "grids").iterdir()) == ["step-0000001.png", "step-0000002.png"]
     train_results = json.loads((output_dir / "train_results.json").read_text())
-    assert len(train_results["losses"]) == 2 and train_results["num_processes"] == 1
+    assert train_results["num_processes"] == 1 and train_results["train_runtime"] > 0
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"][-1]["eval_runs"] == 2
     evaluation = json.loads((output_dir / "eval_results.json").read_text())
-    assert set(evaluation) == {"sfm", "random_real"}
-    assert len(evaluation["sfm"]["accuracy_per_run"]) == 2 and 0 <= evaluation["sfm"]["accuracy"] <= 1
-    assert evaluation["sfm"]["num_test_images"] == 12
+    assert evaluation["eval_runs"] == 2 and 0 <= evaluation["eval_accuracy"] <= 1
+    assert 0 <= evaluation["eval_random_real_accuracy"] <= 1 and evaluation["eval_num_test_images"] == 12
+    all_results = json.loads((output_dir / "all_results.json").read_text())
+    assert all_results["eval_accuracy"] == evaluation["eval_accuracy"] and "train_runtime" in all_results
+    card = (output_dir / "distilled" / "README.md").read_text()
+    assert "Random real images" in card  # the card reads the metrics the recipe saved
     distilled = datasets.load_from_disk(str(output_dir / "distilled"))["train"]
     assert distilled.num_rows == 6 and distilled.features["label"].names == ["class_0", "class_1", "class_2"]
     assert load_file(str(output_dir / "distilled" / "synthetic.safetensors"))["images"].shape == (6, 3, 37, 37)
@@ -86,7 +91,7 @@ def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbon
         sys.executable, str(RECIPE),
         "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data"),
         "--output_dir", str(output_dir), "--num_steps", "2", "--ipc", "1", "--probe_epochs", "2",
-        "--eval_random_real", "false", "--inherited_classifier", "true",
+        "--inherited_classifier", "true",
         "--inherit_eval_model", str(assets / "resnet"), "--inherit_projector_epochs", "3",
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
@@ -94,9 +99,8 @@ def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbon
     assert result.returncode == 0, result.stderr[-4000:]
 
     evaluation = json.loads((output_dir / "eval_results.json").read_text())
-    inherited = evaluation["inheritance"]
-    assert 0 <= inherited["accuracy"] <= 1 and inherited["num_test_images"] == 12
-    assert inherited["eval_backbone"] == str(assets / "resnet")
+    assert 0 <= evaluation["eval_inherited_accuracy"] <= 1
+    assert evaluation["eval_inherited_backbone"] == str(assets / "resnet")
     model = AutoModelForImageClassification.from_pretrained(output_dir / "classifier")
     assert type(model.backbone).__name__ == "ResNetModel"
     assert model.config.id2label == {0: "class_0", 1: "class_1", 2: "class_2"}
@@ -106,7 +110,7 @@ def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbon
     from hf_sfm.evaluation import classifier_accuracy
 
     processor = AutoImageProcessor.from_pretrained(output_dir / "classifier")
-    assert classifier_accuracy(model, test, processor)["accuracy"] == pytest.approx(inherited["accuracy"])
+    assert classifier_accuracy(model, test, processor) == pytest.approx(evaluation["eval_inherited_accuracy"])
 
 
 def test_yaml_config_sets_arguments_and_the_command_line_wins(recipe, tmp_path):
@@ -136,7 +140,7 @@ def test_every_shipped_config_is_valid(recipe, config):
     if config.stem != "default":
         assert model_args.model_name_or_path and data_args.dataset_name
         assert args.image_size == 256 and args.crop_size == 224 and args.mixed_precision == "bf16"
-        assert args.save_steps > 0 and args.report_to.startswith("none")
+        assert args.save_steps > 0 and args.report_to == []
 
 
 def test_the_default_config_distils_like_the_demo():
@@ -162,7 +166,7 @@ def test_the_shipped_configs_cover_the_issue_matrix():
 
 
 def test_push_to_hub_without_a_repo_fails_before_any_work(recipe):
-    with pytest.raises(ValueError, match="--hub_repo_id"):
+    with pytest.raises(ValueError, match="hub_dataset_id"):
         recipe.main(["--push_to_hub", "true", "--dataset_name", "/nonexistent"])
 
 
@@ -212,14 +216,16 @@ def test_trackers_get_the_loss_and_the_image_grid_when_asked(tmp_path):
     )  # fmt: skip
     distiller.train()
     assert tracker.config["num_steps"] == 4
-    assert [step for step, _ in tracker.scalars] == [2, 4] and set(tracker.scalars[0][1]) == {"loss", "pyramid_levels"}
+    assert [step for step, _ in tracker.scalars] == [2, 4]
+    assert set(tracker.scalars[0][1]) == {"loss", "learning_rate", "seconds_per_step", "pyramid_levels"}
     assert [step for step, _ in tracker.images] == [2, 4]
     (grid,) = tracker.images[0][1]["synthetic_grid"]
     assert grid.size[0] > 32 and (tmp_path / "grids" / "step-0000002.png").exists()
 
 
-def test_no_tracker_is_needed_by_default():
-    from hf_sfm.distiller import _trackers
-
-    assert DistillationConfig().report_to == "none" and _trackers("none") is None
-    assert _trackers("tensorboard, wandb") == ["tensorboard", "wandb"] and _trackers("all") == "all"
+def test_no_tracker_is_needed_by_default_and_a_missing_one_is_refused():
+    assert DistillationConfig().report_to == [] and DistillationConfig(report_to="none").report_to == []
+    with pytest.raises(ValueError, match="'tensorboard', but it is not installed"):
+        DistillationConfig(report_to="tensorboard, none")
+    with pytest.raises(ValueError, match="not an Accelerate tracker"):
+        DistillationConfig(report_to=["no-such-tracker"])

@@ -31,7 +31,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.embedding import embed_dataset, embedded_rows, features_and_labels
-from hf_sfm.evaluation import ProbeConfig, evaluate_distilled
+from hf_sfm.evaluation import ProbeConfig
 from hf_sfm.preprocessing import ImagePreprocessing, to_rgb
 from hf_sfm.real_images import RealBatchStream, RealImages, random_real_indices
 from hf_sfm.statistics import ClassStatistics, compute_class_statistics
@@ -292,7 +292,7 @@ def test_feature_column_skips_undecodable_images_and_keeps_their_rows(tmp_path, 
     assert torch.equal(labels, clean_labels)
     assert embedded_rows(embedded).tolist() == [*range(1, 7), *range(8, 14)]
     assert "Skipped 3 image(s) of column 'image'" in caplog.text and "[0, 7, 14]" in caplog.text
-    head = distiller.train_inherited_head(epochs=2, augment=True, batch_size=8)  # decodes by row: never a bad one
+    head = distiller.classifier_inheritance().train_head(epochs=2, augment=True, batch_size=8)  # decodes by row
     assert head.weight.shape == (3, 32)
     with pytest.raises(ValueError, match=r"row 0 of column 'image' cannot be decoded.*skip_corrupt_images=True"):
         embed_dataset(distiller.feature_extractor, distiller.preprocessing, dataset, skip_corrupt_images=False)
@@ -305,8 +305,8 @@ def test_evaluator_test_and_full_data_features_skip_undecodable_images(tmp_path)
     evaluator = ProbeEvaluator(_vit(), _processor(), dataset, name="tiny")
     features, labels = evaluator.test_features()
     assert features.shape[0] == labels.shape[0] == 12
-    result = evaluator.evaluate_full_dataset(dataset, runs=1, probe=ProbeConfig(epochs=2, augment=False))
-    assert result["num_train_images"] == 12  # the features and their labels stay aligned
+    result = evaluator.probe_full_dataset(dataset, runs=1, config=ProbeConfig(epochs=2, augment=False))
+    assert result.num_train_images == 12  # the features and their labels stay aligned
 
 
 def test_corrupt_images_raise_naming_the_row_when_asked(tmp_path):
@@ -333,12 +333,20 @@ _GOOD_ROWS = range(12)  # of `_corrupt_dataset`; rows 12 (garbage bytes), 13 (tr
 _SQUARE = ImagePreprocessing(SIZE, SIZE, (0.5,) * 3, (0.5,) * 3)
 
 
+def _decoded_rows(distiller, rows):
+    """The training images at `rows`, decoded by `datasets` and preprocessed as synthetic-size real images."""
+    from hf_sfm.real_images import square_preprocessing
+
+    preprocessing = square_preprocessing(distiller.preprocessing, distiller.image_size)
+    return preprocessing(distiller.train_dataset[[int(row) for row in rows]]["image"])
+
+
 def test_sampled_real_images_of_a_clean_dataset_are_unchanged(tmp_path):
     """The decodability check must not move the seeded choice: same rows, same pixels as a plain decode."""
     distiller = _distiller(tmp_path)
     labels = torch.as_tensor(distiller.train_dataset["label"])
     for seed in range(3):
-        plain = distiller.real_images(random_real_indices(labels, 3, 2, seed=seed).tolist())
+        plain = _decoded_rows(distiller, random_real_indices(labels, 3, 2, seed=seed))
         assert torch.equal(distiller.sample_real_images(2, seed=seed), plain)
 
 
@@ -351,7 +359,7 @@ def test_sampled_real_images_replace_undecodable_ones_along_the_same_permutation
             caplog.clear()
             images = distiller.sample_real_images(3, seed=seed)
         expected = random_real_indices(labels, 3, 3, seed=seed, usable=lambda row: row in _GOOD_ROWS)
-        assert torch.equal(images, distiller.real_images(expected.tolist()))  # only decodable rows, seeded walk
+        assert torch.equal(images, _decoded_rows(distiller, expected))  # only decodable rows, seeded walk
         assert torch.equal(images, distiller.sample_real_images(3, seed=seed))
         unchecked = random_real_indices(labels, 3, 3, seed=seed)
         if any(int(row) not in _GOOD_ROWS for row in unchecked):
@@ -653,19 +661,10 @@ def test_sigkill_during_a_save_leaves_the_previous_output_intact(tmp_path):
 
 def _pipeline(output_dir):
     """Statistics → distillation → evaluation, as a user runs it, in one go."""
-    distiller = _distiller(output_dir, num_steps=3, ipc=2)
+    distiller = _distiller(output_dir, num_steps=3, ipc=2, eval_runs=2, probe_epochs=3)
     statistics = distiller.compute_statistics()
     distiller.train()
-    results = evaluate_distilled(
-        distiller.synthetic_images(),
-        distiller.labels,
-        _vit(seed=1),
-        _processor(),
-        _dataset(seed=1),
-        runs=2,
-        probe=ProbeConfig(epochs=3, learning_rate=0.1),
-        seed=5,
-    )
+    results = distiller.evaluate(_dataset(seed=1), eval_model=_vit(seed=1), eval_image_processor=_processor())
     return distiller, statistics, results
 
 
@@ -674,8 +673,11 @@ def test_same_seed_gives_bit_identical_statistics_images_and_evaluation(tmp_path
     second, second_statistics, second_results = _pipeline(tmp_path / "b")
     assert torch.equal(first_statistics.feature_sums, second_statistics.feature_sums)
     assert torch.equal(first.synthetic_images(), second.synthetic_images())
-    assert first_results == second_results  # every number, exactly
-    assert first_results["versions"]["torch"] and first_results["seeds"] == [5, 6]
+    timings = ("eval_runtime",)
+    assert {k: v for k, v in first_results.items() if k not in timings} == {
+        k: v for k, v in second_results.items() if k not in timings
+    }  # every number, exactly
+    assert first_results["eval_runs"] == 2
 
 
 def test_every_output_records_the_seed_and_library_versions(tmp_path):

@@ -1,7 +1,7 @@
-"""Distillation methods, by name. Adding a method = one new module + one line in `METHODS`."""
+"""Distillation methods, by name. Adding a method = one new module + one line in `METHODS`: the one list of names."""
 
-from .base import DistillationMethod
-from .lgm import LinearGradientMatching
+from .base import DistillationMethod, MethodConfig, MethodContext
+from .lgm import LGMConfig, LinearGradientMatching
 from .sfm import ClassMeanMatching, StatisticalFlowMatching, class_means, flow_matching_loss, statistical_flow
 
 METHODS: dict[str, type[DistillationMethod]] = {
@@ -21,7 +21,10 @@ __all__ = [
     "METHODS",
     "ClassMeanMatching",
     "DistillationMethod",
+    "LGMConfig",
     "LinearGradientMatching",
+    "MethodConfig",
+    "MethodContext",
     "StatisticalFlowMatching",
     "class_means",
     "flow_matching_loss",

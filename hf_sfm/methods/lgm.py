@@ -19,20 +19,39 @@ synthetic forward/backward, a real batch of `ipc · K · C` images, and a real-i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..real_images import DEFAULT_MAX_CACHED_BYTES, RealBatchStream, square_preprocessing
-from .base import DistillationMethod, Embed, ReduceSum, _identity
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from ..distiller import Distiller
+from .base import DistillationMethod, Embed, MethodContext, ReduceSum, identity
 
 HEAD_INIT_STD = 0.01
+
+
+@dataclass(frozen=True)
+class LGMConfig:
+    """LGM's own settings (`DistillationConfig(method="lgm", method_kwargs={...})`).
+
+    Args:
+        rounds: `K`, augmented copies of the synthetic set per step (reference: 10; ≤ 3 on ImageNet-1k for memory).
+        real_batch_size: real images per step (default `ipc · K · C`, the reference's).
+        head_std: std of the random linear head (reference: 0.01).
+    """
+
+    rounds: int = 10
+    real_batch_size: int | None = None
+    head_std: float = HEAD_INIT_STD
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"LGM needs at least one augmentation round, got rounds={self.rounds}.")
+        if self.real_batch_size is not None and self.real_batch_size < 1:
+            raise ValueError(f"LGM's real_batch_size must be None or >= 1, got {self.real_batch_size}.")
+        if not self.head_std > 0:
+            raise ValueError(f"LGM's head_std must be > 0, got {self.head_std}.")
 
 
 def linear_head_gradient(
@@ -40,7 +59,7 @@ def linear_head_gradient(
     labels: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
-    reduce_sum: ReduceSum = _identity,
+    reduce_sum: ReduceSum = identity,
 ) -> torch.Tensor:
     """Gradient of the mean cross-entropy of the head `(weight (C, D), bias (C,))` at `(N, D)` features.
 
@@ -75,7 +94,9 @@ class LinearGradientMatching(DistillationMethod):
     """
 
     name: ClassVar[str] = "lgm"
+    config_class: ClassVar[type] = LGMConfig
     needs_statistics: ClassVar[bool] = False
+    needs_real_images: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -87,31 +108,36 @@ class LinearGradientMatching(DistillationMethod):
         reduce_sum: ReduceSum | None = None,
     ):
         super().__init__(num_classes, reduce_sum)
-        if rounds < 1:
-            raise ValueError(f"LGM needs at least one augmentation round, got rounds={rounds}.")
+        LGMConfig(rounds=rounds, head_std=head_std)  # the same checks as from a config
         self.real_batches = real_batches
         self.rounds = rounds
         self.head_std = head_std
         self.head_generator = torch.Generator().manual_seed(seed)
 
     @classmethod
-    def from_distiller(cls, distiller: Distiller) -> LinearGradientMatching:
-        args = distiller.args
-        batch_size = args.lgm_real_batch_size or args.ipc * args.lgm_rounds * distiller.num_classes
-        process_index = distiller.accelerator.process_index
-        stream = RealBatchStream(
-            distiller.train_dataset,
-            square_preprocessing(distiller.preprocessing, distiller.image_size),
-            batch_size=batch_size,
-            image_column=distiller.image_column,
-            label_column=distiller.label_column,
-            seed=args.seed + 1000 + process_index,  # each process draws its own real batches
-            max_cached_bytes=DEFAULT_MAX_CACHED_BYTES,
-            skip_corrupt_images=args.skip_corrupt_images,
-        )
+    def from_context(cls, context: MethodContext, config: LGMConfig | None = None) -> LinearGradientMatching:
+        config = config or LGMConfig()
+        if context.real_batches is None:
+            raise ValueError("LGM needs a stream of real images at every step; the context provides none.")
+        batch_size = config.real_batch_size or context.ipc * config.rounds * context.num_classes
+        # Each process draws its own real batches; every process draws the same heads.
+        stream = context.real_batches(batch_size, context.seed + 1000 + context.process_index)
         return cls(
-            distiller.num_classes, stream, rounds=args.lgm_rounds, seed=args.seed, reduce_sum=distiller.reduce_sum
+            context.num_classes,
+            stream,
+            rounds=config.rounds,
+            head_std=config.head_std,
+            seed=context.seed,
+            reduce_sum=context.reduce_sum,
         )
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The heads' generator, and the real stream's (which batch comes next), for bit-exact resumes."""
+        found = {"head_generator": self.head_generator}
+        stream_generator = getattr(self.real_batches, "generator", None)
+        if isinstance(stream_generator, torch.Generator):
+            found["real_batches.generator"] = stream_generator
+        return found
 
     def random_head(self, feature_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh head `W ~ N(0, head_std²)` `(C, D)`, `b = 0` `(C,)` (same on every process: shared seed)."""

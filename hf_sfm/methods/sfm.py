@@ -17,19 +17,16 @@ real mini-batch replaced by exact statistics.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationMethod, Embed, ReduceSum, _identity
-
-if TYPE_CHECKING:
-    from ..distiller import Distiller
+from .base import DistillationMethod, Embed, MethodContext, ReduceSum, identity
 
 
 def class_means(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, reduce_sum: ReduceSum = _identity
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, reduce_sum: ReduceSum = identity
 ) -> torch.Tensor:
     """`(N, D)` features, `(N,)` labels → `(C, D)` per-class means (sums and counts reduced across processes)."""
     sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
@@ -66,8 +63,15 @@ class StatisticalFlowMatching(DistillationMethod):
         self.register_buffer("real_flow", statistical_flow(self.real_class_means), persistent=False)
 
     @classmethod
-    def from_distiller(cls, distiller: Distiller) -> StatisticalFlowMatching:
-        return cls(distiller.statistics.class_means, reduce_sum=distiller.reduce_sum)
+    def from_context(cls, context: MethodContext, config=None) -> StatisticalFlowMatching:
+        if context.class_means is None:
+            raise ValueError(f"Method {cls.name!r} needs the real class statistics; compute them first.")
+        if context.class_means.shape[0] != context.num_classes:
+            raise ValueError(
+                f"The class statistics describe {context.class_means.shape[0]} classes, the run has "
+                f"{context.num_classes}."
+            )
+        return cls(context.class_means, reduce_sum=context.reduce_sum)
 
     def synthetic_class_means(self, images: torch.Tensor, labels: torch.Tensor, embed: Embed) -> torch.Tensor:
         return class_means(embed(images), labels, self.num_classes, self.reduce_sum)

@@ -1,0 +1,204 @@
+"""The real-image baselines a distilled set must beat (DESIGN §6): random, centroids, neighbours.
+
+They cost nothing but a selection: `random` takes `ipc` random real images per class, `centroids` the image nearest
+each class mean (k-means centroids for ipc > 1), `neighbors` the real image nearest each distilled image. A
+distilled set is worth publishing only if it beats them — on its own backbone and on others.
+"""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import torch
+
+from .data import class_names_of, find_image_column, find_label_column
+from .embedding import embed_dataset, embedded_rows, features_and_labels
+from .features import FeatureExtractor
+from .linear_fit import embed_resized
+from .preprocessing import ImagePreprocessing
+from .real_images import check_enough_images, sample_real_images, square_preprocessing
+
+
+def centroid_indices(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ipc: int = 1,
+    seed: int = 0,
+    class_means: torch.Tensor | None = None,
+    kmeans_iterations: int = 50,
+) -> torch.Tensor:
+    """Per class, the real images nearest its centroids (Euclidean), class-major `(C · ipc,)`.
+
+    ipc = 1: the image nearest the class mean (`class_means` `(C, D)` if given, e.g. `ClassStatistics.class_means`,
+    else the mean of `features`). ipc > 1: `ipc` k-means centroids per class (k-means++ seeding, Lloyd
+    iterations), each replaced by its nearest not-yet-chosen image, so the ipc images are distinct.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    features = features.double()
+    chosen = []
+    for c in range(num_classes):
+        members = (labels == c).nonzero().flatten()
+        check_enough_images(members, ipc, c)
+        points = features[members]
+        if ipc == 1:
+            centers = class_means[c : c + 1].double() if class_means is not None else points.mean(0, keepdim=True)
+        else:
+            centers = kmeans(points, ipc, generator, kmeans_iterations)
+        chosen.append(members[_nearest_distinct(points, centers)])
+    return torch.cat(chosen)
+
+
+def neighbor_indices(
+    real_features: torch.Tensor, real_labels: torch.Tensor, query_features: torch.Tensor, query_labels: torch.Tensor
+) -> torch.Tensor:
+    """For each query (distilled image), the nearest real image of the same class, `(Q,)`.
+
+    Within a class, queries take their nearest image not already taken by an earlier query, so ipc > 1 yields
+    ipc distinct real images (with ipc = 1 this is plainly the nearest neighbour).
+    """
+    chosen = torch.empty(len(query_features), dtype=torch.long)
+    real_features, query_features = real_features.double(), query_features.double()
+    for c in torch.unique(query_labels).tolist():
+        queries = (query_labels == c).nonzero().flatten()
+        members = (real_labels == c).nonzero().flatten()
+        check_enough_images(members, len(queries), c)
+        chosen[queries] = members[_nearest_distinct(real_features[members], query_features[queries])]
+    return chosen
+
+
+def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 50) -> torch.Tensor:
+    """`(n, D)` points → `(k, D)` centroids: k-means++ seeding, then Lloyd iterations (empty clusters keep theirs)."""
+    first = torch.randint(len(points), (1,), generator=generator)
+    centers = points[first]
+    for _ in range(1, k):
+        squared = torch.cdist(points, centers).min(dim=1).values.square()
+        if float(squared.sum()) == 0:
+            pick = torch.randint(len(points), (1,), generator=generator)
+        else:
+            pick = torch.multinomial(squared / squared.sum(), 1, generator=generator)
+        centers = torch.cat([centers, points[pick]])
+    for _ in range(iterations):
+        assignment = torch.cdist(points, centers).argmin(dim=1)
+        updated = centers.clone()
+        for j in range(k):
+            if bool((assignment == j).any()):
+                updated[j] = points[assignment == j].mean(0)
+        if torch.equal(updated, centers):
+            break
+        centers = updated
+    return centers
+
+
+def _nearest_distinct(points: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """For each target in order, the index of the nearest point not yet taken."""
+    distances = torch.cdist(targets, points)
+    taken = torch.zeros(len(points), dtype=torch.bool)
+    picks = []
+    for row in distances:
+        row = row.masked_fill(taken, math.inf)
+        pick = int(row.argmin())
+        taken[pick] = True
+        picks.append(pick)
+    return torch.tensor(picks, dtype=torch.long)
+
+
+class RealBaselines:
+    """The real-image baselines of one training set, chosen in the distillation backbone's feature space.
+
+    Features are the backbone's view of every training image under its deterministic preprocessing (the view the
+    class statistics were computed from), computed once as a cached `datasets` column (`embedding.embed_dataset`);
+    only the chosen images are decoded, at the synthetic resolution `S`, so a baseline is trained exactly as a
+    distilled set is (same size, same probe augmentation). Scales to any map-style dataset the statistics pass can
+    read.
+
+    Every baseline returns `(images (C · ipc, 3, S, S) in [0, 1], labels (C · ipc,))`, class-major.
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        feature_extractor: FeatureExtractor,
+        preprocessing: ImagePreprocessing,
+        image_size: int,
+        *,
+        image_column: str | None = None,
+        label_column: str | None = None,
+        class_names: list[str] | None = None,
+        batch_size: int = 64,
+        num_proc: int | None = None,
+        skip_corrupt_images: bool = True,
+    ):
+        if not isinstance(dataset, datasets.Dataset):
+            raise ValueError("Real-image baselines need a map-style `datasets.Dataset`, not a streaming one.")
+        self.dataset = dataset
+        self.feature_extractor = feature_extractor
+        self.preprocessing = preprocessing
+        self.image_column = find_image_column(dataset, image_column)
+        self.label_column = find_label_column(dataset, label_column)
+        self.class_names = class_names or class_names_of(dataset, self.label_column)
+        self.image_preprocessing = square_preprocessing(preprocessing, image_size)
+        self.batch_size = batch_size
+        self.num_proc = num_proc
+        self.skip_corrupt_images = skip_corrupt_images
+        self._features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(N, D)` features, `(N,)` labels and `(N,)` dataset rows of every decodable training image (cached)."""
+        if self._features is None:
+            embedded = embed_dataset(
+                self.feature_extractor,
+                self.preprocessing,
+                self.dataset,
+                image_column=self.image_column,
+                label_column=self.label_column,
+                batch_size=self.batch_size,
+                num_proc=self.num_proc,
+                skip_corrupt_images=self.skip_corrupt_images,
+                desc="Real features (baselines)",
+            )
+            features, labels = features_and_labels(embedded, self.label_column)
+            self._features = (features, labels, embedded_rows(embedded))
+        return self._features
+
+    def images(self, rows: torch.Tensor) -> torch.Tensor:
+        """The training images at dataset `rows`, at the synthetic resolution: `(B, 3, S, S)` in `[0, 1]`."""
+        return self.image_preprocessing(self.dataset[[int(row) for row in rows]][self.image_column])
+
+    def _select(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, labels, rows = self.features()
+        return self.images(rows[positions]), labels[positions]
+
+    def random(self, ipc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        images = sample_real_images(
+            self.dataset,
+            self.image_preprocessing,
+            image_column=self.image_column,
+            label_column=self.label_column,
+            class_names=self.class_names,
+            ipc=ipc,
+            seed=seed,
+            skip_corrupt_images=self.skip_corrupt_images,
+        )
+        return images, torch.arange(self.num_classes).repeat_interleave(ipc)
+
+    def centroids(
+        self, ipc: int = 1, seed: int = 0, class_means: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per class, the image nearest its mean (`class_means` `(C, D)`, e.g. the run's statistics), or the images
+        nearest `ipc` k-means centroids."""
+        features, labels, _ = self.features()
+        return self._select(centroid_indices(features, labels, self.num_classes, ipc, seed, class_means))
+
+    def neighbors(
+        self, distilled_images: torch.Tensor, distilled_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The real image nearest each distilled image `(N, 3, S, S)` (seen as at evaluation), same class."""
+        features, labels, _ = self.features()
+        query = embed_resized(self.feature_extractor, distilled_images)
+        return self._select(neighbor_indices(features, labels, query, torch.as_tensor(distilled_labels)))

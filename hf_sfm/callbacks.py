@@ -1,0 +1,120 @@
+"""Callbacks, state and control of a distillation run, as `transformers.Trainer` has them.
+
+The three objects are transformers' own: a callback is a `TrainerCallback` (so a callback written for `Trainer`
+plugs in as it is), the state a `TrainerState` (`global_step`, `max_steps`, `log_history`, …; saved as
+`trainer_state.json`), the control a `TrainerControl` (`should_training_stop`, `should_log`, `should_save`,
+`should_evaluate`). The loop calls the hooks; nothing outside reaches into the loop.
+
+Events: `on_train_begin`, `on_step_begin`, `on_step_end`, `on_log`, `on_save`, `on_evaluate`, `on_train_end`.
+Keyword arguments every hook receives: `model` (the frozen backbone), `processing_class` (its image processor),
+`optimizer`, `synthetic` (the `SyntheticImages` module), plus `logs` / `metrics` where they apply.
+
+`DistillerFlowCallback` (always first) turns `logging_steps`, `save_steps` and `eval_steps` into control flags,
+as `DefaultFlowCallback` does for `Trainer`; `ProgressCallback` draws the progress bar on the main process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback, TrainerControl, TrainerState
+
+__all__ = [
+    "CallbackHandler",
+    "DistillerFlowCallback",
+    "ProgressCallback",
+    "TrainerCallback",
+    "TrainerControl",
+    "TrainerState",
+]
+
+EVENTS = (
+    "on_train_begin",
+    "on_step_begin",
+    "on_step_end",
+    "on_log",
+    "on_save",
+    "on_evaluate",
+    "on_train_end",
+)
+
+
+class DistillerFlowCallback(TrainerCallback):
+    """Sets `should_log` / `should_save` / `should_evaluate` every `logging_steps` / `save_steps` / `eval_steps`."""
+
+    def on_step_end(self, args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
+        step, last = state.global_step, state.global_step == state.max_steps
+        if args.logging_steps and (step % args.logging_steps == 0 or last):
+            control.should_log = True
+        if args.save_steps and (step % args.save_steps == 0 or last):
+            control.should_save = True
+        if getattr(args, "eval_steps", 0) and step % args.eval_steps == 0:
+            control.should_evaluate = True
+        return control
+
+
+class ProgressCallback(TrainerCallback):
+    """A tqdm bar over the steps on the local main process; the latest logged loss as its postfix."""
+
+    def __init__(self):
+        self.bar: tqdm | None = None
+
+    def on_train_begin(self, args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.is_local_process_zero:
+            method = getattr(args, "method", "")
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=f"Distilling ({method})")
+
+    def on_step_end(self, args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state: TrainerState, control: TrainerControl, logs=None, **kwargs: Any) -> None:
+        """Show the logs above the bar (as `Trainer` does), so `logging_steps` is visible from Python too."""
+        if self.bar is None or not logs:
+            return
+        if "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        self.bar.write(str({key: _short(value) for key, value in logs.items()}))
+
+    def on_train_end(self, args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class CallbackHandler:
+    """Calls every callback's hook in order; a hook may return a new `TrainerControl` (as in `Trainer`)."""
+
+    def __init__(self, callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None):
+        self.callbacks: list[TrainerCallback] = []
+        for callback in [DistillerFlowCallback, ProgressCallback, *(callbacks or [])]:
+            self.add_callback(callback)
+
+    def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
+        instance = callback() if isinstance(callback, type) else callback
+        if not isinstance(instance, TrainerCallback):
+            raise TypeError(
+                f"Callbacks must be `transformers.TrainerCallback` instances or classes, got {type(instance).__name__}."
+            )
+        self.callbacks.append(instance)
+
+    def pop_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> TrainerCallback | None:
+        for instance in self.callbacks:
+            if instance is callback or (isinstance(callback, type) and isinstance(instance, callback)):
+                self.callbacks.remove(instance)
+                return instance
+        return None
+
+    def call_event(self, event: str, args, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if event not in EVENTS:
+            raise ValueError(f"Unknown callback event {event!r}; the loop calls {EVENTS}.")
+        for callback in self.callbacks:
+            result = getattr(callback, event)(args, state, control, **kwargs)
+            if result is not None:
+                control = result
+        return control
+
+
+def _short(value: Any) -> Any:
+    return float(f"{value:.4g}") if isinstance(value, float) else value

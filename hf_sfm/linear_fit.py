@@ -1,0 +1,205 @@
+"""The one loop that trains a linear layer on frozen features, and the one source of augmented-view features.
+
+Every linear layer hf_sfm trains is the same problem: the §6 probe (cross-entropy on a few images), the §5
+inherited head (cross-entropy on all real features), the §5 projector (feature MSE between two backbones) and the
+optional KD student. Each is Adam with a per-step cosine schedule to zero over shuffled mini-batches, so they share
+`fit_linear`; they differ only in their inputs, targets, loss and `LinearFitConfig`.
+
+Inputs come from `ViewFeatures`: the frozen features of one augmented view `a(x)` per image, seen by one or more
+backbones (the probe's eval backbone; the projector's eval and distillation backbones, which must see the same
+pixels). By default a fresh view is drawn for every image in every epoch (the papers' protocol); `views=V` embeds
+`V` views of every image once and draws one of them per image and batch instead — a labelled approximation that
+turns `epochs · N` backbone passes into `V · N`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augment import Augmentation, resize
+from .features import FeatureExtractor
+
+# index (B,) of the examples, epoch → (inputs (B, D_in), targets): what one mini-batch of a fit sees.
+Batches = Callable[[torch.Tensor, int], tuple[torch.Tensor, Any]]
+Loss = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass
+class LinearFitConfig:
+    """How a linear layer is fitted: Adam, cosine to zero over all steps, batch `min(batch_size, N)`.
+
+    Args:
+        epochs: passes over the examples.
+        learning_rate: Adam's base rate; multiplied by `batch / 256` when `scale_learning_rate`.
+        batch_size: the largest mini-batch; the batch is `min(batch_size, N)`.
+        scale_learning_rate: `lr · batch / 256`, the papers' rule for the probe, the projector and KD.
+        init_std: weights `N(0, init_std)` and zero bias; `None` keeps `nn.Linear`'s default initialisation.
+        views: `None` draws a fresh augmented view per image and epoch (the reference); `V` draws from a bank of `V`
+            views embedded once (see the module docstring).
+        crop_scale: area range of the random-resized crop of the augmented views.
+    """
+
+    epochs: int = 1000
+    learning_rate: float = 1e-3
+    batch_size: int = 100
+    scale_learning_rate: bool = True
+    init_std: float | None = 0.01
+    views: int | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"{name}.epochs must be >= 1, got {self.epochs}.")
+        if self.batch_size < 1:
+            raise ValueError(f"{name}.batch_size must be >= 1, got {self.batch_size}.")
+        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"{name}.learning_rate must be a finite number > 0, got {self.learning_rate}.")
+        if self.views is not None and self.views < 1:
+            raise ValueError(f"{name}.views must be None (a fresh view per epoch) or >= 1, got {self.views}.")
+        self.crop_scale = tuple(self.crop_scale)
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"{name}.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}.")
+
+    def num_epochs(self, num_examples: int) -> int:
+        return self.epochs
+
+    def batch_for(self, num_examples: int) -> int:
+        return min(self.batch_size, num_examples)
+
+    def learning_rate_for(self, num_examples: int) -> float:
+        if not self.scale_learning_rate:
+            return self.learning_rate
+        return self.learning_rate * self.batch_for(num_examples) / 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_linear(
+    in_features: int, out_features: int, config: LinearFitConfig, generator: torch.Generator, device: torch.device
+) -> nn.Linear:
+    """`nn.Linear` initialised as `config` says: `N(0, init_std)` weights drawn from `generator`, zero bias."""
+    layer = nn.Linear(in_features, out_features).to(device)
+    if config.init_std is not None:
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(out_features, in_features, generator=generator) * config.init_std)
+            layer.bias.zero_()
+    return layer
+
+
+def fit_linear(
+    layer: nn.Linear,
+    batches: Batches,
+    loss_fn: Loss,
+    num_examples: int,
+    config: LinearFitConfig,
+    generator: torch.Generator,
+    progress_desc: str | None = None,
+) -> list[float]:
+    """Train `layer` in place; returns the mean loss of every epoch.
+
+    Each epoch shuffles the examples with `generator`, then for each mini-batch `index` takes
+    `inputs, targets = batches(index, epoch)` and steps Adam on `loss_fn(layer(inputs), targets)`. The loss is
+    summed on the device and read once at the end (no host sync per step).
+    """
+    if num_examples < 1:
+        raise ValueError("Cannot fit a linear layer on zero examples.")
+    batch_size = config.batch_for(num_examples)
+    epochs = config.num_epochs(num_examples)
+    steps = epochs * math.ceil(num_examples / batch_size)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=config.learning_rate_for(num_examples))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    device = layer.weight.device
+    epoch_losses = torch.zeros(epochs, device=device)
+    for epoch in tqdm(range(epochs), desc=progress_desc, disable=progress_desc is None, leave=False):
+        order = torch.randperm(num_examples, generator=generator)
+        for start in range(0, num_examples, batch_size):
+            index = order[start : start + batch_size]
+            inputs, targets = batches(index, epoch)
+            loss = loss_fn(layer(inputs.to(device)), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            epoch_losses[epoch] += loss.detach() * len(index)
+    layer.eval()
+    return (epoch_losses / num_examples).tolist()
+
+
+class ViewFeatures:
+    """`index (B,)` → the features of one augmented view of those images under each extractor, same pixels for all.
+
+    Args:
+        images: `(N, 3, S, S)` in `[0, 1]`.
+        extractors: frozen backbones; each sees the view resized to its own input size.
+        augmentation: the view `a(x)` (its `output_size` is the view's resolution).
+        generator: draws the views (and, with a bank, which view an image gets).
+        views: `None` for a fresh view per call, else the size of a bank embedded once at construction.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        extractors: Sequence[FeatureExtractor],
+        augmentation: Augmentation,
+        generator: torch.Generator,
+        views: int | None = None,
+        batch_size: int = 256,
+    ):
+        self.images = images
+        self.extractors = list(extractors)
+        self.augmentation = augmentation
+        self.generator = generator
+        self.batch_size = batch_size
+        self.device = self.extractors[0].mean.device
+        self.bank = self._embed_bank(views) if views else None
+
+    @torch.no_grad()
+    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        view = self.augmentation(images.to(self.device), self.generator)
+        seen: dict[int, torch.Tensor] = {}
+        for extractor in self.extractors:
+            if id(extractor) not in seen:
+                seen[id(extractor)] = extractor(resize(view, extractor.input_size))
+        return tuple(seen[id(extractor)] for extractor in self.extractors)
+
+    def _embed_bank(self, views: int) -> tuple[torch.Tensor, ...]:
+        """`(V, N, D_k)` per extractor: `V` augmented views of every image, embedded once."""
+        bank: list[list[torch.Tensor]] = [[] for _ in self.extractors]
+        for _ in tqdm(range(views), desc="View bank", leave=False, disable=views < 20):
+            chunks = [
+                self._features(self.images[i : i + self.batch_size])
+                for i in range(0, len(self.images), self.batch_size)
+            ]
+            for k in range(len(self.extractors)):
+                bank[k].append(torch.cat([chunk[k] for chunk in chunks]))
+        return tuple(torch.stack(per_extractor) for per_extractor in bank)
+
+    def __call__(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.bank is None:
+            return self._features(self.images[index])
+        view = torch.randint(self.bank[0].shape[0], (len(index),), generator=self.generator)
+        return tuple(bank[view.to(bank.device), index.to(bank.device)] for bank in self.bank)
+
+
+@torch.no_grad()
+def embed_resized(feature_extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """`(N, 3, S, S)` in `[0, 1]` at any `S` → `(N, D)` features of their deterministic resize to the backbone's
+    input: how a synthetic image is seen at evaluation time (and how the no-augmentation probe sees it)."""
+    device = feature_extractor.mean.device
+    if len(images) == 0:
+        return torch.zeros(0, feature_extractor.feature_dim())
+    return torch.cat(
+        [
+            feature_extractor(resize(images[i : i + batch_size].float(), feature_extractor.input_size).to(device)).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )

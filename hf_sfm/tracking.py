@@ -1,0 +1,79 @@
+"""What a run leaves for people to look at: trackers, image grids and metrics files (as `Trainer` writes them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from .io_utils import atomic_path
+
+TRACKER_PROJECT = "hf_sfm"  # the trackers' project; TensorBoard logs go to <output_dir>/hf_sfm
+
+
+def start_trackers(accelerator: Accelerator, config: dict[str, Any], run_name: str | None = None) -> None:
+    """Start the accelerator's trackers (from `report_to`, or a user's `Accelerator(log_with=...)`) once."""
+    if not accelerator.log_with or accelerator.trackers:
+        return
+    values = {
+        key: value if isinstance(value, int | float | str | bool) else str(value) for key, value in config.items()
+    }
+    init_kwargs = {"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}} if run_name else {}
+    accelerator.init_trackers(TRACKER_PROJECT, config=values, init_kwargs=init_kwargs)
+
+
+def close_trackers(accelerator: Accelerator) -> None:
+    """Finish the trackers (their files complete, their runs closed) without ending the process group, which the
+    run still needs. Later logs, such as an `evaluate()` after training, reach `log_history`, the callbacks and
+    `save_metrics`, not the closed runs."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
+
+
+def log_grid(
+    accelerator: Accelerator, images: torch.Tensor, labels: torch.Tensor, class_names: list[str], path: Path, step: int
+) -> None:
+    """Save the grid of `(N, 3, S, S)` images to `path` and send it to every tracker that takes images."""
+    from .visualization import image_grid
+
+    grid = image_grid(images, labels, class_names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as staged:
+        grid.save(staged, format="PNG")
+    for tracker in accelerator.trackers:
+        if not hasattr(tracker, "log_images"):
+            continue
+        if tracker.name == "tensorboard":
+            tracker.log_images({"synthetic_grid": np.asarray(grid)[None]}, step=step, dataformats="NHWC")
+        else:
+            tracker.log_images({"synthetic_grid": [grid]}, step=step)
+
+
+def format_metrics(split: str, metrics: dict[str, Any]) -> str:
+    """`***** eval metrics *****` and one aligned line per metric, as `Trainer.log_metrics` prints them."""
+    from transformers.trainer_pt_utils import metrics_format
+
+    formatted = metrics_format(metrics)
+    width = max((len(key) for key in formatted), default=0)
+    return "\n".join([f"***** {split} metrics *****"] + [f"  {k:<{width}} = {formatted[k]}" for k in sorted(formatted)])
+
+
+def write_metrics(output_dir: Path, split: str, metrics: dict[str, Any], combined: bool = True) -> Path:
+    """`<output_dir>/<split>_results.json`, merged into `all_results.json` when `combined` (atomic writes)."""
+    path = Path(output_dir) / f"{split}_results.json"
+    write_json(path, metrics)
+    if combined:
+        combined_path = Path(output_dir) / "all_results.json"
+        merged = json.loads(combined_path.read_text()) if combined_path.exists() else {}
+        write_json(combined_path, {**merged, **metrics})
+    return path
+
+
+def write_json(path: Path, value: Any) -> None:
+    with atomic_path(path) as staged:
+        staged.write_text(json.dumps(value, indent=2, sort_keys=True))
