@@ -265,7 +265,7 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
             plain, inherited, kd, mse = [], [], [], []
             for seed in settings.seeds:
                 probe = fit_probe(
-                    lambda index, views=views: views(index)[0],
+                    lambda index, epoch, views=views: views(index, epoch)[0],
                     eval_bank.shape[-1],
                     labels,
                     num_classes,

@@ -89,12 +89,12 @@ def train_linear_probe(
         )
         views = ViewFeatures(images, [feature_extractor], augmentation, generator, config.views)
 
-        def features_of(index: torch.Tensor) -> torch.Tensor:
-            return views(index)[0]
+        def features_of(index: torch.Tensor, epoch: int) -> torch.Tensor:
+            return views(index, epoch)[0]
     else:
         fixed = embed_resized(feature_extractor, images).to(feature_extractor.mean.device)
 
-        def features_of(index: torch.Tensor) -> torch.Tensor:
+        def features_of(index: torch.Tensor, epoch: int) -> torch.Tensor:
             return fixed[index.to(fixed.device)]
 
     device = feature_extractor.mean.device
@@ -102,7 +102,7 @@ def train_linear_probe(
 
 
 def fit_probe(
-    features_of: Callable[[torch.Tensor], torch.Tensor],
+    features_of: Callable[[torch.Tensor, int], torch.Tensor],
     feature_dim: int,
     labels: torch.Tensor,
     num_classes: int,
@@ -111,7 +111,7 @@ def fit_probe(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> nn.Linear:
-    """The protocol's head trained on `features_of(index) → (B, D)` (e.g. a shared `ViewFeatures` bank)."""
+    """The protocol's head trained on `features_of(index, epoch) → (B, D)` (e.g. a shared `ViewFeatures`)."""
     config = config or ProbeConfig()
     generator = generator or torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(labels)
@@ -120,7 +120,7 @@ def fit_probe(
     head = _probe_head(feature_dim, num_classes, config, seed, device)
 
     def batches(index: torch.Tensor, epoch: int):
-        return features_of(index), probe_labels[index.to(device)]
+        return features_of(index, epoch), probe_labels[index.to(device)]
 
     fit_linear(head, batches, F.cross_entropy, len(labels), config, generator)
     return head
@@ -133,7 +133,7 @@ def fit_probe_on_features(
     if len(features) == 0:
         raise ValueError("Cannot train a linear probe on zero images.")
     return fit_probe(
-        lambda index: features[index.to(features.device)],
+        lambda index, epoch: features[index.to(features.device)],
         features.shape[1],
         labels,
         num_classes,

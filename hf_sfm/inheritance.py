@@ -155,7 +155,7 @@ def fit_projector(
         projector = nn.Linear(eval_extractor.feature_dim(), distill_extractor.feature_dim()).to(device)
     views = views or ViewFeatures(images, [eval_extractor, distill_extractor], augmentation, generator, config.views)
     losses = fit_linear(
-        projector, lambda index, epoch: views(index), F.mse_loss, len(images), config, generator, progress_desc
+        projector, lambda index, epoch: views(index, epoch), F.mse_loss, len(images), config, generator, progress_desc
     )
     return projector, losses
 
@@ -209,7 +209,7 @@ def train_kd_head(
     temperature = config.temperature
 
     def batches(index: torch.Tensor, epoch: int):
-        eval_features, distill_features = views(index)
+        eval_features, distill_features = views(index, epoch)
         with torch.no_grad():
             soft_targets = F.softmax(teacher_head(distill_features) / temperature, dim=1)
         return eval_features, (soft_targets, labels[index.to(device)])
