@@ -51,6 +51,8 @@ REQUIRED_KEYS = (
     "image_size",
     "parameterization",
     "decorrelate_color",
+    "init",  # noise-initialised pyramids decode their active levels only, image-initialised ones every level
+    "pyramid_max_resolution",
     "backbone",
     "statistics",
 )

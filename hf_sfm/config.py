@@ -17,7 +17,7 @@ from .methods import METHODS, get_method
 from .results import BASELINES
 
 PARAMETERIZATIONS = ("pyramid", "pixels")
-INITIALIZATIONS = ("noise", "real")
+INITIALIZATIONS = ("noise", "real", "centroid")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -42,7 +42,7 @@ class DistillationConfig:
 
     > Images
         image_size: resolution of the synthetic images; crop_size: resolution the backbone sees.
-        parameterization, decorrelate_color, pyramid_level_every, init, init_noise_std.
+        parameterization, decorrelate_color, pyramid_level_every, pyramid_max_resolution, init, init_noise_std.
 
     > Augmentation (one differentiable pass per step)
         augment_flip, augment_crop, crop_scale_min, crop_scale_max, augment_noise, noise_std.
@@ -174,8 +174,23 @@ class DistillationConfig:
     pyramid_level_every: int = field(
         default=200, metadata={"help": "Pyramid only: add the next finer level every this many steps."}
     )
-    init: str = field(default="noise", metadata={"help": f"Initialisation, one of {INITIALIZATIONS}."})
-    init_noise_std: float = field(default=0.1, metadata={"help": "Std of the noise init, in parameter space."})
+    pyramid_max_resolution: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pyramid only: levels finer than this many pixels are never optimised (from a real or centroid "
+            "init they keep the image's own detail, so edits stay low-frequency). None: every level."
+        },
+    )
+    init: str = field(
+        default="noise",
+        metadata={
+            "help": f"Initialisation, one of {INITIALIZATIONS}: noise; ipc random real images per class; or the "
+            "real images nearest the class mean (k-means centroids at ipc > 1) in the backbone's feature space."
+        },
+    )
+    init_noise_std: float = field(
+        default=1.0, metadata={"help": "Std of the noise init in parameter space (the reference's randn: 1.0)."}
+    )
 
     # Augmentation
     augment_flip: bool = field(default=True, metadata={"help": "Random horizontal flip, p=0.5."})
@@ -234,7 +249,14 @@ class DistillationConfig:
             self._check_int(name, minimum=1)
         for name in ("logging_steps", "save_steps", "grid_steps", "eval_steps"):
             self._check_int(name, minimum=0)
-        for name in ("embed_chunk_size", "save_total_limit", "probe_views", "image_size", "crop_size"):
+        for name in (
+            "embed_chunk_size",
+            "save_total_limit",
+            "probe_views",
+            "image_size",
+            "crop_size",
+            "pyramid_max_resolution",
+        ):
             if getattr(self, name) is not None:
                 self._check_int(name, minimum=8 if name in ("image_size", "crop_size") else 1, optional=True)
         self._check_float("learning_rate", low=0.0, inclusive=False)

@@ -311,17 +311,17 @@ class Distiller:
                 f"The statistics describe {statistics.num_classes} classes but the dataset has {self.num_classes}."
             )
         statistics.class_means  # noqa: B018 — raises, naming the classes without images
-        if self.args.init == "real" and int(statistics.counts.min()) < self.args.ipc:
+        if self.args.init in ("real", "centroid") and int(statistics.counts.min()) < self.args.ipc:
             small = int(statistics.counts.argmin())
             raise ValueError(
-                f"init='real' needs ipc={self.args.ipc} real images per class, but class "
+                f"init={self.args.init!r} needs ipc={self.args.ipc} real images per class, but class "
                 f"{self.class_names[small]!r} has only {int(statistics.counts[small])}. Lower ipc or use init='noise'."
             )
 
     # ------------------------------------------------------------------ the synthetic set and its method
 
     def init_synthetic(self) -> SyntheticImages:
-        """Create the synthetic images: noise, or `ipc` random real images per class."""
+        """Create the synthetic images: noise, `ipc` random real images per class, or the class centroids."""
         generator = torch.Generator().manual_seed(self.args.seed)
         synthetic = SyntheticImages(
             num_images=self.num_classes * self.args.ipc,
@@ -330,9 +330,14 @@ class Distiller:
             decorrelate_color=self.args.decorrelate_color,
             init_std=self.args.init_noise_std,
             generator=generator,
+            max_trainable_size=self.args.pyramid_max_resolution,
         )
         if self.args.init == "real":
             synthetic.set_images(self.sample_real_images(self.args.ipc, seed=self.args.seed))
+        elif self.args.init == "centroid":
+            means = self.statistics.class_means if self.statistics is not None else None
+            centroids, _ = self.evaluator.baselines().centroids(self.args.ipc, seed=self.args.seed, class_means=means)
+            synthetic.set_images(centroids)
         self.synthetic = synthetic.to(self.accelerator.device)
         return self.synthetic
 
@@ -541,6 +546,8 @@ class Distiller:
             "image_size": self.image_size,
             "parameterization": args.parameterization,
             "decorrelate_color": args.decorrelate_color,
+            "init": args.init,
+            "pyramid_max_resolution": args.pyramid_max_resolution,
             "backbone": self.statistics_metadata()["backbone"],
             "statistics": statistics_digest(means),
             # Allowed to change, with a warning: the run continues but differs from an uninterrupted one.
@@ -577,10 +584,10 @@ class Distiller:
 
     def _warn_if_pyramid_incomplete(self, synthetic: SyntheticImages) -> None:
         levels_reached = 1 + (self.args.num_steps - 1) // self.args.pyramid_level_every
-        if not synthetic.fully_grown and levels_reached < len(synthetic.levels):
+        if not synthetic.fully_grown and levels_reached < synthetic.max_levels:
             logger.warning(
                 f"With num_steps={self.args.num_steps} and pyramid_level_every={self.args.pyramid_level_every}, "
-                f"only {levels_reached} of {len(synthetic.levels)} pyramid levels will be trained; the finest "
+                f"only {levels_reached} of {synthetic.max_levels} pyramid levels will be trained; the finer "
                 "detail stays at its initial value. Lower pyramid_level_every or raise num_steps.",
                 main_process_only=True,
             )

@@ -4,7 +4,8 @@ An image is stored as unconstrained parameters and decoded to `[0, 1]` RGB by `s
 either one full-resolution tensor (`"pixels"`) or the sum of bilinearly upsampled levels at 1, 2, 4, … px
 (`"pyramid"`), and `M` the optional fixed colour-decorrelation matrix. The pyramid is trained coarse to fine: a
 noise-initialised image first gets its layout at low frequency instead of collecting high-frequency patterns
-that only the backbone can read.
+that only the backbone can read; an image-initialised one is edited coarse to fine, optionally never above a
+given resolution, because fine edits are what a distilled set's other backbones cannot read.
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ def _upsample(level: torch.Tensor, image_size: int) -> torch.Tensor:
 class SyntheticImages(nn.Module):
     """`N` learnable images; `decode()` gives `(N, 3, S, S)` in `[0, 1]`, differentiable in the parameters.
 
-    Only the first `num_active_levels` pyramid levels take part in decoding and optimisation; `grow()` activates
-    the next one. For `"pixels"` there is one level.
+    Pyramid from noise (the reference's schedule): the first level starts as `init_std · randn`; when a level joins,
+    the `L` levels so far are scaled by `L / (L + 1)` and the new one starts at `init_std · randn / (L + 1)`, so the
+    image stays a mean of its levels. Only active levels are decoded and optimised.
+
+    Pyramid from images (`set_images`, e.g. real or centroid init): every level holds its band of the image and is
+    always decoded, but only the active ones are optimised, so edits go coarse to fine as levels join; levels finer
+    than `max_trainable_size` are never optimised and keep the image's own detail (low-frequency edits only).
+    For `"pixels"` there is one level.
     """
 
     def __init__(
@@ -48,8 +55,9 @@ class SyntheticImages(nn.Module):
         image_size: int,
         parameterization: str = "pyramid",
         decorrelate_color: bool = True,
-        init_std: float = 0.1,
+        init_std: float = 1.0,
         generator: torch.Generator | None = None,
+        max_trainable_size: int | None = None,
     ):
         super().__init__()
         if parameterization not in ("pyramid", "pixels"):
@@ -61,6 +69,9 @@ class SyntheticImages(nn.Module):
         self.levels = nn.ParameterList(
             nn.Parameter(torch.randn(num_images, 3, size, size, generator=generator) * init_std) for size in sizes
         )
+        trainable = [size for size in sizes if max_trainable_size is None or size <= max_trainable_size]
+        self.max_levels = max(1, len(trainable))  # levels finer than max_trainable_size never join the optimiser
+        self.decode_all_levels = False  # True once the levels hold an image's bands (set_images)
         self.register_buffer("num_active_levels", torch.tensor(1 if parameterization == "pyramid" else len(sizes)))
         self.register_buffer("color_matrix", COLOR_CORRELATION.clone(), persistent=False)
 
@@ -70,21 +81,28 @@ class SyntheticImages(nn.Module):
 
     @property
     def fully_grown(self) -> bool:
-        return int(self.num_active_levels) == len(self.levels)
+        return int(self.num_active_levels) >= self.max_levels
 
     def active_parameters(self) -> list[nn.Parameter]:
         return list(self.levels[: int(self.num_active_levels)])
 
     def grow(self) -> bool:
-        """Activate the next finer pyramid level; returns False when all levels are already active."""
+        """Activate the next finer pyramid level; returns False when no further level may join."""
         if self.fully_grown:
             return False
+        active = int(self.num_active_levels)
+        if not self.decode_all_levels:  # from noise: keep the image a mean of its levels (the reference's rescaling)
+            with torch.no_grad():
+                for level in self.levels[:active]:
+                    level.mul_(active / (active + 1))
+                self.levels[active].div_(active + 1)
         self.num_active_levels += 1
         return True
 
     def decode(self) -> torch.Tensor:
         """`(N, 3, S, S)` images in `[0, 1]`."""
-        logits = sum(_upsample(level, self.image_size) for level in self.active_parameters())
+        levels = list(self.levels) if self.decode_all_levels else self.active_parameters()
+        logits = sum(_upsample(level, self.image_size) for level in levels)
         if self.decorrelate_color:
             logits = torch.einsum("ij,njhw->nihw", self.color_matrix.to(logits.dtype), logits)
         return torch.sigmoid(2.0 * logits)
@@ -94,10 +112,10 @@ class SyntheticImages(nn.Module):
 
     @torch.no_grad()
     def set_images(self, images: torch.Tensor) -> None:
-        """Make `decode()` return `images` (`(N, 3, S, S)` in `[0, 1]`), with every level active.
+        """Make `decode()` return `images` (`(N, 3, S, S)` in `[0, 1]`).
 
-        The pyramid gets a Laplacian decomposition, so each level carries the detail of its own scale and the
-        coarse-to-fine structure survives initialisation from real images.
+        The pyramid gets a Laplacian decomposition, so each level carries the detail of its own scale; all levels
+        are decoded from now on, and optimisation still starts at the coarsest one and grows from there.
         """
         if images.shape != (self.num_images, 3, self.image_size, self.image_size):
             raise ValueError(
@@ -115,7 +133,7 @@ class SyntheticImages(nn.Module):
             level.copy_(coarse - F.interpolate(reconstruction, size=(size, size), mode="area"))
             reconstruction += _upsample(level, self.image_size)
         self.levels[-1].copy_(logits - reconstruction)
-        self.num_active_levels.fill_(len(self.levels))
+        self.decode_all_levels = True
 
 
 def synthetic_labels(num_classes: int, ipc: int) -> torch.Tensor:

@@ -36,12 +36,40 @@ def test_pyramid_grows_coarse_to_fine():
 
 
 @pytest.mark.parametrize("parameterization", ["pyramid", "pixels"])
-def test_set_images_reproduces_real_images(parameterization):
+def test_set_images_reproduces_real_images_and_edits_grow_coarse_to_fine(parameterization):
     images = torch.rand(3, 3, 20, 20) * 0.98 + 0.01
     synthetic = SyntheticImages(3, 20, parameterization, decorrelate_color=True)
     synthetic.set_images(images)
-    assert synthetic.fully_grown
-    torch.testing.assert_close(synthetic.decode(), images, atol=1e-4, rtol=0)
+    torch.testing.assert_close(synthetic.decode(), images, atol=1e-4, rtol=0)  # every level is decoded
+    if parameterization == "pyramid":
+        assert len(synthetic.active_parameters()) == 1  # but only the coarsest is optimised at first
+        synthetic.grow()
+        torch.testing.assert_close(synthetic.decode(), images, atol=1e-4, rtol=0)  # growing does not move it
+        assert [level.shape[-1] for level in synthetic.active_parameters()] == [1, 2]
+
+
+def test_noise_pyramid_keeps_the_image_a_mean_of_its_levels_as_levels_join():
+    """The reference's schedule: L levels of randn / L; a new level rescales the old ones by L / (L + 1)."""
+    generator = torch.Generator().manual_seed(0)
+    synthetic = SyntheticImages(2, 8, "pyramid", decorrelate_color=False, init_std=1.0, generator=generator)
+    raw = [level.detach().clone() for level in synthetic.levels]
+    synthetic.grow()
+    synthetic.grow()
+    for level, noise in zip(synthetic.active_parameters(), raw):
+        torch.testing.assert_close(level, noise / 3)
+    assert torch.equal(synthetic.levels[3], raw[3])  # not yet active: untouched, not decoded
+    decoded_logits = torch.logit(synthetic.decode()) / 2
+    expected = sum(torch.nn.functional.interpolate(n / 3, size=(8, 8), mode="bilinear") for n in raw[:3])
+    torch.testing.assert_close(decoded_logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_levels_finer_than_the_cap_are_never_optimised():
+    synthetic = SyntheticImages(2, 32, "pyramid", max_trainable_size=8)
+    synthetic.set_images(torch.rand(2, 3, 32, 32) * 0.9 + 0.05)
+    while synthetic.grow():
+        pass
+    assert [level.shape[-1] for level in synthetic.active_parameters()] == [1, 2, 4, 8]
+    assert synthetic.fully_grown and synthetic.decode().shape == (2, 3, 32, 32)
 
 
 def test_gradients_reach_every_active_level():

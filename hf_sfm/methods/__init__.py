@@ -2,7 +2,14 @@
 
 from .base import DistillationMethod, MethodConfig, MethodContext
 from .lgm import LGMConfig, LinearGradientMatching
-from .sfm import ClassMeanMatching, StatisticalFlowMatching, class_means, flow_matching_loss, statistical_flow
+from .sfm import (
+    ClassMeanMatching,
+    SFMConfig,
+    StatisticalFlowMatching,
+    class_means,
+    flow_matching_loss,
+    statistical_flow,
+)
 
 METHODS: dict[str, type[DistillationMethod]] = {
     StatisticalFlowMatching.name: StatisticalFlowMatching,
@@ -25,6 +32,7 @@ __all__ = [
     "LinearGradientMatching",
     "MethodConfig",
     "MethodContext",
+    "SFMConfig",
     "StatisticalFlowMatching",
     "class_means",
     "flow_matching_loss",

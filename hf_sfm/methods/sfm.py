@@ -17,6 +17,7 @@ real mini-batch replaced by exact statistics.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -52,13 +53,31 @@ def flow_matching_loss(real_flow: torch.Tensor, synthetic_flow: torch.Tensor) ->
     return 1.0 - F.cosine_similarity(real_flow.flatten(), synthetic_flow.flatten(), dim=0)
 
 
+@dataclass(frozen=True)
+class SFMConfig:
+    """SFM's own settings (`DistillationConfig(method_kwargs={...})`).
+
+    Args:
+        views: augmented views of every synthetic image per step whose features are averaged before the class means
+            (the reference's `augs_per_batch`); 1 is SFM's single augmentation pass.
+    """
+
+    views: int = 1
+
+    def __post_init__(self):
+        if self.views < 1:
+            raise ValueError(f"SFM needs views >= 1, got {self.views}.")
+
+
 class StatisticalFlowMatching(DistillationMethod):
     """SFM: match the synthetic statistical flow to the real one, in direction."""
 
     name: ClassVar[str] = "sfm"
+    config_class: ClassVar[type] = SFMConfig
 
-    def __init__(self, real_class_means: torch.Tensor, reduce_sum: ReduceSum | None = None):
+    def __init__(self, real_class_means: torch.Tensor, reduce_sum: ReduceSum | None = None, views: int = 1):
         super().__init__(real_class_means.shape[0], reduce_sum)
+        self.views = SFMConfig(views=views).views
         self.register_buffer("real_class_means", real_class_means.float(), persistent=False)
         self.register_buffer("real_flow", statistical_flow(self.real_class_means), persistent=False)
 
@@ -71,10 +90,15 @@ class StatisticalFlowMatching(DistillationMethod):
                 f"The class statistics describe {context.class_means.shape[0]} classes, the run has "
                 f"{context.num_classes}."
             )
-        return cls(context.class_means, reduce_sum=context.reduce_sum)
+        views = (config or SFMConfig()).views
+        return cls(context.class_means, reduce_sum=context.reduce_sum, views=views)
 
     def synthetic_class_means(self, images: torch.Tensor, labels: torch.Tensor, embed: Embed) -> torch.Tensor:
-        return class_means(embed(images), labels, self.num_classes, self.reduce_sum)
+        """`(C, D)`: class means of the features of `views` augmented views per image, averaged per image first."""
+        features = embed(images)
+        for _ in range(self.views - 1):
+            features = features + embed(images)
+        return class_means(features / self.views, labels, self.num_classes, self.reduce_sum)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, embed: Embed) -> torch.Tensor:
         synthetic_flow = statistical_flow(self.synthetic_class_means(images, labels, embed))
