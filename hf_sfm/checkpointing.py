@@ -1,19 +1,23 @@
-"""Checkpoints of a distillation run, and resuming from them.
+"""Checkpoints of a distillation run, and resuming from them — without ever unpickling anything.
 
-A checkpoint is one folder `<output_dir>/checkpoint-<step>`, written through `Accelerator.save_state` and made
-visible in one rename (a run killed mid-save leaves the previous checkpoints intact and no half folder):
+A checkpoint is one folder `<output_dir>/checkpoint-<step>`, staged under a hidden name and made visible in one
+rename (a run killed mid-save leaves the previous checkpoints intact and no half folder):
 
-    random_states_<process>.pkl       accelerate: Python / NumPy / torch RNG states of every process
-    custom_checkpoint_0.pkl           accelerate: the registered `LoopState` (step, the loop's torch generators)
-    synthetic-<p>-of-<P>.safetensors  every process's shard of the image parameters and of the optimiser moments
-    distillation_state.json           step, loss curve, config, and the fingerprint a resume is checked against
+    rng-<process>.safetensors         every process's RNG states: torch (CPU and each CUDA device) as tensors,
+                                      Python's `random` and NumPy's as JSON metadata
+    loop.safetensors                  the step and the loop's own `torch.Generator` states (augmentation, method)
+    synthetic-<p>-of-<P>.safetensors  every process's rows of the image parameters and of the optimiser moments
+    distillation_state.json           step, loss curve, log history, config, and the fingerprint a resume checks
+    manifest.json                     the SHA-256 of every file above, written last
+
+Everything is read back with `safetensors` and `json`: a checkpoint holds data, never code, so a tampered or
+foreign file in the folder is an error (the manifest no longer matches) or is ignored, never executed.
+`resume_from_checkpoint="latest"` takes the newest checkpoint whose manifest validates and warns about newer ones
+that do not (a save cut short by a full disk, a truncated copy).
 
 The shards are plain row ranges of `(N, ...)` tensors, so a checkpoint written by `P` processes can be resumed by
 any number of processes (each reads only the rows it owns). With the same number of processes the resumed run is
 bit-identical to an uninterrupted one on CPU.
-
-`accelerate` writes registered objects from the main process only, which is right for `LoopState` (the same on every
-process) but not for the image shards; those each process writes itself, into the same staged folder.
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from .io_utils import atomic_path
 
@@ -40,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 RUN_STATE_FILE = "distillation_state.json"
+MANIFEST_FILE = "manifest.json"
+LOOP_FILE = "loop.safetensors"
+RNG_PATTERN = "rng-{index:05d}.safetensors"
 SHARD_PATTERN = "synthetic-{index:05d}-of-{count:05d}.safetensors"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
@@ -59,28 +68,60 @@ REQUIRED_KEYS = (
 
 
 class LoopState:
-    """The loop's counters and random generators, registered with `Accelerator.register_for_checkpointing`.
+    """The loop's step counter and its own random generators (augmentation, and any the method draws from).
 
-    `generators` are the loop's own `torch.Generator`s (augmentation, and any the method draws from); their
-    states are what makes a resumed run draw the same augmentations as an uninterrupted one.
+    Their states are what makes a resumed run draw the same augmentations as an uninterrupted one. Saved as plain
+    tensors (`tensors` / `load_tensors`), never pickled.
     """
 
     def __init__(self, generators: dict[str, torch.Generator]):
         self.step = 0
         self.generators = generators
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "generators": {name: g.get_state() for name, g in self.generators.items()}}
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "step": torch.tensor([self.step]),
+            **{f"generator.{n}": g.get_state() for n, g in self.generators.items()},
+        }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = sorted(set(self.generators) - set(state["generators"]))
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        missing = sorted(name for name in self.generators if f"generator.{name}" not in tensors)
         if missing:
             raise ValueError(
                 f"The checkpoint has no state for the generators {missing}; was it made by another method?"
             )
-        self.step = int(state["step"])
+        self.step = int(tensors["step"][0])
         for name, generator in self.generators.items():
-            generator.set_state(state["generators"][name])
+            generator.set_state(tensors[f"generator.{name}"])
+
+
+def _rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """This process's global RNG states: torch's as tensors, Python's and NumPy's as JSON strings."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+    version, state, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    metadata = {
+        "python": json.dumps([version, list(state), gauss]),
+        "numpy": json.dumps([name, keys.tolist(), int(position), int(has_gauss), float(cached)]),
+    }
+    return tensors, metadata
+
+
+def _restore_rng(path: Path) -> None:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    tensors = load_file(str(path))
+    torch.set_rng_state(tensors["torch"])
+    devices = sorted((key for key in tensors if key.startswith("cuda.")), key=lambda key: int(key.split(".")[1]))
+    cuda = [tensors[key] for key in devices]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    version, state, gauss = json.loads(metadata["python"])
+    random.setstate((version, tuple(state), gauss))
+    name, keys, position, has_gauss, cached = json.loads(metadata["numpy"])
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
 
 
 def statistics_digest(class_means: torch.Tensor | None) -> str | None:
@@ -138,30 +179,75 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint folder whose files do not match its manifest (truncated, edited, or missing)."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def validate_checkpoint(checkpoint: str | Path) -> None:
+    """Raise `CorruptCheckpointError` naming the file unless every file of the manifest is there, unchanged."""
+    checkpoint = Path(checkpoint)
+    manifest_path = checkpoint / MANIFEST_FILE
+    fix = "Resume from another checkpoint (an older `checkpoint-<step>`, or 'latest'), or start afresh."
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CorruptCheckpointError(
+            f"{manifest_path} is missing or unreadable ({type(error).__name__}): {checkpoint} is not a complete "
+            f"hf_sfm checkpoint. {fix}"
+        ) from error
+    for name, expected in files.items():
+        path = checkpoint / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise CorruptCheckpointError(f"{path} is missing: {checkpoint} is incomplete. {fix}")
+        if _sha256(path) != expected:
+            raise CorruptCheckpointError(f"{path} does not match its checksum (truncated or edited). {fix}")
+
+
 def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str | Path) -> Path | None:
-    """`None`/`False` → no resume; `True`/`"latest"`/`"true"` → newest checkpoint in `output_dir`; else a path."""
+    """`None`/`False` → no resume; `True`/`"latest"` → the newest checkpoint in `output_dir` that validates
+    (newer ones that do not are skipped with a warning); else a checkpoint folder, which must validate."""
     if resume_from_checkpoint in (None, False, "", "false", "False", "none", "None"):
         return None
     if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() in ("true", "latest", "last"):
         checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            raise FileNotFoundError(
-                f"resume_from_checkpoint asks for the latest checkpoint, but {output_dir} holds no complete "
-                f"'{CHECKPOINT_PREFIX}<step>' folder. Set save_steps > 0 in the first run, or drop "
-                "resume_from_checkpoint."
-            )
-        return checkpoints[-1]
+        for checkpoint in reversed(checkpoints):
+            try:
+                validate_checkpoint(checkpoint)
+            except CorruptCheckpointError as error:
+                logger.warning("Skipping %s: %s", checkpoint, error)
+                continue
+            return checkpoint
+        raise FileNotFoundError(
+            f"resume_from_checkpoint asks for the latest checkpoint, but {output_dir} holds no complete "
+            f"'{CHECKPOINT_PREFIX}<step>' folder"
+            + (f" ({len(checkpoints)} found, none intact)" if checkpoints else "")
+            + ". Set save_steps > 0 in the first run, or drop resume_from_checkpoint."
+        )
     path = Path(resume_from_checkpoint)
     if not (path / RUN_STATE_FILE).is_file():
         raise FileNotFoundError(
             f"resume_from_checkpoint={str(path)!r} is not a checkpoint folder (no {RUN_STATE_FILE} in it). "
             f"Point it at an '{CHECKPOINT_PREFIX}<step>' folder, or pass 'latest'."
         )
+    validate_checkpoint(path)
     return path
 
 
 def read_run_state(checkpoint: str | Path) -> dict[str, Any]:
-    return json.loads((Path(checkpoint) / RUN_STATE_FILE).read_text())
+    path = Path(checkpoint) / RUN_STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CorruptCheckpointError(f"{path} cannot be read ({error}); resume from another checkpoint.") from error
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int | None) -> list[Path]:
@@ -214,6 +300,7 @@ def save_checkpoint(
     *,
     levels: list[torch.Tensor],
     optimizer: torch.optim.Optimizer,
+    loop_state: LoopState,
     shard: tuple[int, int],
     num_images: int,
     num_active_levels: int,
@@ -221,17 +308,24 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint folder `target` (see the module docstring). A collective: every process calls it."""
     with _staged_folder(accelerator, target) as staged:
-        accelerator.save_state(str(staged))
-        shard_file = staged / SHARD_PATTERN.format(index=accelerator.process_index, count=accelerator.num_processes)
+        index, count = accelerator.process_index, accelerator.num_processes
+        rng, rng_metadata = _rng_tensors()
+        save_file(rng, str(staged / RNG_PATTERN.format(index=index)), metadata=rng_metadata)
         metadata = {
             "start": str(shard[0]),
             "stop": str(shard[1]),
             "num_images": str(num_images),
             "num_active_levels": str(num_active_levels),
         }
-        save_file(_shard_tensors(levels, optimizer), str(shard_file), metadata=metadata)
+        save_file(
+            _shard_tensors(levels, optimizer), str(staged / SHARD_PATTERN.format(index=index, count=count)), metadata
+        )
+        accelerator.wait_for_everyone()  # every process's files are in before the manifest is written
         if accelerator.is_main_process:
+            save_file(loop_state.tensors(), str(staged / LOOP_FILE))
             (staged / RUN_STATE_FILE).write_text(json.dumps(run_state, indent=2, sort_keys=True))
+            files = {path.name: _sha256(path) for path in sorted(staged.iterdir()) if path.is_file()}
+            (staged / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=2, sort_keys=True))
     return target
 
 
@@ -271,13 +365,23 @@ def load_checkpoint(
     *,
     synthetic: torch.nn.Module,
     make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+    loop_state: LoopState,
     shard: tuple[int, int],
     num_images: int,
 ) -> torch.optim.Optimizer:
-    """Restore RNG states and `LoopState` (via `Accelerator.load_state`), this process's image rows and the
-    optimiser; returns the optimiser, rebuilt over the active levels as the loop would have it."""
-    accelerator.load_state(str(checkpoint))
-    tensors, metadata = _read_rows(checkpoint, *shard)
+    """Restore this process's RNG states, the loop state, its image rows and the optimiser (safetensors + JSON
+    only); returns the optimiser, rebuilt over the active levels as the loop would have it."""
+    try:
+        rng_file = checkpoint / RNG_PATTERN.format(index=accelerator.process_index)
+        _restore_rng(rng_file if rng_file.is_file() else checkpoint / RNG_PATTERN.format(index=0))
+        loop_state.load_tensors(load_file(str(checkpoint / LOOP_FILE)))
+        tensors, metadata = _read_rows(checkpoint, *shard)
+    except (OSError, SafetensorError, KeyError, ValueError) as error:
+        if isinstance(error, CorruptCheckpointError):
+            raise
+        raise CorruptCheckpointError(
+            f"{checkpoint} cannot be read ({type(error).__name__}: {error}). Resume from another checkpoint."
+        ) from error
     if int(metadata["num_images"]) != num_images:
         raise ValueError(f"{checkpoint} holds {metadata['num_images']} synthetic images; this run has {num_images}.")
     with torch.no_grad():
@@ -309,7 +413,7 @@ def load_checkpoint(
 
 
 class Checkpointer:
-    """The checkpoints of one run in `output_dir`: the loop state registered once, save, prune and resume.
+    """The checkpoints of one run in `output_dir`: save, prune and resume, with the loop's state.
 
     The loop hands it what a checkpoint holds (images, optimiser, generators, run state); it never reaches into
     the loop. `fingerprint` (see `REQUIRED_KEYS`) is what a resume is checked against.
@@ -320,21 +424,11 @@ class Checkpointer:
         self.output_dir = Path(output_dir)
         self.save_total_limit = save_total_limit
         self.loop_state: LoopState | None = None
-        self._registered = False
 
     def track(self, generators: dict[str, torch.Generator]) -> LoopState:
         """The loop's step counter and `generators` (by name), as a fresh `LoopState` for this run."""
-        if self.loop_state is None:
-            self.loop_state = LoopState(generators)
-        self.loop_state.generators = generators
-        self.loop_state.step = 0
+        self.loop_state = LoopState(generators)
         return self.loop_state
-
-    def _register(self) -> None:
-        """`Accelerator.save_state`/`load_state` carry the loop state (only runs that checkpoint register it)."""
-        if not self._registered:
-            self.accelerator.register_for_checkpointing(self.loop_state)
-            self._registered = True
 
     def save(
         self,
@@ -345,13 +439,13 @@ class Checkpointer:
         run_state: dict[str, Any],
     ) -> Path:
         """Write `checkpoint-<step>` (a collective) and prune old ones beyond `save_total_limit`."""
-        self._register()
         target = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
         save_checkpoint(
             self.accelerator,
             target,
             levels=list(synthetic.levels),
             optimizer=optimizer,
+            loop_state=self.loop_state,
             shard=shard,
             num_images=run_state["num_images"],
             num_active_levels=int(synthetic.num_active_levels),
@@ -383,12 +477,12 @@ class Checkpointer:
                 f"{checkpoint} is at step {saved['step']}, beyond num_steps={num_steps}. Raise num_steps to "
                 "continue it."
             )
-        self._register()
         optimizer = load_checkpoint(
             self.accelerator,
             checkpoint,
             synthetic=synthetic,
             make_optimizer=make_optimizer,
+            loop_state=self.loop_state,
             shard=shard,
             num_images=num_images,
         )

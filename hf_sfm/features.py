@@ -119,6 +119,8 @@ class FeatureExtractor(nn.Module):
             ) from error
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.model.training:  # a caller's `model.train()` must not bring dropout or BatchNorm updates in
+            self.model.eval()
         pixel_values = (images - self.mean) / self.std
         parameter = next(self.model.parameters(), None)
         if parameter is not None and parameter.is_floating_point():

@@ -116,9 +116,10 @@ def test_resume_in_process_matches_uninterrupted_and_writes_the_documented_layou
     checkpoint = tmp_path / "b" / "checkpoint-3"
     names = sorted(path.name for path in checkpoint.iterdir())
     assert names == [
-        "custom_checkpoint_0.pkl",
         RUN_STATE_FILE,
-        "random_states_0.pkl",
+        "loop.safetensors",
+        "manifest.json",
+        "rng-00000.safetensors",
         "synthetic-00000-of-00001.safetensors",
     ]
     state = json.loads((checkpoint / RUN_STATE_FILE).read_text())
@@ -152,6 +153,45 @@ def test_resolve_checkpoint_errors_name_the_fix(tmp_path):
         resolve_checkpoint("latest", tmp_path)
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         resolve_checkpoint(str(tmp_path / "nowhere"), tmp_path)
+
+
+def test_a_crafted_pickle_in_a_checkpoint_is_never_executed(tmp_path, processor):
+    """Resuming reads safetensors and JSON only: a pickle dropped into (or replacing a file of) a checkpoint is not
+    unpickled; where it replaces a real file, the manifest's checksum refuses the checkpoint."""
+    import pickle
+
+    _distiller(tmp_path, processor, num_steps=2, save_steps=2).train()
+    checkpoint = tmp_path / "checkpoint-2"
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    payload = pickle.dumps(Exploit())
+    for name in ("random_states_0.pkl", "custom_checkpoint_0.pkl", "pytorch_model.bin", "optimizer.bin"):
+        (checkpoint / name).write_bytes(payload)  # the names accelerate's own checkpoints would load
+    resumed = _distiller(tmp_path, processor, num_steps=3, resume_from_checkpoint="latest")
+    resumed.train()
+    assert not marker.exists() and resumed.state.global_step == 3
+    (checkpoint / "rng-00000.safetensors").write_bytes(payload)
+    with pytest.raises(checkpointing_module.CorruptCheckpointError, match=r"rng-00000.safetensors does not match"):
+        _distiller(tmp_path, processor, num_steps=3, resume_from_checkpoint=str(checkpoint)).train()
+    assert not marker.exists()
+
+
+def test_latest_skips_a_truncated_checkpoint_and_says_so(tmp_path, processor, caplog):
+    _distiller(tmp_path, processor, num_steps=4, save_steps=2).train()
+    shard = tmp_path / "checkpoint-4" / "synthetic-00000-of-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])  # a copy cut short
+    with caplog.at_level("WARNING", logger="hf_sfm.checkpointing"):
+        assert resolve_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-2"
+    assert "Skipping" in caplog.text and "checkpoint-4" in caplog.text and "checksum" in caplog.text
+    with pytest.raises(ValueError, match="checkpoint-4.*synthetic-00000-of-00001.safetensors does not match"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-4"), tmp_path)
+    (tmp_path / "checkpoint-2" / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"2 found, none intact"):
+        resolve_checkpoint("latest", tmp_path)
 
 
 def test_a_save_that_crashes_leaves_no_half_checkpoint(tmp_path, processor, monkeypatch):

@@ -1,0 +1,135 @@
+"""Which distillation settings carry across backbones: a sweep on VALIDATION splits, never on test.
+
+For each named setting (a set of `DistillationConfig` overrides), distil `ipc` images per class with the
+distillation backbone on the training split (MNIST: 3500 train / 500 validation; textures: its own validation
+split), then probe the set on every eval backbone through the library's evaluation path, beside random real images
+and the class centroids. Prints one line per setting and a table; writes `results/transfer_sweep[-tag].json`.
+This is where the defaults of `DistillationConfig` were chosen (see `benchmarks/RESULTS.md`); the reported
+accuracy benchmark then runs on the test splits.
+
+    python benchmarks/transfer_sweep.py --datasets mnist textures --setting demo:init=real \\
+        --setting centroid_lowpass:init=centroid,parameterization=pyramid,pyramid_max_resolution=16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import common
+
+BASE = {
+    "crop_size": 64,
+    "image_size": 64,
+    "save_grid": False,
+    "logging_steps": 0,
+    "overwrite_output_dir": True,
+}
+
+
+def parse_setting(text: str) -> tuple[str, dict]:
+    """`name:key=value,key=value` → (name, overrides) with JSON values (`init=real` stays a string)."""
+    name, _, body = text.partition(":")
+    overrides = {}
+    for pair in filter(None, body.split(",")):
+        key, _, raw = pair.partition("=")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return name, overrides
+
+
+def splits(name: str):
+    from hf_sfm.assets import load_mnist, load_textures
+
+    data = load_mnist(validation_size=500) if name == "mnist" else load_textures()
+    return data["train"], data["validation"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "textures"])
+    parser.add_argument("--distill", default="lite0")
+    parser.add_argument("--eval", nargs="+", default=["lite0", "lite1", "lite2"])
+    parser.add_argument("--ipc", type=int, default=1)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--runs", type=int, default=2, help="Probe runs per set (fresh views, 1000 epochs).")
+    parser.add_argument("--setting", action="append", required=True, help="name:key=value,... (repeatable)")
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--tag", default=None)
+    parser.add_argument("--work-dir", default=None)
+    options = parser.parse_args(argv)
+
+    import torch
+
+    from hf_sfm import DistillationConfig, Distiller
+    from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets
+
+    common.set_threads(1)
+    work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="hf_sfm_sweep_"))
+    backbones = {name: common.load_backbone(name) for name in {options.distill, *options.eval}}
+    probe = ProbeConfig()
+    rows, started = [], time.perf_counter()
+    for dataset in options.datasets:
+        train, validation = splits(dataset)
+        evaluators = {
+            name: ProbeEvaluator(backbones[name][0], backbones[name][1], validation, crop_size=64, name=name)
+            for name in options.eval
+        }
+        model, processor, _ = backbones[options.distill]
+        statistics_path = work_dir / f"{dataset}_{options.distill}_statistics.safetensors"
+        baseline_done = options.no_baselines
+        for text in options.setting:
+            name, overrides = parse_setting(text)
+            for seed in options.seeds:
+                args = DistillationConfig(
+                    **{**BASE, "ipc": options.ipc, "seed": seed, **overrides},
+                    output_dir=str(work_dir / f"{dataset}_{name}_{seed}"),
+                    statistics_path=str(statistics_path),
+                )
+                distiller = Distiller(model, args, train, image_processor=processor)
+                mark = time.perf_counter()
+                distiller.train()
+                seconds = time.perf_counter() - mark
+                images, labels = distiller.synthetic_images(), distiller.labels
+                sets = {"distilled": lambda run, pair=(images, labels): pair}
+                if not baseline_done:
+                    means = distiller.statistics.class_means
+                    centroids = distiller.evaluator.baselines().centroids(options.ipc, class_means=means)
+                    sets["random_real"] = lambda run, d=distiller: d.evaluator.baselines().random(options.ipc, run)
+                    sets["centroids"] = lambda run, pair=centroids: pair
+                accuracy = {}
+                for eval_name, evaluator in evaluators.items():
+                    report = evaluate_training_sets(evaluator, sets, options.runs, probe, seed=100 * seed)
+                    for set_name, scores in report.scores.items():
+                        accuracy.setdefault(set_name, {})[eval_name] = [scores.mean(), scores.std()]
+                for set_name, by_backbone in accuracy.items():
+                    label = name if set_name == "distilled" else set_name
+                    row = {"dataset": dataset, "setting": label, "seed": seed, "accuracy": by_backbone}
+                    if set_name == "distilled":
+                        row.update(overrides=overrides, distill_seconds=round(seconds, 1))
+                    rows.append(row)
+                    cells = "  ".join(f"{e} {100 * v[0]:5.1f}" for e, v in by_backbone.items())
+                    print(f"[sweep] {dataset:8s} {label:24s} seed {seed}: {cells}", flush=True)
+                baseline_done = True
+    report = {
+        "distill": options.distill,
+        "ipc": options.ipc,
+        "runs": options.runs,
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+        "machine": common.machine_description(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    common.save_json(report, "transfer_sweep" + (f"-{options.tag}" if options.tag else ""))
+
+
+if __name__ == "__main__":
+    main()
