@@ -465,7 +465,7 @@ def markdown(result: dict) -> str:
 
 
 def _write_json(path: Path, result: dict) -> None:
-    with atomic_path(path) as staged:  # an interrupted run leaves the previous numbers, not half a file
+    with atomic_path(path, overwrite=True) as staged:  # an interrupted run leaves the previous numbers
         staged.write_text(json.dumps(result, indent=2, default=str))
 
 

@@ -40,7 +40,7 @@ from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .io_utils import atomic_path
+from .io_utils import atomic_path, forget_owned, is_owned
 
 logger = logging.getLogger(__name__)
 
@@ -251,15 +251,18 @@ def read_run_state(checkpoint: str | Path) -> dict[str, Any]:
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int | None) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints (and leftovers of saves that were killed). Main process only."""
+    """Delete all but the newest `keep` checkpoints hf_sfm wrote (a checkpoint-like folder it did not write is left
+    alone), and leftovers of saves that were killed. Main process only, under the output directory's lock."""
     output_dir = Path(output_dir)
     removed = []
     for leftover in output_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old)
-            removed.append(old)
+            if is_owned(old):
+                shutil.rmtree(old)
+                forget_owned(old)
+                removed.append(old)
     return removed
 
 
@@ -267,10 +270,10 @@ def prune_checkpoints(output_dir: str | Path, keep: int | None) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _staged_folder(accelerator: Accelerator, target: Path) -> Iterator[Path]:
+def _staged_folder(accelerator: Accelerator, target: Path, overwrite: bool = False) -> Iterator[Path]:
     """A temporary folder all processes write into; renamed to `target` when every process is done."""
     if accelerator.is_main_process:
-        with atomic_path(target) as staged:
+        with atomic_path(target, overwrite, "overwrite_output_dir=True") as staged:
             staged.mkdir()
             broadcast_object_list([str(staged)], from_process=0)
             yield staged
@@ -305,9 +308,10 @@ def save_checkpoint(
     num_images: int,
     num_active_levels: int,
     run_state: dict[str, Any],
+    overwrite: bool = False,
 ) -> Path:
     """Write checkpoint folder `target` (see the module docstring). A collective: every process calls it."""
-    with _staged_folder(accelerator, target) as staged:
+    with _staged_folder(accelerator, target, overwrite) as staged:
         index, count = accelerator.process_index, accelerator.num_processes
         rng, rng_metadata = _rng_tensors()
         save_file(rng, str(staged / RNG_PATTERN.format(index=index)), metadata=rng_metadata)
@@ -419,10 +423,17 @@ class Checkpointer:
     the loop. `fingerprint` (see `REQUIRED_KEYS`) is what a resume is checked against.
     """
 
-    def __init__(self, accelerator: Accelerator, output_dir: str | Path, save_total_limit: int | None = None):
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        output_dir: str | Path,
+        save_total_limit: int | None = None,
+        overwrite: bool = False,
+    ):
         self.accelerator = accelerator
         self.output_dir = Path(output_dir)
         self.save_total_limit = save_total_limit
+        self.overwrite = overwrite
         self.loop_state: LoopState | None = None
 
     def track(self, generators: dict[str, torch.Generator]) -> LoopState:
@@ -450,6 +461,7 @@ class Checkpointer:
             num_images=run_state["num_images"],
             num_active_levels=int(synthetic.num_active_levels),
             run_state=run_state,
+            overwrite=self.overwrite,
         )
         if self.accelerator.is_main_process:
             prune_checkpoints(self.output_dir, self.save_total_limit)

@@ -23,7 +23,6 @@ from .io_utils import atomic_path
 # and 0.512 (lr 0.03, crop 0.5-1, noise); random real 0.42, class centroids 0.625.
 DEMO_DEFAULTS = {
     "output_dir": "outputs/demo",
-    "overwrite_output_dir": True,
     "ipc": 1,
     "crop_size": 64,
     "image_size": 64,
@@ -86,7 +85,9 @@ def run_demo(args: DistillationConfig, demo: DemoArguments) -> dict:
         "total_seconds": round(time.perf_counter() - start, 1),
         "config": args.to_dict(),
     }
-    with atomic_path(distiller.output_dir / "results.json") as staged:
+    with atomic_path(
+        distiller.output_dir / "results.json", args.overwrite_output_dir, "--overwrite_output_dir"
+    ) as staged:
         staged.write_text(json.dumps(results, indent=2))
     return results
 

@@ -37,15 +37,16 @@ from .data import check_eval_classes, class_names_of, find_image_column, find_la
 from .distributed import all_reduce_sum, cpu_only, gather_parameters, gather_shards, shard_parameters
 from .evaluation import ComputeMetrics, DistilledSetEvaluator, ProbeConfig
 from .features import FeatureExtractor, FeatureFn, check_image_processor
-from .io_utils import atomic_path
+from .io_utils import atomic_path, make_owned_dirs, record_owned
 from .memory import embed_in_chunks, enable_gradient_checkpointing
 from .methods import DistillationMethod, MethodContext, get_method
-from .outputs import GRID_FILE, STATE_FILE, STATISTICS_FILE, check_output_dir
+from .outputs import GRID_FILE, STATE_FILE, STATISTICS_FILE, OutputDirectoryBusy, OutputLock, check_output_dir
+from .precision import Precision
 from .preprocessing import ImagePreprocessing
 from .real_images import DEFAULT_MAX_CACHED_BYTES, RealBatchStream, sample_real_images, square_preprocessing
 from .statistics import ClassStatistics, compute_class_statistics
 from .synthetic import SyntheticImages, synthetic_labels
-from .tracking import close_trackers, format_metrics, log_grid, start_trackers, write_metrics
+from .tracking import TRACKER_PROJECT, close_trackers, format_metrics, log_grid, start_trackers, write_metrics
 from .versions import library_versions
 
 logger = get_logger(__name__)
@@ -86,11 +87,12 @@ class Distiller:
         self.args = args
         self.accelerator = accelerator or Accelerator(
             cpu=cpu_only(),  # several CPU processes form one gloo group (see `cpu_only`)
-            mixed_precision=args.mixed_precision,
+            mixed_precision=None,  # the run's precision is its own (see `hf_sfm.precision`), not the process's
             log_with=(args.report_to if args.report_to != ["all"] else "all") or None,
             project_dir=args.output_dir,
         )
         set_seed(args.seed)
+        self.precision = Precision(args.mixed_precision, self.accelerator.device)
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.image_column = find_image_column(train_dataset, args.image_column)
@@ -104,9 +106,15 @@ class Distiller:
         if eval_dataset is not None:
             check_eval_classes(self.class_names, eval_dataset, args.label_column)
         self.output_dir = Path(args.output_dir)
-        check_output_dir(
-            self.output_dir, args.overwrite_output_dir, bool(args.resume_from_checkpoint), args.statistics_path
-        )
+        check_output_dir(self.output_dir, args.overwrite_output_dir, bool(args.resume_from_checkpoint))
+        if args.statistics_path and Path(args.statistics_path).is_dir():
+            raise ValueError(
+                f"statistics_path={args.statistics_path!r} is a folder; point it at a statistics file (e.g. "
+                f"{Path(args.statistics_path) / STATISTICS_FILE})."
+            )
+        self.output_lock = OutputLock(self.output_dir)
+        self._output_dir_locked = False
+        self._lock_output_dir()  # a second run in this output_dir is refused now, not after its statistics pass
         self.model = model
         self.image_processor = image_processor
         self.preprocessing = ImagePreprocessing.from_image_processor(image_processor, args.crop_size)
@@ -127,7 +135,9 @@ class Distiller:
         self.callback_handler = CallbackHandler(callbacks)
         self.state = self._new_state()
         self.control = TrainerControl()
-        self.checkpointer = Checkpointer(self.accelerator, self.output_dir, args.save_total_limit)
+        self.checkpointer = Checkpointer(
+            self.accelerator, self.output_dir, args.save_total_limit, overwrite=args.overwrite_output_dir
+        )
         self._shard: tuple[int, int, int] | None = None  # (start, stop, N) while the synthetic set is sharded
         self.evaluator = DistilledSetEvaluator(
             self.feature_extractor,
@@ -166,6 +176,25 @@ class Distiller:
 
     def is_world_process_zero(self) -> bool:
         return self.accelerator.is_main_process
+
+    def _lock_output_dir(self) -> None:
+        """Take `output_dir`'s lock before writing there (a collective: every process learns whether it worked).
+
+        Only the main process holds the lock; the others remember that their run has it, so every process returns
+        early together next time (a collective entered by some processes only would hang)."""
+        if self._output_dir_locked:
+            return
+        failure: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            try:
+                self.output_lock.acquire()
+            except OutputDirectoryBusy as error:
+                failure[0] = str(error)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(failure, from_process=0)
+        if failure[0] is not None:
+            raise OutputDirectoryBusy(failure[0])
+        self._output_dir_locked = True
 
     def _new_state(self) -> TrainerState:
         return TrainerState(
@@ -206,14 +235,18 @@ class Distiller:
 
     def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> Path | None:
         """Write `<output_dir>/<split>_results.json` (and merge into `all_results.json`), atomically, main process."""
-        return write_metrics(self.output_dir, split, metrics, combined) if self.is_world_process_zero() else None
+        if not self.is_world_process_zero():
+            return None
+        self.output_lock.acquire()
+        return write_metrics(self.output_dir, split, metrics, combined, overwrite=self.args.overwrite_output_dir)
 
     def save_state(self) -> Path | None:
         """Write `<output_dir>/trainer_state.json` (the `TrainerState`: steps, log history), main process."""
         if not self.is_world_process_zero():
             return None
+        self.output_lock.acquire()
         path = self.output_dir / STATE_FILE
-        with atomic_path(path) as staged:
+        with atomic_path(path, self.args.overwrite_output_dir, "overwrite_output_dir=True") as staged:
             self.state.save_to_json(str(staged))
         return path
 
@@ -242,6 +275,7 @@ class Distiller:
         Reuses `args.statistics_path` (or `<output_dir>/statistics.safetensors`) when it exists and was computed
         with the same backbone, preprocessing and dataset; refuses a mismatched file with a clear error.
         """
+        self._lock_output_dir()
         metadata = self.statistics_metadata()
         path = Path(self.args.statistics_path) if self.args.statistics_path else self.output_dir / STATISTICS_FILE
         if path.exists() and not self.args.recompute_statistics:
@@ -255,7 +289,7 @@ class Distiller:
                 logger.info(f"{path} does not exist yet; computing class statistics into it.", main_process_only=True)
             statistics = self._compute_statistics(metadata)
             if self.accelerator.is_main_process:
-                statistics.save(path)
+                statistics.save(path, self.args.overwrite_output_dir, "overwrite_output_dir=True")
             self.accelerator.wait_for_everyone()
         self._check_class_counts(statistics)
         self.statistics = statistics
@@ -266,7 +300,7 @@ class Distiller:
 
         @torch.no_grad()
         def embed(images: list) -> torch.Tensor:
-            with self.accelerator.autocast():
+            with self.precision.autocast():
                 return self.feature_extractor(self.preprocessing(images).to(device))
 
         dataset = self.train_dataset
@@ -310,7 +344,14 @@ class Distiller:
             raise ValueError(
                 f"The statistics describe {statistics.num_classes} classes but the dataset has {self.num_classes}."
             )
-        statistics.class_means  # noqa: B018 — raises, naming the classes without images
+        means = statistics.class_means  # raises, naming the classes without images
+        spread = (means - means.mean(dim=0, keepdim=True)).norm()
+        if get_method(self.args.method).needs_statistics and float(spread) <= 1e-6 * max(1.0, float(means.norm())):
+            raise ValueError(
+                "Every class has the same mean feature (the real statistical flow is zero), so there is nothing to "
+                f"distil: {type(self.feature_extractor.model).__name__}'s features do not depend on the image (all "
+                "zero or constant). Check the backbone's weights, its pooled output, or `feature_fn`."
+            )
         if self.args.init in ("real", "centroid") and int(statistics.counts.min()) < self.args.ipc:
             small = int(statistics.counts.argmin())
             raise ValueError(
@@ -395,6 +436,7 @@ class Distiller:
         The loss stays on the device and is read at logging steps (no host sync per step).
         """
         args, accelerator = self.args, self.accelerator
+        self._lock_output_dir()
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
         if get_method(args.method).needs_statistics and self.statistics is None:
@@ -417,6 +459,8 @@ class Distiller:
             return torch.optim.Adam(parameters, lr=args.learning_rate)
 
         self.state = self._new_state()
+        self._warned: set[str] = set()  # degenerate-run warnings already given in this run
+        self._initial_saturation = _saturation(synthetic)  # MNIST digits start mostly at 0: only a rise counts
         losses = torch.zeros(args.num_steps, device=accelerator.device)  # the loss curve, kept on the device
         if checkpoint is not None:
             optimizer, saved = self.checkpointer.resume(
@@ -435,6 +479,8 @@ class Distiller:
             optimizer = make_optimizer(synthetic.active_parameters())
         first_step = self.state.global_step
         start_trackers(self.accelerator, self.args.to_dict(), self.args.run_name)
+        if accelerator.is_main_process and (self.output_dir / TRACKER_PROJECT).is_dir():
+            record_owned(self.output_dir / TRACKER_PROJECT, container=True)  # the trackers' own logs
         self._event("on_train_begin", optimizer=optimizer)
         start = last_log_time = time.perf_counter()
         last_log_step = first_step
@@ -443,23 +489,20 @@ class Distiller:
             if step > 0 and step % args.pyramid_level_every == 0 and synthetic.grow():
                 # A new level joins: a fresh optimiser, as Adam's moments of the old levels no longer describe it.
                 optimizer = make_optimizer(synthetic.active_parameters())
-            with accelerator.autocast():
+            with self.precision.autocast():
                 current["images"] = synthetic.decode()
                 loss = method(current["images"], labels, embed)
             current.clear()
             optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            if accelerator.scaler is not None:  # fp16: unscale, skip steps with overflowing gradients
-                accelerator.scaler.step(optimizer)
-                accelerator.scaler.update()
-            else:
-                optimizer.step()
+            self.precision.backward(loss)
+            self.precision.step(optimizer)
             losses[step] = loss.detach()
             loop_state.step = self.state.global_step = step + 1
             self._event("on_step_end", optimizer=optimizer)
             if self.control.should_log:
                 now = time.perf_counter()
                 self._check_finite(losses[: step + 1])
+                self._warn_if_degenerate(losses[: step + 1], synthetic)
                 self.log(
                     {
                         "loss": float(losses[last_log_step : step + 1].mean()),
@@ -484,6 +527,7 @@ class Distiller:
         runtime = time.perf_counter() - start
         steps_run = self.state.global_step - first_step
         self._check_finite(losses[: self.state.global_step])
+        self._warn_if_degenerate(losses[: self.state.global_step], synthetic)
         self.losses = losses[: self.state.global_step].tolist()
         self._unshard(num_images)
         if args.save_grid and accelerator.is_main_process:
@@ -529,6 +573,31 @@ class Distiller:
             f"The {self.args.method} loss became {float(losses[step])} at step {step}. Likely causes: features "
             "overflowing in reduced precision (try mixed_precision='no'), or a learning rate too high."
         )
+
+    @torch.no_grad()
+    def _warn_if_degenerate(self, losses: torch.Tensor, synthetic: SyntheticImages) -> None:
+        """Tell the user (once per kind) about a run that cannot be learning: a loss stuck at exactly 1 (the
+        synthetic flow is zero: the backbone's features do not depend on the images) or images pushed into
+        saturation (nearly every pixel at 0 or 1: a learning rate far too high)."""
+        warned = self._warned
+        if "constant" not in warned and len(losses) >= 2 and bool((losses == 1.0).all()):
+            warned.add("constant")
+            logger.warning(
+                f"The loss has been exactly 1.0 for all {len(losses)} steps: the synthetic flow is zero, i.e. "
+                f"{type(self.feature_extractor.model).__name__}'s features do not change with the images (all zero "
+                "or constant), and nothing is being learned. Check the backbone's weights and pooled output.",
+                main_process_only=True,
+            )
+        saturated = _saturation(synthetic)
+        if "saturated" not in warned and saturated > 0.5 and saturated - self._initial_saturation > 0.25:
+            warned.add("saturated")
+            logger.warning(
+                f"{100 * saturated:.0f}% of the synthetic pixels are saturated at 0 or 1 (at the start: "
+                f"{100 * self._initial_saturation:.0f}%): the images have been pushed out of range, most likely by a "
+                f"learning rate far too high (learning_rate={self.args.learning_rate}"
+                "). Lower learning_rate.",
+                main_process_only=True,
+            )
 
     def _unshard(self, num_images: int) -> None:
         if self._shard is not None:
@@ -579,8 +648,10 @@ class Distiller:
     def _log_grid(self, step: int) -> None:
         images = self.synthetic_images()  # a collective when sharded
         if self.accelerator.is_main_process:
-            path = self.output_dir / "grids" / f"step-{step:07d}.png"
-            log_grid(self.accelerator, images, self.labels, self.class_names, path, step)
+            path = make_owned_dirs(self.output_dir / "grids", root=self.output_dir) / f"step-{step:07d}.png"
+            log_grid(
+                self.accelerator, images, self.labels, self.class_names, path, step, self.args.overwrite_output_dir
+            )
 
     def _warn_if_pyramid_incomplete(self, synthetic: SyntheticImages) -> None:
         levels_reached = 1 + (self.args.num_steps - 1) // self.args.pyramid_level_every
@@ -678,6 +749,7 @@ class Distiller:
 
         path = Path(path) if path is not None else self.output_dir / "distilled"
         images = self.synthetic_images()
+        self._lock_output_dir()
         if self.accelerator.is_main_process:
             metadata = self.statistics_metadata()
             card_kwargs.setdefault("source_dataset", self.source_dataset)
@@ -692,15 +764,19 @@ class Distiller:
                 backbone=metadata["backbone"],
                 backbone_revision=metadata["backbone_revision"] or None,
                 metrics=metrics,
+                overwrite=self.args.overwrite_output_dir,
+                flag="overwrite_output_dir=True",
                 **card_kwargs,
             )
         self.accelerator.wait_for_everyone()
         return path
 
     def save_grid(self, path: str | Path) -> Path:
+        """The labelled PNG grid of the synthetic images at `path` (a file: an existing one must be hf_sfm's)."""
         from .visualization import save_image_grid
 
-        return save_image_grid(self.synthetic_images(), self.labels, self.class_names, path)
+        overwrite, flag = self.args.overwrite_output_dir, "overwrite_output_dir=True"
+        return save_image_grid(self.synthetic_images(), self.labels, self.class_names, path, overwrite, flag)
 
     def classifier_inheritance(self):
         """A [`ClassifierInheritance`] built from this run's parts: backbone, preprocessing, class names, data.
@@ -774,7 +850,9 @@ class Distiller:
             raise ValueError("classifier= was given but no model repo: set args.hub_model_id or classifier_repo_id=.")
         if create_pr and revision not in (None, "main"):
             raise ValueError("create_pr=True opens a pull request against the default branch; do not pass revision.")
-        local_dir = Path(local_dir) if local_dir is not None else self.output_dir / "hub"
+        local_dir = (
+            Path(local_dir) if local_dir is not None else make_owned_dirs(self.output_dir / "hub", self.output_dir)
+        )
         push_kwargs = dict(
             private=bool(args.hub_private_repo if private is None else private),
             token=token or args.hub_token,
@@ -799,9 +877,18 @@ class Distiller:
                     distilled_repo_id=repo_id,
                     source_dataset=card_kwargs.get("source_dataset"),
                     license=card_kwargs.get("license", "unknown"),
+                    overwrite=self.args.overwrite_output_dir,
+                    flag="overwrite_output_dir=True",
                 )
             commits["dataset"] = hub.push_distilled(dataset_folder, repo_id, **push_kwargs)
             if classifier_folder is not None:
                 commits["classifier"] = hub.push_classifier(classifier_folder, classifier_repo_id, **push_kwargs)
         self.accelerator.wait_for_everyone()
         return commits
+
+
+@torch.no_grad()
+def _saturation(synthetic: SyntheticImages) -> float:
+    """The fraction of decoded pixels within 1e-3 of 0 or 1."""
+    images = synthetic.decode()
+    return float(((images < 1e-3) | (images > 1 - 1e-3)).float().mean())

@@ -68,9 +68,14 @@ def save_distilled(
     backbone: str = "",
     backbone_revision: str | None = None,
     metrics: Metrics | None = None,
+    overwrite: bool = False,
+    flag: str = "overwrite=True",
     **card_kwargs: Any,
 ) -> Path:
     """Write the folder described in the module docstring, atomically (a kill leaves any previous one intact).
+
+    An existing folder at `path` is replaced only if hf_sfm wrote it and it is unchanged (or `overwrite`; `flag`
+    names the argument for the error): a folder of the user's is never deleted.
 
     `metrics` (from `Distiller.evaluate()`) and `card_kwargs` go to `hf_sfm.cards.dataset_card` (`repo_id`,
     `classifier_repo_id`, `source_dataset`, `license`, `pretty_name`, `template_path`); the card is rendered last so
@@ -78,7 +83,7 @@ def save_distilled(
     """
     dataset = distilled_dataset(images, labels, class_names)
     seed = config.get("seed") if isinstance(config, dict) else getattr(config, "seed", None)
-    with atomic_path(path) as staged:
+    with atomic_path(path, overwrite, flag) as staged:
         datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged))
         (staged / "data").mkdir()
         dataset.to_parquet(str(staged / PARQUET_FILE))
@@ -134,8 +139,12 @@ def save_classifier(
     license: str = "unknown",
     endpoint: str | None = None,
     template_path: str | Path | None = None,
+    overwrite: bool = False,
+    flag: str = "overwrite=True",
 ) -> Path:
     """Write a classifier folder, atomically: `save_pretrained` files + image processor + README.md model card.
+
+    Like `save_distilled`, an existing folder is replaced only if hf_sfm wrote it (or `overwrite`).
 
     Exactly the files `push_classifier` sends, so `from_pretrained(path)` behaves like `from_pretrained(repo_id)`.
     `image_processor` defaults to `model.image_processor` (set on an `SFMInheritedClassifier`).
@@ -146,7 +155,7 @@ def save_classifier(
             "save_classifier needs the image processor (input size and normalisation): pass image_processor=, "
             "a classifier without it cannot be used from pixels."
         )
-    with atomic_path(path) as staged:
+    with atomic_path(path, overwrite, flag) as staged:
         model.save_pretrained(staged)
         image_processor.save_pretrained(staged)
         card = model_card(

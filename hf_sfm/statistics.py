@@ -65,10 +65,12 @@ class ClassStatistics:
             )
         return (self.feature_sums / self.counts.unsqueeze(1).double()).float()
 
-    def save(self, path: str | Path) -> Path:
-        """Write `feature_sums`, `counts` and the metadata (plus class names) to one safetensors file, atomically."""
+    def save(self, path: str | Path, overwrite: bool = False, flag: str = "overwrite=True") -> Path:
+        """Write `feature_sums`, `counts` and the metadata (plus class names) to one safetensors file, atomically.
+
+        An existing file is replaced only if hf_sfm wrote it (or `overwrite`; `flag` names that for the error)."""
         metadata = dict(self.metadata, class_names=json.dumps(self.class_names))
-        with atomic_path(path) as staged:
+        with atomic_path(path, overwrite, flag) as staged:
             save_file(
                 {"feature_sums": self.feature_sums.contiguous(), "counts": self.counts.contiguous()},
                 str(staged),

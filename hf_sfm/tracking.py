@@ -36,14 +36,19 @@ def close_trackers(accelerator: Accelerator) -> None:
 
 
 def log_grid(
-    accelerator: Accelerator, images: torch.Tensor, labels: torch.Tensor, class_names: list[str], path: Path, step: int
+    accelerator: Accelerator,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    path: Path,
+    step: int,
+    overwrite: bool = False,
 ) -> None:
     """Save the grid of `(N, 3, S, S)` images to `path` and send it to every tracker that takes images."""
     from .visualization import image_grid
 
     grid = image_grid(images, labels, class_names)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as staged:
+    with atomic_path(path, overwrite, "overwrite_output_dir=True") as staged:
         grid.save(staged, format="PNG")
     for tracker in accelerator.trackers:
         if not hasattr(tracker, "log_images"):
@@ -63,17 +68,19 @@ def format_metrics(split: str, metrics: dict[str, Any]) -> str:
     return "\n".join([f"***** {split} metrics *****"] + [f"  {k:<{width}} = {formatted[k]}" for k in sorted(formatted)])
 
 
-def write_metrics(output_dir: Path, split: str, metrics: dict[str, Any], combined: bool = True) -> Path:
+def write_metrics(
+    output_dir: Path, split: str, metrics: dict[str, Any], combined: bool = True, overwrite: bool = False
+) -> Path:
     """`<output_dir>/<split>_results.json`, merged into `all_results.json` when `combined` (atomic writes)."""
     path = Path(output_dir) / f"{split}_results.json"
-    write_json(path, metrics)
+    write_json(path, metrics, overwrite)
     if combined:
         combined_path = Path(output_dir) / "all_results.json"
         merged = json.loads(combined_path.read_text()) if combined_path.exists() else {}
-        write_json(combined_path, {**merged, **metrics})
+        write_json(combined_path, {**merged, **metrics}, overwrite)
     return path
 
 
-def write_json(path: Path, value: Any) -> None:
-    with atomic_path(path) as staged:
+def write_json(path: Path, value: Any, overwrite: bool = False) -> None:
+    with atomic_path(path, overwrite, "overwrite_output_dir=True") as staged:
         staged.write_text(json.dumps(value, indent=2, sort_keys=True))

@@ -40,8 +40,15 @@ def image_grid(
 
 
 def save_image_grid(
-    images: torch.Tensor, labels: torch.Tensor, class_names: list[str], path: str | Path, **kwargs
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    path: str | Path,
+    overwrite: bool = False,
+    flag: str = "overwrite=True",
+    **kwargs,
 ) -> Path:
-    with atomic_path(path) as staged:
+    """Save the labelled grid as a PNG at `path`; an existing file hf_sfm did not write is refused (see `io_utils`)."""
+    with atomic_path(path, overwrite, flag) as staged:
         image_grid(images, labels, class_names, **kwargs).save(staged, format="PNG")
     return Path(path)

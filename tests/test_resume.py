@@ -187,7 +187,7 @@ def test_latest_skips_a_truncated_checkpoint_and_says_so(tmp_path, processor, ca
     with caplog.at_level("WARNING", logger="hf_sfm.checkpointing"):
         assert resolve_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-2"
     assert "Skipping" in caplog.text and "checkpoint-4" in caplog.text and "checksum" in caplog.text
-    with pytest.raises(ValueError, match="checkpoint-4.*synthetic-00000-of-00001.safetensors does not match"):
+    with pytest.raises(ValueError, match=r"checkpoint-4.*synthetic-00000-of-00001\.safetensors does not match"):
         resolve_checkpoint(str(tmp_path / "checkpoint-4"), tmp_path)
     (tmp_path / "checkpoint-2" / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"2 found, none intact"):

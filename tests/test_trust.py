@@ -1,0 +1,273 @@
+"""Never lose what the user has: hf_sfm replaces only what it wrote, refuses a busy or unusable output_dir, and
+names the path and the flag that would allow it."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_backbone, color_dataset
+from transformers import ViTImageProcessor
+
+from hf_sfm import DistillationConfig, Distiller
+from hf_sfm.io_utils import NotOwnedError, atomic_path, is_owned
+from hf_sfm.outputs import OutputDirectoryError, check_output_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _processor():
+    return ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def _distiller(output_dir, **overrides):
+    values = dict(output_dir=str(output_dir), num_steps=2, image_size=32, save_grid=False, logging_steps=0)
+    values.update(overrides)
+    return Distiller(
+        build_backbone("vit"), DistillationConfig(**values), color_dataset(3, 2), image_processor=_processor()
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    distiller = _distiller(tmp_path_factory.mktemp("run") / "out")
+    distiller.train()
+    return distiller
+
+
+def _user_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("years of work")
+    return path
+
+
+def test_a_save_never_replaces_a_folder_it_did_not_write(trained, tmp_path):
+    mine = _user_folder(tmp_path / "distilled")
+    with pytest.raises(NotOwnedError, match=rf"{mine} already exists and is not an output hf_sfm wrote.*overwrite"):
+        trained.save_distilled(mine)
+    assert (mine / "notes.txt").read_text() == "years of work"
+    ours = trained.save_distilled(tmp_path / "ours")
+    assert is_owned(ours)
+    trained.save_distilled(ours)  # its own output: replaced without asking
+    (ours / "my_addition.txt").write_text("added by hand")
+    with pytest.raises(NotOwnedError, match="changed since"):
+        trained.save_distilled(ours)  # no longer as hf_sfm left it
+    assert (ours / "my_addition.txt").exists()
+
+
+def test_a_grid_path_that_is_a_folder_is_refused_not_deleted(trained, tmp_path):
+    folder = _user_folder(tmp_path / "grids")
+    with pytest.raises(NotOwnedError, match="folder"):
+        trained.save_grid(folder)
+    assert (folder / "notes.txt").exists()
+
+
+def test_statistics_path_that_is_a_folder_is_refused_at_construction(tmp_path):
+    folder = _user_folder(tmp_path / "stats")
+    with pytest.raises(ValueError, match=r"statistics_path=.* is a folder"):
+        _distiller(tmp_path / "out", statistics_path=str(folder), recompute_statistics=True)
+    assert (folder / "notes.txt").exists()
+
+
+def test_a_users_folder_in_output_dir_is_refused_without_overwrite_output_dir(tmp_path):
+    output_dir = tmp_path / "out"
+    _user_folder(output_dir / "distilled")
+    with pytest.raises(OutputDirectoryError, match=r"\['distilled/'\].*overwrite_output_dir=True"):
+        _distiller(output_dir)
+
+
+def test_push_local_dir_holding_a_users_folder_is_refused_before_any_upload(trained, tmp_path):
+    mine = _user_folder(tmp_path / "hub" / "set")
+    with pytest.raises(NotOwnedError, match=str(mine)):
+        trained.push_to_hub(dataset_repo_id="org/set", local_dir=tmp_path / "hub")
+    assert (mine / "notes.txt").exists()
+
+
+def test_an_unusable_output_dir_is_refused_at_construction(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputDirectoryError, match="is a file"):
+        _distiller(tmp_path / "a_file")
+    with pytest.raises(OutputDirectoryError, match="lies under the file"):
+        _distiller(tmp_path / "a_file" / "out")
+
+
+def test_a_read_only_output_dir_is_refused_at_construction(tmp_path):
+    """Writability is tried, not read from mode bits (root ignores them): /proc refuses new files even to root, and
+    so does a folder made immutable with chattr where the filesystem supports it."""
+    with pytest.raises(OutputDirectoryError, match="read-only"):
+        check_output_dir("/proc/hf_sfm_output", False, False)
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    if subprocess.run(["chattr", "+i", str(frozen)], capture_output=True).returncode == 0:
+        try:
+            with pytest.raises(OutputDirectoryError, match="read-only"):
+                _distiller(frozen / "out")
+        finally:
+            subprocess.run(["chattr", "-i", str(frozen)], check=True)
+    check_output_dir(tmp_path / "fine", False, False)  # a writable one passes
+
+
+def test_atomic_path_replaces_its_own_file_and_refuses_a_foreign_one(tmp_path):
+    with atomic_path(tmp_path / "a.json") as staged:
+        staged.write_text("1")
+    with atomic_path(tmp_path / "a.json") as staged:
+        staged.write_text("2")
+    assert (tmp_path / "a.json").read_text() == "2"
+    (tmp_path / "b.json").write_text("user")
+    with pytest.raises(NotOwnedError, match=r"b\.json.*overwrite=True"), atomic_path(tmp_path / "b.json") as staged:
+        staged.write_text("3")
+    with atomic_path(tmp_path / "b.json", overwrite=True) as staged:
+        staged.write_text("3")
+    assert (tmp_path / "b.json").read_text() == "3"
+
+
+_LOCK_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[3])
+    import conftest  # noqa: F401  (offline, temporary HF_HOME)
+    import torch
+from conftest import build_backbone, color_dataset
+    from transformers import ViTImageProcessor
+    from hf_sfm import DistillationConfig, Distiller, TrainerCallback
+
+    output_dir, steps = sys.argv[1], int(sys.argv[2])
+
+    class Slow(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(0.5)
+
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    args = DistillationConfig(output_dir=output_dir, num_steps=steps, save_steps=2, image_size=32, save_grid=False,
+                              logging_steps=0, seed=int(sys.argv[4]))
+    distiller = Distiller(build_backbone("vit"), args, color_dataset(3, 2), image_processor=processor, callbacks=[Slow])
+    distiller.train()
+    distiller.save_distilled()
+    print("FINISHED", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_second_process_on_the_same_output_dir_is_refused_and_the_first_finishes(tmp_path):
+    from hf_sfm.checkpointing import list_checkpoints, read_run_state, validate_checkpoint
+
+    output_dir = tmp_path / "shared"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, "-c", _LOCK_WORKER, str(output_dir)]
+    tests = str(Path(__file__).parent)
+    first = subprocess.Popen([*command, "30", tests, "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (output_dir / ".hf_sfm.lock").exists() or not list(output_dir.glob("statistics.safetensors")):
+        assert first.poll() is None, first.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    second = subprocess.run([*command, "4", tests, "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode != 0 and "FINISHED" not in second.stdout
+    assert "OutputDirectoryBusy" in second.stderr and "Another hf_sfm run is writing into" in second.stderr
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0 and b"FINISHED" in stdout, stderr.decode()[-3000:]
+    checkpoints = list_checkpoints(output_dir)
+    assert [path.name for path in checkpoints] == [f"checkpoint-{step}" for step in range(2, 31, 2)]
+    for checkpoint in checkpoints:
+        validate_checkpoint(checkpoint)
+        assert read_run_state(checkpoint)["config"]["seed"] == 0  # nothing of the refused run (seed 1) got in
+    assert (output_dir / "distilled" / "synthetic.safetensors").exists()
+
+
+def test_the_lock_is_shared_inside_one_process_and_released(tmp_path):
+    first, second = _distiller(tmp_path / "out"), _distiller(tmp_path / "out")
+    first.compute_statistics()
+    second.compute_statistics()  # one process: both Distillers may write there
+    assert first.output_lock.held and second.output_lock.held
+    first.output_lock.release()
+    second.output_lock.release()
+    import filelock
+
+    probe = filelock.FileLock(str(tmp_path / "out" / ".hf_sfm.lock"), timeout=0)
+    probe.acquire()  # free again
+    probe.release()
+
+
+# ---------------------------------------------------------------------------------------------- silent failures
+
+
+def test_a_learning_rate_that_saturates_the_images_is_reported(tmp_path, caplog):
+    distiller = _distiller(tmp_path / "out", learning_rate=1e6, num_steps=3, parameterization="pixels")
+    with caplog.at_level("WARNING", logger="hf_sfm.distiller"):
+        distiller.train()
+    assert "of the synthetic pixels are saturated" in caplog.text and "learning_rate=1000000.0" in caplog.text
+
+
+def test_a_backbone_whose_features_ignore_the_image_is_refused_before_training(tmp_path):
+    def zero_features(model, pixel_values):
+        return model(pixel_values=pixel_values).last_hidden_state[:, 0] * 0
+
+    values = dict(output_dir=str(tmp_path / "out"), num_steps=2, image_size=32, save_grid=False)
+    distiller = Distiller(
+        build_backbone("vit"),
+        DistillationConfig(**values),
+        color_dataset(3, 2),
+        image_processor=_processor(),
+        feature_fn=zero_features,
+    )
+    with pytest.raises(ValueError, match="the real statistical flow is zero"):
+        distiller.train()
+
+
+def test_a_loss_stuck_at_exactly_one_is_reported(tmp_path, caplog):
+    def dead_in_training(model, pixel_values):  # real features for the statistics, none in the steps
+        features = model(pixel_values=pixel_values).last_hidden_state[:, 0]
+        return features * 0 if torch.is_grad_enabled() else features
+
+    distiller = Distiller(
+        build_backbone("vit"),
+        DistillationConfig(output_dir=str(tmp_path / "out"), num_steps=3, image_size=32, save_grid=False),
+        color_dataset(3, 2),
+        image_processor=_processor(),
+        feature_fn=dead_in_training,
+    )
+    with caplog.at_level("WARNING", logger="hf_sfm.distiller"):
+        distiller.train()
+    assert "exactly 1.0 for all 3 steps" in caplog.text
+
+
+def test_the_backbone_stays_in_eval_mode_whatever_the_caller_did(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    model = ViTModel(
+        ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5),
+        add_pooling_layer=False,
+    )  # fmt: skip
+    distiller = Distiller(
+        model,
+        DistillationConfig(output_dir=str(tmp_path / "out"), num_steps=1, image_size=32, save_grid=False),
+        color_dataset(3, 2),
+        image_processor=_processor(),
+    )
+    model.train()  # dropout would make every feature pass random
+    images = torch.rand(4, 3, 32, 32)
+    first, second = distiller.feature_extractor(images), distiller.feature_extractor(images)
+    assert torch.equal(first, second) and not model.training
+    model.train()
+    statistics = distiller.compute_statistics()
+    model.train()
+    distiller.args.recompute_statistics = True
+    assert torch.equal(distiller.compute_statistics().feature_sums, statistics.feature_sums)
+
+
+def test_two_distillers_of_one_process_keep_their_own_precision(tmp_path):
+    first = _distiller(tmp_path / "a", mixed_precision="no")
+    second = _distiller(tmp_path / "b", mixed_precision="bf16")  # Accelerate alone would say "restart your runtime"
+    with second.precision.autocast():
+        assert second.feature_extractor(torch.rand(2, 3, 32, 32)).dtype == torch.float32  # features are cast back
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with first.precision.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    second.train()
+    first.train()
