@@ -154,8 +154,8 @@ def undecoded(
 def decode_image(value, feature: datasets.Image):
     """One raw `Image` value → an RGB `PIL.Image`, as `datasets` would decode it (EXIF orientation, `mode`).
 
-    Raises `ValueError` for a missing value, for non-finite (NaN/inf) pixels of a float image and, with a reason a
-    user can act on, for an image larger than PIL's decompression-bomb limit; PIL's own errors
+    Raises `CorruptImageError` (a `ValueError`) for a missing value, for non-finite (NaN/inf) pixels of a float
+    image and, with a reason a user can act on, for an image beyond PIL's decompression-bomb limit; PIL's own errors
     (`UnidentifiedImageError`, `OSError` for truncated data, ...) for bytes that are not a readable image.
     """
     import PIL.Image
@@ -176,7 +176,7 @@ def decode_image(value, feature: datasets.Image):
 
 
 def check_finite_pixels(value: Any) -> None:
-    """Raise `ValueError` if an array-like image holds NaN or ±inf: such a pixel has no colour to show.
+    """Raise `CorruptImageError` if an array-like image holds NaN or ±inf: such a pixel has no colour to show.
 
     A float image is scaled to 8 bits by its range, so one non-finite value would turn the whole image black (or
     leave it unscaled) instead of failing. Values that are not float arrays pass unchecked.
@@ -254,7 +254,7 @@ def _image_size_unchecked(value: dict) -> tuple[int, int] | None:
 
 
 class DecodeFailure(NamedTuple):
-    """An image that could not be decoded: its row and why (`"TypeName: message"`)."""
+    """An image that could not be decoded: its row and why (`"TypeName: message"`, or hf_sfm's own reason)."""
 
     row: int
     reason: str

@@ -156,3 +156,18 @@ def test_a_bomb_warning_turned_into_an_error_gets_the_same_reason(monkeypatch, t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)  # PIL's default: decoded, with a warning
         assert decode_images([{"path": str(path), "bytes": None}], [9], datasets.Image(), "image").kept == [0]
+
+
+def test_feature_columns_log_why_an_image_was_skipped(monkeypatch, caplog):
+    from conftest import build_backbone
+
+    from hf_sfm.embedding import embed_dataset
+    from hf_sfm.features import FeatureExtractor
+
+    preprocessing = ImagePreprocessing(crop_size=32, resize_size=32, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    extractor = FeatureExtractor(build_backbone("vit"), preprocessing)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 500)
+    with caplog.at_level("WARNING", logger="hf_sfm.embedding"):
+        embedded = embed_dataset(extractor, preprocessing, bomb_dataset(), batch_size=2)
+    assert len(embedded) == 4
+    assert "row 2 of column 'image': the image has 40×30 = 1,200 pixels" in caplog.text

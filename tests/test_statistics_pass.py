@@ -220,6 +220,25 @@ def test_default_workers_are_zero_on_cpu_and_leave_a_core_per_process_on_gpu(mon
     assert statistics_num_workers("cuda") == 1
 
 
+@pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")
+def test_a_cuda_pass_pins_its_prefetched_batches_and_agrees(monkeypatch):
+    """`device="cuda"` turns on pinned memory (a no-op without a GPU) and the GPU default worker count."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    dataset = dataset_with_bad_rows()
+    seen = []
+
+    def embed(pixels):
+        seen.append(pixels.is_pinned() if torch.cuda.is_available() else True)
+        return embed_pixels(pixels)
+
+    names = dataset.features["label"].names
+    statistics = compute_class_statistics(
+        dataset, embed, class_names=names, batch_size=4, preprocessing=PREPROCESSING, device="cuda", **KWARGS
+    )
+    _assert_same(statistics, _statistics(dataset, 0))
+    assert seen and all(seen)
+
+
 def test_preprocessing_needs_an_image_column():
     features = datasets.Features(
         {"image": datasets.Array2D((4, 4), "float32"), "label": datasets.ClassLabel(names=["a"])}
