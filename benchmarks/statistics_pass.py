@@ -123,8 +123,12 @@ class PlainImages(torch.utils.data.Dataset):
         return torch.from_numpy(self.preprocessing.array(row["image"]).copy()).permute(2, 0, 1), row["label"]
 
 
-def plain_loop(feature_extractor, preprocessing, dataset, num_classes, batch_size, num_workers, device, autocast):
-    """The usual PyTorch loop: `(C, D)` float64 sums and `(C,)` counts, on `device`."""
+def plain_loop(
+    feature_extractor, preprocessing, dataset, num_classes, batch_size, num_workers, device, autocast,
+    channels_last=False,
+):  # fmt: skip
+    """The usual PyTorch loop: `(C, D)` float64 sums and `(C,)` counts, on `device`. `default_collate` stacks the
+    images into a contiguous NCHW batch; `channels_last` converts it (as hf_sfm's batches are laid out)."""
     loader = torch.utils.data.DataLoader(
         PlainImages(dataset, preprocessing),
         batch_size=batch_size,
@@ -135,6 +139,8 @@ def plain_loop(feature_extractor, preprocessing, dataset, num_classes, batch_siz
     with torch.no_grad():
         for pixels, labels in loader:
             pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
             with autocast():
                 features = feature_extractor(pixels.float() / 255.0).double()
             if sums is None:
@@ -252,10 +258,12 @@ def one_process(options, device: torch.device, work_dir: str) -> list[dict]:
         distiller = distiller_for(model, processor, train, options.batch_size, work_dir)
         pipelines["hf_sfm, Distiller.compute_statistics (default)"] = distiller.compute_statistics
     plain_name = f"plain DataLoader loop, num_workers={options.plain_workers}"
-    pipelines[plain_name] = lambda: plain_loop(
-        feature_extractor, preprocessing, train, len(class_names), options.batch_size, options.plain_workers, device,
-        autocast,
-    )  # fmt: skip
+    for channels_last in (False, True) if not options.quick else (False,):
+        name = plain_name + (", channels-last batches" if channels_last else "")
+        pipelines[name] = lambda c=channels_last: plain_loop(
+            feature_extractor, preprocessing, train, len(class_names), options.batch_size, options.plain_workers,
+            device, autocast, channels_last=c,
+        )  # fmt: skip
 
     seconds: dict[str, list[float]] = {name: [] for name in pipelines}
     results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -105,12 +105,14 @@ class ImagePreprocessing:
         return torch.from_numpy(np.stack([self.array(image) for image in images])).permute(0, 3, 1, 2).float() / 255.0
 
     def pixels(self, images: list[PIL.Image.Image]) -> torch.Tensor:
-        """`(N, 3, crop, crop)` uint8, contiguous: `__call__`'s images before scaling (`to_unit_range` scales them).
+        """`(N, 3, crop, crop)` uint8: `__call__`'s images before scaling (`to_unit_range` scales them).
 
         A quarter of the float tensor's bytes, so this is what the statistics pass moves between processes and to
-        the device.
+        the device. Like `__call__`'s, the tensor is the stacked `(N, crop, crop, 3)` arrays seen through a
+        permutation, i.e. in channels-last memory format, which `.float()` and `.to(device)` keep: convolutions
+        read it faster (EfficientNet-Lite0 on CPU: ~1.5x than the same batch in contiguous NCHW).
         """
-        return torch.from_numpy(np.stack([self.array(image) for image in images])).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(np.stack([self.array(image) for image in images])).permute(0, 3, 1, 2)
 
     @staticmethod
     def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
