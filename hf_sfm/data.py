@@ -154,16 +154,111 @@ def undecoded(
 def decode_image(value, feature: datasets.Image):
     """One raw `Image` value → an RGB `PIL.Image`, as `datasets` would decode it (EXIF orientation, `mode`).
 
-    Raises `ValueError` for a missing value, and PIL's own errors (`UnidentifiedImageError`, `OSError` for
-    truncated data, ...) for bytes that are not a readable image.
+    Raises `CorruptImageError` (a `ValueError`) for a missing value, for non-finite (NaN/inf) pixels of a float
+    image and, with a reason a user can act on, for an image beyond PIL's decompression-bomb limit; PIL's own errors
+    (`UnidentifiedImageError`, `OSError` for truncated data, ...) for bytes that are not a readable image.
     """
+    import PIL.Image
+
     from .preprocessing import to_rgb
 
     if value is None or (isinstance(value, dict) and value.get("bytes") is None and value.get("path") is None):
-        raise ValueError("the value is missing (None)")
-    if not isinstance(value, dict):  # a PIL image or path already
+        raise CorruptImageError("the value is missing (None)")
+    if not isinstance(value, dict):  # a PIL image, array or path not encoded yet
+        check_finite_pixels(value)
         value = feature.encode_example(value)
-    return to_rgb(feature.decode_example(value))
+    try:
+        image = feature.decode_example(value)
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+        # (a warning only when warnings are errors: PIL decodes 1-2x the limit with a warning)
+        raise CorruptImageError(_decompression_bomb_reason(value, error)) from error
+    return to_rgb(image)
+
+
+def check_finite_pixels(value: Any) -> None:
+    """Raise `CorruptImageError` if an array-like image holds NaN or ±inf: such a pixel has no colour to show.
+
+    A float image is scaled to 8 bits by its range, so one non-finite value would turn the whole image black (or
+    leave it unscaled) instead of failing. Values that are not float arrays pass unchecked.
+    """
+    import numpy as np
+    import PIL.Image
+
+    if isinstance(value, PIL.Image.Image):
+        if value.mode != "F":
+            return
+        value = np.asarray(value)
+    elif hasattr(value, "detach") and hasattr(value, "is_floating_point"):  # a torch tensor
+        if not value.is_floating_point():
+            return
+        value = value.detach().cpu().float().numpy()
+    elif isinstance(value, list | tuple):
+        try:
+            value = np.asarray(value)
+        except ValueError:  # ragged: not an image array
+            return
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "fc":
+        return
+    finite = np.isfinite(value)
+    if not finite.all():
+        raise CorruptImageError(
+            f"{int(finite.size - finite.sum())} of its {finite.size} pixel values are NaN or infinite; a float "
+            "image with non-finite values cannot be scaled to colours"
+        )
+
+
+def _decompression_bomb_reason(value: dict, error: Exception) -> str:
+    """Why PIL refused an image as a possible decompression bomb, and how to let a trusted one through."""
+    import re
+
+    import PIL.Image
+
+    size = _image_size_unchecked(value)
+    if size is not None:
+        pixels = f"{size[0]}×{size[1]} = {size[0] * size[1]:,} pixels"
+    else:
+        match = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{int(match.group(1)):,} pixels" if match else "more pixels than allowed"
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    refused = "more than twice" if isinstance(error, PIL.Image.DecompressionBombError) else "more than"
+    return (
+        f"the image has {pixels}, {refused} PIL's `PIL.Image.MAX_IMAGE_PIXELS` ({limit:,}), so PIL refuses it as a "
+        "possible decompression bomb. If the image is trusted, raise the limit before the pass, e.g. "
+        "`PIL.Image.MAX_IMAGE_PIXELS = 500_000_000` (or `None` to switch the check off); otherwise resize it"
+    )
+
+
+def _image_size_unchecked(value: dict) -> tuple[int, int] | None:
+    """`(width, height)` from an image's header, without PIL's size check (which is what refused it), or None."""
+    import io
+
+    import PIL.Image
+
+    try:
+        data = value.get("bytes")
+        if data is None:
+            with open(value["path"], "rb") as handle:
+                data = handle.read()
+        PIL.Image.init()
+        for format_id in PIL.Image.ID:  # what `PIL.Image.open` does, less `_decompression_bomb_check`
+            factory, accept = PIL.Image.OPEN[format_id]
+            if accept is not None and not accept(data[:16]):
+                continue
+            try:
+                return tuple(factory(io.BytesIO(data), None).size)
+            except Exception:  # not this format: try the next plugin
+                continue
+    except Exception:  # a best-effort detail for an error message
+        return None
+    return None
+
+
+class DecodeFailure(NamedTuple):
+    """An image that could not be decoded: its row and why (`"TypeName: message"`, or hf_sfm's own reason)."""
+
+    row: int
+    reason: str
+    error: BaseException | None = None  # the exception itself, when it did not cross a process boundary
 
 
 class DecodedImages(NamedTuple):
@@ -172,6 +267,25 @@ class DecodedImages(NamedTuple):
     images: list  # RGB `PIL.Image`s, in input order
     kept: list[int]  # positions in the input list of `images`, to pick the matching labels
     skipped_rows: list[int]  # row numbers of the undecodable values
+    reasons: Sequence[str] = ()  # why each of `skipped_rows` could not be decoded, in the same order
+
+
+class CorruptImageError(ValueError):
+    """A value that is no usable image for a reason hf_sfm checks itself (missing, non-finite, too large)."""
+
+
+def decode_failure(row: int, error: BaseException) -> DecodeFailure:
+    reason = str(error) if isinstance(error, CorruptImageError) else f"{type(error).__name__}: {error}"
+    return DecodeFailure(row, reason, error)
+
+
+def corrupt_image_error(failure: DecodeFailure, image_column: str, row_kind: str = "row") -> ValueError:
+    """The error that refuses an undecodable image (`skip_corrupt_images=False`): its row, why, and the fix."""
+    return ValueError(
+        f"The image in {row_kind} {failure.row} of column {image_column!r} cannot be decoded ({failure.reason}). "
+        "Set `skip_corrupt_images=True` to leave such images out (they are counted and reported), or repair the "
+        "dataset."
+    )
 
 
 def decode_images(
@@ -184,25 +298,26 @@ def decode_images(
 ) -> DecodedImages:
     """Decode raw `Image` values (from `undecoded`) at row numbers `rows`, skipping or refusing the undecodable.
 
-    One place for every pass over real images, so a corrupt, truncated or missing image is treated alike
-    everywhere: with `skip_corrupt_images` it is left out and its row returned; without, the first one raises a
-    `ValueError` naming its row and the fix. `feature=None` (a column `datasets` does not decode) keeps the
-    values as they are. `row_kind` names what `rows` number (e.g. positions in a shuffled stream).
+    One place for every pass over real images, so a corrupt, truncated or missing image, one with NaN/inf pixels
+    or one beyond PIL's decompression-bomb limit is treated alike everywhere: with `skip_corrupt_images` it is
+    left out and its row (and reason) returned; without, the first one raises a `ValueError` naming its row, the
+    reason and the fix. `feature=None` (a column `datasets` does not decode, e.g. `Array3D`) keeps the values as
+    they are, but still refuses float arrays with non-finite values. `row_kind` names what `rows` number (e.g.
+    positions in a shuffled stream).
     """
-    if feature is None:
-        return DecodedImages(list(values), list(range(len(values))), [])
-    images, kept, skipped_rows = [], [], []
+    images, kept, failures = [], [], []
     for position, (value, row) in enumerate(zip(values, rows, strict=True)):
         try:
-            images.append(decode_image(value, feature))
+            if feature is None:
+                check_finite_pixels(value)
+                images.append(value)
+            else:
+                images.append(decode_image(value, feature))
         except Exception as error:  # PIL raises many types for bad bytes; all mean "not an image"
+            failure = decode_failure(row, error)
             if not skip_corrupt_images:
-                raise ValueError(
-                    f"The image in {row_kind} {row} of column {image_column!r} cannot be decoded "
-                    f"({type(error).__name__}: {error}). Set `skip_corrupt_images=True` to leave such "
-                    "images out (they are counted and reported), or repair the dataset."
-                ) from error
-            skipped_rows.append(row)
+                raise corrupt_image_error(failure, image_column, row_kind) from error
+            failures.append(failure)
             continue
         kept.append(position)
-    return DecodedImages(images, kept, skipped_rows)
+    return DecodedImages(images, kept, [failure.row for failure in failures], [failure.reason for failure in failures])

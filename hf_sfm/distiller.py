@@ -299,9 +299,11 @@ class Distiller:
         device = self.accelerator.device
 
         @torch.no_grad()
-        def embed(images: list) -> torch.Tensor:
+        def embed(pixels: torch.Tensor) -> torch.Tensor:
+            """A preprocessed `(B, 3, S, S)` uint8 batch (pinned on CUDA) → `(B, D)` features."""
+            pixels = pixels.to(device, non_blocking=True)
             with self.precision.autocast():
-                return self.feature_extractor(self.preprocessing(images).to(device))
+                return self.feature_extractor(self.preprocessing.to_unit_range(pixels))
 
         dataset = self.train_dataset
         if self.accelerator.num_processes > 1:
@@ -330,6 +332,8 @@ class Distiller:
                 new_fingerprint=fingerprint,
                 metadata=metadata,
                 skip_corrupt_images=self.args.skip_corrupt_images,
+                preprocessing=self.preprocessing,  # decoded and preprocessed in worker processes on a GPU
+                device=device,
             )
         finally:
             if quiet:

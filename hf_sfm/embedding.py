@@ -25,6 +25,7 @@ from .preprocessing import ImagePreprocessing
 
 FEATURES_COLUMN = "features"
 ROW_COLUMN = "row"  # each example's row in the source dataset (undecodable images are left out)
+MAX_REASONS_SHOWN = 3  # undecodable images whose reason is logged, per pass (and process)
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +80,17 @@ def embed_dataset(
         ]
     )
 
+    reasons_shown = 0
+
     def embed(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
+        nonlocal reasons_shown
         if num_proc and num_proc > 1:
             torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (DESIGN §9)
         decoded = decode_images(batch[image_column], indices, image_feature, image_column, skip_corrupt_images)
+        for row, reason in zip(decoded.skipped_rows, decoded.reasons):
+            if reasons_shown < MAX_REASONS_SHOWN:  # why, for the first few (the count comes after the map)
+                reasons_shown += 1
+                logger.warning(f"Skipping the image in row {row} of column {image_column!r}: {reason}.")
         features: Any = []
         if decoded.images:
             with torch.no_grad():

@@ -15,17 +15,22 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .data import check_finite_pixels
+
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """Convert any PIL image to 8-bit RGB without silently wrecking its values.
 
     `Image.convert("RGB")` clips 16/32-bit integer and float images instead of rescaling them, and drops alpha
-    onto black; both are handled here (alpha is composited over white, wide modes are rescaled to 0–255).
+    onto black; both are handled here (alpha is composited over white, wide modes are rescaled to 0–255). A float
+    image with NaN or ±inf pixels raises `data.CorruptImageError` (a `ValueError`): its scale would come from a
+    non-finite maximum and turn the whole image black.
     """
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         values = np.asarray(image, dtype=np.float64)
+        check_finite_pixels(values)
         top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
         if image.mode == "F" and values.max(initial=0) <= 1.0:
             top = 1.0
@@ -98,6 +103,21 @@ class ImagePreprocessing:
     def __call__(self, images: list[PIL.Image.Image]) -> torch.Tensor:
         """`(N, 3, crop, crop)` float32 tensor in `[0, 1]`."""
         return torch.from_numpy(np.stack([self.array(image) for image in images])).permute(0, 3, 1, 2).float() / 255.0
+
+    def pixels(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+        """`(N, 3, crop, crop)` uint8: `__call__`'s images before scaling (`to_unit_range` scales them).
+
+        A quarter of the float tensor's bytes, so this is what the statistics pass moves between processes and to
+        the device. Like `__call__`'s, the tensor is the stacked `(N, crop, crop, 3)` arrays seen through a
+        permutation, i.e. in channels-last memory format, which `.float()` and `.to(device)` keep: convolutions
+        read it faster (EfficientNet-Lite0 on CPU: ~1.5x than the same batch in contiguous NCHW).
+        """
+        return torch.from_numpy(np.stack([self.array(image) for image in images])).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (`pixels`) → float32 in `[0, 1]`, on their device: the values `__call__` returns."""
+        return pixels.float() / 255.0
 
     def array(self, image: PIL.Image.Image) -> np.ndarray:
         """One image as an `(crop, crop, 3)` uint8 array."""

@@ -8,20 +8,26 @@ Saved as safetensors with the metadata needed to refuse a mismatched reuse.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
+import PIL.Image
 import torch
+import torch.utils.data
+from datasets.fingerprint import Hasher
 from safetensors.torch import load_file, save_file
 
-from .data import decode_images, undecoded
+from .data import DecodeFailure, corrupt_image_error, decode_images, undecoded
 from .io_utils import atomic_path
+from .preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +113,9 @@ class ClassStatistics:
 
 
 def batch_class_sums(
-    images: list[Any],
+    images: list[Any] | torch.Tensor,
     labels: list[int],
-    embed: Callable[[list[Any]], torch.Tensor],
+    embed: Callable[[Any], torch.Tensor],
     rows: str = "",
 ) -> dict[str, list]:
     """One batch → one row per class present: `label`, `feature_sum` (float64) and `count`.
@@ -134,16 +140,22 @@ def batch_class_sums(
 
 
 def reduce_class_sums(
-    partial_sums: datasets.Dataset | datasets.IterableDataset, num_classes: int, skipped_rows: list[int] | None = None
+    partial_sums: datasets.Dataset | datasets.IterableDataset,
+    num_classes: int,
+    skipped_rows: list[int] | None = None,
+    skipped_reasons: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum the per-batch partial rows into `(C, D)` sums and `(C,)` counts (one pass: a streamed map runs once).
 
-    Rows of skipped images, when the partial sums carry them, are appended to `skipped_rows`.
+    Rows of skipped images, when the partial sums carry them, are appended to `skipped_rows`, and why each was
+    skipped to `skipped_reasons` (statistics cached before reasons were recorded carry none).
     """
     feature_sums, counts = None, torch.zeros(num_classes, dtype=torch.long)
     for batch in partial_sums.iter(batch_size=1024):
         if skipped_rows is not None and "skipped_rows" in batch:
             skipped_rows.extend(row for rows in batch["skipped_rows"] for row in rows)
+        if skipped_reasons is not None and "skipped_reasons" in batch:
+            skipped_reasons.extend(reason for reasons in batch["skipped_reasons"] for reason in reasons)
         keep = [i for i, label in enumerate(batch["label"]) if label >= 0]  # label -1: a batch of skipped images
         if not keep:
             continue
@@ -161,9 +173,173 @@ def reduce_class_sums(
     return feature_sums, counts
 
 
+# ---------------------------------------------------------------------------------------------- decoding off the path
+
+
+class PreparedBatch(NamedTuple):
+    """One batch of the statistics map, decoded (and preprocessed): what `embed` needs, and what was skipped.
+
+    `images` is `(K, 3, S, S)` uint8 (`ImagePreprocessing.pixels`) when the pass has a `preprocessing`, else `K` RGB
+    `PIL.Image`s; `kept` are their positions in the batch (to pick the labels), `skipped_rows`/`reasons` the rows
+    that could not be decoded and why.
+    """
+
+    start: int
+    stop: int
+    images: torch.Tensor | list
+    kept: list[int]
+    skipped_rows: list[int]
+    reasons: list[str]
+
+
+def prepare_batch(
+    values: list[Any],
+    rows: Sequence[int],
+    image_feature: datasets.Image | None,
+    image_column: str,
+    preprocessing: ImagePreprocessing | None,
+    skip_corrupt_images: bool,
+) -> PreparedBatch:
+    """Decode (`data.decode_images`) and preprocess the raw image values of rows `rows` (the map's `indices`)."""
+    decoded = decode_images(values, rows, image_feature, image_column, skip_corrupt_images)
+    images = decoded.images
+    if preprocessing is not None and images:
+        images = preprocessing.pixels(images)
+    start, stop = (rows[0], rows[-1] + 1) if len(rows) else (0, 0)
+    return PreparedBatch(start, stop, images, decoded.kept, decoded.skipped_rows, list(decoded.reasons))
+
+
+def statistics_num_workers(device: torch.device | str | None = None) -> int:
+    """How many decoding workers the statistics pass uses by default on `device` (`num_workers=None`).
+
+    On CPU the backbone needs every core and decoding is a small part of each batch (MNIST, EfficientNet-Lite0 at
+    64 px, 2 cores: 0.35 ms of 3.5 ms per image), so workers only compete with it: 0, today's one-process map. On a
+    GPU the device would idle while JPEGs decode, so up to 8 workers, leaving one core per local process for the
+    process itself (`LOCAL_WORLD_SIZE` processes share this machine's cores).
+    """
+    if device is None or torch.device(device).type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, cores // processes - 1))
+
+
+def _start_worker(max_image_pixels: int | None, worker_id: int) -> None:
+    """A decoding worker applies the parent's decompression-bomb limit (a spawned worker would start at PIL's)."""
+    PIL.Image.MAX_IMAGE_PIXELS = max_image_pixels
+
+
+def _as_is(batch: PreparedBatch) -> PreparedBatch:
+    return batch
+
+
+class _MapBatches(torch.utils.data.Dataset):
+    """Item `k`: rows `[start + k·b, min(start + (k + 1)·b, n))` of `source`, prepared (the map's batches)."""
+
+    def __init__(self, prefetcher: _Prefetcher, start: int):
+        self.source, self.image_column = prefetcher.source, prefetcher.image_column
+        self.image_feature, self.preprocessing = prefetcher.image_feature, prefetcher.preprocessing
+        self.batch_size, self.start = prefetcher.batch_size, start
+
+    def __len__(self) -> int:
+        return -(-(len(self.source) - self.start) // self.batch_size)
+
+    def __getitem__(self, k: int) -> PreparedBatch:
+        first = self.start + k * self.batch_size
+        rows = range(first, min(first + self.batch_size, len(self.source)))
+        values = self.source[rows.start : rows.stop][self.image_column]
+        # Never raise here: the map's process refuses a bad image (`skip_corrupt_images=False`) naming its row.
+        return prepare_batch(values, rows, self.image_feature, self.image_column, self.preprocessing, True)
+
+
+class _Prefetcher:
+    """Decodes and preprocesses the statistics map's next batches in `DataLoader` workers while `embed` runs.
+
+    Called with each map batch's `indices`, it returns that batch prepared. The workers are started lazily at the
+    first batch (so a map served from the `datasets` cache starts none) and produce the batches that follow it,
+    `batch_size` rows at a time, in order. A call whose rows are not the next prefetched batch (the map resumed
+    part of a cached pass, or `datasets` batches differently) restarts the workers there, a few times at most,
+    then prepares its batch in this process: the result never depends on the prefetching.
+    """
+
+    MAX_STARTS = 4
+
+    def __init__(
+        self,
+        source: datasets.Dataset,
+        image_column: str,
+        image_feature: datasets.Image,
+        preprocessing: ImagePreprocessing | None,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        skip_corrupt_images: bool,
+    ):
+        self.source = source.select_columns([image_column])
+        self.image_column, self.image_feature, self.preprocessing = image_column, image_feature, preprocessing
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.skip_corrupt_images = skip_corrupt_images
+        self._batches: Any = None  # the DataLoader's iterator
+        self._next_start = -1
+        self._starts = 0
+        self.prefetched = self.prepared_here = 0  # batches served each way (logged at the end)
+
+    def __call__(self, indices: list[int]) -> PreparedBatch:
+        rows = range(indices[0], indices[-1] + 1) if indices else range(0)
+        contiguous = bool(indices) and list(rows) == list(indices)
+        if contiguous and rows.start != self._next_start:
+            self._start(rows.start)
+        if contiguous and self._batches is not None:
+            prepared = next(self._batches, None)
+            if prepared is not None and (prepared.start, prepared.stop) == (rows.start, rows.stop):
+                self._next_start = rows.stop
+                self.prefetched += 1
+                return prepared
+            self.close()  # out of step with the map: the next call restarts (or decodes here)
+        self.prepared_here += 1
+        values = self.source[rows.start : rows.stop] if contiguous else self.source[list(indices)]
+        return prepare_batch(
+            values[self.image_column], indices, self.image_feature, self.image_column, self.preprocessing,
+            self.skip_corrupt_images,
+        )  # fmt: skip
+
+    def _start(self, start: int) -> None:
+        self.close()
+        remaining = -(-(len(self.source) - start) // self.batch_size)
+        if self._starts >= self.MAX_STARTS or remaining < 2:  # one batch: nothing to overlap
+            return
+        self._starts += 1
+        loader = torch.utils.data.DataLoader(
+            _MapBatches(self, start),
+            batch_size=None,
+            num_workers=min(self.num_workers, remaining),
+            collate_fn=_as_is,
+            pin_memory=self.pin_memory,
+            worker_init_fn=functools.partial(_start_worker, PIL.Image.MAX_IMAGE_PIXELS),
+        )
+        self._batches = iter(loader)
+        self._next_start = start
+
+    def close(self) -> None:
+        """Stop the workers (at the end of the map, or when it raised)."""
+        if self._batches is not None:
+            logger.debug(
+                f"Statistics pass: {self.prefetched} batches prefetched by {self.num_workers} worker(s) so far, "
+                f"{self.prepared_here} prepared in the map's process."
+            )
+            shutdown = getattr(self._batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self._batches = None
+        self._next_start = -1
+
+
+# ---------------------------------------------------------------------------------------------- the pass
+
+
 def compute_class_statistics(
     dataset: datasets.Dataset | datasets.IterableDataset,
-    embed: Callable[[list[Any]], torch.Tensor],
+    embed: Callable[[Any], torch.Tensor],
     *,
     image_column: str,
     label_column: str,
@@ -173,24 +349,60 @@ def compute_class_statistics(
     new_fingerprint: str | None = None,
     metadata: dict[str, str] | None = None,
     skip_corrupt_images: bool = True,
+    preprocessing: ImagePreprocessing | None = None,
+    num_workers: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> ClassStatistics:
-    """Per-class feature sums and counts of `dataset` through `embed` (PIL images → `(B, D)` features).
+    """Per-class feature sums and counts of `dataset` through `embed` (a batch of images → `(B, D)` features).
+
+    What `embed` receives: with `preprocessing`, the batch preprocessed, `(B, 3, S, S)` uint8 on the CPU
+    (`ImagePreprocessing.pixels`; `ImagePreprocessing.to_unit_range` gives the `[0, 1]` floats, best after the
+    move to the device); without, `B` RGB `PIL.Image`s. `device` is where `embed` runs: on CUDA, prefetched
+    batches come in pinned memory, so `embed` can move them with `.to(device, non_blocking=True)`.
 
     `new_fingerprint` should identify backbone + preprocessing + dataset, so `datasets` caches the pass without
-    hashing the model (which would give a new hash every run).
+    hashing the model (which would give a new hash every run). The pass is one `datasets.map` whose fingerprint is
+    derived from `new_fingerprint` and the layout of its output columns, so a second call with the same fingerprint
+    on a cached dataset reads the result instead of running the backbone (and a pass cached by a version with
+    other columns is recomputed, not misread).
+
+    `num_workers` `DataLoader` worker processes decode and preprocess the next batches while `embed` runs on this
+    one (`None`: `statistics_num_workers(device)`, 0 on CPU; 0: everything in this process, as before). Each map
+    batch is checked to be the rows that were prefetched, and the result is the same with or without workers. A
+    streaming dataset, `num_proc > 1` or a column `datasets` does not decode as `Image` is always processed in the
+    map's own process(es).
 
     Images are decoded here, not by `datasets`, so that an undecodable one (corrupt or truncated bytes, a missing
-    value) does not abort the pass minutes in: with `skip_corrupt_images` it is left out of the statistics, counted
-    in `metadata["skipped_images"]` (its row numbers in `metadata["skipped_rows"]`) and reported by a warning;
-    without, the first one raises a `ValueError` naming its row.
+    value, NaN/inf pixels, beyond PIL's decompression-bomb limit) does not abort the pass minutes in: with
+    `skip_corrupt_images` it is left out of the statistics, counted in `metadata["skipped_images"]` (its row
+    numbers in `metadata["skipped_rows"]`) and reported by a warning with the reasons; without, the first one
+    raises a `ValueError` naming its row and why.
     """
     num_classes = len(class_names)
     dataset, image_feature = undecoded(dataset, image_column)
+    if preprocessing is not None and image_feature is None:
+        raise ValueError(
+            f"Column {image_column!r} is not a decoding `datasets.Image` column, so `preprocessing` cannot apply to "
+            f"it. Cast it with `dataset.cast_column({image_column!r}, datasets.Image())`, or pass "
+            "`preprocessing=None` and an `embed` that takes the raw values."
+        )
+    if num_workers is None:
+        num_workers = statistics_num_workers(device)
+    pin_memory = torch.device(device).type == "cuda"
+    rows_per_batch = batch_size if batch_size and batch_size > 0 else None
+    prefetcher = None
+    if (
+        num_workers > 0
+        and isinstance(dataset, datasets.Dataset)
+        and not (num_proc and num_proc > 1)
+        and image_feature is not None
+    ):
+        prefetcher = _Prefetcher(
+            dataset, image_column, image_feature, preprocessing, rows_per_batch or max(1, len(dataset)),
+            num_workers, pin_memory, skip_corrupt_images,
+        )  # fmt: skip
 
-    def partial_sums(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        if num_proc and num_proc > 1:
-            torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (DESIGN §9)
-        labels = batch[label_column]
+    def check_labels(labels: list) -> None:
         bad = [label for label in labels if label is None or not 0 <= int(label) < num_classes]
         if bad:
             raise ValueError(
@@ -198,15 +410,44 @@ def compute_class_statistics(
                 f"0..{num_classes - 1}; check the label column or the class names"
                 + (" (-1 is how `datasets` marks an unlabelled example, e.g. in a test split)." if -1 in bad else ".")
             )
-        decoded = decode_images(batch[image_column], indices, image_feature, image_column, skip_corrupt_images)
-        images, skipped = decoded.images, decoded.skipped_rows
-        kept_labels = [labels[position] for position in decoded.kept]
-        if not images:  # nothing decodable: one placeholder row (label -1) carries the skipped rows
-            return {"label": [-1], "feature_sum": [[]], "count": [0], "skipped_rows": [skipped]} if skipped else {}
+
+    def sums_of(prepared: PreparedBatch, labels: list, indices: list[int]) -> dict[str, list]:
+        if prepared.skipped_rows and not skip_corrupt_images:  # prefetched: the worker only recorded it
+            failure = DecodeFailure(prepared.skipped_rows[0], prepared.reasons[0])
+            raise corrupt_image_error(failure, image_column)
+        skipped, reasons = list(prepared.skipped_rows), list(prepared.reasons)
+        if not prepared.kept:  # nothing decodable: one placeholder row (label -1) carries the skipped rows
+            if not skipped:
+                return {}
+            return {
+                "label": [-1],
+                "feature_sum": [[]],
+                "count": [0],
+                "skipped_rows": [skipped],
+                "skipped_reasons": [reasons],
+            }
+        kept_labels = [labels[position] for position in prepared.kept]
         rows = f"rows {indices[0]}..{indices[-1]}" if indices else ""
-        result = batch_class_sums(images, kept_labels, embed, rows=rows)
-        result["skipped_rows"] = [skipped] + [[] for _ in result["label"][1:]]
+        result = batch_class_sums(prepared.images, kept_labels, embed, rows=rows)
+        empty: list[list] = [[] for _ in result["label"][1:]]
+        result["skipped_rows"] = [skipped, *empty]
+        result["skipped_reasons"] = [reasons, *empty]
         return result
+
+    def partial_sums(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        if num_proc and num_proc > 1:
+            torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (DESIGN §9)
+        labels = batch[label_column]
+        check_labels(labels)
+        prepared = prepare_batch(
+            batch[image_column], indices, image_feature, image_column, preprocessing, skip_corrupt_images
+        )
+        return sums_of(prepared, labels, indices)
+
+    def prefetched_partial_sums(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        labels = batch[label_column]
+        check_labels(labels)
+        return sums_of(prefetcher(indices), labels, indices)
 
     features = datasets.Features(
         {
@@ -214,36 +455,60 @@ def compute_class_statistics(
             "feature_sum": datasets.List(datasets.Value("float64")),
             "count": datasets.Value("int64"),
             "skipped_rows": datasets.List(datasets.Value("int64")),
+            "skipped_reasons": datasets.List(datasets.Value("string")),
         }
     )
+    # With a prefetcher the map reads only the labels: the workers read the image bytes themselves.
+    mapped = dataset.select_columns([label_column]) if prefetcher is not None else dataset
     map_kwargs: dict[str, Any] = {
         "batched": True,
         "batch_size": batch_size,
         "with_indices": True,
-        "remove_columns": _columns(dataset),
+        "remove_columns": _columns(mapped),
         "features": features,
     }
     if isinstance(dataset, datasets.Dataset):
+        if new_fingerprint is not None:  # a cached pass of another output layout would not load: key on it too
+            new_fingerprint = Hasher.hash([new_fingerprint, list(features)])
         map_kwargs.update(num_proc=num_proc, new_fingerprint=new_fingerprint, desc="Class statistics")
-    partial = dataset.map(partial_sums, **map_kwargs)
+    try:
+        partial = mapped.map(prefetched_partial_sums if prefetcher is not None else partial_sums, **map_kwargs)
+    finally:
+        if prefetcher is not None:
+            prefetcher.close()
     skipped_rows: list[int] = []
-    feature_sums, counts = reduce_class_sums(partial, num_classes, skipped_rows)
-    skipped_rows.sort()
+    skipped_reasons: list[str] = []
+    feature_sums, counts = reduce_class_sums(partial, num_classes, skipped_rows, skipped_reasons)
+    order = sorted(range(len(skipped_rows)), key=skipped_rows.__getitem__)
+    reasons = [skipped_reasons[i] for i in order] if len(skipped_reasons) == len(skipped_rows) else []
+    skipped_rows = [skipped_rows[i] for i in order]
     metadata = dict(metadata or {})
     if skipped_rows:
+        why = _reasons_text(skipped_rows, reasons)
         if not skip_corrupt_images:  # statistics cached by an earlier skipping pass
             raise ValueError(
                 f"{len(skipped_rows)} images of column {image_column!r} cannot be decoded (rows "
-                f"{skipped_rows[:10]}). Set `skip_corrupt_images=True` to leave them out, or repair the dataset."
+                f"{skipped_rows[:10]}){why}. Set `skip_corrupt_images=True` to leave them out, or repair the dataset."
             )
         logger.warning(
             f"Skipped {len(skipped_rows)} training image(s) that could not be decoded (rows {skipped_rows[:10]}"
             + (" …" if len(skipped_rows) > 10 else "")
-            + "); the class statistics use the others."
+            + f"); the class statistics use the others{why}."
         )
     metadata["skipped_images"] = str(len(skipped_rows))
     metadata["skipped_rows"] = json.dumps(skipped_rows[:1000])
     return ClassStatistics(feature_sums, counts, list(class_names), metadata)
+
+
+def _reasons_text(rows: list[int], reasons: list[str], shown: int = 3) -> str:
+    """`"; why: row 12: …; row 13: …"` for the first `shown` distinct reasons (empty without reasons)."""
+    first: dict[str, int] = {}
+    for row, reason in zip(rows, reasons, strict=False):
+        first.setdefault(reason, row)
+    if not first:
+        return ""
+    items = [f"row {row}: {reason}" for reason, row in list(first.items())[:shown]]
+    return "; why: " + "; ".join(items) + (" …" if len(first) > shown else "")
 
 
 def _columns(dataset: datasets.Dataset | datasets.IterableDataset) -> list[str]:
