@@ -63,6 +63,7 @@ REQUIRED_KEYS = (
     "init",  # noise-initialised pyramids decode their active levels only, image-initialised ones every level
     "pyramid_max_resolution",
     "backbone",
+    "backbone_weights",  # another backbone's weights behind the same name would continue silently otherwise
     "statistics",
 )
 

@@ -94,7 +94,15 @@ def class_names_of(dataset: datasets.Dataset | datasets.IterableDataset, label_c
         raise ValueError("The training dataset is empty: there are no labelled images to distil.")
     if min(labels) < 0:
         raise ValueError(f"Label column {label_column!r} has negative labels {sorted(labels)[:3]}; expected 0..C-1.")
-    return [str(i) for i in range(max(labels) + 1)]
+    num_classes = max(labels) + 1
+    if num_classes > len(dataset):
+        raise ValueError(
+            f"Label column {label_column!r} goes up to {max(labels)}, i.e. {num_classes:,} classes, but the dataset "
+            f"has {len(dataset):,} images and {len(labels):,} distinct labels: these are not class ids 0..C-1. "
+            f"Map them to ids first, e.g. `dataset.class_encode_column({label_column!r})`, or cast the column to a "
+            "`datasets.ClassLabel`."
+        )
+    return [str(i) for i in range(num_classes)]
 
 
 def check_eval_classes(

@@ -35,6 +35,7 @@ from .checkpointing import Checkpointer, resolve_checkpoint, statistics_digest
 from .config import DistillationConfig
 from .data import check_eval_classes, class_names_of, find_image_column, find_label_column
 from .distributed import all_reduce_sum, cpu_only, gather_parameters, gather_shards, shard_parameters
+from .embedding import weights_digest
 from .evaluation import ComputeMetrics, DistilledSetEvaluator, ProbeConfig
 from .features import FeatureExtractor, FeatureFn, check_image_processor
 from .io_utils import atomic_path, make_owned_dirs, record_owned
@@ -128,6 +129,12 @@ class Distiller:
                 main_process_only=True,
             )
         self.augmentation = Augmentation.from_config(args, output_size=self.preprocessing.crop_size)
+        self.weights_digest = weights_digest(self.feature_extractor.model)  # the weights, not a name, identify it
+        if statistics is not None:  # checked now: a mismatch would otherwise fail deep inside the loss
+            statistics.check_matches(self.class_names, self.feature_extractor.feature_dim(), "The given statistics")
+            statistics.check_compatible(
+                {k: v for k, v in self.statistics_metadata().items() if k in statistics.metadata}, "statistics="
+            )
         self.statistics = statistics
         self.synthetic: SyntheticImages | None = None
         self.labels = synthetic_labels(self.num_classes, args.ipc)
@@ -263,9 +270,11 @@ class Distiller:
             "backbone_revision": str(getattr(config, "_commit_hash", "") or ""),
             "preprocessing": json.dumps(self.preprocessing.to_dict(), sort_keys=True),
             "dataset_fingerprint": str(fingerprint),
+            "backbone_weights": self.weights_digest,
             "feature_fn": self.feature_extractor.feature_fn_name,
             "image_column": self.image_column,
             "label_column": self.label_column,
+            "class_names": json.dumps(self.class_names),
             "versions": json.dumps(library_versions(), sort_keys=True),
         }
 
@@ -281,6 +290,9 @@ class Distiller:
         if path.exists() and not self.args.recompute_statistics:
             statistics = ClassStatistics.load(path)
             statistics.check_compatible(metadata, path)
+            statistics.check_matches(
+                self.class_names, self.feature_extractor.feature_dim(), f"The statistics in {path}"
+            )
             logger.info(f"Loaded class statistics from {path}", main_process_only=True)
         else:
             if path.exists():
@@ -332,6 +344,7 @@ class Distiller:
                 new_fingerprint=fingerprint,
                 metadata=metadata,
                 skip_corrupt_images=self.args.skip_corrupt_images,
+                load_from_cache_file=not self.args.recompute_statistics,  # recompute means recompute, not a cache hit
                 preprocessing=self.preprocessing,  # decoded and preprocessed in worker processes on a GPU
                 device=device,
             )
@@ -622,6 +635,7 @@ class Distiller:
             "init": args.init,
             "pyramid_max_resolution": args.pyramid_max_resolution,
             "backbone": self.statistics_metadata()["backbone"],
+            "backbone_weights": self.weights_digest,
             "statistics": statistics_digest(means),
             # Allowed to change, with a warning: the run continues but differs from an uninterrupted one.
             "crop_size": self.preprocessing.crop_size,

@@ -32,7 +32,21 @@ from .preprocessing import ImagePreprocessing
 logger = logging.getLogger(__name__)
 
 # Metadata keys that must agree before saved statistics may stand in for a fresh computation.
-COMPATIBILITY_KEYS = ("backbone", "backbone_revision", "preprocessing", "dataset_fingerprint", "feature_fn")
+COMPATIBILITY_KEYS = (
+    "backbone",
+    "backbone_revision",
+    "backbone_weights",  # a digest of the weights themselves: a name or a folder does not pin them
+    "preprocessing",
+    "dataset_fingerprint",
+    "feature_fn",
+    "image_column",
+    "label_column",
+    "class_names",
+)
+
+
+class StatisticsFileError(ValueError):
+    """A statistics file that cannot be read (empty, truncated, not safetensors, missing its tensors)."""
 
 
 @dataclass
@@ -64,10 +78,12 @@ class ClassStatistics:
         """`μ`, `(C, D)` float32. Classes without images raise: their mean is undefined."""
         empty = (self.counts == 0).nonzero().flatten().tolist()
         if empty:
-            names = [self.class_names[i] for i in empty]
+            names = [self.class_names[i] for i in empty[:10]]
+            more = f" and {len(empty) - 10:,} more" if len(empty) > 10 else ""
             raise ValueError(
-                f"Classes {names} have no training images, so their feature mean is undefined. "
-                "Remove them from the label set (e.g. `dataset.align_labels_with_mapping`) or add images."
+                f"{len(empty):,} of {self.num_classes:,} classes have no training images ({names}{more}), so their "
+                "feature mean is undefined. Remove them from the label set (e.g. `dataset.align_labels_with_mapping`) "
+                "or add images."
             )
         return (self.feature_sums / self.counts.unsqueeze(1).double()).float()
 
@@ -86,22 +102,52 @@ class ClassStatistics:
 
     @classmethod
     def load(cls, path: str | Path) -> ClassStatistics:
-        from safetensors import safe_open
+        """Read a `save`d file; an unreadable one raises `StatisticsFileError` naming it and the fix."""
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-        tensors = load_file(str(path))
-        class_names = json.loads(metadata.pop("class_names", "null")) or [
-            str(i) for i in range(tensors["counts"].shape[0])
-        ]
-        return cls(tensors["feature_sums"], tensors["counts"], class_names, metadata)
+        path = Path(path)
+        fix = "Delete it, or set `recompute_statistics=True` (with `overwrite_output_dir=True` if it is not hf_sfm's)."
+        if path.is_dir():
+            raise StatisticsFileError(f"{path} is a folder, not a statistics file. Point statistics_path at a file.")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+            tensors = load_file(str(path))
+            class_names = json.loads(metadata.pop("class_names", "null")) or [
+                str(i) for i in range(tensors["counts"].shape[0])
+            ]
+            return cls(tensors["feature_sums"], tensors["counts"], class_names, metadata)
+        except (SafetensorError, OSError, KeyError, ValueError) as error:
+            raise StatisticsFileError(
+                f"{path} is not a readable hf_sfm statistics file ({type(error).__name__}: {error}; empty or "
+                f"truncated?). {fix}"
+            ) from error
+
+    def check_matches(self, class_names: list[str], feature_dim: int, where: str = "The statistics") -> None:
+        """Refuse statistics of other classes (names, count, order) or another feature size, before any work."""
+        if list(self.class_names) != list(class_names):
+            differing = [
+                (i, a, b) for i, (a, b) in enumerate(zip(self.class_names, class_names, strict=False)) if a != b
+            ][:3]
+            raise ValueError(
+                f"{where} describe {self.num_classes} classes {self.class_names[:5]}… but the dataset has "
+                f"{len(class_names)} {list(class_names)[:5]}…"
+                + (f" (first differences at ids {differing})" if differing else "")
+                + ". Pass statistics computed on this dataset's label column, or let the Distiller compute them."
+            )
+        if self.feature_dim != feature_dim:
+            raise ValueError(
+                f"{where} have {self.feature_dim}-dim features but the backbone gives {feature_dim}: they were "
+                "computed with another backbone or feature function. Recompute them with this one."
+            )
 
     def check_compatible(self, expected: dict[str, str], path: str | Path | None = None) -> None:
         """Refuse statistics computed with another backbone, preprocessing or dataset version."""
+        saved = dict(self.metadata, class_names=json.dumps(self.class_names))
         mismatches = [
-            f"{key}: saved {self.metadata.get(key)!r} vs current {expected[key]!r}"
+            f"{key}: saved {saved[key]!r} vs current {expected[key]!r}" if key in saved else f"{key}: not recorded"
             for key in COMPATIBILITY_KEYS
-            if key in expected and self.metadata.get(key) != expected[key]
+            if key in expected and saved.get(key) != expected[key]
         ]
         if mismatches:
             where = f" in {path}" if path else ""
@@ -349,6 +395,7 @@ def compute_class_statistics(
     new_fingerprint: str | None = None,
     metadata: dict[str, str] | None = None,
     skip_corrupt_images: bool = True,
+    load_from_cache_file: bool = True,
     preprocessing: ImagePreprocessing | None = None,
     num_workers: int | None = None,
     device: torch.device | str = "cpu",
@@ -471,11 +518,24 @@ def compute_class_statistics(
         if new_fingerprint is not None:  # a cached pass of another output layout would not load: key on it too
             new_fingerprint = Hasher.hash([new_fingerprint, list(features)])
         map_kwargs.update(num_proc=num_proc, new_fingerprint=new_fingerprint, desc="Class statistics")
+    calls = [0]  # batches this process computed: none at all means `datasets` served a cached pass
+
+    def counted(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        calls[0] += 1
+        return (prefetched_partial_sums if prefetcher is not None else partial_sums)(batch, indices)
+
+    if isinstance(dataset, datasets.Dataset):
+        map_kwargs["load_from_cache_file"] = load_from_cache_file
     try:
-        partial = mapped.map(prefetched_partial_sums if prefetcher is not None else partial_sums, **map_kwargs)
+        partial = mapped.map(counted, **map_kwargs)
     finally:
         if prefetcher is not None:
             prefetcher.close()
+    if isinstance(dataset, datasets.Dataset) and len(dataset) and not calls[0] and not (num_proc and num_proc > 1):
+        logger.info(
+            "Class statistics: reused the `datasets` cache of an identical pass (same backbone weights, "
+            "preprocessing, data and columns); set recompute_statistics=True to recompute."
+        )
     skipped_rows: list[int] = []
     skipped_reasons: list[str] = []
     feature_sums, counts = reduce_class_sums(partial, num_classes, skipped_rows, skipped_reasons)

@@ -24,12 +24,11 @@ def _processor():
     return ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def _distiller(output_dir, **overrides):
+def _distiller(output_dir, dataset=None, **overrides):
     values = dict(output_dir=str(output_dir), num_steps=2, image_size=32, save_grid=False, logging_steps=0)
     values.update(overrides)
-    return Distiller(
-        build_backbone("vit"), DistillationConfig(**values), color_dataset(3, 2), image_processor=_processor()
-    )
+    dataset = dataset if dataset is not None else color_dataset(3, 2)
+    return Distiller(build_backbone("vit"), DistillationConfig(**values), dataset, image_processor=_processor())
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +129,7 @@ _LOCK_WORKER = textwrap.dedent(
     import sys, time
     sys.path.insert(0, sys.argv[3])
     import conftest  # noqa: F401  (offline, temporary HF_HOME)
-    import torch
-from conftest import build_backbone, color_dataset
+    from conftest import build_backbone, color_dataset
     from transformers import ViTImageProcessor
     from hf_sfm import DistillationConfig, Distiller, TrainerCallback
 
@@ -271,3 +269,139 @@ def test_two_distillers_of_one_process_keep_their_own_precision(tmp_path):
         assert not torch.is_autocast_enabled("cpu")
     second.train()
     first.train()
+
+
+# ---------------------------------------------------------------------------------------------- stale inputs
+
+
+def _saved_backbone(folder: Path, seed: int) -> Path:
+    build_backbone("vit", seed=seed).save_pretrained(folder)
+    _processor().save_pretrained(folder)
+    return folder
+
+
+def _from_folder(folder: Path, output_dir: Path, dataset=None, **overrides):
+    from transformers import AutoModel
+
+    values = dict(output_dir=str(output_dir), num_steps=2, image_size=32, save_grid=False, logging_steps=0)
+    values.update(overrides)
+    return Distiller(
+        AutoModel.from_pretrained(folder),
+        DistillationConfig(**values),
+        dataset if dataset is not None else color_dataset(3, 2),
+        image_processor=_processor(),
+    )
+
+
+def test_statistics_of_other_weights_behind_the_same_name_are_not_reused(tmp_path):
+    folder, output_dir = tmp_path / "backbone", tmp_path / "out"
+    first = _from_folder(_saved_backbone(folder, seed=0), output_dir).compute_statistics()
+    _saved_backbone(folder, seed=1)  # new weights saved over the same folder: same name, same config
+    with pytest.raises(ValueError, match=r"backbone_weights: saved .* vs current .*recompute_statistics=True"):
+        _from_folder(folder, output_dir).compute_statistics()
+    recomputed = _from_folder(folder, output_dir, recompute_statistics=True).compute_statistics()
+    assert not torch.equal(recomputed.feature_sums, first.feature_sums)
+
+
+def test_recompute_statistics_recomputes_even_with_a_datasets_cache(tmp_path, caplog):
+    import datasets
+
+    color_dataset(3, 2).save_to_disk(str(tmp_path / "data"))
+    on_disk = datasets.load_from_disk(str(tmp_path / "data"))  # file-backed: `datasets` caches the pass
+    distiller = _distiller(tmp_path / "out", statistics_batch_size=2)
+    distiller.train_dataset = on_disk
+    distiller.compute_statistics()
+    (tmp_path / "out" / "statistics.safetensors").unlink()
+    with caplog.at_level("INFO", logger="hf_sfm.statistics"):
+        distiller.compute_statistics()
+    assert "reused the `datasets` cache" in caplog.text  # said so
+    caplog.clear()
+    distiller.args.recompute_statistics = True
+    with caplog.at_level("INFO", logger="hf_sfm.statistics"):
+        distiller.compute_statistics()
+    assert "reused the `datasets` cache" not in caplog.text  # computed again, not served from the cache
+
+
+def test_statistics_of_another_label_column_are_not_reused(tmp_path):
+    import datasets
+
+    dataset = color_dataset(3, 2)
+    dataset = dataset.add_column("other", [2 - label for label in dataset["label"]]).cast_column(
+        "other", datasets.ClassLabel(names=["x", "y", "z"])
+    )
+    first = Distiller(
+        build_backbone("vit"),
+        DistillationConfig(output_dir=str(tmp_path / "out"), image_size=32, label_column="label"),
+        dataset,
+        image_processor=_processor(),
+    )
+    first.compute_statistics()
+    second = Distiller(
+        build_backbone("vit"),
+        DistillationConfig(output_dir=str(tmp_path / "out"), image_size=32, label_column="other"),
+        dataset,
+        image_processor=_processor(),
+    )
+    with pytest.raises(ValueError, match="label_column: saved 'label' vs current 'other'"):
+        second.compute_statistics()
+
+
+def test_statistics_passed_in_are_checked_at_construction(tmp_path):
+    from hf_sfm import ClassStatistics
+
+    good = _distiller(tmp_path / "a").compute_statistics()
+
+    def build(statistics):
+        return Distiller(
+            build_backbone("vit"),
+            DistillationConfig(output_dir=str(tmp_path / "b"), image_size=32),
+            color_dataset(3, 2),
+            image_processor=_processor(),
+            statistics=statistics,
+        )
+
+    renamed = ClassStatistics(good.feature_sums, good.counts, ["a", "b", "c"], dict(good.metadata))
+    with pytest.raises(ValueError, match=r"describe 3 classes \['a', 'b', 'c'\].*first differences"):
+        build(renamed)
+    fewer = ClassStatistics(good.feature_sums[:2], good.counts[:2], good.class_names[:2], dict(good.metadata))
+    with pytest.raises(ValueError, match="describe 2 classes"):
+        build(fewer)
+    narrow = ClassStatistics(good.feature_sums[:, :8], good.counts, good.class_names, dict(good.metadata))
+    with pytest.raises(ValueError, match="8-dim features but the backbone gives 32"):
+        build(narrow)
+    build(good)  # the right ones pass
+
+
+def test_resuming_with_another_backbones_weights_is_refused(tmp_path):
+    folder, output_dir = tmp_path / "backbone", tmp_path / "out"
+    _from_folder(_saved_backbone(folder, seed=0), output_dir, save_steps=2).train()
+    _saved_backbone(folder, seed=1)
+    other = _from_folder(folder, output_dir, resume_from_checkpoint="latest", recompute_statistics=True)
+    with pytest.raises(ValueError, match=r"incompatible run.*backbone"):
+        other.train()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01", None], ids=["empty", "garbage", "truncated"])
+def test_an_unreadable_statistics_file_names_itself_and_the_fix(tmp_path, content):
+    from hf_sfm.statistics import StatisticsFileError
+
+    distiller = _distiller(tmp_path / "out")
+    path = tmp_path / "out" / "statistics.safetensors"
+    distiller.compute_statistics()
+    path.write_bytes(path.read_bytes()[:60] if content is None else content)
+    fresh = _distiller(tmp_path / "out", overwrite_output_dir=True)
+    with pytest.raises(StatisticsFileError, match=rf"{path} is not a readable hf_sfm statistics file.*recompute"):
+        fresh.compute_statistics()
+
+
+def test_sparse_integer_labels_are_refused_with_a_short_message(tmp_path):
+    import datasets
+
+    images = color_dataset(2, 3)["image"]
+    for top in (10**6, 10**8):
+        dataset = datasets.Dataset.from_dict({"image": images, "label": [0, top] * 3}).cast_column(
+            "image", datasets.Image()
+        )
+        with pytest.raises(ValueError, match=rf"{top + 1:,} classes, but the dataset has 6 images") as caught:
+            _distiller(tmp_path / f"out{top}", dataset=dataset)
+        assert len(str(caught.value)) < 600  # not one entry per missing class
