@@ -405,3 +405,25 @@ def test_sparse_integer_labels_are_refused_with_a_short_message(tmp_path):
         with pytest.raises(ValueError, match=rf"{top + 1:,} classes, but the dataset has 6 images") as caught:
             _distiller(tmp_path / f"out{top}", dataset=dataset)
         assert len(str(caught.value)) < 600  # not one entry per missing class
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("learning_rate", float("nan"), "learning_rate must be a finite number"),
+        ("learning_rate", float("inf"), "learning_rate must be a finite number"),
+        ("learning_rate", 0.0, "learning_rate must be > 0"),
+        ("learning_rate", -1e-3, "learning_rate must be > 0"),
+        ("init_noise_std", float("nan"), "init_noise_std must be a finite number"),
+        ("noise_std", -0.1, "noise_std must be >= 0"),
+        ("ipc", 1.5, "ipc must be an integer"),
+        ("ipc", "2", "ipc must be an integer"),
+        ("ipc", True, "ipc must be an integer"),
+        ("num_steps", 0, "num_steps must be >= 1"),
+        ("method_kwargs", '{"rounds": ', "method_kwargs=.* is not JSON"),
+        ("eval_baselines", ["randm_real"], "unknown baselines"),
+    ],
+)
+def test_config_values_that_can_never_work_are_refused_naming_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationConfig(**{field: value})
