@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 import datasets
 
+from .image_checks import CorruptImageError, check_finite_pixels
+
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "y")
 
@@ -183,38 +185,6 @@ def decode_image(value, feature: datasets.Image):
     return to_rgb(image)
 
 
-def check_finite_pixels(value: Any) -> None:
-    """Raise `CorruptImageError` if an array-like image holds NaN or ±inf: such a pixel has no colour to show.
-
-    A float image is scaled to 8 bits by its range, so one non-finite value would turn the whole image black (or
-    leave it unscaled) instead of failing. Values that are not float arrays pass unchecked.
-    """
-    import numpy as np
-    import PIL.Image
-
-    if isinstance(value, PIL.Image.Image):
-        if value.mode != "F":
-            return
-        value = np.asarray(value)
-    elif hasattr(value, "detach") and hasattr(value, "is_floating_point"):  # a torch tensor
-        if not value.is_floating_point():
-            return
-        value = value.detach().cpu().float().numpy()
-    elif isinstance(value, list | tuple):
-        try:
-            value = np.asarray(value)
-        except ValueError:  # ragged: not an image array
-            return
-    if not isinstance(value, np.ndarray) or value.dtype.kind not in "fc":
-        return
-    finite = np.isfinite(value)
-    if not finite.all():
-        raise CorruptImageError(
-            f"{int(finite.size - finite.sum())} of its {finite.size} pixel values are NaN or infinite; a float "
-            "image with non-finite values cannot be scaled to colours"
-        )
-
-
 def _decompression_bomb_reason(value: dict, error: Exception) -> str:
     """Why PIL refused an image as a possible decompression bomb, and how to let a trusted one through."""
     import re
@@ -276,10 +246,6 @@ class DecodedImages(NamedTuple):
     kept: list[int]  # positions in the input list of `images`, to pick the matching labels
     skipped_rows: list[int]  # row numbers of the undecodable values
     reasons: Sequence[str] = ()  # why each of `skipped_rows` could not be decoded, in the same order
-
-
-class CorruptImageError(ValueError):
-    """A value that is no usable image for a reason hf_sfm checks itself (missing, non-finite, too large)."""
 
 
 def decode_failure(row: int, error: BaseException) -> DecodeFailure:

@@ -15,7 +15,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .data import check_finite_pixels
+from .image_checks import check_finite_pixels
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -23,7 +23,7 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 
     `Image.convert("RGB")` clips 16/32-bit integer and float images instead of rescaling them, and drops alpha
     onto black; both are handled here (alpha is composited over white, wide modes are rescaled to 0–255). A float
-    image with NaN or ±inf pixels raises `data.CorruptImageError` (a `ValueError`): its scale would come from a
+    image with NaN or ±inf pixels raises `image_checks.CorruptImageError` (a `ValueError`): its scale would come from a
     non-finite maximum and turn the whole image black.
     """
     if image.mode == "RGB":

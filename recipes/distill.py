@@ -221,6 +221,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:  # progress bars and chatter only on the main process
         datasets.disable_progress_bars()
         transformers.utils.logging.set_verbosity_error()
+    # Seeded before loading, as transformers' example scripts do: weights a checkpoint lacks (a pooler, say) are
+    # initialised at random, and must come out the same in every process and on every resume, or the statistics
+    # and checkpoints (keyed on the weights) would not match the backbone.
+    transformers.set_seed(config.seed)
     with state.main_process_first():  # one download per machine
         model, processor = load_backbone(model_args)
         train, evaluation = load_data(data_args)
