@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ipc", type=int, default=1)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--runs", type=int, default=2, help="Probe runs per set (fresh views, 1000 epochs).")
+    parser.add_argument(
+        "--probe-views", type=int, default=None, help="A bank of V views per image (labelled); default: fresh views."
+    )
     parser.add_argument("--setting", action="append", required=True, help="name:key=value,... (repeatable)")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--tag", default=None)
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     common.set_threads(1)
     work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="hf_sfm_sweep_"))
     backbones = {name: common.load_backbone(name) for name in {options.distill, *options.eval}}
-    probe = ProbeConfig()
+    probe = ProbeConfig(views=options.probe_views)
     rows, started = [], time.perf_counter()
     for dataset in options.datasets:
         train, validation = splits(dataset)
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         "distill": options.distill,
         "ipc": options.ipc,
         "runs": options.runs,
+        "probe_views": options.probe_views,
         "rows": rows,
         "seconds": time.perf_counter() - started,
         "machine": common.machine_description(),
