@@ -43,7 +43,6 @@ class DistillationConfig:
     > Images
         image_size: resolution of the synthetic images; crop_size: resolution the backbone sees.
         parameterization, decorrelate_color, pyramid_level_every, pyramid_max_resolution, init, init_noise_std.
-        anchor_weight: a trust region that keeps the images near a real or centroid init.
 
     > Augmentation (one differentiable pass per step)
         augment_flip, augment_crop, crop_scale_min, crop_scale_max, augment_noise, noise_std.
@@ -192,13 +191,6 @@ class DistillationConfig:
     init_noise_std: float = field(
         default=1.0, metadata={"help": "Std of the noise init in parameter space (the reference's randn: 1.0)."}
     )
-    anchor_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "Trust region around an image init (real or centroid): adds anchor_weight · mean((x - x0)^2) to "
-            "the loss, so an edit must buy enough flow matching to pay for its distance from the start. 0: off."
-        },
-    )
 
     # Augmentation
     augment_flip: bool = field(default=True, metadata={"help": "Random horizontal flip, p=0.5."})
@@ -270,12 +262,6 @@ class DistillationConfig:
         self._check_float("learning_rate", low=0.0, inclusive=False)
         self._check_float("init_noise_std", low=0.0, inclusive=True)
         self._check_float("noise_std", low=0.0, inclusive=True)
-        self._check_float("anchor_weight", low=0.0, inclusive=True)
-        if self.anchor_weight > 0 and self.init == "noise":
-            raise ValueError(
-                "DistillationConfig.anchor_weight keeps the images near their start, which with init='noise' is "
-                "noise; use init='centroid' or init='real', or anchor_weight=0."
-            )
         self._check_float("crop_scale_min", low=0.0, inclusive=False)
         self._check_float("crop_scale_max", low=0.0, inclusive=False)
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:

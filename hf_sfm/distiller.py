@@ -46,7 +46,7 @@ from .precision import Precision
 from .preprocessing import ImagePreprocessing
 from .real_images import DEFAULT_MAX_CACHED_BYTES, RealBatchStream, sample_real_images, square_preprocessing
 from .statistics import ClassStatistics, compute_class_statistics
-from .synthetic import SyntheticImages, synthetic_labels, trust_region
+from .synthetic import SyntheticImages, synthetic_labels
 from .tracking import TRACKER_PROJECT, close_trackers, format_metrics, log_grid, start_trackers, write_metrics
 from .versions import library_versions
 
@@ -469,7 +469,6 @@ class Distiller:
         current: dict[str, torch.Tensor] = {}  # this step's decoded synthetic shard, which `embed` recognises
         embed = self._embedder(generator, shard, num_images, current)
         self._warn_if_pyramid_incomplete(synthetic)
-        anchor = trust_region(synthetic, args.anchor_weight, num_images)
         method_generators = {f"method.{name}": g for name, g in method.generators().items()}
         loop_state = self.checkpointer.track({"augmentation": generator, **method_generators})
 
@@ -510,10 +509,9 @@ class Distiller:
             with self.precision.autocast():
                 current["images"] = synthetic.decode()
                 loss = method(current["images"], labels, embed)
-                objective = loss if anchor is None else loss + anchor(current["images"])
             current.clear()
             optimizer.zero_grad(set_to_none=True)
-            self.precision.backward(objective)
+            self.precision.backward(loss)
             self.precision.step(optimizer)
             losses[step] = loss.detach()
             loop_state.step = self.state.global_step = step + 1
@@ -642,7 +640,6 @@ class Distiller:
             # Allowed to change, with a warning: the run continues but differs from an uninterrupted one.
             "crop_size": self.preprocessing.crop_size,
             "learning_rate": args.learning_rate,
-            "anchor_weight": args.anchor_weight,
             "pyramid_level_every": args.pyramid_level_every,
             "augmentation": dataclasses.asdict(self.augmentation),
             "mixed_precision": args.mixed_precision,

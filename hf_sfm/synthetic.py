@@ -10,8 +10,6 @@ given resolution, because fine edits are what a distilled set's other backbones 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,21 +139,3 @@ class SyntheticImages(nn.Module):
 def synthetic_labels(num_classes: int, ipc: int) -> torch.Tensor:
     """`(C · ipc,)` labels, class-major: `[0] * ipc + [1] * ipc + …`."""
     return torch.arange(num_classes).repeat_interleave(ipc)
-
-
-def trust_region(
-    synthetic: SyntheticImages, weight: float, num_images: int
-) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The `anchor_weight` penalty, `weight · mean over images of mean((x - x0)^2)`, with x0 the images as they are now.
-
-    Taken right after the (deterministic) init, so a resumed run rebuilds the same anchor; per image and divided by
-    the whole set's size, so the shards' penalties sum to the one-process value. `None` when `weight` is 0.
-    """
-    if weight == 0:
-        return None
-    start = synthetic.decode().detach()
-
-    def penalty(images: torch.Tensor) -> torch.Tensor:
-        return weight * (images - start).square().flatten(1).mean(1).sum() / num_images
-
-    return penalty
