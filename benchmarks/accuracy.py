@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="Override distillation settings (DistillationConfig fields)."
     )
-    parser.add_argument("--no-results", action="store_true", help="Do not write benchmarks/RESULTS.md.")
+    parser.add_argument("--no-results", action="store_true", help="Write the JSON only, not benchmarks/RESULTS.md.")
     parser.add_argument("--render", action="store_true", help="Only re-render the section from its JSON.")
     options = parser.parse_args(argv)
     name = "accuracy" + (f"-{options.tag}" if options.tag else "")
@@ -337,9 +337,10 @@ def main(argv: list[str] | None = None) -> None:
     report = run(plan, work_dir, settings)
     section = format_section(report, title + (" (quick run)" if options.quick else ""))
     print(section)
-    if not (options.no_results or options.quick):
-        common.write_results_section(name, section)
+    if not options.quick:
         common.save_json(report, name)
+        if not options.no_results:
+            common.write_results_section(name, section)
 
 
 if __name__ == "__main__":

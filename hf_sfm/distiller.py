@@ -106,6 +106,12 @@ class Distiller:
             )
         if eval_dataset is not None:
             check_eval_classes(self.class_names, eval_dataset, args.label_column)
+        if isinstance(train_dataset, datasets.IterableDataset) and args.init != "noise":
+            raise ValueError(
+                f"init={args.init!r} starts from real images picked from the training set, which needs a map-style "
+                "`datasets.Dataset`; this one is streaming. Load it without `streaming=True`, or set init='noise' "
+                "(the ImageNet recipes do)."
+            )
         self.output_dir = Path(args.output_dir)
         check_output_dir(self.output_dir, args.overwrite_output_dir, bool(args.resume_from_checkpoint))
         if args.statistics_path and Path(args.statistics_path).is_dir():

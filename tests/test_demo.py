@@ -41,7 +41,7 @@ def test_demo_runs_end_to_end_and_saves_its_outputs(tmp_path):
 
 def test_demo_defaults_parse_and_cli_overrides_win():
     args, demo = parse_arguments(["--ipc", "2"])
-    assert args.ipc == 2 and args.crop_size == 64 and args.init == "real" and demo.backbone == "lite0"
+    assert args.ipc == 2 and args.crop_size == 64 and args.init == "centroid" and demo.backbone == "lite0"
 
 
 def test_demo_probes_follow_the_papers_protocol():

@@ -33,6 +33,7 @@ LAUNCH = [
 ]  # fmt: skip
 # 3 classes x ipc 3 = 9 images: uneven shards (5 + 4); pyramid levels are added during the run; checkpoints at 4, 6.
 RUN = ["--ipc", "3", "--num_steps", "6", "--pyramid_level_every", "2", "--learning_rate", "0.05"]
+RUN += ["--init", "noise", "--parameterization", "pyramid"]  # streaming needs noise; the pyramid grows across shards
 RUN += ["--statistics_batch_size", "4", "--save_steps", "4", "--do_eval", "false", "--save_grid", "false"]
 
 
@@ -138,7 +139,7 @@ def test_streaming_statistics_equal_in_memory_statistics(tmp_path):
     dataset = color_dataset(3, 7)
     computed = {}
     for name, data in [("memory", dataset), ("stream", dataset.to_iterable_dataset(num_shards=3))]:
-        args = DistillationConfig(output_dir=str(tmp_path / name), statistics_batch_size=4)
+        args = DistillationConfig(output_dir=str(tmp_path / name), statistics_batch_size=4, init="noise")
         computed[name] = Distiller(build_backbone("vit"), args, data, image_processor=processor).compute_statistics()
     assert isinstance(dataset.to_iterable_dataset(), datasets.IterableDataset)
     assert torch.equal(computed["stream"].counts, computed["memory"].counts)
@@ -150,3 +151,16 @@ def test_reduce_sum_is_the_identity_in_one_process(tmp_path):
     args = DistillationConfig(output_dir=str(tmp_path))
     distiller = Distiller(build_backbone("vit"), args, color_dataset(3, 2), image_processor=processor)
     assert distiller.reduce_sum is None  # one process keeps the exact single-process arithmetic
+
+
+def test_a_streaming_dataset_with_an_image_init_is_refused_up_front(tmp_path):
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    stream = color_dataset(3, 4).to_iterable_dataset(num_shards=2)
+    for init in ("centroid", "real"):
+        with pytest.raises(ValueError, match=rf"init='{init}'.*streaming.*init='noise'"):
+            Distiller(
+                build_backbone("vit"),
+                DistillationConfig(output_dir=str(tmp_path), init=init),
+                stream,
+                image_processor=processor,
+            )
