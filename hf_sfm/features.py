@@ -4,6 +4,10 @@ Families pool differently (DESIGN §7): DINOv2's `pooler_output` is the layer-no
 extra dense+tanh that is random unless trained (so we take the CLS token), CLIP's projected embedding is
 `image_embeds`, ResNet pools to `(B, C, 1, 1)`. One line per family names its pooling; the pooling itself is
 `modeling_inherited.pool_features`, the same code a saved classifier runs. Users can pass their own `feature_fn`.
+
+A full image-text model (`CLIPModel`, `SiglipModel`, `AlignModel`, `BlipModel`, ...: what `AutoModel` gives for such a
+checkpoint) is unwrapped here: by default its projected image embedding (`get_image_features`, pooling
+`"image_embeds"`), or with `feature_fn="pooler_output"` its vision tower's pooled output.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .modeling_inherited import FEATURE_POOLINGS, pool_outputs
+from .modeling_inherited import FEATURE_POOLINGS, backbone_outputs, pool_outputs
 from .preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
@@ -56,16 +60,48 @@ def register_feature_fn(model_type: str, feature_fn: FeatureFn | str) -> None:
     FEATURE_POOLING[model_type] = feature_fn
 
 
-def base_vision_model(model: nn.Module) -> nn.Module:
-    """Strip a task head (`*ForImageClassification`) so features come from the backbone itself.
+# Where a full image-text model keeps its vision tower (CLIP & co: `vision_model`; FLAVA: `image_model`; VLMs:
+# `vision_tower`). The tower is what `pooler_output` / `cls_token` read; `image_embeds` uses the whole model.
+VISION_TOWER_ATTRIBUTES = ("vision_model", "image_model", "vision_tower", "vision_encoder")
 
-    CLIP's `CLIPVisionModelWithProjection` is kept whole: its projection *is* the feature.
+
+def vision_tower(model: nn.Module) -> nn.Module | None:
+    """The vision tower of a full image-text model (one with `get_image_features`), or `None` for anything else."""
+    if not callable(getattr(model, "get_image_features", None)):
+        return None
+    for name in VISION_TOWER_ATTRIBUTES:
+        tower = getattr(model, name, None)
+        if isinstance(tower, nn.Module):
+            return tower
+    return None
+
+
+def default_pooling(model: nn.Module) -> str | FeatureFn:
+    """Its `FEATURE_POOLING` entry, `image_embeds` for a full image-text model, else `DEFAULT_POOLING`."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in FEATURE_POOLING:
+        return FEATURE_POOLING[model_type]
+    if vision_tower(model) is not None:
+        return "image_embeds"
+    return DEFAULT_POOLING
+
+
+def base_vision_model(model: nn.Module, pooling: str | FeatureFn | None = None) -> nn.Module:
+    """The module features come from, for `pooling` (`None`: the vision backbone itself).
+
+    Strips a task head (`*ForImageClassification`). A full image-text model (`CLIPModel`, `SiglipModel`, ...) is kept
+    whole for `image_embeds` (its `get_image_features` is the feature) and for a custom callable (which may call it);
+    for any other pooling its vision tower is used (`CLIPModel.vision_model`, a `CLIPVisionModel`). CLIP's
+    `CLIPVisionModelWithProjection` is kept whole: its projection *is* the `image_embeds` feature.
     """
     if "ForImageClassification" in type(model).__name__:
         prefix = getattr(model, "base_model_prefix", "")
         inner = getattr(model, prefix, None) if prefix else None
         if isinstance(inner, nn.Module):
             return inner
+    tower = vision_tower(model)
+    if tower is not None and not (pooling == "image_embeds" or callable(pooling)):
+        return tower
     return model
 
 
@@ -76,15 +112,21 @@ class FeatureExtractor(nn.Module):
     identically. The backbone is frozen and kept in eval mode (BatchNorm statistics must not move).
 
     `pooling` names the built-in pooling used (`None` with a custom `feature_fn`): what a saved classifier records.
+    `feature_fn` is a callable `(model, pixel_values) -> (B, D)` or one of `FEATURE_POOLINGS` by name, e.g.
+    `"pooler_output"` for a full CLIP/SigLIP model's vision tower instead of its projected `"image_embeds"`.
     """
 
     def __init__(self, model: nn.Module, preprocessing: ImagePreprocessing, feature_fn: FeatureFn | None = None):
         super().__init__()
-        self.model = base_vision_model(model)
+        if isinstance(feature_fn, str) and feature_fn not in FEATURE_POOLINGS:
+            raise ValueError(
+                f"feature_fn={feature_fn!r} is not a pooling; choose one of {FEATURE_POOLINGS} or a callable."
+            )
+        stripped = base_vision_model(model, feature_fn or "image_embeds")  # head stripped, image-text model kept
+        chosen = feature_fn or default_pooling(stripped)
+        self.model = base_vision_model(stripped, chosen)
         self.model.eval()
         self.model.requires_grad_(False)
-        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
-        chosen = feature_fn or FEATURE_POOLING.get(model_type, DEFAULT_POOLING)
         self.pooling: str | None = chosen if isinstance(chosen, str) else None
         self.custom_feature_fn: FeatureFn | None = None if isinstance(chosen, str) else chosen
         self.input_size = preprocessing.crop_size
@@ -108,7 +150,7 @@ class FeatureExtractor(nn.Module):
         """Normalised pixels → the backbone's pooled `(B, D)` feature."""
         if self.custom_feature_fn is not None:
             return self.custom_feature_fn(self.model, pixel_values)
-        outputs = self.model(pixel_values=pixel_values)
+        outputs = backbone_outputs(self.model, pixel_values, self.pooling)
         try:
             return pool_outputs(outputs, self.pooling, type(self.model).__name__)
         except ValueError as error:
@@ -152,19 +194,43 @@ class FeatureExtractor(nn.Module):
         except FeatureFunctionError:
             raise
         except Exception as error:  # whatever the backbone raises on an input it cannot take
-            raise ValueError(
-                f"{type(self.model).__name__} cannot embed {self.input_size}x{self.input_size} RGB images "
-                f"({type(error).__name__}: {error}). The image processor"
-                + (f" ({type(image_processor).__name__})" if image_processor is not None else "")
-                + " probably does not belong to this model: pass the model's own "
-                "`AutoImageProcessor.from_pretrained(<checkpoint>)`, or set `crop_size` to the model's input size."
-            ) from error
+            raise self._forward_error(error, image_processor) from error
         if not bool(torch.isfinite(features).all()):
             raise FloatingPointError(
                 f"{type(self.model).__name__} returns NaN/Inf features for a plain grey image: its weights are broken "
                 "(NaN in the checkpoint) or its dtype overflows (float16 weights; load it in float32 or bfloat16)."
             )
         return int(features.shape[1])
+
+    def _forward_error(self, error: Exception, image_processor: Any) -> ValueError:
+        """Why the backbone could not embed two plain RGB images, blaming the image processor only when the evidence
+        points to it: the model declares another input size or channel count, or the error is about sizes/shapes."""
+        name, size = type(self.model).__name__, self.input_size
+        config = getattr(self.model, "config", None)
+        config = getattr(config, "vision_config", None) or config
+        declared = getattr(config, "image_size", None)
+        declared = declared if isinstance(declared, int) else None
+        message = f"{type(error).__name__}: {error}"
+        about_inputs = any(word in str(error) for word in ("input_ids", "attention_mask", "spatial_shapes"))
+        about_input_size = not about_inputs and (
+            (declared is not None and declared != size)
+            or any(word in str(error).lower() for word in ("image size", "channel", "shape", "size of tensor"))
+        )
+        if about_input_size:
+            processor = f" ({type(image_processor).__name__})" if image_processor is not None else ""
+            expected = f" (the model's config says image_size={declared})" if declared else ""
+            return ValueError(
+                f"{name} cannot embed {size}x{size} RGB images{expected} ({message}). The image processor{processor} "
+                "probably does not belong to this model: pass the model's own "
+                "`AutoImageProcessor.from_pretrained(<checkpoint>)`, or set `crop_size` to the model's input size."
+            )
+        return FeatureFunctionError(
+            f"{name} cannot embed images from `pixel_values` alone ({message}). "
+            + ("It needs other inputs too. " if about_inputs else "")
+            + "Pass `feature_fn=` to the Distiller: one of "
+            f"{FEATURE_POOLINGS} (e.g. 'pooler_output' for a vision tower), or a callable "
+            "`(model, pixel_values) -> (batch, dim)` that calls the model as it needs to be called."
+        )
 
 
 def check_image_processor(model: nn.Module, image_processor: Any) -> None:
