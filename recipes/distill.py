@@ -126,6 +126,12 @@ class RunArguments:
         default=None,
         metadata={"help": "Backbone (Hub id or folder) the inherited classifier runs on (default: the distilled one)."},
     )
+    inherit_head_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs of the inherited head on the real features (default: 10, raised to at least 3000 steps)."
+        },
+    )
     inherit_projector_epochs: int = field(
         default=1000, metadata={"help": "Epochs of the projector fit on the distilled images (DESIGN §5: 1000)."}
     )
@@ -268,7 +274,7 @@ def _first(dataset, count: int):
 def build_inherited_classifier(distiller: Distiller, run_args, model_args):
     """Head on the real features, projector for the eval backbone, the `SFMInheritedClassifier` (every process)."""
     inheritance = distiller.classifier_inheritance()
-    inheritance.train_head()
+    inheritance.train_head(**({} if run_args.inherit_head_epochs is None else {"epochs": run_args.inherit_head_epochs}))
     eval_model = eval_processor = None
     if run_args.inherit_eval_model:
         eval_model, eval_processor = load_backbone(

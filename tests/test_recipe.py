@@ -93,7 +93,7 @@ def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbon
         "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data"),
         "--output_dir", str(output_dir), "--num_steps", "2", "--ipc", "1", "--probe_epochs", "2",
         "--inherited_classifier", "true",
-        "--inherit_eval_model", str(assets / "resnet"), "--inherit_projector_epochs", "3",
+        "--inherit_eval_model", str(assets / "resnet"), "--inherit_projector_epochs", "3", "--inherit_head_epochs", "5",
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -299,7 +299,7 @@ def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(
         "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(image_folders["flat"]),
         "--eval_split_size", "0.4", "--output_dir", str(output_dir), "--num_steps", "1", "--ipc", "1",
         "--probe_epochs", "1", "--eval_runs", "1", "--inherited_classifier", "true",
-        "--inherit_projector_epochs", "1", "--grid_steps", "0",
+        "--inherit_head_epochs", "2", "--inherit_projector_epochs", "1", "--grid_steps", "0",
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     for attempt in range(2):
