@@ -29,7 +29,7 @@ from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
 
 from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.distributed import cpu_only
-from hf_sfm.evaluation import classifier_accuracy
+from hf_sfm.evaluation import ProbeConfig, classifier_accuracy
 from hf_sfm.export import save_classifier
 from hf_sfm.modeling_inherited import FEATURE_POOLINGS
 from hf_sfm.results import inherited_metrics
@@ -113,6 +113,13 @@ class RunArguments:
     config: str | None = field(default=None, metadata={"help": "YAML file of arguments (the command line wins)."})
     do_eval: bool = field(
         default=True, metadata={"help": "Evaluate the distilled set (and eval_baselines) on the eval split."}
+    )
+    probe_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "A fixed learning rate for the evaluation probes instead of the papers' 1e-3·batch/256, which "
+            "cannot move the head in a short probe on few images (it warns then): e.g. 1e-2 with probe_epochs 50."
+        },
     )
     inherited_classifier: bool = field(
         default=False,
@@ -271,6 +278,13 @@ def _first(dataset, count: int):
     return dataset.take(count)
 
 
+def probe_config(probe: ProbeConfig, run_args) -> ProbeConfig:
+    """The evaluation probe: the papers' protocol, or a fixed `probe_learning_rate` (for short probes)."""
+    if run_args.probe_learning_rate is None:
+        return probe
+    return dataclasses.replace(probe, learning_rate=run_args.probe_learning_rate, scale_learning_rate=False)
+
+
 def build_inherited_classifier(distiller: Distiller, run_args, model_args):
     """Head on the real features, projector for the eval backbone, the `SFMInheritedClassifier` (every process)."""
     inheritance = distiller.classifier_inheritance()
@@ -312,6 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     distiller = Distiller(
         model, config, train, image_processor=processor, eval_dataset=evaluation, feature_fn=model_args.feature_pooling
     )
+    distiller.evaluator.probe = probe_config(distiller.evaluator.probe, run_args)
     distiller.compute_statistics()
     train_output = distiller.train()
     distiller.log_metrics("train", train_output.metrics)

@@ -1,5 +1,6 @@
 """`recipes/distill.py`: the script users launch, end to end on a tiny local model and dataset, and its configs."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -327,3 +328,41 @@ def test_cards_link_only_hub_ids_and_name_local_sources_as_given():
         assert "source_datasets" not in card.split("---")[1]
     card = str(dataset_card(class_names=["a", "b"], num_images=2, source_dataset="org/toy"))
     assert "(https://huggingface.co/datasets/org/toy)" in card and "source_datasets:\n- org/toy" in card
+
+
+def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_it_meaningful(recipe, caplog):
+    """The issue's case: 3 images, 50 epochs at the protocol's 1e-3·3/256 scores chance; 1e-2 fixed does not."""
+    import numpy as np
+    import torch
+
+    from hf_sfm.evaluation import ProbeConfig, fit_probe_on_features
+    from hf_sfm.features import FeatureExtractor
+    from hf_sfm.preprocessing import ImagePreprocessing
+
+    extractor = FeatureExtractor(build_backbone("vit"), ImagePreprocessing(32, 32, (0.5,) * 3, (0.5,) * 3))
+    dataset = color_dataset(3, 10)
+    pixels = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) / 255 for image in dataset["image"]])
+    with torch.no_grad():
+        features = extractor(pixels)
+    train = torch.tensor([0, 10, 20])  # one real image per class
+    test = torch.tensor([i for i in range(30) if i not in (0, 10, 20)])
+    train_features, labels = features[train], torch.arange(3)
+    test_features, test_labels = features[test], torch.tensor(dataset["label"])[test]
+    short = ProbeConfig(epochs=50, augment=False)
+    assert ProbeConfig().too_short(10) is None  # the papers' protocol (CIFAR-10, ipc 1) is left alone
+    assert "probe_learning_rate" in short.too_short(3)
+    with caplog.at_level("WARNING", logger="hf_sfm.evaluation"):
+        head = fit_probe_on_features(train_features, labels, 3, short)
+    assert "can barely move its head" in caplog.text
+    arguments = recipe.parse_args(["--probe_epochs", "50", "--probe_learning_rate", "1e-2"])
+    fixed = recipe.probe_config(dataclasses.replace(short), arguments[2])
+    assert (fixed.learning_rate, fixed.scale_learning_rate, fixed.epochs) == (1e-2, False, 50)
+    assert fixed.too_short(3) is None
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_sfm.evaluation"):
+        tuned = fit_probe_on_features(train_features, labels, 3, fixed)
+    assert "can barely move" not in caplog.text
+    with torch.no_grad():
+        short_accuracy = (head(test_features).argmax(1) == test_labels).float().mean()
+        tuned_accuracy = (tuned(test_features).argmax(1) == test_labels).float().mean()
+    assert short_accuracy == pytest.approx(1 / 3) and tuned_accuracy == 1.0  # chance, then the task solved
