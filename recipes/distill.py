@@ -28,7 +28,7 @@ from accelerate import PartialState
 from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.distributed import cpu_only
+from hf_sfm.distributed import cpu_only, num_processes_warning
 from hf_sfm.evaluation import ProbeConfig, classifier_accuracy
 from hf_sfm.export import save_classifier
 from hf_sfm.modeling_inherited import FEATURE_POOLINGS
@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Seeded before loading, as transformers' example scripts do: weights a checkpoint lacks (a pooler, say) are
     # initialised at random, and must come out the same in every process and on every resume, or the statistics
     # and checkpoints (keyed on the weights) would not match the backbone.
+    if state.is_main_process and (warning := num_processes_warning(state.num_processes)):
+        logger.warning(warning)
     transformers.set_seed(config.seed)
     with state.main_process_first():  # one download per machine
         model, processor = load_backbone(model_args)

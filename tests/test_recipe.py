@@ -366,3 +366,27 @@ def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_i
         short_accuracy = (head(test_features).argmax(1) == test_labels).float().mean()
         tuned_accuracy = (tuned(test_features).argmax(1) == test_labels).float().mean()
     assert short_accuracy == pytest.approx(1 / 3) and tuned_accuracy == 1.0  # chance, then the task solved
+
+
+def test_a_launch_that_runs_fewer_processes_than_asked_is_reported(tmp_path):
+    from hf_sfm.distributed import num_processes_warning, requested_num_processes
+
+    command = ["/usr/bin/python", "/usr/bin/accelerate", "launch", "--cpu", "--num_processes", "2", "distill.py"]
+    assert requested_num_processes(command) == 2
+    assert requested_num_processes(["python", "accelerate", "launch", "--num_processes=4", "x.py"]) == 4
+    assert requested_num_processes(["bash", "run.sh", "--num_processes", "2"]) is None  # not a launcher
+    assert "--multi_gpu" in num_processes_warning(1, requested=2)
+    assert num_processes_warning(2, requested=2) is None
+    # The real thing: `accelerate launch --cpu --num_processes 2` runs one process, and it says so.
+    script = tmp_path / "check.py"
+    script.write_text(
+        "from accelerate import PartialState\nfrom hf_sfm.distributed import num_processes_warning\n"
+        "state = PartialState(cpu=True)\n"
+        "print('PROCESSES', state.num_processes, num_processes_warning(state.num_processes))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("WORLD_SIZE", None)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", str(script)]
+    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PROCESSES 1 2 processes were requested but this run has 1" in result.stdout
