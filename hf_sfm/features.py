@@ -12,6 +12,7 @@ checkpoint) is unwrapped here: by default its projected image embedding (`get_im
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,7 @@ class FeatureFunctionError(ValueError):
 FEATURE_POOLING: dict[str, str | FeatureFn] = {
     "vit": "cls_token",
     "deit": "cls_token",
+    "pvt": "cls_token",  # PvtForImageClassification reads last_hidden_state[:, 0] (PVT has a last-stage CLS token)
     "dinov2": "pooler_output",
     "dinov2_with_registers": "pooler_output",
     "clip_vision_model": "image_embeds",
@@ -211,7 +213,7 @@ class FeatureExtractor(nn.Module):
         declared = getattr(config, "image_size", None)
         declared = declared if isinstance(declared, int) else None
         message = f"{type(error).__name__}: {error}"
-        about_inputs = any(word in str(error) for word in ("input_ids", "attention_mask", "spatial_shapes"))
+        about_inputs = any(word in str(error) for word in EXTRA_INPUTS) or bool(_extra_inputs(self.model))
         about_input_size = not about_inputs and (
             (declared is not None and declared != size)
             or any(word in str(error).lower() for word in ("image size", "channel", "shape", "size of tensor"))
@@ -226,7 +228,7 @@ class FeatureExtractor(nn.Module):
             )
         return FeatureFunctionError(
             f"{name} cannot embed images from `pixel_values` alone ({message}). "
-            + ("It needs other inputs too. " if about_inputs else "")
+            + (f"It takes {_extra_inputs(self.model) or 'other inputs'} too. " if about_inputs else "")
             + "Pass `feature_fn=` to the Distiller: one of "
             f"{FEATURE_POOLINGS} (e.g. 'pooler_output' for a vision tower), or a callable "
             "`(model, pixel_values) -> (batch, dim)` that calls the model as it needs to be called."
@@ -268,6 +270,21 @@ def check_image_processor(model: nn.Module, image_processor: Any) -> None:
             f"(mean {getattr(image_processor, 'image_mean', None)}, std {getattr(image_processor, 'image_std', None)}) "
             "are the backbone's, e.g. by loading `AutoImageProcessor.from_pretrained(<the model's checkpoint>)`."
         )
+
+
+# Inputs beside `pixel_values` that a model needs to embed an image: text (a full model's `forward`), or SigLIP2's
+# patchified NaFlex layout. A model whose image entry point takes them cannot be fed `(B, 3, H, W)` pixels alone.
+EXTRA_INPUTS = ("input_ids", "spatial_shapes", "pixel_attention_mask")
+
+
+def _extra_inputs(model: nn.Module) -> list[str]:
+    """`EXTRA_INPUTS` that the model's image entry point (`get_image_features`, else `forward`) takes."""
+    entry = getattr(model, "get_image_features", None) or getattr(model, "forward", None)
+    try:
+        parameters = inspect.signature(entry).parameters
+    except (TypeError, ValueError):
+        return []
+    return [name for name in EXTRA_INPUTS if name in parameters]
 
 
 def _base_processor_name(name: str) -> str:

@@ -1,0 +1,43 @@
+"""The family matrix (`benchmarks/family_matrix.py`): every image-model family distils, or is refused naming the fix.
+
+Each family is a tiny random model built from its config (no Hub). A family that works must give features equal
+to its own forward (what its image classifier or `get_image_features` reads); one that is refused must be refused
+at construction with a message naming `feature_fn`. A family that fails later is a bug.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import family_matrix
+
+# The families no named pooling can serve: their own classifier reads what the bare model does not return.
+REFUSED = {
+    "Data2VecVision": "AutoModel builds it without its mean-pooling layer",
+    "PVTv2": "its classifier averages a (B, C, H, W) map",
+    "SigLIP2 (full)": "it takes patchified pixels with spatial_shapes",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet():
+    family_matrix.quiet()
+
+
+@pytest.mark.parametrize("family", sorted(family_matrix.FAMILIES))
+def test_every_family_distils_with_its_own_features_or_is_refused_naming_feature_fn(family, tmp_path):
+    row = family_matrix.check_family(family, num_steps=1, output_dir=str(tmp_path))
+    if family in REFUSED:
+        assert row.outcome == "refused" and "feature_fn" in row.note, row
+    else:
+        assert row.outcome == "works" and row.equal, row
+
+
+def test_the_matrix_covers_the_issue_families_and_the_full_image_text_models():
+    named = {"BEiT", "DeiT", "Data2VecVision", "MobileViT", "MobileNetV2", "RegNet", "ConvNeXtV2", "PVT", "Hiera"}
+    named |= {"ViT", "DINOv2", "CLIPVision", "ConvNeXt", "ResNet", "Swin", "SiglipVision"}
+    named |= {"CLIP (full)", "SigLIP (full)", "SigLIP2 (full)", "ALIGN (full)", "BLIP (full)"}
+    assert named <= set(family_matrix.FAMILIES)
