@@ -211,6 +211,82 @@ FAMILIES: dict[str, Family] = {
         lambda model, pixel_values: model(pixel_values=pixel_values).last_hidden_state.mean((2, 3)),
         "last_hidden_state.mean((2, 3))",
     ),
+    "DINOv2 with registers": Family(
+        _model(
+            "Dinov2WithRegistersModel",
+            "Dinov2WithRegistersConfig",
+            **{k: v for k, v in VIT.items() if k != "intermediate_size"},
+            num_register_tokens=2,
+        ),
+        _pooler_output,
+        "pooler_output",
+    ),
+    "EfficientNet": Family(
+        _model(
+            "EfficientNetModel",
+            "EfficientNetConfig",
+            image_size=IMAGE_SIZE,
+            width_coefficient=0.25,
+            depth_coefficient=0.25,
+            hidden_dim=320,
+            hidden_act="relu6",
+        ),
+        _pooler_output,
+        "pooler_output",
+    ),
+    "SwinV2": Family(
+        _model(
+            "Swinv2Model",
+            "Swinv2Config",
+            image_size=IMAGE_SIZE,
+            patch_size=4,
+            embed_dim=8,
+            depths=[1, 1],
+            num_heads=[1, 2],
+            window_size=4,
+        ),
+        _pooler_output,
+        "pooler_output",
+    ),
+    "ViTMSN": Family(_model("ViTMSNModel", "ViTMSNConfig", **VIT), _cls_token, "last_hidden_state[:, 0]"),
+    "FocalNet": Family(
+        _model(
+            "FocalNetModel",
+            "FocalNetConfig",
+            image_size=IMAGE_SIZE,
+            patch_size=4,
+            embed_dim=8,
+            depths=[1, 1],
+            focal_levels=[2, 2],
+            focal_windows=[3, 3],
+        ),
+        _pooler_output,
+        "pooler_output",
+    ),
+    "LeViT": Family(
+        _model(
+            "LevitModel",
+            "LevitConfig",
+            image_size=IMAGE_SIZE,
+            hidden_sizes=[16, 32, 48],
+            num_attention_heads=[1, 2, 3],
+            depths=[1, 1, 1],
+            key_dim=[8, 8, 8],
+        ),
+        _pooler_output,
+        "pooler_output",
+    ),
+    "MobileNetV1": Family(
+        _model("MobileNetV1Model", "MobileNetV1Config", image_size=IMAGE_SIZE, depth_multiplier=0.25),
+        _pooler_output,
+        "pooler_output",
+    ),
+    "PoolFormer": Family(
+        _model("PoolFormerModel", "PoolFormerConfig", hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1]),
+        lambda model, pixel_values: model(pixel_values=pixel_values).last_hidden_state.mean((2, 3)),
+        "norm(last_hidden_state).mean((2, 3))",
+    ),
+    "I-JEPA": Family(_model("IJepaModel", "IJepaConfig", **VIT), _token_mean, "last_hidden_state.mean(1)"),
     # full image-text models (`AutoModel` of a CLIP / SigLIP / ... checkpoint)
     "CLIP (full)": Family(
         _pair("CLIPModel", "CLIPConfig", VIT, TEXT, projection_dim=12), _image_features, "get_image_features"
@@ -251,6 +327,9 @@ FAMILIES: dict[str, Family] = {
         _pair("ChineseCLIPModel", "ChineseCLIPConfig", VIT, TEXT, projection_dim=12),
         _image_features,
         "get_image_features",
+    ),
+    "MetaCLIP2 (full)": Family(
+        _pair("MetaClip2Model", "MetaClip2Config", VIT, TEXT, projection_dim=12), _image_features, "get_image_features"
     ),
 }
 

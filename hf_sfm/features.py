@@ -38,6 +38,7 @@ class FeatureFunctionError(ValueError):
 FEATURE_POOLING: dict[str, str | FeatureFn] = {
     "vit": "cls_token",
     "deit": "cls_token",
+    "vit_msn": "cls_token",  # ViTMSNForImageClassification reads last_hidden_state[:, 0] (the model has no pooler)
     "pvt": "cls_token",  # PvtForImageClassification reads last_hidden_state[:, 0] (PVT has a last-stage CLS token)
     "dinov2": "pooler_output",
     "dinov2_with_registers": "pooler_output",
