@@ -43,3 +43,30 @@ def test_the_matrix_covers_the_issue_families_and_the_full_image_text_models():
     named |= {"ViT", "DINOv2", "CLIPVision", "ConvNeXt", "ResNet", "Swin", "SiglipVision"}
     named |= {"CLIP (full)", "SigLIP (full)", "SigLIP2 (full)", "ALIGN (full)", "BLIP (full)"}
     assert named <= set(family_matrix.FAMILIES)
+
+
+def test_a_classifier_inherited_on_a_full_clip_model_saves_and_loads_with_the_same_logits(tmp_path):
+    """The recipe used to load CLIP's vision tower itself; the library now keeps `CLIPModel`, whose classifier must
+    still round-trip (`feature_pooling='image_embeds'` calls `get_image_features` in the saved model too)."""
+    import torch
+    from transformers import AutoModelForImageClassification, ViTImageProcessor
+
+    from hf_sfm import DistillationConfig, Distiller
+
+    torch.manual_seed(0)
+    model = family_matrix.FAMILIES["CLIP (full)"].build().eval()
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    config = DistillationConfig(output_dir=str(tmp_path), num_steps=1, save_steps=0, grid_steps=0, save_grid=False)
+    distiller = Distiller(model, config, family_matrix.toy_dataset(), image_processor=processor)
+    distiller.compute_statistics()
+    distiller.train()
+    inheritance = distiller.classifier_inheritance()
+    inheritance.train_head(epochs=2)
+    inheritance.fit_projector(distiller.synthetic_images(), epochs=2)
+    classifier = inheritance.classifier()
+    classifier.save_pretrained(tmp_path / "classifier")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "classifier")
+    pixels = torch.randn(2, 3, 32, 32)
+    assert type(loaded.backbone).__name__ == "CLIPModel" and loaded.config.feature_pooling == "image_embeds"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixels).logits, classifier(pixel_values=pixels).logits)
