@@ -52,6 +52,22 @@ def _image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tenso
     return model.get_image_features(pixel_values=pixel_values).pooler_output
 
 
+def _siglip2_own(entry: Callable, pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """SigLIP2's own input: each image cut into patches by its image processor's `convert_image_to_patches`."""
+    from transformers.models.siglip2.image_processing_pil_siglip2 import convert_image_to_patches
+
+    patches = torch.stack(
+        [torch.from_numpy(convert_image_to_patches(image.numpy(), patch_size)) for image in pixel_values]
+    )
+    batch, num_patches = patches.shape[:2]
+    side = int(num_patches**0.5)
+    return entry(
+        pixel_values=patches,
+        pixel_attention_mask=torch.ones(batch, num_patches, dtype=torch.long),
+        spatial_shapes=torch.tensor([[side, side]] * batch),
+    ).pooler_output
+
+
 def _token_mean(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     return model(pixel_values=pixel_values).last_hidden_state.mean(1)
 
@@ -294,8 +310,13 @@ FAMILIES: dict[str, Family] = {
     "SigLIP (full)": Family(_pair("SiglipModel", "SiglipConfig", VIT, TEXT), _image_features, "get_image_features"),
     "SigLIP2 (full)": Family(
         _pair("Siglip2Model", "Siglip2Config", {**VIT, "num_patches": 16}, TEXT),
-        _image_features,
-        "get_image_features",
+        lambda model, pixel_values: _siglip2_own(model.get_image_features, pixel_values, 8),
+        "get_image_features(Siglip2ImageProcessor patches)",
+    ),
+    "SigLIP2Vision": Family(
+        _model("Siglip2VisionModel", "Siglip2VisionConfig", **VIT, num_patches=16),
+        lambda model, pixel_values: _siglip2_own(model, pixel_values, 8),
+        "pooler_output(Siglip2ImageProcessor patches)",
     ),
     "ALIGN (full)": Family(
         _pair(

@@ -53,6 +53,28 @@ FEATURE_POOLING: dict[str, str | FeatureFn] = {
 DEFAULT_POOLING = "pooler_output"
 
 
+def siglip2_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """SigLIP2 (NaFlex) embeds patch rows, not images: `(B, 3, H, W)` → `(B, N, p·p·3)` patches in the order of
+    `Siglip2ImageProcessor` (row-major patches, each `(p, p, 3)`), all valid, with `spatial_shapes` `(H/p, W/p)`.
+    Returns the full model's `get_image_features` (its image embedding) or the vision model's `pooler_output`."""
+    config = getattr(model.config, "vision_config", None) or model.config
+    size = config.patch_size
+    batch, channels, height, width = pixel_values.shape
+    rows, columns = height // size, width // size
+    patches = pixel_values[:, :, : rows * size, : columns * size].reshape(batch, channels, rows, size, columns, size)
+    patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, rows * columns, size * size * channels)
+    inputs = {
+        "pixel_values": patches,
+        "pixel_attention_mask": torch.ones(batch, rows * columns, dtype=torch.long, device=patches.device),
+        "spatial_shapes": torch.tensor([[rows, columns]] * batch, device=patches.device),
+    }
+    entry = getattr(model, "get_image_features", None) or model
+    return entry(**inputs).pooler_output
+
+
+FEATURE_POOLING["siglip2"] = FEATURE_POOLING["siglip2_vision_model"] = siglip2_features
+
+
 def register_feature_fn(model_type: str, feature_fn: FeatureFn | str) -> None:
     """Teach hf_sfm how to pool a new model family: a pooling name (`FEATURE_POOLINGS`) or a callable.
 

@@ -18,7 +18,6 @@ import family_matrix
 REFUSED = {
     "Data2VecVision": "AutoModel builds it without its mean-pooling layer",
     "PVTv2": "its classifier averages a (B, C, H, W) map",
-    "SigLIP2 (full)": "it takes patchified pixels with spatial_shapes",
     "PoolFormer": "its classifier averages a layer-normed (B, C, H, W) map",
     "I-JEPA": "its classifier averages the patch tokens",
 }
