@@ -423,7 +423,7 @@ def check_family(name: str, num_steps: int = 2, output_dir: str | None = None) -
         ours = extractor(images)
         own = family.own_feature(model, (images - 0.5) / 0.25).float()
     equal = ours.shape == own.shape and torch.allclose(ours, own, atol=1e-5)
-    pooling = f"`{extractor.pooling}` of `{type(extractor.model).__name__}`"
+    pooling = f"`{extractor.feature_fn_name}` of `{type(extractor.model).__name__}`"
     note = f"own: `{family.own_feature_name}`; D={ours.shape[1]}; loss {losses.get('train_loss', float('nan')):.3f}"
     return Row(name, "works", type(model).__name__, pooling, bool(equal), note)
 
