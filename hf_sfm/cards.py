@@ -75,8 +75,13 @@ class CardMetadataError(ValueError):
 
 
 def _is_hub_id(name: str | None) -> bool:
-    """Whether `name` looks like a Hub repo id (not a local path), so card metadata may link to it."""
+    """Whether `name` looks like a Hub repo id, so card metadata may link to it: not a local path, and not the name
+    of a `datasets` builder (`imagefolder`, `parquet`, ...), which names a file format, not a Hub page."""
     if not name or Path(name).exists() or name.startswith((".", "/", "~")):
+        return False
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    if name in _PACKAGED_DATASETS_MODULES:
         return False
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", name))
 
@@ -142,7 +147,8 @@ def dataset_card(
         num_images: `C · ipc`.
         config: the run's `DistillationConfig` (or its dict): method, ipc and the recipe block.
         backbone, backbone_revision: the frozen backbone the set was distilled for.
-        source_dataset: the real dataset (Hub id or name); becomes `source_datasets`.
+        source_dataset: the real dataset as the user gave it (Hub id, local folder, data files); named in the card,
+            and linked and listed in `source_datasets` only when it is a Hub id.
         metrics: what `Distiller.evaluate()` returned (one dict, or several for several eval backbones): the
             results table (`hf_sfm.results.result_rows`).
         dataset_info: a `datasets.DatasetInfo` with features, splits and sizes; becomes `dataset_info`.
@@ -161,7 +167,7 @@ def dataset_card(
         license=license,
         task_categories=["image-classification"],
         size_categories=[size_category(num_images)],
-        source_datasets=[source_dataset] if source_dataset else None,
+        source_datasets=[source_dataset] if _is_hub_id(source_dataset) else None,  # prose names any other
         pretty_name=pretty_name or _pretty_name(source_dataset, method, ipc),
         tags=tags,
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],

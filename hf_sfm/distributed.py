@@ -13,6 +13,9 @@ NCCL (GPUs) and gloo (CPUs).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import reduce
@@ -26,6 +29,41 @@ def cpu_only() -> bool:
     `--multi_gpu`; each process would then believe it is alone. `Accelerator(cpu=True)` makes them one gloo group.
     """
     return not torch.accelerator.is_available()
+
+
+def requested_num_processes(parent_command: list[str] | None = None) -> int | None:
+    """How many processes the launch asked for, if it says: `WORLD_SIZE`, else `--num_processes N` on the command
+    line of the launcher that started this process (`accelerate launch`, read from `/proc/<parent>/cmdline`)."""
+    if os.environ.get("WORLD_SIZE", "").isdigit():
+        return int(os.environ["WORLD_SIZE"])
+    if parent_command is None:
+        try:
+            parent_command = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # not Linux, or no access: nothing to compare with
+            return None
+    if not any("accelerate" in Path(part).name for part in parent_command[:3]):  # accelerate / -m accelerate...
+        return None
+    for index, part in enumerate(parent_command):
+        for flag in ("--num_processes", "--num-processes"):
+            if part == flag and index + 1 < len(parent_command) and parent_command[index + 1].isdigit():
+                return int(parent_command[index + 1])
+            if part.startswith(flag + "=") and part.split("=", 1)[1].isdigit():
+                return int(part.split("=", 1)[1])
+    return None
+
+
+def num_processes_warning(num_processes: int, requested: int | None = None) -> str | None:
+    """A warning when fewer processes run than were asked for (`accelerate launch --cpu --num_processes 2` starts
+    ONE process, silently), naming the launch that gives N CPU processes; `None` when the numbers agree."""
+    requested = requested_num_processes() if requested is None else requested
+    if requested is None or requested <= num_processes:
+        return None
+    return (
+        f"{requested} processes were requested but this run has {num_processes}: `accelerate launch --cpu "
+        "--num_processes N` starts one process (the --cpu launcher ignores --num_processes). For N CPU processes "
+        "launch with `accelerate launch --multi_gpu --num_processes N --num_machines 1 --mixed_precision no "
+        "--dynamo_backend no`; hf_sfm makes them one gloo group on a machine without GPUs."
+    )
 
 
 def shard_range(num_items: int, num_shards: int, index: int) -> tuple[int, int]:

@@ -20,6 +20,9 @@ the Hub). A `compute_metrics(EvalPrediction) -> dict` as in `Trainer` replaces t
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ from .preprocessing import ImagePreprocessing
 from .real_images import RealImages, square_preprocessing
 from .results import EvaluationReport, ProbeScores
 
+logger = logging.getLogger(__name__)
 METRICS_DIR = Path(__file__).parent / "metrics"
 ComputeMetrics = Callable[[EvalPrediction], Mapping[str, float]]
 # run → (images (N, 3, S, S) in [0, 1], labels (N,)): a training set, possibly drawn anew per run (random real).
@@ -57,9 +61,40 @@ class ProbeConfig(LinearFitConfig):
     Args (beyond `LinearFitConfig`'s `epochs`, `learning_rate`, `batch_size`, `init_std`, `views`, `crop_scale`):
         augment: flip + random-resized crop on the training images (reference: True). False trains on one
             deterministic resized view, features computed once: far cheaper, usually a little weaker.
+
+    Short probes. The protocol's rate `1e-3 · batch / 256` is tiny on a few images (3 images: 1.2e-5), and its
+    1000 epochs are what make up for it. Cut the epochs and the head barely leaves its `N(0, 0.01)` start: every
+    training set, distilled or real, then scores chance. `step_budget` (the sum of the learning rates over all
+    steps, which bounds how far Adam can move any weight) measures this; below `MIN_PROBE_STEP_BUDGET` the probe
+    logs a warning, since its accuracy says nothing. For a meaningful short probe set a fixed rate:
+    `ProbeConfig(epochs=50, learning_rate=1e-2, scale_learning_rate=False)` (recipe: `--probe_learning_rate 1e-2`).
     """
 
     augment: bool = True
+
+    def step_budget(self, num_examples: int) -> float:
+        """`Σ lr` over the fit's steps (`epochs · ⌈N / batch⌉ · lr`, ignoring the cosine's factor ½): how far Adam
+        can move one weight. The papers' protocol gives 0.039 for 10 images and 3.9 for ImageNet-1k at ipc 1."""
+        steps = self.num_epochs(num_examples) * math.ceil(num_examples / self.batch_for(num_examples))
+        return steps * self.learning_rate_for(num_examples)
+
+    def too_short(self, num_examples: int) -> str | None:
+        """Why a probe on `num_examples` images cannot leave chance, or `None` when its step budget suffices."""
+        budget = self.step_budget(num_examples)
+        if budget >= MIN_PROBE_STEP_BUDGET:
+            return None
+        return (
+            f"The linear probe on {num_examples} images can barely move its head: {self.num_epochs(num_examples)} "
+            f"epochs at learning rate {self.learning_rate_for(num_examples):.2g} (step budget {budget:.2g} < "
+            f"{MIN_PROBE_STEP_BUDGET}), so its accuracy is about chance whatever the images. Use the protocol's "
+            "1000 epochs (probe_epochs), or a fixed rate for short probes: ProbeConfig(learning_rate=1e-2, "
+            "scale_learning_rate=False) (recipe: --probe_learning_rate 1e-2)."
+        )
+
+
+# Below this `ProbeConfig.step_budget` a probe's accuracy is chance on the tiny test backbones (0.0035: chance;
+# 0.012, the protocol on 3 images: well above), so it is reported as meaningless.
+MIN_PROBE_STEP_BUDGET = 0.01
 
 
 # ---------------------------------------------------------------------------------------------------- the probe
@@ -115,6 +150,8 @@ def fit_probe(
     config = config or ProbeConfig()
     generator = generator or torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(labels)
+    if isinstance(config, ProbeConfig) and (reason := config.too_short(len(labels))):
+        _warn_once(reason)
     device = device or labels.device
     probe_labels = labels.to(device)
     head = _probe_head(feature_dim, num_classes, config, seed, device)
@@ -141,6 +178,12 @@ def fit_probe_on_features(
         seed,
         device=features.device,
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _warn_once(message: str) -> None:
+    """Log a warning once per process (a probe runs `eval_runs` times per training set and evaluation)."""
+    logger.warning(message)
 
 
 def _probe_head(dim: int, num_classes: int, config: ProbeConfig, seed: int, device: torch.device) -> nn.Linear:

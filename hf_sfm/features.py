@@ -4,10 +4,15 @@ Families pool differently (DESIGN §7): DINOv2's `pooler_output` is the layer-no
 extra dense+tanh that is random unless trained (so we take the CLS token), CLIP's projected embedding is
 `image_embeds`, ResNet pools to `(B, C, 1, 1)`. One line per family names its pooling; the pooling itself is
 `modeling_inherited.pool_features`, the same code a saved classifier runs. Users can pass their own `feature_fn`.
+
+A full image-text model (`CLIPModel`, `SiglipModel`, `AlignModel`, `BlipModel`, ...: what `AutoModel` gives for such a
+checkpoint) is unwrapped here: by default its projected image embedding (`get_image_features`, pooling
+`"image_embeds"`), or with `feature_fn="pooler_output"` its vision tower's pooled output.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .modeling_inherited import FEATURE_POOLINGS, pool_outputs
+from .modeling_inherited import FEATURE_POOLINGS, backbone_outputs, pool_outputs
 from .preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
@@ -33,6 +38,8 @@ class FeatureFunctionError(ValueError):
 FEATURE_POOLING: dict[str, str | FeatureFn] = {
     "vit": "cls_token",
     "deit": "cls_token",
+    "vit_msn": "cls_token",  # ViTMSNForImageClassification reads last_hidden_state[:, 0] (the model has no pooler)
+    "pvt": "cls_token",  # PvtForImageClassification reads last_hidden_state[:, 0] (PVT has a last-stage CLS token)
     "dinov2": "pooler_output",
     "dinov2_with_registers": "pooler_output",
     "clip_vision_model": "image_embeds",
@@ -46,6 +53,28 @@ FEATURE_POOLING: dict[str, str | FeatureFn] = {
 DEFAULT_POOLING = "pooler_output"
 
 
+def siglip2_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """SigLIP2 (NaFlex) embeds patch rows, not images: `(B, 3, H, W)` → `(B, N, p·p·3)` patches in the order of
+    `Siglip2ImageProcessor` (row-major patches, each `(p, p, 3)`), all valid, with `spatial_shapes` `(H/p, W/p)`.
+    Returns the full model's `get_image_features` (its image embedding) or the vision model's `pooler_output`."""
+    config = getattr(model.config, "vision_config", None) or model.config
+    size = config.patch_size
+    batch, channels, height, width = pixel_values.shape
+    rows, columns = height // size, width // size
+    patches = pixel_values[:, :, : rows * size, : columns * size].reshape(batch, channels, rows, size, columns, size)
+    patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, rows * columns, size * size * channels)
+    inputs = {
+        "pixel_values": patches,
+        "pixel_attention_mask": torch.ones(batch, rows * columns, dtype=torch.long, device=patches.device),
+        "spatial_shapes": torch.tensor([[rows, columns]] * batch, device=patches.device),
+    }
+    entry = getattr(model, "get_image_features", None) or model
+    return entry(**inputs).pooler_output
+
+
+FEATURE_POOLING["siglip2"] = FEATURE_POOLING["siglip2_vision_model"] = siglip2_features
+
+
 def register_feature_fn(model_type: str, feature_fn: FeatureFn | str) -> None:
     """Teach hf_sfm how to pool a new model family: a pooling name (`FEATURE_POOLINGS`) or a callable.
 
@@ -56,16 +85,48 @@ def register_feature_fn(model_type: str, feature_fn: FeatureFn | str) -> None:
     FEATURE_POOLING[model_type] = feature_fn
 
 
-def base_vision_model(model: nn.Module) -> nn.Module:
-    """Strip a task head (`*ForImageClassification`) so features come from the backbone itself.
+# Where a full image-text model keeps its vision tower (CLIP & co: `vision_model`; FLAVA: `image_model`; VLMs:
+# `vision_tower`). The tower is what `pooler_output` / `cls_token` read; `image_embeds` uses the whole model.
+VISION_TOWER_ATTRIBUTES = ("vision_model", "image_model", "vision_tower", "vision_encoder")
 
-    CLIP's `CLIPVisionModelWithProjection` is kept whole: its projection *is* the feature.
+
+def vision_tower(model: nn.Module) -> nn.Module | None:
+    """The vision tower of a full image-text model (one with `get_image_features`), or `None` for anything else."""
+    if not callable(getattr(model, "get_image_features", None)):
+        return None
+    for name in VISION_TOWER_ATTRIBUTES:
+        tower = getattr(model, name, None)
+        if isinstance(tower, nn.Module):
+            return tower
+    return None
+
+
+def default_pooling(model: nn.Module) -> str | FeatureFn:
+    """Its `FEATURE_POOLING` entry, `image_embeds` for a full image-text model, else `DEFAULT_POOLING`."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in FEATURE_POOLING:
+        return FEATURE_POOLING[model_type]
+    if vision_tower(model) is not None:
+        return "image_embeds"
+    return DEFAULT_POOLING
+
+
+def base_vision_model(model: nn.Module, pooling: str | FeatureFn | None = None) -> nn.Module:
+    """The module features come from, for `pooling` (`None`: the vision backbone itself).
+
+    Strips a task head (`*ForImageClassification`). A full image-text model (`CLIPModel`, `SiglipModel`, ...) is kept
+    whole for `image_embeds` (its `get_image_features` is the feature) and for a custom callable (which may call it);
+    for any other pooling its vision tower is used (`CLIPModel.vision_model`, a `CLIPVisionModel`). CLIP's
+    `CLIPVisionModelWithProjection` is kept whole: its projection *is* the `image_embeds` feature.
     """
     if "ForImageClassification" in type(model).__name__:
         prefix = getattr(model, "base_model_prefix", "")
         inner = getattr(model, prefix, None) if prefix else None
         if isinstance(inner, nn.Module):
             return inner
+    tower = vision_tower(model)
+    if tower is not None and not (pooling == "image_embeds" or callable(pooling)):
+        return tower
     return model
 
 
@@ -76,18 +137,24 @@ class FeatureExtractor(nn.Module):
     identically. The backbone is frozen and kept in eval mode (BatchNorm statistics must not move).
 
     `pooling` names the built-in pooling used (`None` with a custom `feature_fn`): what a saved classifier records.
+    `feature_fn` is a callable `(model, pixel_values) -> (B, D)` or one of `FEATURE_POOLINGS` by name, e.g.
+    `"pooler_output"` for a full CLIP/SigLIP model's vision tower instead of its projected `"image_embeds"`.
     """
 
     def __init__(self, model: nn.Module, preprocessing: ImagePreprocessing, feature_fn: FeatureFn | None = None):
         super().__init__()
-        self.model = base_vision_model(model)
+        if isinstance(feature_fn, str) and feature_fn not in FEATURE_POOLINGS:
+            raise ValueError(
+                f"feature_fn={feature_fn!r} is not a pooling; choose one of {FEATURE_POOLINGS} or a callable."
+            )
+        stripped = base_vision_model(model, feature_fn or "image_embeds")  # head stripped, image-text model kept
+        chosen = feature_fn or default_pooling(stripped)
+        self.model = base_vision_model(stripped, chosen)
         self.model.eval()
         self.model.requires_grad_(False)
         # Convolutions run 2-2.5x faster on channels-last tensors on a CPU (EfficientNet-Lite0, 64 px) and use the
         # tensor cores' layout on a GPU; it changes only the memory layout of 4-D weights, not a value.
         self.model.to(memory_format=torch.channels_last)
-        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
-        chosen = feature_fn or FEATURE_POOLING.get(model_type, DEFAULT_POOLING)
         self.pooling: str | None = chosen if isinstance(chosen, str) else None
         self.custom_feature_fn: FeatureFn | None = None if isinstance(chosen, str) else chosen
         self.input_size = preprocessing.crop_size
@@ -111,7 +178,7 @@ class FeatureExtractor(nn.Module):
         """Normalised pixels → the backbone's pooled `(B, D)` feature."""
         if self.custom_feature_fn is not None:
             return self.custom_feature_fn(self.model, pixel_values)
-        outputs = self.model(pixel_values=pixel_values)
+        outputs = backbone_outputs(self.model, pixel_values, self.pooling)
         try:
             return pool_outputs(outputs, self.pooling, type(self.model).__name__)
         except ValueError as error:
@@ -155,19 +222,43 @@ class FeatureExtractor(nn.Module):
         except FeatureFunctionError:
             raise
         except Exception as error:  # whatever the backbone raises on an input it cannot take
-            raise ValueError(
-                f"{type(self.model).__name__} cannot embed {self.input_size}x{self.input_size} RGB images "
-                f"({type(error).__name__}: {error}). The image processor"
-                + (f" ({type(image_processor).__name__})" if image_processor is not None else "")
-                + " probably does not belong to this model: pass the model's own "
-                "`AutoImageProcessor.from_pretrained(<checkpoint>)`, or set `crop_size` to the model's input size."
-            ) from error
+            raise self._forward_error(error, image_processor) from error
         if not bool(torch.isfinite(features).all()):
             raise FloatingPointError(
                 f"{type(self.model).__name__} returns NaN/Inf features for a plain grey image: its weights are broken "
                 "(NaN in the checkpoint) or its dtype overflows (float16 weights; load it in float32 or bfloat16)."
             )
         return int(features.shape[1])
+
+    def _forward_error(self, error: Exception, image_processor: Any) -> ValueError:
+        """Why the backbone could not embed two plain RGB images, blaming the image processor only when the evidence
+        points to it: the model declares another input size or channel count, or the error is about sizes/shapes."""
+        name, size = type(self.model).__name__, self.input_size
+        config = getattr(self.model, "config", None)
+        config = getattr(config, "vision_config", None) or config
+        declared = getattr(config, "image_size", None)
+        declared = declared if isinstance(declared, int) else None
+        message = f"{type(error).__name__}: {error}"
+        about_inputs = any(word in str(error) for word in EXTRA_INPUTS) or bool(_extra_inputs(self.model))
+        about_input_size = not about_inputs and (
+            (declared is not None and declared != size)
+            or any(word in str(error).lower() for word in ("image size", "channel", "shape", "size of tensor"))
+        )
+        if about_input_size:
+            processor = f" ({type(image_processor).__name__})" if image_processor is not None else ""
+            expected = f" (the model's config says image_size={declared})" if declared else ""
+            return ValueError(
+                f"{name} cannot embed {size}x{size} RGB images{expected} ({message}). The image processor{processor} "
+                "probably does not belong to this model: pass the model's own "
+                "`AutoImageProcessor.from_pretrained(<checkpoint>)`, or set `crop_size` to the model's input size."
+            )
+        return FeatureFunctionError(
+            f"{name} cannot embed images from `pixel_values` alone ({message}). "
+            + (f"It takes {_extra_inputs(self.model) or 'other inputs'} too. " if about_inputs else "")
+            + "Pass `feature_fn=` to the Distiller: one of "
+            f"{FEATURE_POOLINGS} (e.g. 'pooler_output' for a vision tower), or a callable "
+            "`(model, pixel_values) -> (batch, dim)` that calls the model as it needs to be called."
+        )
 
 
 def check_image_processor(model: nn.Module, image_processor: Any) -> None:
@@ -205,6 +296,21 @@ def check_image_processor(model: nn.Module, image_processor: Any) -> None:
             f"(mean {getattr(image_processor, 'image_mean', None)}, std {getattr(image_processor, 'image_std', None)}) "
             "are the backbone's, e.g. by loading `AutoImageProcessor.from_pretrained(<the model's checkpoint>)`."
         )
+
+
+# Inputs beside `pixel_values` that a model needs to embed an image: text (a full model's `forward`), or SigLIP2's
+# patchified NaFlex layout. A model whose image entry point takes them cannot be fed `(B, 3, H, W)` pixels alone.
+EXTRA_INPUTS = ("input_ids", "spatial_shapes", "pixel_attention_mask")
+
+
+def _extra_inputs(model: nn.Module) -> list[str]:
+    """`EXTRA_INPUTS` that the model's image entry point (`get_image_features`, else `forward`) takes."""
+    entry = getattr(model, "get_image_features", None) or getattr(model, "forward", None)
+    try:
+        parameters = inspect.signature(entry).parameters
+    except (TypeError, ValueError):
+        return []
+    return [name for name in EXTRA_INPUTS if name in parameters]
 
 
 def _base_processor_name(name: str) -> str:

@@ -41,7 +41,20 @@ FEATURE_POOLINGS = ("cls_token", "pooler_output", "image_embeds")
 
 def pool_features(backbone: nn.Module, pixel_values: torch.Tensor, pooling: str) -> torch.Tensor:
     """Normalised pixels `(B, 3, H, W)` → pooled backbone feature `(B, D)`, as named by `pooling`."""
-    return pool_outputs(backbone(pixel_values=pixel_values), pooling, type(backbone).__name__)
+    return pool_outputs(backbone_outputs(backbone, pixel_values, pooling), pooling, type(backbone).__name__)
+
+
+def backbone_outputs(backbone: nn.Module, pixel_values: torch.Tensor, pooling: str) -> Any:
+    """The outputs `pool_outputs` reads: the backbone's forward, or for `image_embeds` on a full image-text model
+    (CLIP, SigLIP, BLIP, ALIGN, ...: it has `get_image_features`) the family's own projected image embedding.
+
+    `get_image_features` returns the vision tower's outputs with `pooler_output` replaced by the projected embedding
+    (or a plain `(B, D)` tensor in older releases); either way `pool_outputs(..., "image_embeds")` reads it.
+    """
+    if pooling == "image_embeds" and callable(getattr(backbone, "get_image_features", None)):
+        outputs = backbone.get_image_features(pixel_values=pixel_values)
+        return {"image_embeds": outputs} if isinstance(outputs, torch.Tensor) else outputs
+    return backbone(pixel_values=pixel_values)
 
 
 def pool_outputs(outputs: Any, pooling: str, backbone_name: str = "The backbone") -> torch.Tensor:
@@ -49,15 +62,22 @@ def pool_outputs(outputs: Any, pooling: str, backbone_name: str = "The backbone"
 
     `cls_token`: `last_hidden_state[:, 0]` (ViT/DeiT, whose pooler is an untrained dense+tanh);
     `pooler_output`: flattened, so ResNet's `(B, C, 1, 1)` becomes `(B, C)` (DINOv2, ConvNeXt, EfficientNet, ...);
-    `image_embeds`: CLIP's projected embedding (falls back to `pooler_output` without a projection).
+    `image_embeds`: the projected image embedding (`CLIPVisionModelWithProjection.image_embeds`, or a full image-text
+    model's `get_image_features`, see `backbone_outputs`); falls back to `pooler_output` without a projection.
     """
     if pooling == "cls_token":
         return outputs.last_hidden_state[:, 0]
     if pooling == "image_embeds":
-        embeds = getattr(outputs, "image_embeds", None)
-        return embeds if embeds is not None else outputs.pooler_output.flatten(1)
+        embeds = outputs.get("image_embeds") if isinstance(outputs, dict) else getattr(outputs, "image_embeds", None)
+        if embeds is not None:
+            return embeds
+        pooling = "pooler_output"  # no projection: the pooled output is the embedding (get_image_features, ALIGN)
     if pooling == "pooler_output":
         pooled = getattr(outputs, "pooler_output", None)
+        if pooled is not None and not isinstance(pooled, torch.Tensor):  # VLMs: one tensor per image, not a batch
+            raise ValueError(
+                f"{backbone_name} returns a {type(pooled).__name__} as `pooler_output`, not a (batch, dim) tensor"
+            )
         if pooled is None or (pooled.dim() == 4 and tuple(pooled.shape[-2:]) != (1, 1)):
             found = "no `pooler_output`" if pooled is None else f"a spatial `pooler_output` {tuple(pooled.shape)}"
             raise ValueError(

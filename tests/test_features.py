@@ -95,3 +95,64 @@ def test_the_extractor_and_the_saved_classifier_pool_with_one_implementation(fam
     normalised = (pixels - extractor.mean) / extractor.std
     with torch.no_grad():
         assert torch.equal(extractor(pixels), pool_features(extractor.model, normalised, extractor.pooling).float())
+
+
+def _tiny_image_text_model(family: str):
+    """A tiny random full image-text model (`CLIPModel`, `SiglipModel`), as `AutoModel` loads such checkpoints."""
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    vision = dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    vision["intermediate_size"] = 64
+    text = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=99)
+    text.update(bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    torch.manual_seed(0)
+    if family == "clip":
+        return CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=12)).eval()
+    return SiglipModel(SiglipConfig(vision_config=vision, text_config=text)).eval()
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_a_full_image_text_model_gives_its_own_projected_image_embedding(family):
+    model = _tiny_image_text_model(family)
+    extractor = FeatureExtractor(model, PREPROCESSING)
+    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        expected = model.get_image_features(pixel_values=(images - 0.5) / 0.25).pooler_output
+        torch.testing.assert_close(extractor(images), expected)
+    assert extractor.pooling == "image_embeds" and extractor.check_forward() == expected.shape[1]
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_pooler_output_picks_the_vision_tower_of_a_full_image_text_model(family):
+    model = _tiny_image_text_model(family)
+    extractor = FeatureExtractor(model, PREPROCESSING, feature_fn="pooler_output")
+    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert extractor.model is model.vision_model  # a standalone `CLIPVisionModel` / `SiglipVisionModel`
+    with torch.no_grad():
+        expected = model.vision_model(pixel_values=(images - 0.5) / 0.25).pooler_output
+        torch.testing.assert_close(extractor(images), expected)
+
+
+def test_an_unknown_pooling_name_is_refused():
+    with pytest.raises(ValueError, match="not a pooling"):
+        FeatureExtractor(build_backbone("vit"), PREPROCESSING, feature_fn="mean_of_everything")
+
+
+def test_a_model_that_needs_other_inputs_names_feature_fn_not_the_processor():
+    class NeedsText(torch.nn.Module):
+        def forward(self, pixel_values, input_ids=None):
+            if input_ids is None:
+                raise ValueError("You have to specify input_ids")
+            return pixel_values
+
+    extractor = FeatureExtractor(NeedsText(), PREPROCESSING)
+    with pytest.raises(ValueError, match="feature_fn") as error:
+        extractor.check_forward(object())
+    assert "processor" not in str(error.value)
+
+
+def test_a_processor_of_the_wrong_size_is_still_blamed_clearly():
+    wrong = ImagePreprocessing(64, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    extractor = FeatureExtractor(build_backbone("vit"), wrong)
+    with pytest.raises(ValueError, match=r"image_size=32.*image processor.*does not belong"):
+        extractor.check_forward()

@@ -1,5 +1,6 @@
 """`recipes/distill.py`: the script users launch, end to end on a tiny local model and dataset, and its configs."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -93,7 +94,7 @@ def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbon
         "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data"),
         "--output_dir", str(output_dir), "--num_steps", "2", "--ipc", "1", "--probe_epochs", "2",
         "--inherited_classifier", "true",
-        "--inherit_eval_model", str(assets / "resnet"), "--inherit_projector_epochs", "3",
+        "--inherit_eval_model", str(assets / "resnet"), "--inherit_projector_epochs", "3", "--inherit_head_epochs", "5",
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -230,3 +231,162 @@ def test_no_tracker_is_needed_by_default_and_a_missing_one_is_refused():
         DistillationConfig(report_to="tensorboard, none")
     with pytest.raises(ValueError, match="not an Accelerate tracker"):
         DistillationConfig(report_to=["no-such-tracker"])
+
+
+def write_image_folder(root: Path, splits: dict[str, int], num_classes: int = 3) -> Path:
+    """`root/<split>/<class>/<i>.png` (or `root/<class>/<i>.png` for the split `""`): small PNGs, one colour a class."""
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    for split, per_class in splits.items():
+        for label in range(num_classes):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                array = rng.integers(0, 90, (32, 32, 3), dtype=np.uint8)
+                array[..., label] += 140
+                PIL.Image.fromarray(array).save(folder / f"image_{index}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    return {
+        "split": write_image_folder(root / "split", {"train": 4, "validation": 2}),
+        "flat": write_image_folder(root / "flat", {"": 5}),
+    }
+
+
+def test_load_data_accepts_what_load_dataset_accepts(recipe, image_folders, assets):
+    split, flat = str(image_folders["split"]), str(image_folders["flat"])
+    cases = {
+        "a local image folder": ["--dataset_name", split],
+        "imagefolder + data_dir": ["--dataset_name", "imagefolder", "--data_dir", split],
+        "imagefolder + data_files": [
+            "--dataset_name", "imagefolder", "--data_files", f"{split}/train/*/*.png", "--eval_split", "none",
+        ],
+    }  # fmt: skip
+    for name, argv in cases.items():
+        train, evaluation = recipe.load_data(recipe.parse_args(argv)[1])
+        assert train.num_rows == 12, name
+        assert train.features["label"].names == ["class_0", "class_1", "class_2"], name
+        assert (evaluation.num_rows if evaluation is not None else None) == (None if "files" in name else 6), name
+    # A folder with one split: the eval split is carved out of it when asked, stratified by label.
+    arguments = recipe.parse_args(["--dataset_name", flat, "--eval_split_size", "0.4"])[1]
+    train, evaluation = recipe.load_data(arguments, seed=0)
+    assert (train.num_rows, evaluation.num_rows) == (9, 6)
+    assert sorted(evaluation["label"]) == [0, 0, 1, 1, 2, 2]
+    assert recipe.load_data(recipe.parse_args(["--dataset_name", flat])[1])[1] is None
+    # Streaming a local image folder; the eval split is read into memory.
+    train, evaluation = recipe.load_data(recipe.parse_args(["--dataset_name", split, "--streaming", "true"])[1])
+    assert isinstance(train, datasets.IterableDataset) and isinstance(evaluation, datasets.Dataset)
+    assert len(list(train)) == 12 and evaluation.num_rows == 6
+    # A save_to_disk folder, and named splits.
+    arguments = recipe.parse_args(["--dataset_name", str(assets / "data"), "--eval_split", "train"])[1]
+    assert recipe.load_data(arguments)[1].num_rows == 18
+    with pytest.raises(ValueError, match="already exists"):
+        recipe.load_data(recipe.parse_args(["--dataset_name", split, "--eval_split", "validation",
+                                            "--eval_split_size", "2"])[1])  # fmt: skip
+
+
+def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(assets, image_folders, tmp_path):
+    """Run twice into one output_dir with an inherited classifier (the second run replaces its own outputs), then a
+    third time after the user edited the classifier: refused, unless overwrite_output_dir."""
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable, str(RECIPE),
+        "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(image_folders["flat"]),
+        "--eval_split_size", "0.4", "--output_dir", str(output_dir), "--num_steps", "1", "--ipc", "1",
+        "--probe_epochs", "1", "--eval_runs", "1", "--inherited_classifier", "true",
+        "--inherit_head_epochs", "2", "--inherit_projector_epochs", "1", "--grid_steps", "0",
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    for attempt in range(2):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, (attempt, result.stderr[-4000:])
+    evaluation = json.loads((output_dir / "eval_results.json").read_text())
+    assert evaluation["eval_num_test_images"] == 6 and 0 <= evaluation["eval_inherited_accuracy"] <= 1
+    card = (output_dir / "distilled" / "README.md").read_text()
+    assert "huggingface.co/datasets/" not in card and f"`{image_folders['flat']}`" in card
+    assert "source_datasets" not in card.split("---")[1]  # a local folder is no Hub dataset
+    (output_dir / "classifier" / "README.md").write_text("my notes")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "overwrite_output_dir=True" in result.stderr
+    result = subprocess.run([*command, "--overwrite_output_dir", "true"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "my notes" not in (output_dir / "classifier" / "README.md").read_text()
+
+
+def test_cards_link_only_hub_ids_and_name_local_sources_as_given():
+    from hf_sfm.cards import dataset_card
+
+    for source in ("imagefolder", "/data/my_images"):
+        card = str(dataset_card(class_names=["a", "b"], num_images=2, source_dataset=source))
+        assert f"`{source}`" in card and "huggingface.co/datasets" not in card
+        assert "source_datasets" not in card.split("---")[1]
+    card = str(dataset_card(class_names=["a", "b"], num_images=2, source_dataset="org/toy"))
+    assert "(https://huggingface.co/datasets/org/toy)" in card and "source_datasets:\n- org/toy" in card
+
+
+def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_it_meaningful(recipe, caplog):
+    """The issue's case: 3 images, 50 epochs at the protocol's 1e-3·3/256 scores chance; 1e-2 fixed does not."""
+    import numpy as np
+    import torch
+
+    from hf_sfm.evaluation import ProbeConfig, fit_probe_on_features
+    from hf_sfm.features import FeatureExtractor
+    from hf_sfm.preprocessing import ImagePreprocessing
+
+    extractor = FeatureExtractor(build_backbone("vit"), ImagePreprocessing(32, 32, (0.5,) * 3, (0.5,) * 3))
+    dataset = color_dataset(3, 10)
+    pixels = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) / 255 for image in dataset["image"]])
+    with torch.no_grad():
+        features = extractor(pixels)
+    train = torch.tensor([0, 10, 20])  # one real image per class
+    test = torch.tensor([i for i in range(30) if i not in (0, 10, 20)])
+    train_features, labels = features[train], torch.arange(3)
+    test_features, test_labels = features[test], torch.tensor(dataset["label"])[test]
+    short = ProbeConfig(epochs=50, augment=False)
+    assert ProbeConfig().too_short(10) is None  # the papers' protocol (CIFAR-10, ipc 1) is left alone
+    assert "probe_learning_rate" in short.too_short(3)
+    with caplog.at_level("WARNING", logger="hf_sfm.evaluation"):
+        head = fit_probe_on_features(train_features, labels, 3, short)
+    assert "can barely move its head" in caplog.text
+    arguments = recipe.parse_args(["--probe_epochs", "50", "--probe_learning_rate", "1e-2"])
+    fixed = recipe.probe_config(dataclasses.replace(short), arguments[2])
+    assert (fixed.learning_rate, fixed.scale_learning_rate, fixed.epochs) == (1e-2, False, 50)
+    assert fixed.too_short(3) is None
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_sfm.evaluation"):
+        tuned = fit_probe_on_features(train_features, labels, 3, fixed)
+    assert "can barely move" not in caplog.text
+    with torch.no_grad():
+        short_accuracy = (head(test_features).argmax(1) == test_labels).float().mean()
+        tuned_accuracy = (tuned(test_features).argmax(1) == test_labels).float().mean()
+    assert short_accuracy == pytest.approx(1 / 3) and tuned_accuracy == 1.0  # chance, then the task solved
+
+
+def test_a_launch_that_runs_fewer_processes_than_asked_is_reported(tmp_path):
+    from hf_sfm.distributed import num_processes_warning, requested_num_processes
+
+    command = ["/usr/bin/python", "/usr/bin/accelerate", "launch", "--cpu", "--num_processes", "2", "distill.py"]
+    assert requested_num_processes(command) == 2
+    assert requested_num_processes(["python", "accelerate", "launch", "--num_processes=4", "x.py"]) == 4
+    assert requested_num_processes(["bash", "run.sh", "--num_processes", "2"]) is None  # not a launcher
+    assert "--multi_gpu" in num_processes_warning(1, requested=2)
+    assert num_processes_warning(2, requested=2) is None
+    # The real thing: `accelerate launch --cpu --num_processes 2` runs one process, and it says so.
+    script = tmp_path / "check.py"
+    script.write_text(
+        "from accelerate import PartialState\nfrom hf_sfm.distributed import num_processes_warning\n"
+        "state = PartialState(cpu=True)\n"
+        "print('PROCESSES', state.num_processes, num_processes_warning(state.num_processes))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("WORLD_SIZE", None)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", str(script)]
+    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PROCESSES 1 2 processes were requested but this run has 1" in result.stdout
