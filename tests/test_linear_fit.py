@@ -73,10 +73,12 @@ def test_the_probe_protocol_is_the_fixed_length_loop_bit_for_bit():
     assert losses == reference_losses
 
 
-def test_inheritance_fits_stop_on_convergence_and_the_base_config_does_not():
+def test_only_the_inherited_head_stops_on_convergence_by_default():
     assert LinearFitConfig().tolerance is None
     assert InheritedHeadConfig().tolerance is not None
-    assert ProjectorConfig().tolerance is not None and KDConfig().tolerance is not None
+    # projector and KD run every epoch on a view bank: cheap, and stopping early there cost accuracy
+    assert ProjectorConfig().tolerance is None and KDConfig().tolerance is None
+    assert ProjectorConfig().views == KDConfig().views == 50
 
 
 def test_flattened_compares_window_means():
