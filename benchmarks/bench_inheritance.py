@@ -522,7 +522,9 @@ def speed_run(num_train: int, distill_steps: int, eval_variant: str, modes: list
     for mode in modes:
         inheritance: ClassifierInheritance = distiller.classifier_inheritance()
         inheritance.real_features()  # the cached feature column, outside the timings (shared by both modes)
-        overrides = REFERENCE_FITS if mode == "reference" else {"head": {}, "projector": {}}
+        name, _, seed = mode.partition(":")  # "default:1": the fits' seed 1 (head init/order, projector views)
+        overrides = REFERENCE_FITS if name == "reference" else {"head": {}, "projector": {}}
+        overrides = {part: {**values, "seed": int(seed or 0)} for part, values in overrides.items()}
         load = os.getloadavg()[0]
         start = time.perf_counter()
         inheritance.train_head(**overrides["head"])
@@ -591,7 +593,8 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="*",
         metavar="MODE",
         help="Only time inheritance (head + projector) on a small case, side by side: modes `reference` (every "
-        "epoch, fresh views) and `default` (convergence stop, view bank); default: default reference default.",
+        "epoch, fresh views) and `default` (the current defaults), `:N` for the fits' seed N (e.g. default:1); "
+        "default: default reference default.",
     )
     parser.add_argument("--speed-train-images", type=int, default=300)
     parser.add_argument("--speed-eval-variant", default="lite1")
