@@ -229,10 +229,12 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[step_profile] {json.dumps(row)}", flush=True)
             report["rows"].append(row)
     for ipc in lgm_ipcs:  # the backbone as the Distiller sets it up (no memory-format override)
-        times = {}
-        for method in ("sfm", "lgm"):
+
+        def seconds_per_step(method: str, ipc: int = ipc) -> float:
             distiller = build_distiller(model, processor, train, ipc, method, options.lgm_steps, statistics, work_dir)
-            times[method] = loop_seconds_per_step(distiller)
+            return loop_seconds_per_step(distiller)
+
+        times = {"sfm": seconds_per_step("sfm"), "lgm": seconds_per_step("lgm")}
         report["ratios"].append({"ipc": ipc, **times})
         print(f"[step_profile] ratio {json.dumps(report['ratios'][-1])}", flush=True)
     report["load_after"] = f"{os.getloadavg()[0]:.1f}"
