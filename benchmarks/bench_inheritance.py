@@ -522,9 +522,12 @@ def speed_run(num_train: int, distill_steps: int, eval_variant: str, modes: list
     for mode in modes:
         inheritance: ClassifierInheritance = distiller.classifier_inheritance()
         inheritance.real_features()  # the cached feature column, outside the timings (shared by both modes)
-        name, _, seed = mode.partition(":")  # "default:1": the fits' seed 1 (head init/order, projector views)
+        # "default:1": the fits' seed 1 (head init and order, projector views); "default:0:200": a 200-view bank
+        name, seed, views = [*mode.split(":"), None, None][:3]
         overrides = REFERENCE_FITS if name == "reference" else {"head": {}, "projector": {}}
         overrides = {part: {**values, "seed": int(seed or 0)} for part, values in overrides.items()}
+        if views:
+            overrides["projector"]["views"] = int(views)
         load = os.getloadavg()[0]
         start = time.perf_counter()
         inheritance.train_head(**overrides["head"])

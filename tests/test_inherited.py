@@ -515,14 +515,14 @@ def test_registration_comes_with_the_package():
 
 
 def test_projector_and_kd_use_a_view_bank_unless_it_would_not_fit():
-    assert bank_views(ProjectorConfig(), 10) == 50 and bank_views(KDConfig(), 10) == 50
-    assert bank_views(ProjectorConfig(), BANK_LIMIT // 50) == 50
-    assert bank_views(ProjectorConfig(), BANK_LIMIT // 50 + 1) is None  # fresh views (and the convergence stop)
+    assert bank_views(ProjectorConfig(), 10) == 200 and bank_views(KDConfig(), 10) == 200
+    assert bank_views(ProjectorConfig(), BANK_LIMIT // 200) == 200
+    assert bank_views(ProjectorConfig(), BANK_LIMIT // 200 + 1) is None  # fresh views (and the convergence stop)
     assert bank_views(ProjectorConfig(views=None), 10) is None  # the reference
 
 
 def test_default_projector_matches_the_reference_fit_on_held_out_views(distiller):
-    """The default (all epochs on a 50-view bank embedded once) against the reference (a fresh view per image and
+    """The default (all epochs on a 200-view bank embedded once) against the reference (a fresh view per image and
     epoch), scaled down: the same held-out feature MSE within 10%; a convergence stop on fresh views ends sooner."""
     eval_extractor = FeatureExtractor(tiny_resnet(), PREPROCESSING)
     images = distiller.synthetic_images()

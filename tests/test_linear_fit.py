@@ -78,7 +78,7 @@ def test_only_the_inherited_head_stops_on_convergence_by_default():
     assert InheritedHeadConfig().tolerance is not None
     # projector and KD run every epoch on a view bank: cheap, and stopping early there cost accuracy
     assert ProjectorConfig().tolerance is None and KDConfig().tolerance is None
-    assert ProjectorConfig().views == KDConfig().views == 50
+    assert ProjectorConfig().views == KDConfig().views == 200
 
 
 def test_flattened_compares_window_means():
