@@ -18,6 +18,10 @@ Run: `HF_HUB_OFFLINE=1 python benchmarks/bench_inheritance.py` (CPU; about 15 mi
 with the defaults; `--quick` for a smoke run). Prints a markdown table, replaces the section between
 `<!-- inheritance:start -->` and `<!-- inheritance:end -->` in `benchmarks/RESULTS.md` and writes the raw numbers
 to `benchmarks/results/inheritance.json` (`--from-json` re-renders the section from them).
+
+`--speed [MODE ...]` only times inheritance (head + projector) on the small case of issue 15 (head on 300 real images,
+ipc-1 projector lite0 → lite1), the reference fits (every epoch, fresh views) against the current defaults
+(convergence stop, view bank), side by side in one process, with the packaged classifier's test accuracy.
 """
 
 from __future__ import annotations
@@ -485,6 +489,100 @@ def write_results_section(section: str, path: Path = RESULTS_PATH) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------- --speed
+
+
+REFERENCE_FITS = {  # DESIGN §5 as first implemented: every epoch runs, the projector draws fresh views
+    "head": {"tolerance": None},
+    "projector": {"views": None, "tolerance": None},
+}
+
+
+def speed_run(num_train: int, distill_steps: int, eval_variant: str, modes: list[str], work_dir: Path) -> dict:
+    """Inheritance time before/after on one distilled set: `reference` (every epoch, fresh views) against
+    `default` (the current `InheritedHeadConfig()` / `ProjectorConfig()`: convergence stop, a view bank), each
+    timed (head + projector) and scored on the demo's 1000 test images through the packaged classifier."""
+    import datasets
+
+    from hf_sfm.evaluation import classifier_accuracy
+    from hf_sfm.inheritance import ClassifierInheritance
+
+    datasets.disable_progress_bars()
+    mnist = load_mnist()
+    train = mnist["train"].select(range(num_train))
+    model, processor = _load_backbone("lite0")
+    eval_model, eval_processor = _load_backbone(eval_variant)
+    settings = BenchSettings(ipcs=(1,), distill_steps=(distill_steps,))
+    arguments = distill_arguments(settings, 1, 0, work_dir / f"speed_{num_train}")
+    distiller = Distiller(
+        model=model, args=DistillationConfig(**arguments), train_dataset=train, image_processor=processor
+    )
+    images, _ = _distilled_images(distiller, work_dir / f"speed_{num_train}" / "cache")
+    rows = []
+    for mode in modes:
+        inheritance: ClassifierInheritance = distiller.classifier_inheritance()
+        inheritance.real_features()  # the cached feature column, outside the timings (shared by both modes)
+        # "default:1": the fits' seed 1 (head init and order, projector views); "default:0:200": a 200-view bank
+        name, seed, views = [*mode.split(":"), None, None][:3]
+        overrides = REFERENCE_FITS if name == "reference" else {"head": {}, "projector": {}}
+        overrides = {part: {**values, "seed": int(seed or 0)} for part, values in overrides.items()}
+        if views:
+            overrides["projector"]["views"] = int(views)
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        inheritance.train_head(**overrides["head"])
+        head_seconds = time.perf_counter() - start
+        inheritance.fit_projector(
+            images, eval_model=eval_model, eval_image_processor=eval_processor, **overrides["projector"]
+        )
+        total = time.perf_counter() - start
+        classifier = inheritance.classifier()
+        row = {
+            "mode": mode,
+            "head_seconds": head_seconds,
+            "projector_seconds": total - head_seconds,
+            "seconds": total,
+            "head_epochs": inheritance.head.record["head"]["epochs"],
+            "projector_epochs": inheritance.projector.record["projector"]["epochs_run"],
+            "projector_bank_views": inheritance.projector.record["projector"]["bank_views"],
+            "final_mse": inheritance.projector.record["projector"]["final_mse"],
+            "test_accuracy": classifier_accuracy(classifier, mnist["test"], classifier.image_processor),
+            "load_average_before": load,
+            "load_average_after": os.getloadavg()[0],
+        }
+        print(f"[speed] {json.dumps(row)}", flush=True)
+        rows.append(row)
+    return {
+        "num_train": num_train,
+        "distill_steps": distill_steps,
+        "eval_variant": eval_variant,
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+
+
+def speed_markdown(result: dict) -> str:
+    headers = ["fits", "head (s)", "projector (s)", "total (s)", "head epochs", "projector epochs (bank)"]
+    headers += ["final MSE", "test accuracy", "load avg"]
+    rows = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    for row in result["rows"]:
+        bank = f"{row['projector_bank_views']} views" if row["projector_bank_views"] else "fresh views"
+        cells = [
+            row["mode"], f"{row['head_seconds']:.1f}", f"{row['projector_seconds']:.1f}", f"{row['seconds']:.1f}",
+            row["head_epochs"], f"{row['projector_epochs']} ({bank})", f"{row['final_mse']:.3f}",
+            f"{100 * row['test_accuracy']:.1f}", f"{row['load_average_before']:.1f}→{row['load_average_after']:.1f}",
+        ]  # fmt: skip
+        rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return (
+        f"Inheritance time, lite0 → {result['eval_variant']}, head on {result['num_train']} real MNIST images, "
+        f"projector on an ipc-1 set distilled for {result['distill_steps']} steps, {result['torch_threads']} torch "
+        "thread(s); accuracy of the packaged classifier on the 1000 test images.\n\n" + "\n".join(rows)
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work-dir", default="outputs/bench_inheritance")
@@ -493,12 +591,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine).")
     parser.add_argument("--no-kd", action="store_true")
     parser.add_argument("--from-json", help="Only re-render the table from a result.json of an earlier run.")
+    parser.add_argument(
+        "--speed",
+        nargs="*",
+        metavar="MODE",
+        help="Only time inheritance (head + projector) on a small case, side by side: modes `reference` (every "
+        "epoch, fresh views) and `default` (the current defaults), `:N` for the fits' seed N (e.g. default:1); "
+        "default: default reference default.",
+    )
+    parser.add_argument("--speed-train-images", type=int, default=300)
+    parser.add_argument("--speed-eval-variant", default="lite1")
+    parser.add_argument("--speed-distill-steps", type=int, default=300)
     types = {"int": int, "float": float, "str": str, "tuple[int, ...]": int, "tuple[str, ...]": str}
     for field in dataclasses.fields(BenchSettings):
         if field.type in types:
             nargs = "+" if field.type.startswith("tuple") else None
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=types[field.type], nargs=nargs)
     options = parser.parse_args(argv)
+    if options.speed is not None:
+        torch.set_num_threads(options.threads)
+        modes = options.speed or ["default", "reference", "default"]
+        steps = 5 if options.quick else options.speed_distill_steps
+        result = speed_run(options.speed_train_images, steps, options.speed_eval_variant, modes, Path(options.work_dir))
+        print(speed_markdown(result))
+        _write_json(Path(options.work_dir) / "speed.json", result)
+        return result
     if options.from_json:
         result = json.loads(Path(options.from_json).read_text())
         section = markdown(result)

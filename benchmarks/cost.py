@@ -52,6 +52,17 @@ def statistics_worker(spec: dict) -> dict:
     }
 
 
+def _first_images(num_images: int) -> None:
+    """Workers of smoke runs (`gpu_check.py --quick`): train on the first `num_images` real images only."""
+    load_data = common.load_data
+
+    def first_images():
+        data = load_data()
+        return {**data, "train": data["train"].select(range(min(num_images, len(data["train"]))))}
+
+    common.load_data = first_images
+
+
 def run(quick: bool, ipc: int, steps: int | None, work_dir: Path, write: bool) -> dict:
     steps = steps or (3 if quick else 20)
     script = Path(__file__)
@@ -177,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.worker:
         spec = json.loads(args.worker)
+        if spec.get("num_images"):
+            _first_images(spec["num_images"])
         result = statistics_worker(spec) if spec["mode"] == "statistics" else common.distillation_worker(spec)
         print(json.dumps(result), flush=True)
         return

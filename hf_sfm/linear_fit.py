@@ -10,6 +10,12 @@ backbones (the probe's eval backbone; the projector's eval and distillation back
 pixels). By default a fresh view is drawn for every image in every epoch (the papers' protocol); `views=V` embeds
 `V` views of every image once and draws one of them per image and batch instead — a labelled approximation that
 turns `epochs · N` backbone passes into `V · N`.
+
+Stopping on convergence (`tolerance`, off by default, so the §6 probe always runs its full protocol): `epochs` is then
+a maximum. After every epoch the mean loss of the last `patience` epochs is compared with that of the `patience`
+before; once it improves by less than `tolerance` (relative), the learning rate, wherever the cosine had brought it,
+decays linearly to zero over `cooldown` more epochs and the fit ends. The inheritance fits (head, projector, KD) use
+it: whatever the data, they stop when their loss has flattened instead of after a fixed 1000 epochs or 3000 steps.
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ class LinearFitConfig:
         views: `None` draws a fresh augmented view per image and epoch (the reference); `V` draws from a bank of `V`
             views embedded once (see the module docstring).
         crop_scale: area range of the random-resized crop of the augmented views.
+        tolerance: `None` runs all `epochs` (the probe protocol). A number stops the fit once the mean loss of the
+            last `patience` epochs is less than `tolerance` (relative) below that of the `patience` before, after a
+            linear `cooldown` of the learning rate to zero (see the module docstring).
+        patience: the window (epochs) of that comparison; no stop before `2 · patience` epochs.
+        cooldown: epochs over which the learning rate falls to zero once the loss has flattened (`None`: `patience`).
     """
 
     epochs: int = 1000
@@ -53,6 +64,9 @@ class LinearFitConfig:
     init_std: float | None = 0.01
     views: int | None = None
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    tolerance: float | None = None
+    patience: int = 20
+    cooldown: int | None = None
 
     def __post_init__(self):
         name = type(self).__name__
@@ -64,6 +78,12 @@ class LinearFitConfig:
             raise ValueError(f"{name}.learning_rate must be a finite number > 0, got {self.learning_rate}.")
         if self.views is not None and self.views < 1:
             raise ValueError(f"{name}.views must be None (a fresh view per epoch) or >= 1, got {self.views}.")
+        if self.tolerance is not None and not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ValueError(f"{name}.tolerance must be None (no early stop) or a number >= 0, got {self.tolerance}.")
+        if self.patience < 1:
+            raise ValueError(f"{name}.patience must be >= 1, got {self.patience}.")
+        if self.cooldown is not None and self.cooldown < 0:
+            raise ValueError(f"{name}.cooldown must be None (= patience) or >= 0, got {self.cooldown}.")
         self.crop_scale = tuple(self.crop_scale)
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"{name}.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}.")
@@ -104,14 +124,18 @@ def fit_linear(
     generator: torch.Generator,
     progress_desc: str | None = None,
 ) -> list[float]:
-    """Train `layer` in place; returns the mean loss of every epoch.
+    """Train `layer` in place; returns the mean loss of every epoch run.
 
     Each epoch shuffles the examples with `generator`, then for each mini-batch `index` takes
-    `inputs, targets = batches(index, epoch)` and steps Adam on `loss_fn(layer(inputs), targets)`. The loss is
-    summed on the device and read once at the end (no host sync per step).
+    `inputs, targets = batches(index, epoch)` and steps Adam on `loss_fn(layer(inputs), targets)`. Without
+    `config.tolerance` all `epochs` run under a cosine schedule and the loss is summed on the device and read once at
+    the end (no host sync per step). With it, the fit may stop early (module docstring); the epoch loss is then read
+    once per epoch, and the progress bar shows it.
     """
     if num_examples < 1:
         raise ValueError("Cannot fit a linear layer on zero examples.")
+    if config.tolerance is not None:
+        return _fit_until_flat(layer, batches, loss_fn, num_examples, config, generator, progress_desc)
     batch_size = config.batch_for(num_examples)
     epochs = config.num_epochs(num_examples)
     steps = epochs * math.ceil(num_examples / batch_size)
@@ -132,6 +156,78 @@ def fit_linear(
             epoch_losses[epoch] += loss.detach() * len(index)
     layer.eval()
     return (epoch_losses / num_examples).tolist()
+
+
+def has_flattened(epoch_losses: Sequence[float], patience: int, tolerance: float) -> bool:
+    """True when the mean of the last `patience` losses is less than `tolerance` (relative) below the `patience`
+    before: `mean(L[-2p:-p]) - mean(L[-p:]) <= tolerance · |mean(L[-2p:-p])|`. Windows, not single epochs, so that
+    the noise of fresh augmented views does not read as a plateau (or hide one)."""
+    if len(epoch_losses) < 2 * patience:
+        return False
+    previous = sum(epoch_losses[-2 * patience : -patience]) / patience
+    recent = sum(epoch_losses[-patience:]) / patience
+    return previous - recent <= tolerance * abs(previous)
+
+
+def _fit_until_flat(
+    layer: nn.Linear,
+    batches: Batches,
+    loss_fn: Loss,
+    num_examples: int,
+    config: LinearFitConfig,
+    generator: torch.Generator,
+    progress_desc: str | None,
+) -> list[float]:
+    """`fit_linear` with `config.tolerance`: cosine over at most `epochs`, then, once the loss has flattened, the
+    learning rate goes linearly from where the cosine is to zero over `cooldown` epochs, and the fit ends."""
+    batch_size = config.batch_for(num_examples)
+    max_epochs = config.num_epochs(num_examples)
+    steps_per_epoch = math.ceil(num_examples / batch_size)
+    total_steps = max(1, max_epochs * steps_per_epoch)
+    base_rate = config.learning_rate_for(num_examples)
+    cooldown = config.patience if config.cooldown is None else config.cooldown
+    optimizer = torch.optim.Adam(layer.parameters(), lr=base_rate)
+    device = layer.weight.device
+
+    def cosine(step: int) -> float:  # CosineAnnealingLR's closed form, to zero at `total_steps`
+        return 0.5 * (1 + math.cos(math.pi * step / total_steps))
+
+    step, cooldown_from, cooldown_steps, last_epoch = 0, None, 0, max_epochs - 1
+    epoch_losses: list[float] = []
+    progress = tqdm(total=max_epochs, desc=progress_desc, disable=progress_desc is None, leave=False)
+    for epoch in range(max_epochs):
+        order = torch.randperm(num_examples, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        for start in range(0, num_examples, batch_size):
+            if cooldown_from is None:
+                factor = cosine(step)
+            else:
+                start_step, start_factor = cooldown_from
+                factor = start_factor * (1 - (step - start_step) / cooldown_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = base_rate * factor
+            index = order[start : start + batch_size]
+            inputs, targets = batches(index, epoch)
+            loss = loss_fn(layer(inputs.to(device)), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += loss.detach() * len(index)
+        epoch_losses.append(float(loss_sum) / num_examples)  # the one host read per epoch
+        progress.update()
+        progress.set_postfix(loss=f"{epoch_losses[-1]:.4g}", refresh=False)
+        if cooldown_from is None and has_flattened(epoch_losses, config.patience, config.tolerance):
+            last_epoch = min(max_epochs - 1, epoch + cooldown)
+            if last_epoch == epoch:
+                break
+            cooldown_from, cooldown_steps = (step, cosine(step)), (last_epoch - epoch) * steps_per_epoch
+            progress.set_description_str(f"{progress_desc} (flat at epoch {epoch + 1}, cooling down)", refresh=False)
+        if epoch >= last_epoch:
+            break
+    progress.close()
+    layer.eval()
+    return epoch_losses
 
 
 class ViewFeatures:

@@ -40,11 +40,13 @@ from hf_sfm.augment import Augmentation
 from hf_sfm.embedding import embed_dataset, features_and_labels
 from hf_sfm.features import FeatureExtractor
 from hf_sfm.inheritance import (
+    BANK_LIMIT,
     ClassifierInheritance,
     InheritedHeadConfig,
     KDConfig,
     ProjectorConfig,
     accuracy,
+    bank_views,
     build_inherited_classifier,
     fit_projector,
     image_processor_for,
@@ -507,3 +509,46 @@ def test_registration_comes_with_the_package():
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     assert CONFIG_MAPPING["hf_sfm_inherited"] is hf_sfm.SFMInheritedConfig
+
+
+# ---------------------------------------------------------------------------------------------------- cost
+
+
+def test_projector_and_kd_use_a_view_bank_unless_it_would_not_fit():
+    assert bank_views(ProjectorConfig(), 10) == 200 and bank_views(KDConfig(), 10) == 200
+    assert bank_views(ProjectorConfig(), BANK_LIMIT // 200) == 200
+    assert bank_views(ProjectorConfig(), BANK_LIMIT // 200 + 1) is None  # fresh views (and the convergence stop)
+    assert bank_views(ProjectorConfig(views=None), 10) is None  # the reference
+
+
+def test_default_projector_matches_the_reference_fit_on_held_out_views(distiller):
+    """The default (all epochs on a 200-view bank embedded once) against the reference (a fresh view per image and
+    epoch), scaled down: the same held-out feature MSE within 10%; a convergence stop on fresh views ends sooner."""
+    eval_extractor = FeatureExtractor(tiny_resnet(), PREPROCESSING)
+    images = distiller.synthetic_images()
+    augmentation = Augmentation(SIZE, noise=False)
+    shared = dict(epochs=400, learning_rate=3e-2 * 256 / len(images))
+    fits = {
+        "reference": ProjectorConfig(**shared, views=None),
+        "default": ProjectorConfig(**shared),
+        "stopping": ProjectorConfig(**shared, views=None, tolerance=1e-2, patience=15),
+    }
+    distill, mse, epochs = distiller.feature_extractor, {}, {}
+    for name, config in fits.items():
+        projector, losses = fit_projector(distill, eval_extractor, images, augmentation, config, None)
+        mse[name] = projection_mse(projector, distill, eval_extractor, images, augmentation, seed=9)
+        epochs[name] = len(losses)
+    assert epochs["reference"] == epochs["default"] == 400 and epochs["stopping"] < 400
+    assert mse["default"] <= 1.1 * mse["reference"]
+    assert mse["stopping"] <= 2 * mse["reference"]  # the price of stopping early: why the default does not
+
+
+def test_default_head_stops_when_flat_and_keeps_the_accuracy(inheritance):
+    """On the toy set the head's loss flattens well before the budget; accuracy equals the full-length fit's."""
+    head = inheritance.train_head(epochs=400, learning_rate=1e-2, batch_size=16, tolerance=1e-2, patience=10)
+    stopped = inheritance.head.record["head"]
+    full_head = inheritance.train_head(epochs=400, learning_rate=1e-2, batch_size=16, tolerance=None)
+    full = inheritance.head.record["head"]
+    assert full["epochs"] == 400 and stopped["epochs"] < 400
+    assert stopped["train_accuracy"] >= full["train_accuracy"] - 0.03
+    assert head is not full_head

@@ -1,0 +1,260 @@
+"""The GPU check: SFM vs LGM cost per step and the statistics pass on CUDA, as one row of `benchmarks/RESULTS.md`.
+
+Run on a CUDA machine (offline: the EfficientNet-Lite assets and MNIST come from `hf_sfm.assets`):
+
+    bash benchmarks/gpu_check.sh                       # CUDA; writes the gpu_check section of benchmarks/RESULTS.md
+    bash benchmarks/gpu_check.sh --quick --device cpu --results /tmp/RESULTS.md   # the test suite's smoke run
+
+What it runs, each distillation in a fresh process (so `torch.cuda.max_memory_allocated` is that run's own):
+
+1. **cost** (`benchmarks/cost.py`'s workers): the statistics pass, then SFM and LGM (K=10, the reference; K=1
+   in `--quick`) on EfficientNet-Lite0, MNIST 10 classes, 64 px, at ipc 1 and 10: seconds per step, CUDA peak
+   allocated / reserved MiB, MiB saved for backward, and the SFM/LGM ratios;
+2. **statistics pass** (`benchmarks/statistics_pass.py`, one process): images/s of hf_sfm's pass against a plain
+   `DataLoader` loop, sums checked against each other, with `max_memory_allocated` per pipeline (and a bf16 run).
+
+The section between `<!-- gpu_check:start -->` and `<!-- gpu_check:end -->` of `--results` (default
+`benchmarks/RESULTS.md`) is rewritten after each stage, so a run cut short still leaves what it measured; the raw
+numbers go to `gpu_check.json` next to that file (`benchmarks/results/gpu_check.json` for the default). Sized for
+under 8 minutes on one H200 (about 3 there: most of it is process start-up and the CPU rows of the statistics pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's hf_sfm, here and in the workers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import common
+import torch
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+SECTION = "gpu_check"
+COST_SCRIPT = BENCHMARKS_DIR / "cost.py"
+STATISTICS_SCRIPT = BENCHMARKS_DIR / "statistics_pass.py"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the smoke run (no GPU).")
+    parser.add_argument(
+        "--quick", action="store_true", help="ipc 1, 1 step, LGM K=1, 64 images: a smoke run (~1 min on a CPU)."
+    )
+    parser.add_argument("--results", type=Path, default=common.RESULTS_PATH, help="The RESULTS.md to fill.")
+    parser.add_argument("--ipcs", default="1,10", help="Comma-separated ipcs of the cost runs.")
+    parser.add_argument("--steps", type=int, default=50, help="Distillation steps per cost run.")
+    parser.add_argument("--num-images", type=int, default=None, help="Real training images (default: all 4000).")
+    parser.add_argument("--stat-images", type=int, default=4000, help="Images of the statistics-pass benchmark.")
+    parser.add_argument("--repeats", type=int, default=3, help="Repeats of the statistics-pass benchmark.")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    options = parser.parse_args(argv)
+    if options.quick:
+        options.ipcs, options.steps, options.num_images = "1", 1, options.num_images or 64
+        options.stat_images, options.repeats = 64, 1
+    options.ipcs = [int(ipc) for ipc in options.ipcs.split(",")]
+    return options
+
+
+def worker_env(device: str) -> dict[str, str]:
+    """The workers' environment: one CPU thread (as the cost benchmark), no GPU visible for `--device cpu`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCHMARKS_DIR.parent)}
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def run_json(command: list[str], env: dict[str, str], log: Path) -> dict:
+    """Run `command`; its last stdout line is a JSON result. The full output is kept in `log`."""
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(completed.stdout + "\n--- stderr ---\n" + completed.stderr)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} ... failed (log: {log}):\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def cost_stage(options: argparse.Namespace, work_dir: Path, env: dict[str, str]) -> list[dict]:
+    """Statistics once, then SFM and LGM (K=10) per ipc, each in a fresh `cost.py --worker` process."""
+    base = {"settings": common.DISTILL_SETTINGS, "num_images": options.num_images}
+    spec = {**base, "mode": "statistics", "output_dir": str(work_dir / "statistics")}
+    statistics = run_json(
+        [sys.executable, str(COST_SCRIPT), "--worker", json.dumps(spec)], env, work_dir / "logs" / "statistics.log"
+    )
+    rows = []
+    for ipc in options.ipcs:
+        lgm_rounds = 1 if options.quick else 10
+        for method, extra in (("sfm", {"statistics": statistics["statistics"]}), ("lgm", {"lgm_rounds": lgm_rounds})):
+            spec = {
+                **base,
+                **extra,
+                "mode": "distill",
+                "method": method,
+                "ipc": ipc,
+                "num_steps": options.steps,
+                "output_dir": str(work_dir / f"{method}_ipc{ipc}"),
+            }
+            print(f"[gpu_check] cost: {method} ipc {ipc} ...", flush=True)
+            result = run_json(
+                [sys.executable, str(COST_SCRIPT), "--worker", json.dumps(spec)],
+                env,
+                work_dir / "logs" / f"{method}_ipc{ipc}.log",
+            )
+            rows.append(result)
+    return [{"statistics_pass": statistics}, *rows]
+
+
+def statistics_stage(options: argparse.Namespace, work_dir: Path, env: dict[str, str]) -> list[dict]:
+    """`statistics_pass.py` in one process on this machine (CPU rows, then CUDA rows when there is a GPU)."""
+    runs = [[]] + ([["--bf16"]] if options.device == "cuda" and not options.quick else [])
+    records = []
+    for extra in runs:
+        path = work_dir / f"statistics_pass{'_bf16' if extra else ''}.json"
+        command = [
+            sys.executable, str(STATISTICS_SCRIPT), "--processes", "1", "--num-images", str(options.stat_images),
+            "--repeats", str(options.repeats), "--workers", "0" if options.quick else "0,2", "--no-record",
+            "--json", str(path), *extra,
+        ]  # fmt: skip
+        if options.quick:
+            command += ["--batch-size", "16", "--plain-workers", "0"]
+        print(f"[gpu_check] statistics pass {' '.join(extra)} ...", flush=True)
+        completed = subprocess.run(command, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"})
+        (work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (work_dir / "logs" / path.with_suffix(".log").name).write_text(completed.stdout + completed.stderr)
+        if completed.returncode != 0:
+            raise RuntimeError(f"statistics_pass.py failed:\n{completed.stderr[-3000:]}")
+        records.append(json.loads(path.read_text()))
+    return records
+
+
+def render(report: dict) -> str:
+    """The RESULTS.md section: one cost table and one statistics-pass table, for this machine."""
+    device = report["device"]
+    lines = [
+        f"## GPU check ({report['when']}{', quick smoke run' if report['quick'] else ''})",
+        "",
+        f"`bash benchmarks/gpu_check.sh{' --quick --device cpu' if device == 'cpu' else ''}` on {report['machine']}; "
+        f"device **{device}**{' (' + report['gpu'] + ')' if report.get('gpu') else ''}, "
+        f"{report.get('wall_seconds', 0):.0f} s in all. EfficientNet-Lite0, MNIST 10 classes, 64 px, the embedded "
+        "default's distillation settings; each distillation in a fresh process.",
+        "",
+    ]
+    cost = report.get("cost")
+    if cost:
+        statistics, runs = cost[0]["statistics_pass"], cost[1:]
+        by_key = {(run["method"], run["ipc"]): run for run in runs}
+        headers = [
+            "method", "ipc", "steps", "s / step", "CUDA max allocated (MiB)", "CUDA max reserved (MiB)",
+            "saved for backward / step (MiB)", "peak RSS increase (MiB)", "time / step vs SFM", "allocated vs SFM",
+        ]  # fmt: skip
+        rows = []
+        for run in runs:
+            sfm = by_key.get(("sfm", run["ipc"]), run)
+            allocated = run.get("cuda_max_allocated_mib")
+            sfm_allocated = sfm.get("cuda_max_allocated_mib")
+            rows.append(
+                [
+                    run["method"].upper() + (f" (K={run['lgm_rounds']})" if run["method"] == "lgm" else ""),
+                    run["ipc"],
+                    run["num_steps"],
+                    f"{run['seconds_per_step']:.3f}",
+                    f"{allocated:.0f}" if allocated is not None else "n/a (CPU)",
+                    f"{run['cuda_max_reserved_mib']:.0f}" if "cuda_max_reserved_mib" in run else "n/a (CPU)",
+                    f"{run['saved_activations_mib']:.0f}",
+                    f"{run['peak_increase_mib']:.0f}",
+                    f"{run['seconds_per_step'] / sfm['seconds_per_step']:.1f}×",
+                    f"{allocated / sfm_allocated:.1f}×" if allocated and sfm_allocated else "n/a",
+                ]
+            )
+        lines += [
+            "**Cost per step**",
+            "",
+            common.markdown_table(headers, rows),
+            "",
+            f"Statistics pass of the cost runs: {statistics['num_images']} images in {statistics['seconds']:.1f} s.",
+            "",
+        ]
+    for record in report.get("statistics_pass", []):
+        bf16 = any(row.get("bf16") for row in record["rows"])
+        headers = ["device", "pipeline", "images/s (best)", "images/s (median)", "CUDA max allocated (MiB)", "sums"]
+        rows = [
+            [
+                row["device"] + (" bf16" if row.get("bf16") else ""),
+                row["pipeline"],
+                f"{row['images_per_second_best']:.0f}",
+                f"{row['images_per_second_median']:.0f}",
+                f"{row['cuda_max_memory_allocated_mib']:.0f}" if "cuda_max_memory_allocated_mib" in row else "—",
+                "agree" if row["sums_vs_plain_loop"]["agree"] else "**DISAGREE**",
+            ]
+            for row in record["rows"]
+        ]
+        lines += [
+            f"**Statistics pass{' (bf16 autocast)' if bf16 else ''}**: {record['num_images']} images, batch "
+            f"{record['batch_size']}, best of {record['repeats']}; load average {record['load_before']} → "
+            f"{record['load_after']}",
+            "",
+            common.markdown_table(headers, rows),
+            "",
+        ]
+    if report.get("error"):
+        lines += [f"**Stopped early**: {report['error']}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def record(report: dict, results: Path) -> None:
+    """Rewrite the section of `results` and the JSON next to it (for the real RESULTS.md: `results/`)."""
+    common.write_results_section(SECTION, render(report), results)
+    json_path = (
+        BENCHMARKS_DIR / "results" / f"{SECTION}.json"
+        if results.resolve() == common.RESULTS_PATH.resolve()
+        else results.with_name(f"{SECTION}.json")
+    )
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    options = parse_args(argv)
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device here; use `--device cpu --quick` for the smoke run.")
+    work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="hf_sfm_gpu_check_"))
+    env = worker_env(options.device)
+    started = time.perf_counter()
+    report = {
+        "device": options.device,
+        "gpu": torch.cuda.get_device_name(0) if options.device == "cuda" else None,
+        "machine": common.machine_description(),
+        "when": time.strftime("%Y-%m-%d"),
+        "quick": options.quick,
+        "ipcs": options.ipcs,
+        "steps": options.steps,
+    }
+    try:
+        report["cost"] = cost_stage(options, work_dir, env)
+        report["wall_seconds"] = time.perf_counter() - started
+        record(report, options.results)
+        report["statistics_pass"] = statistics_stage(options, work_dir, env)
+    except Exception as error:  # keep what was measured, say where it stopped, fail the run
+        report["error"] = f"{type(error).__name__}: {str(error)[-500:]}"
+        report["wall_seconds"] = time.perf_counter() - started
+        record(report, options.results)
+        raise
+    report["wall_seconds"] = time.perf_counter() - started
+    record(report, options.results)
+    print(render(report))
+    print(f"[gpu_check] done in {report['wall_seconds']:.0f} s; section '{SECTION}' of {options.results}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
