@@ -401,12 +401,14 @@ def markdown(result: dict) -> str:
         f"ipc {ipc}: {steps} steps, {views} views"
         for ipc, steps, views in zip(settings["ipcs"], settings["distill_steps"], settings["views"])
     )
-    demo = {key: DEMO_DEFAULTS[key] for key in ("crop_size", "image_size", "learning_rate", "init", "parameterization")}
+    distill = DistillationConfig(**DEMO_DEFAULTS)
+    keys = ("crop_size", "image_size", "learning_rate", "init", "parameterization")
+    demo = {key: getattr(distill, key) for key in keys}
     lines = [
         "## Classifier inheritance (MNIST 4000/1000, EfficientNet-Lite, CPU)",
         "",
         f"Distilled with SFM on `{settings['distill_variant']}` with the embedded default's settings {demo}, "
-        f"crop scale {DEMO_DEFAULTS['crop_scale_min']}–1, seed {settings['seed']} ({steps}). **Inherited head**: "
+        f"crop scale {distill.crop_scale_min}–1, seed {settings['seed']} ({steps}). **Inherited head**: "
         f"`InheritedHeadConfig()` defaults: full real features, Adam 5e-4, batch 128, cosine, {head_epochs} epochs "
         "(the reference's 10 raised to reach 3000 steps on 4000 images), features cached once (no augmentation). "
         f"**Full-data probe**: §6 protocol on all real training features of the eval backbone, deterministic view, "

@@ -398,7 +398,7 @@ def load_checkpoint(
                     f"this run expects {tuple(level.shape)}."
                 )
             level.copy_(saved)
-        synthetic.num_active_levels.fill_(int(metadata["num_active_levels"]))
+        synthetic.num_active_levels = int(metadata["num_active_levels"])
     optimizer = make_optimizer(synthetic.active_parameters())
     state = optimizer.state_dict()
     for j, parameter in enumerate(synthetic.active_parameters()):

@@ -72,7 +72,8 @@ class SyntheticImages(nn.Module):
         trainable = [size for size in sizes if max_trainable_size is None or size <= max_trainable_size]
         self.max_levels = max(1, len(trainable))  # levels finer than max_trainable_size never join the optimiser
         self.decode_all_levels = False  # True once the levels hold an image's bands (set_images)
-        self.register_buffer("num_active_levels", torch.tensor(1 if parameterization == "pyramid" else len(sizes)))
+        # A Python int, not a buffer: `decode()` reads it every step, and a device tensor would cost a host sync.
+        self.num_active_levels = 1 if parameterization == "pyramid" else len(sizes)
         self.register_buffer("color_matrix", COLOR_CORRELATION.clone(), persistent=False)
 
     @property
@@ -81,16 +82,16 @@ class SyntheticImages(nn.Module):
 
     @property
     def fully_grown(self) -> bool:
-        return int(self.num_active_levels) >= self.max_levels
+        return self.num_active_levels >= self.max_levels
 
     def active_parameters(self) -> list[nn.Parameter]:
-        return list(self.levels[: int(self.num_active_levels)])
+        return list(self.levels[: self.num_active_levels])
 
     def grow(self) -> bool:
         """Activate the next finer pyramid level; returns False when no further level may join."""
         if self.fully_grown:
             return False
-        active = int(self.num_active_levels)
+        active = self.num_active_levels
         if not self.decode_all_levels:  # from noise: keep the image a mean of its levels (the reference's rescaling)
             with torch.no_grad():
                 for level in self.levels[:active]:

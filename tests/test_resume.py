@@ -135,7 +135,7 @@ def test_resume_refuses_an_incompatible_run_with_a_clear_error(tmp_path, process
     with pytest.raises(ValueError, match=r"incompatible run \(ipc: checkpoint 2 vs this run 3\)"):
         _distiller(tmp_path, processor, ipc=3, resume_from_checkpoint="latest").train()
     with pytest.raises(ValueError, match="parameterization"):
-        _distiller(tmp_path, processor, parameterization="pixels", resume_from_checkpoint="latest").train()
+        _distiller(tmp_path, processor, parameterization="pyramid", resume_from_checkpoint="latest").train()
 
 
 def test_resume_with_a_changed_learning_rate_continues_with_a_warning(tmp_path, processor, caplog):
