@@ -179,14 +179,7 @@ def fit_projector(
     with torch.random.fork_rng(devices=[]):  # nn.Linear's own initialisation, seeded, leaving the global RNG alone
         torch.manual_seed(config.seed)
         projector = nn.Linear(eval_extractor.feature_dim(), distill_extractor.feature_dim()).to(device)
-    views = views or ViewFeatures(
-        images,
-        [eval_extractor, distill_extractor],
-        augmentation,
-        generator,
-        bank_views(config, len(images)),
-        lookahead=_lookahead(config),
-    )
+    views = views or _paired_views(images, eval_extractor, distill_extractor, augmentation, generator, config)
     losses = fit_linear(
         projector, lambda index, epoch: views(index, epoch), F.mse_loss, len(images), config, generator, progress_desc
     )
@@ -205,6 +198,18 @@ def _lookahead(config: LinearFitConfig) -> int:
     """Fresh views embedded ahead: a few batches when the fit may stop early (views past the stop are wasted), the
     long default otherwise (which keeps the generator's draws, hence the results, of a full-length fit)."""
     return 512 if config.tolerance is not None else 4096
+
+
+def _paired_views(images, eval_extractor, distill_extractor, augmentation, generator, config) -> ViewFeatures:
+    """The same augmented views through both backbones: what the projector and KD fit on."""
+    return ViewFeatures(
+        images,
+        [eval_extractor, distill_extractor],
+        augmentation,
+        generator,
+        bank_views(config, len(images)),
+        lookahead=_lookahead(config),
+    )
 
 
 def identity_projector(dim: int, device: torch.device | str = "cpu") -> nn.Linear:
@@ -251,14 +256,7 @@ def train_kd_head(
     device = distill_extractor.mean.device
     generator = torch.Generator().manual_seed(config.seed)
     student = new_linear(eval_extractor.feature_dim(), teacher_head.out_features, config, generator, device)
-    views = views or ViewFeatures(
-        images,
-        [eval_extractor, distill_extractor],
-        augmentation,
-        generator,
-        bank_views(config, len(images)),
-        lookahead=_lookahead(config),
-    )
+    views = views or _paired_views(images, eval_extractor, distill_extractor, augmentation, generator, config)
     labels = torch.as_tensor(labels).to(device)
     temperature = config.temperature
 
