@@ -152,8 +152,8 @@ class FeatureExtractor(nn.Module):
         self.model = base_vision_model(stripped, chosen)
         self.model.eval()
         self.model.requires_grad_(False)
-        # Convolutions run 2-2.5x faster on channels-last tensors on a CPU (EfficientNet-Lite0, 64 px) and use the
-        # tensor cores' layout on a GPU; it changes only the memory layout of 4-D weights, not a value.
+        # Channels-last: the layout GPU tensor cores want, and 0-20 % faster convolutions on a quiet CPU at ipc >= 10
+        # (benchmarks/RESULTS.md, step profile). It changes only the memory layout of 4-D weights, not a value.
         self.model.to(memory_format=torch.channels_last)
         self.pooling: str | None = chosen if isinstance(chosen, str) else None
         self.custom_feature_fn: FeatureFn | None = None if isinstance(chosen, str) else chosen
