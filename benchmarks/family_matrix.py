@@ -109,6 +109,7 @@ def _pair(model_name: str, config_name: str, vision: dict, text: dict, **kwargs:
 
 
 CNN = dict(hidden_sizes=[8, 16], depths=[1, 1])
+SWIN = dict(image_size=IMAGE_SIZE, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4)
 FAMILIES: dict[str, Family] = {
     # vision backbones (`AutoModel` of a vision checkpoint)
     "ViT": Family(_model("ViTModel", "ViTConfig", **VIT), _cls_token, "last_hidden_state[:, 0]"),
@@ -166,12 +167,7 @@ FAMILIES: dict[str, Family] = {
         _model(
             "SwinModel",
             "SwinConfig",
-            image_size=IMAGE_SIZE,
-            patch_size=4,
-            embed_dim=8,
-            depths=[1, 1],
-            num_heads=[1, 2],
-            window_size=4,
+            **SWIN,
         ),
         _pooler_output,
         "pooler_output",
@@ -254,12 +250,7 @@ FAMILIES: dict[str, Family] = {
         _model(
             "Swinv2Model",
             "Swinv2Config",
-            image_size=IMAGE_SIZE,
-            patch_size=4,
-            embed_dim=8,
-            depths=[1, 1],
-            num_heads=[1, 2],
-            window_size=4,
+            **SWIN,
         ),
         _pooler_output,
         "pooler_output",
