@@ -201,10 +201,10 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
                     centroids = baselines.centroids(ipc, seed=seed, class_means=class_means)
                     neighbors = baselines.neighbors(*reference)
                     training_sets = {
-                        **{method: _fixed(pair) for method, pair in distilled.items()},
+                        **{method: fixed_training_set(pair) for method, pair in distilled.items()},
                         "random_real": _random_draws(baselines, ipc, seed),
-                        "centroids": _fixed(centroids),
-                        "neighbors": _fixed(neighbors),
+                        "centroids": fixed_training_set(centroids),
+                        "neighbors": fixed_training_set(neighbors),
                     }
                     for name, evaluator in evaluators.items():
                         report = evaluate_training_sets(evaluator, training_sets, plan.runs, probe, seed=100 * seed)
@@ -231,7 +231,7 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
     }
 
 
-def _fixed(pair):
+def fixed_training_set(pair):
     """A training set that is the same in every probe run (a distilled set, the centroids)."""
     return lambda run: pair
 

@@ -19,7 +19,6 @@ table and writes `benchmarks/results/multi-backbone-<dataset>.json`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import common
 import torch
-from accuracy import Plan, load_dataset_splits
+from accuracy import Plan, fixed_training_set, load_dataset_splits
 
 BACKBONES = ("lite0", "lite1", "lite2")
 
@@ -42,7 +41,7 @@ def distil(distillers, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tenso
     synthetic = first.init_synthetic()
     labels = torch.arange(first.num_classes).repeat_interleave(first.args.ipc)
     methods = [StatisticalFlowMatching(d.statistics.class_means) for d in distillers]
-    generator = torch.Generator().manual_seed(seed + 1)  # as `Distiller.train`: the single arm is its run
+    generator = torch.Generator().manual_seed(seed + 1)  # the augmentation seed `Distiller.train` uses
     optimizer = torch.optim.Adam(synthetic.active_parameters(), lr=first.args.learning_rate)
 
     def embed_with(distiller):
@@ -57,11 +56,6 @@ def distil(distillers, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tenso
         optimizer.step()
     with torch.no_grad():
         return synthetic.decode().cpu(), labels, time.perf_counter() - start
-
-
-def fixed(pair):
-    """The same training set in every probe run."""
-    return lambda run: pair
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     train, validation = load_dataset_splits(options.dataset, "validation", no_subsets)
     backbones = {name: common.load_backbone(name) for name in BACKBONES}
     settings = common.DISTILL_SETTINGS
-    work = Path(tempfile.mkdtemp(prefix="hf_sfm_multi_backbone_"))
+    work_dir = tempfile.TemporaryDirectory(prefix="hf_sfm_multi_backbone_")  # statistics and run folders
+    work = Path(work_dir.name)
     crop = settings["crop_size"]
     evaluators = {
         name: ProbeEvaluator(model, processor, validation, crop_size=crop, name=name)
@@ -113,9 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
         means = distillers[0].statistics.class_means
         centroids = distillers[0].evaluator.baselines().centroids(1, seed=seed, class_means=means)
         training_sets = {
-            "centroids (start)": fixed(centroids),
-            "single: SFM on lite0": fixed(single[:2]),
-            "joint: SFM on lite0 + lite1": fixed(joint[:2]),
+            "centroids (start)": fixed_training_set(centroids),
+            "single: SFM on lite0": fixed_training_set(single[:2]),
+            "joint: SFM on lite0 + lite1": fixed_training_set(joint[:2]),
         }
         for name, evaluator in evaluators.items():
             report = evaluate_training_sets(evaluator, training_sets, options.runs, probe, seed=100 * seed)
@@ -142,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         "table": table,
         "machine": common.machine_description(),
     }
-    out = common.BENCHMARKS_DIR / "results" / f"multi-backbone-{options.dataset}.json"
-    out.write_text(json.dumps(result, indent=2))
+    work_dir.cleanup()
+    common.save_json(result, f"multi-backbone-{options.dataset}")
     return result
 
 
