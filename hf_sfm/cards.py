@@ -120,6 +120,24 @@ def _file_rows(files: Iterable[str], descriptions: Mapping[str, str]) -> list[di
     return rows
 
 
+INIT_WORDS = {
+    "centroid": "the real image nearest each class mean",
+    "real": "random real images",
+    "noise": "noise",
+}
+
+
+def _images_sentence(run: Mapping[str, Any]) -> str:
+    """How the run shaped its images, from its config (a card must not claim a pyramid for a pixel run)."""
+    if not run.get("parameterization"):
+        return ""
+    start = INIT_WORDS.get(str(run.get("init")), f"init={run.get('init')!r}")
+    if run["parameterization"] == "pyramid":
+        colour = " with colour decorrelation" if run.get("decorrelate_color") else ""
+        return f"The images are a multi-scale pyramid{colour}, grown coarse to fine from {start}."
+    return f"The images are optimised pixel by pixel, starting from {start}."
+
+
 def dataset_card(
     *,
     class_names: list[str],
@@ -185,6 +203,7 @@ def dataset_card(
         classifier_repo_id=classifier_repo_id,
         method=method,
         ipc=ipc,
+        images_sentence=_images_sentence(run),
         num_images=num_images,
         num_classes=len(class_names),
         class_names=list(class_names)[:50],

@@ -330,6 +330,24 @@ def test_cards_link_only_hub_ids_and_name_local_sources_as_given():
     assert "(https://huggingface.co/datasets/org/toy)" in card and "source_datasets:\n- org/toy" in card
 
 
+def test_the_dataset_card_describes_the_images_the_run_made_and_warns_about_other_backbones():
+    """A pixel run from centroids must not be carded as a colour-decorrelated pyramid that "transfers"."""
+    from hf_sfm import DistillationConfig
+    from hf_sfm.cards import dataset_card
+
+    def card(**overrides) -> str:
+        config = DistillationConfig(output_dir="unused", **overrides)
+        return str(dataset_card(class_names=["a", "b"], num_images=2, config=config, backbone="org/net"))
+
+    default = card()
+    assert "pixel by pixel, starting from the real image nearest each class mean" in default
+    assert "pyramid" not in default.split("## How to load")[0]
+    pyramid = card(parameterization="pyramid", init="noise", decorrelate_color=True)
+    assert "multi-scale pyramid with colour decorrelation, grown coarse to fine from noise" in pyramid
+    for text in (default, pyramid):
+        assert "optimised for `org/net` only" in text and 'baselines=["centroids"]' in text
+
+
 def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_it_meaningful(recipe, caplog):
     """The issue's case: 3 images, 50 epochs at the protocol's 1e-3·3/256 scores chance; 1e-2 fixed does not."""
     import numpy as np
