@@ -28,16 +28,6 @@ import torch
 from accuracy import Plan, fixed_training_set, load_dataset_splits
 
 
-def kth_nearest_positions(features: torch.Tensor, labels: torch.Tensor, class_means: torch.Tensor, k: int):
-    """Per class, the position (in `features`) of the k-th nearest image to the class mean, class-major `(C,)`."""
-    positions = []
-    for c, mean in enumerate(class_means.double()):
-        members = (labels == c).nonzero().flatten()
-        distances = (features[members].double() - mean).norm(dim=1)
-        positions.append(members[distances.argsort()[k - 1]])
-    return torch.stack(positions)
-
-
 def distiller_from(start_images: torch.Tensor):
     """A `Distiller` whose synthetic images start as `start_images` (everything else is the library's run)."""
     from hf_sfm import Distiller
@@ -65,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
 
     from hf_sfm import DistillationConfig, Distiller
+    from hf_sfm.baselines import nearest_to_mean_indices
     from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets
     from hf_sfm.results import summarize
 
@@ -100,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
             features, labels, rows = baselines.features()
             sets, seconds = {}, {}
             for k in range(1, options.ranks + 1):
-                positions = kth_nearest_positions(features, labels, means, k)
+                positions = nearest_to_mean_indices(features, labels, reference.num_classes, k, means)
                 images = baselines.images(rows[positions])
                 sets[f"real {k}"] = fixed_training_set((images, labels[positions]))
                 if k <= options.sfm_ranks:

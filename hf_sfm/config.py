@@ -61,7 +61,7 @@ class DistillationConfig:
         eval_runs, probe_epochs, probe_views: probe runs (seeds), epochs, and `None` for a fresh augmented view per
             epoch (the papers) or `V` for a bank of `V` views embedded once (faster, labelled as such).
         eval_baselines: real-image baselines probed beside the distilled set (`random_real`, `centroids`,
-            `neighbors`, `full_dataset`).
+            `near_mean`, `neighbors`, `full_dataset`).
 
     > Logging and saving
         output_dir, overwrite_output_dir, logging_steps, save_steps, save_grid.

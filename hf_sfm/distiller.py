@@ -703,7 +703,8 @@ class Distiller:
         `eval_dataset`; returns the flat metrics dict (`eval_accuracy`, `eval_accuracy_std`, …; `hf_sfm.results`).
 
         `eval_model` (+ its processor) evaluates on another backbone (cross-model). `baselines` (default
-        `args.eval_baselines`) adds real-image training sets: `random_real`, `centroids`, `neighbors`,
+        `args.eval_baselines`) adds real-image training sets: `random_real`, `centroids`, `near_mean` (another set
+        near the class means in every run, so its ± is the luck one centroid set carries), `neighbors`,
         `full_dataset`. Every process must call it; the probes run on the main process.
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset

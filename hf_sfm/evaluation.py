@@ -507,6 +507,8 @@ class DistilledSetEvaluator:
         if "centroids" in baselines:
             centroids = self.baselines().centroids(ipc, seed=seed, class_means=class_means)
             training_sets["centroids"] = lambda run: centroids
+        if "near_mean" in baselines:  # another near-mean set in every run: the centroid set's luck, as a spread
+            training_sets["near_mean"] = lambda run: self.baselines().near_mean(ipc, run, seed, class_means)
         if "neighbors" in baselines:
             neighbors = self.baselines().neighbors(images, labels)
             training_sets["neighbors"] = lambda run: neighbors

@@ -27,7 +27,7 @@ import numpy as np
 
 DISTILLED = "distilled"
 # Real-image training sets a distilled set is compared with (DESIGN §6), in the order tables show them.
-BASELINES = ("full_dataset", "random_real", "centroids", "neighbors")
+BASELINES = ("full_dataset", "random_real", "centroids", "near_mean", "neighbors")
 TRAINING_SETS = (DISTILLED, *BASELINES)
 INHERITED = "inherited"
 TRAINING_SET_LABELS = {
@@ -35,6 +35,7 @@ TRAINING_SET_LABELS = {
     "full_dataset": "Full real dataset (upper bound)",
     "random_real": "Random real images",
     "centroids": "Class centroids (real images)",
+    "near_mean": "Other real images near the class means",
     "neighbors": "Nearest real neighbours",
     INHERITED: "Inherited classifier",
 }

@@ -1,5 +1,6 @@
 """The probe protocol (determinism, cached test features, typed results) and the real-image baselines."""
 
+import itertools
 import os
 import tempfile
 
@@ -13,7 +14,14 @@ from conftest import color_dataset
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 import hf_sfm.evaluation as evaluation
-from hf_sfm.baselines import RealBaselines, centroid_indices, kmeans, neighbor_indices
+from hf_sfm.baselines import (
+    RealBaselines,
+    centroid_indices,
+    kmeans,
+    near_mean_indices,
+    nearest_to_mean_indices,
+    neighbor_indices,
+)
 from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets, train_linear_probe
 from hf_sfm.features import FeatureExtractor
 from hf_sfm.preprocessing import ImagePreprocessing
@@ -184,6 +192,29 @@ def test_centroid_is_the_argmin_distance_to_the_class_mean():
     # Given class means (e.g. the distillation statistics) are used as the centers.
     means = torch.stack([features[int((labels == c).nonzero()[3])] for c in range(3)])
     assert torch.equal(centroid_indices(features, labels, 3, ipc=1, class_means=means), torch.tensor([3, 23, 43]))
+
+
+def test_near_mean_sets_are_the_next_nearest_images_never_the_centroid_set():
+    """The centroid set is rank 1; the near-mean baseline's draws are ranks 2, 3, …, each one farther out."""
+    features, labels = _clustered()
+    means = torch.stack([features[labels == c].mean(0) for c in range(3)]) + 0.3
+    for class_means in (None, means):
+        first = nearest_to_mean_indices(features, labels, 3, 1, class_means)
+        assert torch.equal(first, centroid_indices(features, labels, 3, ipc=1, class_means=class_means))
+    draws = [near_mean_indices(features, labels, 3, ipc=1, draw=d, class_means=means) for d in range(3)]
+    for d, chosen in enumerate(draws):
+        assert torch.equal(chosen, nearest_to_mean_indices(features, labels, 3, d + 2, means))
+        assert labels[chosen].tolist() == [0, 1, 2]
+    distances = [(features[i] - means).norm(dim=1) for i in (first, *draws)]
+    for nearer, farther in itertools.pairwise(distances):
+        assert bool((nearer <= farther).all()) and not torch.equal(nearer, farther)
+    # ipc > 1: the k-means medoids of other seeds than the centroid set's.
+    centroid_set = centroid_indices(features, labels, 3, ipc=4, seed=7)
+    other = near_mean_indices(features, labels, 3, ipc=4, draw=0, seed=7)
+    assert torch.equal(other, centroid_indices(features, labels, 3, ipc=4, seed=8))
+    assert labels[other].tolist() == labels[centroid_set].tolist() and not torch.equal(other, centroid_set)
+    with pytest.raises(ValueError, match="has 20 real training images; 21 were requested"):
+        near_mean_indices(features, labels, 3, ipc=1, draw=19)
 
 
 def test_centroids_for_ipc_gt_1_cover_the_clusters_of_a_class():

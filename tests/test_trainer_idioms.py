@@ -108,6 +108,26 @@ def test_evaluate_returns_flat_metrics_with_baselines_and_a_prefix(tmp_path):
     assert cross["eval_backbone"] == "ResNetModel" and "eval_random_real_accuracy" not in cross
 
 
+def test_the_near_mean_baseline_probes_another_set_in_every_run(tmp_path):
+    """Its ± is the spread over sets of real images near the means: run r trains on the (r + 2)-th nearest."""
+    distiller = _distiller(tmp_path)
+    distiller.train()
+    baselines, seen = distiller.evaluator.baselines(), []
+    original = baselines.near_mean
+
+    def recorded(*args, **kwargs):
+        images, labels = original(*args, **kwargs)
+        seen.append(images)
+        return images, labels
+
+    baselines.near_mean = recorded
+    metrics = distiller.evaluate(baselines=["centroids", "near_mean"])
+    assert 0 <= metrics["eval_near_mean_accuracy"] <= 1 and "eval_near_mean_accuracy_std" in metrics
+    assert len(seen) == metrics["eval_runs"] == 2 and not torch.equal(seen[0], seen[1])
+    centroids, _ = baselines.centroids(class_means=distiller.statistics.class_means)
+    assert not any(torch.equal(images, centroids) for images in seen)
+
+
 def test_evaluate_without_test_images_says_what_to_pass(tmp_path):
     distiller = Distiller(
         build_backbone("vit"),

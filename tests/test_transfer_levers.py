@@ -1,5 +1,5 @@
-"""The instruments of issue 12's lever measurements measure what they claim (`benchmarks/near_mean_sets.py`,
-`benchmarks/transfer_levers.py`): a wrong instrument would make a dropped lever look tried."""
+"""The instrument of issue 12's lever measurements measures what it claims (`benchmarks/transfer_levers.py`): a
+wrong one would make a dropped lever look tried."""
 
 from __future__ import annotations
 
@@ -13,23 +13,7 @@ from transformers import EfficientNetConfig, EfficientNetModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from near_mean_sets import kth_nearest_positions
 from transfer_levers import DepthTaps, ghost_hooks
-
-from hf_sfm.baselines import centroid_indices
-
-
-def test_the_first_nearest_set_is_the_centroid_baseline_and_later_ranks_are_farther():
-    generator = torch.Generator().manual_seed(0)
-    features = torch.randn(60, 5, generator=generator)
-    labels = torch.arange(3).repeat_interleave(20)
-    means = torch.stack([features[labels == c].mean(0) for c in range(3)]) + 0.1
-    assert torch.equal(
-        kth_nearest_positions(features, labels, means, 1), centroid_indices(features, labels, 3, 1, 0, means)
-    )
-    distances = [(features[kth_nearest_positions(features, labels, means, k)] - means).norm(dim=1) for k in (1, 2, 3)]
-    assert bool((distances[0] < distances[1]).all()) and bool((distances[1] < distances[2]).all())
-    assert (labels[kth_nearest_positions(features, labels, means, 4)] == torch.arange(3)).all()
 
 
 def _features_and_gradient(model, images, hooks=()):
