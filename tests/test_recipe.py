@@ -345,7 +345,7 @@ def test_the_dataset_card_describes_the_images_the_run_made_and_warns_about_othe
     pyramid = card(parameterization="pyramid", init="noise", decorrelate_color=True)
     assert "multi-scale pyramid with colour decorrelation, grown coarse to fine from noise" in pyramid
     for text in (default, pyramid):
-        assert "optimised for `org/net` only" in text and 'baselines=["centroids"]' in text
+        assert "optimised for `org/net` only" in text and 'baselines=["centroids", "near_mean"]' in text
 
 
 def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_it_meaningful(recipe, caplog):
