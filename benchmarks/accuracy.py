@@ -133,7 +133,7 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
 
     from hf_sfm import DistillationConfig, Distiller
     from hf_sfm.baselines import RealBaselines
-    from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets
+    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
     from hf_sfm.results import summarize
 
     common.set_threads(1)
@@ -149,10 +149,7 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
     crop = settings["crop_size"]
     for dataset in plan.datasets:
         train, evaluation = load_dataset_splits(dataset, plan.split, plan)
-        evaluators = {
-            name: ProbeEvaluator(backbones[name][0], backbones[name][1], evaluation, crop_size=crop, name=name)
-            for name in plan.eval_backbones
-        }
+        evaluators = common.probe_evaluators(backbones, plan.eval_backbones, evaluation, crop)
         for name, evaluator in evaluators.items():
             mark = time.perf_counter()
             evaluator.test_features()

@@ -71,6 +71,18 @@ def load_backbone(variant: str = "lite0"):
     return AutoModel.from_pretrained(path), AutoImageProcessor.from_pretrained(path), path
 
 
+def probe_evaluators(backbones: dict, names, dataset, crop_size: int | None = None) -> dict:
+    """`{name: ProbeEvaluator}` of `dataset` on each named backbone of `backbones` (`name → (model, processor, path)`),
+    at the benchmarks' crop (`DISTILL_SETTINGS`) unless given."""
+    from hf_sfm.evaluation import ProbeEvaluator
+
+    crop = crop_size or DISTILL_SETTINGS["crop_size"]
+    return {
+        name: ProbeEvaluator(backbones[name][0], backbones[name][1], dataset, crop_size=crop, name=name)
+        for name in names
+    }
+
+
 def load_data():
     from hf_sfm.assets import load_mnist
 

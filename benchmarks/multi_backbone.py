@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
 
     from hf_sfm import DistillationConfig, Distiller
-    from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets
+    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
     from hf_sfm.results import summarize
 
     common.set_threads(1)
@@ -80,10 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     work_dir = tempfile.TemporaryDirectory(prefix="hf_sfm_multi_backbone_")  # statistics and run folders
     work = Path(work_dir.name)
     crop = settings["crop_size"]
-    evaluators = {
-        name: ProbeEvaluator(model, processor, validation, crop_size=crop, name=name)
-        for name, (model, processor, _) in backbones.items()
-    }
+    evaluators = common.probe_evaluators(backbones, backbones, validation, crop)
     probe = ProbeConfig(views=options.probe_views)
     per_seed: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, list[float]] = {"single": [], "joint": []}

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from hf_sfm import DistillationConfig, Distiller
     from hf_sfm.baselines import nearest_to_mean_indices
-    from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets
+    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
     from hf_sfm.results import summarize
 
     common.set_threads(1)
@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     for dataset in options.datasets:
         plan = Plan([dataset], [], [], [1], [0], ["sfm"], {}, {}, options.runs)
         train, evaluation = load_dataset_splits(dataset, options.split, plan)
-        evaluators = {
-            name: ProbeEvaluator(backbones[name][0], backbones[name][1], evaluation, crop_size=64, name=name)
-            for name in options.eval
-        }
+        evaluators = common.probe_evaluators(backbones, options.eval, evaluation)
         for distill in options.distill:
             model, processor, _ = backbones[distill]
             run = f"{dataset}_{distill}"

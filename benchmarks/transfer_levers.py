@@ -169,17 +169,14 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
 
     from hf_sfm import DistillationConfig
-    from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets
+    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
 
     common.set_threads(1)
     torch.manual_seed(0)
     plan = Plan([options.dataset], [], [], [1], options.seeds, ["sfm"], {}, {}, options.runs)
     train, validation = load_dataset_splits(options.dataset, "validation", plan)
     backbones = {name: common.load_backbone(name) for name in {options.distill, *options.eval}}
-    evaluators = {
-        name: ProbeEvaluator(backbones[name][0], backbones[name][1], validation, crop_size=64, name=name)
-        for name in options.eval
-    }
+    evaluators = common.probe_evaluators(backbones, options.eval, validation)
     model, processor, _ = backbones[options.distill]
     work_dir = tempfile.TemporaryDirectory(prefix="hf_sfm_levers_")
     work = Path(work_dir.name)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from hf_sfm import DistillationConfig, Distiller
-    from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets
+    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
 
     common.set_threads(1)
     work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="hf_sfm_sweep_"))
@@ -82,10 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, started = [], time.perf_counter()
     for dataset in options.datasets:
         train, validation = splits(dataset)
-        evaluators = {
-            name: ProbeEvaluator(backbones[name][0], backbones[name][1], validation, crop_size=64, name=name)
-            for name in options.eval
-        }
+        evaluators = common.probe_evaluators(backbones, options.eval, validation, crop_size=BASE["crop_size"])
         model, processor, _ = backbones[options.distill]
         statistics_path = work_dir / f"{dataset}_{options.distill}_statistics.safetensors"
         baseline_done = options.no_baselines
