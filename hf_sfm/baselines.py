@@ -36,6 +36,8 @@ def centroid_indices(
     else the mean of `features`). ipc > 1: `ipc` k-means centroids per class (k-means++ seeding, Lloyd
     iterations), each replaced by its nearest not-yet-chosen image, so the ipc images are distinct.
     """
+    if ipc == 1:
+        return nearest_to_mean_indices(features, labels, num_classes, 1, class_means)
     generator = torch.Generator().manual_seed(seed)
     features = features.double()
     chosen = []
@@ -43,11 +45,7 @@ def centroid_indices(
         members = (labels == c).nonzero().flatten()
         check_enough_images(members, ipc, c)
         points = features[members]
-        if ipc == 1:
-            centers = class_means[c : c + 1].double() if class_means is not None else points.mean(0, keepdim=True)
-        else:
-            centers = kmeans(points, ipc, generator, kmeans_iterations)
-        chosen.append(members[_nearest_distinct(points, centers)])
+        chosen.append(members[_nearest_distinct(points, kmeans(points, ipc, generator, kmeans_iterations))])
     return torch.cat(chosen)
 
 
@@ -65,7 +63,7 @@ def nearest_to_mean_indices(
         check_enough_images(members, rank, c)
         points = features[members].double()
         center = class_means[c : c + 1].double() if class_means is not None else points.mean(0, keepdim=True)
-        distances = torch.cdist(center, points)[0]  # as `centroid_indices`, so rank 1 is its pick
+        distances = torch.cdist(center, points)[0]
         chosen.append(members[distances.argsort(stable=True)[rank - 1]])
     return torch.stack(chosen)
 
