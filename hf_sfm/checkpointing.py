@@ -40,7 +40,7 @@ from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .io_utils import atomic_path, forget_owned, is_owned
+from .io_utils import atomic_path, file_sha256, forget_owned, is_owned
 
 logger = logging.getLogger(__name__)
 
@@ -184,14 +184,6 @@ class CorruptCheckpointError(ValueError):
     """A checkpoint folder whose files do not match its manifest (truncated, edited, or missing)."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def validate_checkpoint(checkpoint: str | Path) -> None:
     """Raise `CorruptCheckpointError` naming the file unless every file of the manifest is there, unchanged."""
     checkpoint = Path(checkpoint)
@@ -209,7 +201,7 @@ def validate_checkpoint(checkpoint: str | Path) -> None:
         path = checkpoint / name
         if "/" in name or name.startswith(".") or not path.is_file():
             raise CorruptCheckpointError(f"{path} is missing: {checkpoint} is incomplete. {fix}")
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             raise CorruptCheckpointError(f"{path} does not match its checksum (truncated or edited). {fix}")
 
 
@@ -329,7 +321,7 @@ def save_checkpoint(
         if accelerator.is_main_process:
             save_file(loop_state.tensors(), str(staged / LOOP_FILE))
             (staged / RUN_STATE_FILE).write_text(json.dumps(run_state, indent=2, sort_keys=True))
-            files = {path.name: _sha256(path) for path in sorted(staged.iterdir()) if path.is_file()}
+            files = {path.name: file_sha256(path) for path in sorted(staged.iterdir()) if path.is_file()}
             (staged / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=2, sort_keys=True))
     return target
 

@@ -28,7 +28,8 @@ class NotOwnedError(FileExistsError):
     """The target exists and hf_sfm cannot prove it wrote it: it is left alone."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (records and checkpoint manifests both pin files by it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -45,7 +46,7 @@ def _shape(path: Path) -> dict[str, Any]:
             if entry.is_file() and entry.name != OWNERSHIP_FILE
         }
         return {"type": "dir", "tree": tree}
-    return {"type": "file", "size": path.stat().st_size, "sha256": _sha256(path)}
+    return {"type": "file", "size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _read_record(folder: Path) -> dict[str, Any]:
