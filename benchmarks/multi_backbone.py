@@ -42,7 +42,7 @@ def distil(distillers, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tenso
     labels = torch.arange(first.num_classes).repeat_interleave(first.args.ipc)
     methods = [StatisticalFlowMatching(d.statistics.class_means) for d in distillers]
     generator = torch.Generator().manual_seed(seed + 1)  # the augmentation seed `Distiller.train` uses
-    optimizer = torch.optim.Adam(synthetic.active_parameters(), lr=first.args.learning_rate)
+    optimizer = torch.optim.Adam(synthetic.active_parameters(), lr=first.args.effective_learning_rate)
 
     def embed_with(distiller):
         return lambda images: distiller.feature_extractor(distiller.augmentation(images, generator))

@@ -86,7 +86,7 @@ def phase_times(distiller, steps: int, warmup: int) -> dict[str, float]:
     method = distiller.create_method()
     labels = distiller.labels.to(device)
     generator = torch.Generator().manual_seed(distiller.args.seed + 1)
-    optimizer = torch.optim.Adam(synthetic.active_parameters(), lr=distiller.args.learning_rate)
+    optimizer = torch.optim.Adam(synthetic.active_parameters(), lr=distiller.args.effective_learning_rate)
     extractor, augmentation, chunk = (
         distiller.feature_extractor,
         distiller.augmentation,

@@ -479,7 +479,7 @@ class Distiller:
         loop_state = self.checkpointer.track({"augmentation": generator, **method_generators})
 
         def make_optimizer(parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-            return torch.optim.Adam(parameters, lr=args.learning_rate)
+            return torch.optim.Adam(parameters, lr=args.effective_learning_rate)
 
         self.state = self._new_state()
         self._warned: set[str] = set()  # degenerate-run warnings already given in this run
@@ -617,8 +617,8 @@ class Distiller:
             logger.warning(
                 f"{100 * saturated:.0f}% of the synthetic pixels are saturated at 0 or 1 (at the start: "
                 f"{100 * self._initial_saturation:.0f}%): the images have been pushed out of range, most likely by a "
-                f"learning rate far too high (learning_rate={self.args.learning_rate}"
-                "). Lower learning_rate.",
+                f"learning rate far too high (learning_rate={self.args.learning_rate}, "
+                f"{self.args.effective_learning_rate:.3g} at ipc {self.args.ipc}). Lower learning_rate.",
                 main_process_only=True,
             )
 
@@ -646,6 +646,7 @@ class Distiller:
             # Allowed to change, with a warning: the run continues but differs from an uninterrupted one.
             "crop_size": self.preprocessing.crop_size,
             "learning_rate": args.learning_rate,
+            "scale_learning_rate": args.scale_learning_rate,
             "pyramid_level_every": args.pyramid_level_every,
             "augmentation": dataclasses.asdict(self.augmentation),
             "mixed_precision": args.mixed_precision,

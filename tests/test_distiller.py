@@ -95,6 +95,17 @@ def _noisy_colour_dataset(num_classes, per_class, seed, noise=120.0, size=32):
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
+@pytest.mark.parametrize("scale", [True, False])
+def test_images_are_edited_at_the_rate_over_ipc_unless_told_otherwise(tmp_path, tiny_processor, scale):
+    distiller = _distiller(
+        tmp_path, tiny_processor, ipc=4, num_steps=2, logging_steps=1, learning_rate=0.04, scale_learning_rate=scale
+    )
+    distiller.train()
+    rates = {entry["learning_rate"] for entry in distiller.state.log_history if "learning_rate" in entry}
+    assert rates == ({0.01} if scale else {0.04})
+    assert DistillationConfig(ipc=10).effective_learning_rate == pytest.approx(0.003)  # the default at ipc 10
+
+
 def test_distilled_set_beats_random_real_images(tmp_path, tiny_processor):
     """SFM from real init improves on the very images it started from, and on other random draws."""
     train, test = _noisy_colour_dataset(6, 30, seed=0), _noisy_colour_dataset(6, 30, seed=1)
