@@ -278,6 +278,9 @@ class DistillationConfig:
         ):
             if getattr(self, name) is not None:
                 self._check_int(name, minimum=8 if name in ("image_size", "crop_size") else 1, optional=True)
+        # `bool` or "bool": HfArgumentParser replaces the string annotations with the types they name.
+        for switch in (f.name for f in dataclasses.fields(self) if f.type in (bool, "bool")):
+            self._check_bool(switch)
         self._check_float("learning_rate", low=0.0, inclusive=False)
         self._check_float("init_noise_std", low=0.0, inclusive=True)
         self._check_float("noise_std", low=0.0, inclusive=True)
@@ -335,6 +338,14 @@ class DistillationConfig:
             )
         if value < minimum:
             raise ValueError(f"DistillationConfig.{name} must be >= {minimum}, got {value}.")
+
+    def _check_bool(self, name: str) -> None:
+        """A switch must be a real bool: the string "false" or a 0/1 from a hand-written dict would be truthy or
+        pass unnoticed, and e.g. `scale_learning_rate="false"` would silently divide the rate by ipc."""
+        value = getattr(self, name)
+        if not isinstance(value, bool):
+            kind = type(value).__name__
+            raise ValueError(f"DistillationConfig.{name} must be True or False, got {value!r} ({kind}).")
 
     def _check_float(self, name: str, low: float, inclusive: bool) -> None:
         value = getattr(self, name)

@@ -146,10 +146,13 @@ def test_every_shipped_config_is_valid(recipe, config):
 
 
 def test_the_paper_regime_configs_keep_their_rate_at_every_ipc(recipe):
+    checked = []
     for config in CONFIGS:
         args = recipe.parse_args(["--config", str(config)])[-1]
         if args.init == "noise":  # the papers' regime: their learning rate, not the small-data rule lr / ipc
             assert args.effective_learning_rate == args.learning_rate, config.name
+            checked.append(args.ipc)
+    assert 10 in checked and 1 in checked  # an ipc-10 config is where the rule would change the rate
 
 
 def test_the_default_config_distils_like_the_demo():

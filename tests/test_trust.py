@@ -422,6 +422,8 @@ def test_sparse_integer_labels_are_refused_with_a_short_message(tmp_path):
         ("num_steps", 0, "num_steps must be >= 1"),
         ("method_kwargs", '{"rounds": ', "method_kwargs=.* is not JSON"),
         ("eval_baselines", ["randm_real"], "unknown baselines"),
+        ("scale_learning_rate", "false", "scale_learning_rate must be True or False"),
+        ("augment_noise", 1, "augment_noise must be True or False"),
     ],
 )
 def test_config_values_that_can_never_work_are_refused_naming_the_field(field, value, message):
