@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,33 +85,31 @@ def run_json(command: list[str], env: dict[str, str], log: Path) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def cost_stage(options: argparse.Namespace, work_dir: Path, env: dict[str, str]) -> list[dict]:
-    """Statistics once, then SFM and LGM (K=10) per ipc, each in a fresh `cost.py --worker` process."""
+def cost_stage(
+    options: argparse.Namespace, work_dir: Path, env: dict[str, str], pool: ThreadPoolExecutor
+) -> list[dict]:
+    """Statistics once, then SFM and LGM (K=10) per ipc, each in a fresh `cost.py --worker` process.
+
+    In `--quick` the LGM workers (which need no statistics) run beside the others: a smoke run's timings mean
+    nothing, and process start-up is most of its time. A real run keeps every worker alone on the machine."""
     base = {"settings": common.DISTILL_SETTINGS, "num_images": options.num_images}
-    spec = {**base, "mode": "statistics", "output_dir": str(work_dir / "statistics")}
-    statistics = run_json(
-        [sys.executable, str(COST_SCRIPT), "--worker", json.dumps(spec)], env, work_dir / "logs" / "statistics.log"
-    )
+
+    def run_worker(name: str, spec: dict) -> dict:
+        command = [sys.executable, str(COST_SCRIPT), "--worker", json.dumps({**base, **spec})]
+        return run_json(command, env, work_dir / "logs" / f"{name}.log")
+
+    def distill(method: str, ipc: int, extra: dict) -> dict:
+        print(f"[gpu_check] cost: {method} ipc {ipc} ...", flush=True)
+        spec = {**extra, "mode": "distill", "method": method, "ipc": ipc, "num_steps": options.steps}
+        return run_worker(f"{method}_ipc{ipc}", {**spec, "output_dir": str(work_dir / f"{method}_ipc{ipc}")})
+
+    lgm = {"lgm_rounds": 1 if options.quick else 10}
+    early_lgm = {ipc: pool.submit(distill, "lgm", ipc, lgm) for ipc in options.ipcs} if options.quick else {}
+    statistics = run_worker("statistics", {"mode": "statistics", "output_dir": str(work_dir / "statistics")})
     rows = []
     for ipc in options.ipcs:
-        lgm_rounds = 1 if options.quick else 10
-        for method, extra in (("sfm", {"statistics": statistics["statistics"]}), ("lgm", {"lgm_rounds": lgm_rounds})):
-            spec = {
-                **base,
-                **extra,
-                "mode": "distill",
-                "method": method,
-                "ipc": ipc,
-                "num_steps": options.steps,
-                "output_dir": str(work_dir / f"{method}_ipc{ipc}"),
-            }
-            print(f"[gpu_check] cost: {method} ipc {ipc} ...", flush=True)
-            result = run_json(
-                [sys.executable, str(COST_SCRIPT), "--worker", json.dumps(spec)],
-                env,
-                work_dir / "logs" / f"{method}_ipc{ipc}.log",
-            )
-            rows.append(result)
+        rows.append(distill("sfm", ipc, {"statistics": statistics["statistics"]}))
+        rows.append(early_lgm[ipc].result() if ipc in early_lgm else distill("lgm", ipc, lgm))
     return [{"statistics_pass": statistics}, *rows]
 
 
@@ -239,16 +238,23 @@ def main(argv: list[str] | None = None) -> dict:
         "ipcs": options.ipcs,
         "steps": options.steps,
     }
-    try:
-        report["cost"] = cost_stage(options, work_dir, env)
-        report["wall_seconds"] = time.perf_counter() - started
-        record(report, options.results)
-        report["statistics_pass"] = statistics_stage(options, work_dir, env)
-    except Exception as error:  # keep what was measured, say where it stopped, fail the run
-        report["error"] = f"{type(error).__name__}: {str(error)[-500:]}"
-        report["wall_seconds"] = time.perf_counter() - started
-        record(report, options.results)
-        raise
+    # In `--quick` the statistics stage runs beside the cost stage (see `cost_stage`); otherwise after it.
+    with ThreadPoolExecutor(max_workers=1 + len(options.ipcs)) as pool:
+        statistics_pass: Future | None = None
+        if options.quick:
+            statistics_pass = pool.submit(statistics_stage, options, work_dir, env)
+        try:
+            report["cost"] = cost_stage(options, work_dir, env, pool)
+            report["wall_seconds"] = time.perf_counter() - started
+            record(report, options.results)
+            report["statistics_pass"] = (
+                statistics_pass.result() if statistics_pass else statistics_stage(options, work_dir, env)
+            )
+        except Exception as error:  # keep what was measured, say where it stopped, fail the run
+            report["error"] = f"{type(error).__name__}: {str(error)[-500:]}"
+            report["wall_seconds"] = time.perf_counter() - started
+            record(report, options.results)
+            raise
     report["wall_seconds"] = time.perf_counter() - started
     record(report, options.results)
     print(render(report))

@@ -37,11 +37,12 @@ def test_gpu_check_quick_cpu_run_fills_its_section_of_a_results_copy(tmp_path):
     assert real_results.read_bytes() == before  # the real RESULTS.md is never touched by a run with --results
 
 
-def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path):
-    torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    command = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--results", str(tmp_path / "R.md")]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, env=dict(os.environ))
-    assert completed.returncode != 0 and "no CUDA device" in completed.stderr
-    assert not (tmp_path / "R.md").exists()
+def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path, monkeypatch):
+    """In this process (a subprocess would spend its time importing torch): refused before any work or file."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        gpu_check.main(["--results", str(tmp_path / "R.md"), "--work-dir", str(tmp_path / "work")])
+    assert not any(tmp_path.iterdir())
