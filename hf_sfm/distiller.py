@@ -614,11 +614,13 @@ class Distiller:
         saturated = _saturation(synthetic)
         if "saturated" not in warned and saturated > 0.5 and saturated - self._initial_saturation > 0.25:
             warned.add("saturated")
+            rate = f"learning_rate={self.args.learning_rate}"
+            if self.args.effective_learning_rate != self.args.learning_rate:  # scaled by 1 / ipc
+                rate += f", {self.args.effective_learning_rate:.3g} at ipc {self.args.ipc}"
             logger.warning(
                 f"{100 * saturated:.0f}% of the synthetic pixels are saturated at 0 or 1 (at the start: "
                 f"{100 * self._initial_saturation:.0f}%): the images have been pushed out of range, most likely by a "
-                f"learning rate far too high (learning_rate={self.args.learning_rate}, "
-                f"{self.args.effective_learning_rate:.3g} at ipc {self.args.ipc}). Lower learning_rate.",
+                f"learning rate far too high ({rate}). Lower learning_rate.",
                 main_process_only=True,
             )
 

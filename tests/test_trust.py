@@ -194,11 +194,15 @@ def test_the_lock_is_shared_inside_one_process_and_released(tmp_path):
 # ---------------------------------------------------------------------------------------------- silent failures
 
 
-def test_a_learning_rate_that_saturates_the_images_is_reported(tmp_path, caplog):
-    distiller = _distiller(tmp_path / "out", learning_rate=1e6, num_steps=3, parameterization="pixels")
+@pytest.mark.parametrize(
+    "ipc, rate", [(1, "(learning_rate=1000000.0)"), (2, "(learning_rate=1000000.0, 5e+05 at ipc 2)")]
+)
+def test_a_learning_rate_that_saturates_the_images_is_reported(tmp_path, caplog, ipc, rate):
+    """The rate Adam used is named once, and the scaled one beside it only when scaling changed it."""
+    distiller = _distiller(tmp_path / "out", learning_rate=1e6, num_steps=3, parameterization="pixels", ipc=ipc)
     with caplog.at_level("WARNING", logger="hf_sfm.distiller"):
         distiller.train()
-    assert "of the synthetic pixels are saturated" in caplog.text and "learning_rate=1000000.0" in caplog.text
+    assert "of the synthetic pixels are saturated" in caplog.text and rate in caplog.text
 
 
 def test_a_backbone_whose_features_ignore_the_image_is_refused_before_training(tmp_path):
