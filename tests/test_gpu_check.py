@@ -39,7 +39,7 @@ def test_gpu_check_quick_cpu_run_fills_its_section_of_a_results_copy(tmp_path):
 
 def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path, monkeypatch):
     """In this process (a subprocess would spend its time importing torch): refused before any work or file."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import gpu_check
 
     monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
