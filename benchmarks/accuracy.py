@@ -4,7 +4,7 @@ For every dataset, distillation backbone, ipc, distillation seed and method, dis
 probe the distilled set and the real-image baselines — random real images (a new draw per seed), class centroids
 (the image nearest each class mean; k-means at ipc > 1), the real nearest neighbours of the SFM images, and the
 full training set (upper bound) — on every eval backbone, through the library's one evaluation path
-(`hf_sfm.evaluation.evaluate_training_sets`, the path `Distiller.evaluate()` takes). A cell is the mean ± std
+(`hf_sfm.evaluation.probe.evaluate_training_sets`, the path `Distiller.evaluate()` takes). A cell is the mean ± std
 over distillation seeds of each seed's mean over `runs` probe runs (population std); a baseline's seeds are its
 draws (random), k-means seeds (centroids at ipc > 1) and probe seeds.
 
@@ -132,9 +132,9 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
     import torch
 
     from hf_sfm import DistillationConfig, Distiller
-    from hf_sfm.baselines import RealBaselines
-    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
-    from hf_sfm.results import summarize
+    from hf_sfm.evaluation.baselines import RealBaselines
+    from hf_sfm.evaluation.probe import ProbeConfig, evaluate_training_sets
+    from hf_sfm.evaluation.results import summarize
 
     common.set_threads(1)
     started = time.perf_counter()

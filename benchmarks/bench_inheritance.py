@@ -46,10 +46,10 @@ from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassif
 import hf_sfm  # noqa: F401  (registers the inherited classifier with the Auto classes)
 from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.assets import efficientnet_lite_path, load_mnist
+from hf_sfm.backbone.embedding import embed_dataset, features_and_labels
 from hf_sfm.demo import DEMO_DEFAULTS
-from hf_sfm.embedding import embed_dataset, features_and_labels
-from hf_sfm.evaluation import ProbeConfig, fit_probe, fit_probe_on_features, train_linear_probe
-from hf_sfm.export import distilled_dataset
+from hf_sfm.evaluation.linear_fit import ViewFeatures
+from hf_sfm.evaluation.probe import ProbeConfig, fit_probe, fit_probe_on_features, train_linear_probe
 from hf_sfm.inheritance import (
     InheritedHeadConfig,
     KDConfig,
@@ -61,8 +61,8 @@ from hf_sfm.inheritance import (
     projection_mse,
     train_kd_head,
 )
-from hf_sfm.io_utils import atomic_path
-from hf_sfm.linear_fit import ViewFeatures
+from hf_sfm.publishing.export import distilled_dataset
+from hf_sfm.utils.io_utils import atomic_path
 
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
 JSON_PATH = Path(__file__).parent / "results" / "inheritance.json"  # re-render with --from-json
@@ -83,7 +83,7 @@ class BenchSettings:
     full_probe_epochs: int = 100  # the accuracy benchmark's full-dataset probe
     projector_epochs: int = 1000
     kd_epochs: int = 1000
-    fresh_view_probe_epochs: int = 300  # hf_sfm.evaluation.train_linear_probe (fresh views), ipc 1 only
+    fresh_view_probe_epochs: int = 300  # hf_sfm.evaluation.probe.train_linear_probe (fresh views), ipc 1 only
     seeds: tuple[int, ...] = (0, 1, 2)  # head/projector/KD seeds on a fixed distilled set and view bank
     seed: int = 0  # distillation seed
     kd: bool = True
@@ -442,7 +442,7 @@ def markdown(result: dict) -> str:
         "",
         "Same backbone: the projector is the identity, so inheritance *is* the inherited head, itself a full-data "
         "probe of the distillation backbone with §5's recipe. The fresh-view column is "
-        "`hf_sfm.evaluation.train_linear_probe` (a new view "
+        "`hf_sfm.evaluation.probe.train_linear_probe` (a new view "
         "every epoch) with fewer epochs, a check on the view-bank probe rather than a separate baseline. Projector "
         "MSE is on held-out views of the distilled images, divided by the mean per-dimension variance of the "
         "distillation backbone's features of those views.",
@@ -506,7 +506,7 @@ def speed_run(num_train: int, distill_steps: int, eval_variant: str, modes: list
     timed (head + projector) and scored on the demo's 1000 test images through the packaged classifier."""
     import datasets
 
-    from hf_sfm.evaluation import classifier_accuracy
+    from hf_sfm.evaluation.probe import classifier_accuracy
     from hf_sfm.inheritance import ClassifierInheritance
 
     datasets.disable_progress_bars()

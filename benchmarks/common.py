@@ -74,7 +74,7 @@ def load_backbone(variant: str = "lite0"):
 def probe_evaluators(backbones: dict, names, dataset, crop_size: int | None = None) -> dict:
     """`{name: ProbeEvaluator}` of `dataset` on each named backbone of `backbones` (`name → (model, processor, path)`),
     at the benchmarks' crop (`DISTILL_SETTINGS`) unless given."""
-    from hf_sfm.evaluation import ProbeEvaluator
+    from hf_sfm.evaluation.probe import ProbeEvaluator
 
     crop = crop_size or DISTILL_SETTINGS["crop_size"]
     return {

@@ -1,9 +1,10 @@
 """The family matrix: every image-model family, built tiny and random from its config, distils or is refused.
 
 For each family: does `Distiller` distil two steps with it (or refuse it at construction with a message naming the
-fix, `feature_fn`), how `hf_sfm.features` pools it, and whether the features equal the family's own forward (the
-tensor its own image classifier or `get_image_features` reads). Full image-text models (CLIP, SigLIP, SigLIP2,
-ALIGN, BLIP, ...) are rows of their own, as `AutoModel` loads such checkpoints. Offline; about half a minute on a CPU.
+fix, `feature_fn`), how `hf_sfm.backbone.features` pools it, and whether the features equal the family's own
+forward (the tensor its own image classifier or `get_image_features` reads). Full image-text models (CLIP, SigLIP,
+SigLIP2, ALIGN, BLIP, ...) are rows of their own, as `AutoModel` loads such checkpoints. Offline; about half a minute
+on a CPU.
 
     python benchmarks/family_matrix.py            # prints the markdown table
 """
@@ -30,8 +31,8 @@ import transformers
 from torch import nn
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.features import FeatureExtractor
-from hf_sfm.preprocessing import ImagePreprocessing
+from hf_sfm.backbone.features import FeatureExtractor
+from hf_sfm.data.preprocessing import ImagePreprocessing
 
 IMAGE_SIZE = 32
 VIT = dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)

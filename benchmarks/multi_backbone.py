@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
 
     from hf_sfm import DistillationConfig, Distiller
-    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
-    from hf_sfm.results import summarize
+    from hf_sfm.evaluation.probe import ProbeConfig, evaluate_training_sets
+    from hf_sfm.evaluation.results import summarize
 
     common.set_threads(1)
     torch.manual_seed(0)

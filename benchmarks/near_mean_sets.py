@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
 
     from hf_sfm import DistillationConfig, Distiller
-    from hf_sfm.baselines import nearest_to_mean_indices
-    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
-    from hf_sfm.results import summarize
+    from hf_sfm.evaluation.baselines import nearest_to_mean_indices
+    from hf_sfm.evaluation.probe import ProbeConfig, evaluate_training_sets
+    from hf_sfm.evaluation.results import summarize
 
     common.set_threads(1)
     torch.manual_seed(0)

@@ -29,9 +29,9 @@ def write_statistics(work_dir: Path, class_counts: list[int]) -> dict[int, str]:
     import torch
 
     from hf_sfm import ClassStatistics
-    from hf_sfm.embedding import embed_dataset, features_and_labels
-    from hf_sfm.features import FeatureExtractor
-    from hf_sfm.preprocessing import ImagePreprocessing
+    from hf_sfm.backbone.embedding import embed_dataset, features_and_labels
+    from hf_sfm.backbone.features import FeatureExtractor
+    from hf_sfm.data.preprocessing import ImagePreprocessing
 
     model, processor, _ = common.load_backbone("lite0")
     preprocessing = ImagePreprocessing.from_image_processor(processor, common.DISTILL_SETTINGS["crop_size"])

@@ -98,8 +98,8 @@ def load_default(num_images: int, crop_size: int):
     from transformers import AutoImageProcessor, AutoModel
 
     from hf_sfm.assets import efficientnet_lite_path, load_mnist
-    from hf_sfm.features import FeatureExtractor
-    from hf_sfm.preprocessing import ImagePreprocessing
+    from hf_sfm.backbone.features import FeatureExtractor
+    from hf_sfm.data.preprocessing import ImagePreprocessing
 
     path = efficientnet_lite_path("lite0")
     model, processor = AutoModel.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
@@ -158,7 +158,7 @@ def hf_sfm_pass(
 ):
     """hf_sfm's pass with the `Distiller`'s embed (uint8 batches moved with `non_blocking`), or with `pil` the
     PIL-image embed of earlier versions. A fresh fingerprint each call: every run computes."""
-    from hf_sfm.statistics import compute_class_statistics
+    from hf_sfm.data.statistics import compute_class_statistics
 
     @torch.no_grad()
     def embed(pixels: torch.Tensor) -> torch.Tensor:
@@ -302,7 +302,7 @@ def distributed_worker(spec: dict) -> None:
     from accelerate import Accelerator
     from datasets.distributed import split_dataset_by_node
 
-    from hf_sfm.distributed import cpu_only
+    from hf_sfm.utils.distributed import cpu_only
 
     torch.set_num_threads(1)  # one core each
     datasets.disable_progress_bars()

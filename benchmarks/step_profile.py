@@ -79,7 +79,7 @@ def set_memory_format(model: torch.nn.Module, channels_last: bool) -> None:
 
 def phase_times(distiller, steps: int, warmup: int) -> dict[str, float]:
     """Median seconds of each phase over `steps` steps (after `warmup`), from the distiller's own parts."""
-    from hf_sfm.memory import embed_in_chunks
+    from hf_sfm.backbone.memory import embed_in_chunks
 
     device = distiller.accelerator.device
     synthetic = distiller.init_synthetic()

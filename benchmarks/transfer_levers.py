@@ -85,7 +85,7 @@ class DepthTaps:
 
 def depth_class_means(distiller, blocks: list[int]) -> list[torch.Tensor]:
     """Real class means at every tapped depth and at the output, through the library's statistics pass."""
-    from hf_sfm.statistics import compute_class_statistics
+    from hf_sfm.data.statistics import compute_class_statistics
 
     extractor = distiller.feature_extractor
     taps = DepthTaps(extractor.model, blocks)
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
 
     from hf_sfm import DistillationConfig
-    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
+    from hf_sfm.evaluation.probe import ProbeConfig, evaluate_training_sets
 
     common.set_threads(1)
     torch.manual_seed(0)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from hf_sfm import DistillationConfig, Distiller
-    from hf_sfm.evaluation import ProbeConfig, evaluate_training_sets
+    from hf_sfm.evaluation.probe import ProbeConfig, evaluate_training_sets
 
     common.set_threads(1)
     work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="hf_sfm_sweep_"))

@@ -1,15 +1,15 @@
 """hf_sfm: dataset distillation for frozen pre-trained vision backbones by statistical flow matching."""
 
-from .callbacks import TrainerCallback, TrainerControl, TrainerState
+from .backbone.features import FeatureExtractor, register_feature_fn
 from .config import DistillationConfig
+from .data.statistics import ClassStatistics
 from .distiller import Distiller
-from .evaluation import ProbeConfig, ProbeEvaluator
-from .features import FeatureExtractor, register_feature_fn
+from .evaluation.probe import ProbeConfig, ProbeEvaluator
+from .evaluation.results import EvaluationReport
 from .inheritance import ClassifierInheritance
 from .methods import METHODS, MethodContext
 from .modeling_inherited import SFMInheritedClassifier, SFMInheritedConfig, register_auto_classes
-from .results import EvaluationReport
-from .statistics import ClassStatistics
+from .training.callbacks import TrainerCallback, TrainerControl, TrainerState
 
 __version__ = "0.1.0"
 

@@ -13,8 +13,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from .evaluation.results import BASELINES
 from .methods import METHODS, get_method
-from .results import BASELINES
 
 PARAMETERIZATIONS = ("pyramid", "pixels")
 INITIALIZATIONS = ("noise", "real", "centroid")

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from .config import DistillationConfig
-from .io_utils import atomic_path
+from .utils.io_utils import atomic_path
 
 # Settings of the embedded default, from a small sweep at ipc 1 (plain probe, 1000 epochs): real init + pixels +
 # lr 0.03 + mild augmentation (crop scale 0.8-1, no noise) gave 0.572, vs 0.553 (lr 0.01, crop 0.5-1, noise, 400 steps)

@@ -5,8 +5,8 @@ It works like `transformers.Trainer`: the constructor wires backbone, data, imag
 `save_state` record it; `distilled_dataset()` / `save_distilled()` / `push_to_hub()` hand out the result.
 
 It owns the loop and nothing else: the loss is a method's (`hf_sfm.methods`, built from a `MethodContext`), the
-probe protocol is `hf_sfm.evaluation`'s, classifier inheritance is `hf_sfm.inheritance.ClassifierInheritance`'s,
-checkpoints are `hf_sfm.checkpointing.Checkpointer`'s. Data flows one way: statistics → synthetic → features →
+probe protocol is `hf_sfm.evaluation.probe`'s, classifier inheritance is `hf_sfm.inheritance.ClassifierInheritance`'s,
+checkpoints are `hf_sfm.training.checkpointing.Checkpointer`'s. Data flows one way: statistics → synthetic → features →
 loss → evaluation → export/hub; nothing below this module imports it.
 """
 
@@ -29,26 +29,26 @@ from datasets.fingerprint import Hasher
 from transformers import TrainerCallback, TrainerControl, TrainerState
 from transformers.trainer_utils import TrainOutput
 
-from .augment import Augmentation
-from .callbacks import CallbackHandler
-from .checkpointing import Checkpointer, resolve_checkpoint, statistics_digest
+from .backbone.embedding import weights_digest
+from .backbone.features import FeatureExtractor, FeatureFn, check_image_processor
+from .backbone.memory import embed_in_chunks, enable_gradient_checkpointing
 from .config import DistillationConfig
-from .data import check_eval_classes, class_names_of, find_image_column, find_label_column
-from .distributed import all_reduce_sum, cpu_only, gather_parameters, gather_shards, shard_parameters
-from .embedding import weights_digest
-from .evaluation import ComputeMetrics, DistilledSetEvaluator, ProbeConfig
-from .features import FeatureExtractor, FeatureFn, check_image_processor
-from .io_utils import atomic_path, make_owned_dirs, record_owned
-from .memory import embed_in_chunks, enable_gradient_checkpointing
+from .data.columns import check_eval_classes, class_names_of, find_image_column, find_label_column
+from .data.preprocessing import ImagePreprocessing
+from .data.real_images import DEFAULT_MAX_CACHED_BYTES, RealBatchStream, sample_real_images, square_preprocessing
+from .data.statistics import ClassStatistics, compute_class_statistics
+from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator, ProbeConfig
 from .methods import DistillationMethod, MethodContext, get_method
-from .outputs import GRID_FILE, STATE_FILE, STATISTICS_FILE, OutputDirectoryBusy, OutputLock, check_output_dir
-from .precision import Precision
-from .preprocessing import ImagePreprocessing
-from .real_images import DEFAULT_MAX_CACHED_BYTES, RealBatchStream, sample_real_images, square_preprocessing
-from .statistics import ClassStatistics, compute_class_statistics
-from .synthetic import SyntheticImages, synthetic_labels
-from .tracking import TRACKER_PROJECT, close_trackers, format_metrics, log_grid, start_trackers, write_metrics
-from .versions import library_versions
+from .synthesis.augment import Augmentation
+from .synthesis.synthetic import SyntheticImages, synthetic_labels
+from .training.callbacks import CallbackHandler
+from .training.checkpointing import Checkpointer, resolve_checkpoint, statistics_digest
+from .training.outputs import GRID_FILE, STATE_FILE, STATISTICS_FILE, OutputDirectoryBusy, OutputLock, check_output_dir
+from .training.tracking import TRACKER_PROJECT, close_trackers, format_metrics, log_grid, start_trackers, write_metrics
+from .utils.distributed import all_reduce_sum, cpu_only, gather_parameters, gather_shards, shard_parameters
+from .utils.io_utils import atomic_path, make_owned_dirs, record_owned
+from .utils.precision import Precision
+from .utils.versions import library_versions
 
 logger = get_logger(__name__)
 
@@ -68,7 +68,7 @@ class Distiller:
         feature_fn: optional `(model, pixel_values) -> (B, D)` override of the pooled feature.
         statistics: optional precomputed [`ClassStatistics`] (skips `compute_statistics`).
         accelerator: optional `Accelerator` (default: one built from `args`).
-        callbacks: `transformers.TrainerCallback` instances or classes (see `hf_sfm.callbacks`).
+        callbacks: `transformers.TrainerCallback` instances or classes (see `hf_sfm.training.callbacks`).
         compute_metrics: `EvalPrediction → {name: value}` for every probe run of `evaluate()` (default: top-1/top-5).
     """
 
@@ -88,7 +88,7 @@ class Distiller:
         self.args = args
         self.accelerator = accelerator or Accelerator(
             cpu=cpu_only(),  # several CPU processes form one gloo group (see `cpu_only`)
-            mixed_precision=None,  # the run's precision is its own (see `hf_sfm.precision`), not the process's
+            mixed_precision=None,  # the run's precision is its own (see `hf_sfm.utils.precision`), not the process's
             log_with=(args.report_to if args.report_to != ["all"] else "all") or None,
             project_dir=args.output_dir,
         )
@@ -630,7 +630,7 @@ class Distiller:
             self._shard = None
 
     def checkpoint_fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint is checked against on resume (see `hf_sfm.checkpointing.REQUIRED_KEYS`)."""
+        """What a checkpoint is checked against on resume (see `hf_sfm.training.checkpointing.REQUIRED_KEYS`)."""
         args = self.args
         means = self.statistics.class_means if self.statistics is not None else None
         fingerprint = {
@@ -703,7 +703,8 @@ class Distiller:
         baselines: list[str] | None = None,
     ) -> dict[str, Any]:
         """Linear-probe the distilled set (§6 protocol: `eval_runs` runs, `probe_epochs`, fresh views) on the real
-        `eval_dataset`; returns the flat metrics dict (`eval_accuracy`, `eval_accuracy_std`, …; `hf_sfm.results`).
+        `eval_dataset`; returns the flat metrics dict (`eval_accuracy`, `eval_accuracy_std`, …;
+        `hf_sfm.evaluation.results`).
 
         `eval_model` (+ its processor) evaluates on another backbone (cross-model). `baselines` (default
         `args.eval_baselines`) adds real-image training sets: `random_real`, `centroids`, `near_mean` (another set
@@ -755,7 +756,7 @@ class Distiller:
 
     def distilled_dataset(self) -> datasets.Dataset:
         """The synthetic set as a `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""
-        from .export import distilled_dataset
+        from .publishing.export import distilled_dataset
 
         return distilled_dataset(self.synthetic_images(), self.labels, self.class_names)
 
@@ -771,9 +772,9 @@ class Distiller:
 
         The folder is exactly what `push_to_hub` uploads. `metrics` (what `evaluate()` returned, or several such
         dicts) fill the card's results table; `card_kwargs` (`repo_id`, `source_dataset`, `license`, ...) go to
-        `hf_sfm.cards.dataset_card`.
+        `hf_sfm.publishing.cards.dataset_card`.
         """
-        from .export import save_distilled
+        from .publishing.export import save_distilled
 
         path = Path(path) if path is not None else self.output_dir / "distilled"
         images = self.synthetic_images()
@@ -801,7 +802,7 @@ class Distiller:
 
     def save_grid(self, path: str | Path) -> Path:
         """The labelled PNG grid of the synthetic images at `path` (a file: an existing one must be hf_sfm's)."""
-        from .visualization import save_image_grid
+        from .publishing.visualization import save_image_grid
 
         overwrite, flag = self.args.overwrite_output_dir, "overwrite_output_dir=True"
         return save_image_grid(self.synthetic_images(), self.labels, self.class_names, path, overwrite, flag)
@@ -851,12 +852,13 @@ class Distiller:
 
         Repos default to `args.hub_dataset_id` / `args.hub_model_id`; `private`, `token`, `revision` to
         `args.hub_private_repo` / `hub_token` / `hub_revision`. Each repo gets one commit. The folders are written
-        first (`local_dir`, default `<output_dir>/hub/`), so a failed push (`hf_sfm.hub.HubPushError`) keeps them
-        and can be retried with `hf_sfm.hub.push_distilled` / `push_classifier`. `metrics` (from `evaluate()`)
-        fill the cards and the classifier's `model-index`. Returns `{"dataset": CommitInfo, "classifier": ...}`.
+        first (`local_dir`, default `<output_dir>/hub/`), so a failed push (`hf_sfm.publishing.hub.HubPushError`)
+        keeps them and can be retried with `hf_sfm.publishing.hub.push_distilled` / `push_classifier`. `metrics`
+        (from `evaluate()`) fill the cards and the classifier's `model-index`. Returns
+        `{"dataset": CommitInfo, "classifier": ...}`.
         """
-        from . import hub
-        from .export import save_classifier
+        from .publishing import hub
+        from .publishing.export import save_classifier
 
         args = self.args
         repo_id = dataset_repo_id if dataset_repo_id is not None else args.hub_dataset_id

@@ -45,14 +45,14 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch import nn
 
-from .augment import Augmentation
-from .embedding import embed_dataset, embedded_rows, features_and_labels
-from .features import FeatureExtractor, FeatureFn
-from .linear_fit import LinearFitConfig, ViewFeatures, fit_linear, new_linear
+from .backbone.embedding import embed_dataset, embedded_rows, features_and_labels
+from .backbone.features import FeatureExtractor, FeatureFn
+from .data.preprocessing import ImagePreprocessing
+from .data.real_images import square_preprocessing
+from .evaluation.linear_fit import LinearFitConfig, ViewFeatures, fit_linear, new_linear
 from .modeling_inherited import SFMInheritedClassifier, SFMInheritedConfig
-from .preprocessing import ImagePreprocessing
-from .real_images import square_preprocessing
-from .versions import library_versions
+from .synthesis.augment import Augmentation
+from .utils.versions import library_versions
 
 logger = get_logger(__name__)
 
@@ -299,8 +299,8 @@ def pooling_name(extractor: FeatureExtractor) -> str:
         raise ValueError(
             f"The feature function {extractor.feature_fn_name!r} is custom, and a saved classifier can only record "
             "the built-in poolings ('cls_token', 'pooler_output', 'image_embeds'). Use a backbone whose pooled "
-            "feature is one of these, or register the family with `hf_sfm.features.register_feature_fn(model_type, "
-            "'<pooling name>')`."
+            "feature is one of these, or register the family with "
+            "`hf_sfm.register_feature_fn(model_type, '<pooling name>')`."
         )
     return extractor.pooling
 

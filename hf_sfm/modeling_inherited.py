@@ -35,7 +35,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 MODEL_TYPE = "hf_sfm_inherited"
 # How a backbone's output becomes one `(B, D)` feature. The names are what `config.feature_pooling` records (a
-# callable cannot be serialised); `hf_sfm.features` maps its per-family adapters onto these names.
+# callable cannot be serialised); `hf_sfm.backbone.features` maps its per-family adapters onto these names.
 FEATURE_POOLINGS = ("cls_token", "pooler_output", "image_embeds")
 
 

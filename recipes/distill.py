@@ -28,11 +28,11 @@ from accelerate import PartialState
 from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.distributed import cpu_only, num_processes_warning
-from hf_sfm.evaluation import ProbeConfig, classifier_accuracy
-from hf_sfm.export import save_classifier
+from hf_sfm.evaluation.probe import ProbeConfig, classifier_accuracy
+from hf_sfm.evaluation.results import inherited_metrics
 from hf_sfm.modeling_inherited import FEATURE_POOLINGS
-from hf_sfm.results import inherited_metrics
+from hf_sfm.publishing.export import save_classifier
+from hf_sfm.utils.distributed import cpu_only, num_processes_warning
 
 logger = logging.getLogger("recipes.distill")
 
@@ -183,7 +183,7 @@ def load_backbone(model_args) -> tuple[torch.nn.Module, Any]:
         path = str(efficientnet_lite_path())
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
     model_class = getattr(transformers, model_args.model_class) if model_args.model_class else AutoModel
-    model = model_class.from_pretrained(path, **kwargs)  # a full image-text model is unwrapped by hf_sfm.features
+    model = model_class.from_pretrained(path, **kwargs)  # an image-text model is unwrapped by hf_sfm.backbone
     processor = AutoImageProcessor.from_pretrained(path, **kwargs)
     return model, processor
 

@@ -32,8 +32,8 @@ import torch
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.features import FeatureExtractor
-from hf_sfm.memory import (
+from hf_sfm.backbone.features import FeatureExtractor
+from hf_sfm.backbone.memory import (
     checkpoint_blocks,
     checkpointed_activation_bytes,
     enable_gradient_checkpointing,
@@ -41,7 +41,7 @@ from hf_sfm.memory import (
     module_bytes,
     saved_activation_bytes,
 )
-from hf_sfm.preprocessing import ImagePreprocessing
+from hf_sfm.data.preprocessing import ImagePreprocessing
 
 MIB = 1024**2
 NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

@@ -85,3 +85,41 @@ def test_the_method_registry_is_the_one_list_of_method_names():
                 assert len(names & set(METHODS)) < 2, f"{path.name}:{node.lineno} lists method names {names}"
     for name in METHODS:
         assert DistillationConfig(method=name).method == name
+
+
+# The package's layers, lowest first: a module may import only from its own layer's package or a lower layer.
+LAYERS = [
+    {"utils", "modeling_inherited", "methods"},
+    {"data", "synthesis", "assets"},
+    {"backbone"},
+    {"evaluation"},
+    {"inheritance", "publishing"},
+    {"training", "config"},
+    {"distiller"},
+    {"demo", "hf_sfm"},
+]
+
+
+def _layer_of(module: str) -> tuple[str, int]:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "hf_sfm"
+    return top, next(index for index, layer in enumerate(LAYERS) if top in layer)
+
+
+def test_every_import_points_down_the_layers():
+    upward = []
+    for module, targets in _graph().items():
+        top, level = _layer_of(module)
+        for target in targets:
+            target_top, target_level = _layer_of(target)
+            if target_top != top and target_level >= level:
+                upward.append(f"{module} -> {target}")
+    assert not upward, upward
+
+
+def test_the_public_names_still_import_from_the_package_root():
+    for name in hf_sfm.__all__:
+        assert getattr(hf_sfm, name) is not None
+    from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator
+
+    assert ProbeConfig is hf_sfm.ProbeConfig and ProbeEvaluator is hf_sfm.ProbeEvaluator

@@ -8,7 +8,7 @@ import torch
 from conftest import build_backbone, color_dataset
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator
+from hf_sfm.evaluation.probe import ProbeConfig, ProbeEvaluator
 
 
 def _args(tmp_path, **overrides):

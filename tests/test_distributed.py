@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from transformers import ViTImageProcessor
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.augment import Augmentation
-from hf_sfm.distributed import shard_range
+from hf_sfm.synthesis.augment import Augmentation
+from hf_sfm.utils.distributed import shard_range
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "distill.py"

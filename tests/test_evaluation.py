@@ -13,8 +13,11 @@ import torch
 from conftest import color_dataset
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-import hf_sfm.evaluation as evaluation
-from hf_sfm.baselines import (
+import hf_sfm.evaluation.probe as evaluation
+from hf_sfm.backbone.features import FeatureExtractor
+from hf_sfm.data.preprocessing import ImagePreprocessing
+from hf_sfm.data.real_images import random_real_indices
+from hf_sfm.evaluation.baselines import (
     RealBaselines,
     centroid_indices,
     kmeans,
@@ -22,11 +25,8 @@ from hf_sfm.baselines import (
     nearest_to_mean_indices,
     neighbor_indices,
 )
-from hf_sfm.evaluation import ProbeConfig, ProbeEvaluator, evaluate_training_sets, train_linear_probe
-from hf_sfm.features import FeatureExtractor
-from hf_sfm.preprocessing import ImagePreprocessing
-from hf_sfm.real_images import random_real_indices
-from hf_sfm.results import result_rows
+from hf_sfm.evaluation.probe import ProbeConfig, ProbeEvaluator, evaluate_training_sets, train_linear_probe
+from hf_sfm.evaluation.results import result_rows
 
 SIZE = 32
 FAST = ProbeConfig(epochs=6, learning_rate=0.1)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import IMAGE_SIZE, TINY_BACKBONES, build_backbone
 
-from hf_sfm.features import FeatureExtractor, register_feature_fn
-from hf_sfm.preprocessing import ImagePreprocessing
+from hf_sfm.backbone.features import FeatureExtractor, register_feature_fn
+from hf_sfm.data.preprocessing import ImagePreprocessing
 
 PREPROCESSING = ImagePreprocessing(IMAGE_SIZE, IMAGE_SIZE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -72,7 +72,7 @@ def test_model_without_pooled_output_names_the_override():
 
 
 def test_register_feature_fn_adds_a_family_by_callable_or_pooling_name():
-    from hf_sfm.features import FEATURE_POOLING
+    from hf_sfm.backbone.features import FEATURE_POOLING
 
     register_feature_fn("my_family", lambda m, x: x.flatten(1))
     register_feature_fn("my_named_family", "cls_token")

@@ -29,16 +29,17 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import AutoModelForImageClassification, ViTImageProcessor
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm import cards as hf_cards
-from hf_sfm.cards import CardMetadataError
-from hf_sfm.export import save_classifier
-from hf_sfm.hub import HubPushError, push_distilled, push_folder
-from hf_sfm.results import MetricsError, inherited_row, result_rows
-from hf_sfm.visualization import to_pil_images
+from hf_sfm.evaluation.results import MetricsError, inherited_row, result_rows
+from hf_sfm.publishing import cards as hf_cards
+from hf_sfm.publishing.cards import CardMetadataError
+from hf_sfm.publishing.export import save_classifier
+from hf_sfm.publishing.hub import HubPushError, push_distilled, push_folder
+from hf_sfm.publishing.visualization import to_pil_images
 
 DATASET_REPO = "org/toy-sfm-ipc2"
 CLASSIFIER_REPO = "org/toy-sfm-ipc2-classifier"
-METRICS = {  # what Distiller.evaluate() returns, plus the inherited classifier's score (hf_sfm.results schema)
+# What Distiller.evaluate() returns, plus the inherited classifier's score (hf_sfm.evaluation.results schema).
+METRICS = {
     "eval_backbone": "tiny-vit",
     "eval_runs": 5,
     "eval_num_test_images": 30,

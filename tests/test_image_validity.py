@@ -16,9 +16,9 @@ import PIL.Image
 import pytest
 import torch
 
-from hf_sfm.data import decode_images, undecoded
-from hf_sfm.preprocessing import ImagePreprocessing, to_rgb
-from hf_sfm.statistics import compute_class_statistics
+from hf_sfm.data.columns import decode_images, undecoded
+from hf_sfm.data.preprocessing import ImagePreprocessing, to_rgb
+from hf_sfm.data.statistics import compute_class_statistics
 
 PREPROCESSING = ImagePreprocessing(crop_size=8, resize_size=8, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
 
@@ -52,7 +52,7 @@ def _statistics(dataset, **kwargs):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_float_images_with_non_finite_pixels_are_skipped_not_blackened(num_workers, caplog):
     dataset = float_image_dataset()
-    with caplog.at_level("WARNING", logger="hf_sfm.statistics"):
+    with caplog.at_level("WARNING", logger="hf_sfm.data.statistics"):
         statistics = _statistics(dataset, num_workers=num_workers)
     assert json.loads(statistics.metadata["skipped_rows"]) == [2, 5]
     assert statistics.counts.tolist() == [2, 2]
@@ -137,7 +137,7 @@ def test_a_decompression_bomb_is_refused_with_its_size_the_limit_and_the_fix(mon
 
 def test_a_skipped_decompression_bomb_is_reported_with_its_reason(monkeypatch, caplog):
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 500)
-    with caplog.at_level("WARNING", logger="hf_sfm.statistics"):
+    with caplog.at_level("WARNING", logger="hf_sfm.data.statistics"):
         statistics = _statistics(bomb_dataset(), num_workers=2)
     assert statistics.metadata["skipped_rows"] == "[2]" and statistics.counts.tolist() == [2, 2]
     assert "row 2: the image has 40×30 = 1,200 pixels" in caplog.text and "MAX_IMAGE_PIXELS" in caplog.text
@@ -161,13 +161,13 @@ def test_a_bomb_warning_turned_into_an_error_gets_the_same_reason(monkeypatch, t
 def test_feature_columns_log_why_an_image_was_skipped(monkeypatch, caplog):
     from conftest import build_backbone
 
-    from hf_sfm.embedding import embed_dataset
-    from hf_sfm.features import FeatureExtractor
+    from hf_sfm.backbone.embedding import embed_dataset
+    from hf_sfm.backbone.features import FeatureExtractor
 
     preprocessing = ImagePreprocessing(crop_size=32, resize_size=32, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
     extractor = FeatureExtractor(build_backbone("vit"), preprocessing)
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 500)
-    with caplog.at_level("WARNING", logger="hf_sfm.embedding"):
+    with caplog.at_level("WARNING", logger="hf_sfm.backbone.embedding"):
         embedded = embed_dataset(extractor, preprocessing, bomb_dataset(), batch_size=2)
     assert len(embedded) == 4
     assert "row 2 of column 'image': the image has 40×30 = 1,200 pixels" in caplog.text

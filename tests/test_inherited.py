@@ -36,9 +36,10 @@ from transformers import (
 
 import hf_sfm
 from hf_sfm import DistillationConfig, Distiller, SFMInheritedClassifier, SFMInheritedConfig
-from hf_sfm.augment import Augmentation
-from hf_sfm.embedding import embed_dataset, features_and_labels
-from hf_sfm.features import FeatureExtractor
+from hf_sfm.backbone.embedding import embed_dataset, features_and_labels
+from hf_sfm.backbone.features import FeatureExtractor
+from hf_sfm.data.preprocessing import ImagePreprocessing
+from hf_sfm.evaluation.linear_fit import ViewFeatures, fit_linear, new_linear
 from hf_sfm.inheritance import (
     BANK_LIMIT,
     ClassifierInheritance,
@@ -53,8 +54,7 @@ from hf_sfm.inheritance import (
     projection_mse,
     train_kd_head,
 )
-from hf_sfm.linear_fit import ViewFeatures, fit_linear, new_linear
-from hf_sfm.preprocessing import ImagePreprocessing
+from hf_sfm.synthesis.augment import Augmentation
 
 SIZE = 32
 PREPROCESSING = ImagePreprocessing(SIZE, SIZE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -412,7 +412,7 @@ def test_pipeline_returns_the_labels_of_the_model(inheritance, dataset, tmp_path
     expected = [names[i] for i in inheritance.head.layer(inheritance.real_features()[:]["features"]).argmax(1)]
     assert predictions == expected
     assert np.mean([p == names[y] for p, y in zip(predictions, dataset["label"])]) >= 0.95
-    from hf_sfm.evaluation import classifier_accuracy
+    from hf_sfm.evaluation.probe import classifier_accuracy
 
     score = classifier_accuracy(model, dataset, batch_size=5)  # batches that do not divide the set
     assert score == pytest.approx(np.mean([p == names[y] for p, y in zip(predictions, dataset["label"])]))

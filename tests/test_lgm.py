@@ -14,10 +14,10 @@ from conftest import color_dataset
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 from hf_sfm import DistillationConfig, Distiller
+from hf_sfm.data.preprocessing import ImagePreprocessing
+from hf_sfm.data.real_images import RealBatchStream, RealImages
 from hf_sfm.methods import METHODS, LinearGradientMatching, get_method
 from hf_sfm.methods.lgm import gradient_matching_loss, linear_head_gradient
-from hf_sfm.preprocessing import ImagePreprocessing
-from hf_sfm.real_images import RealBatchStream, RealImages
 
 SIZE = 32
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_sfm.evaluation import ProbeConfig
+from hf_sfm.evaluation.linear_fit import LinearFitConfig, fit_linear, has_flattened, new_linear
+from hf_sfm.evaluation.probe import ProbeConfig
 from hf_sfm.inheritance import InheritedHeadConfig, KDConfig, ProjectorConfig
-from hf_sfm.linear_fit import LinearFitConfig, fit_linear, has_flattened, new_linear
 
 
 def reference_fit_linear(layer, batches, loss_fn, num_examples, config, generator):

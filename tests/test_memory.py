@@ -12,8 +12,8 @@ from conftest import build_backbone, color_dataset
 from transformers import ViTImageProcessor
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.features import FeatureExtractor
-from hf_sfm.memory import (
+from hf_sfm.backbone.features import FeatureExtractor
+from hf_sfm.backbone.memory import (
     checkpoint_blocks,
     checkpointed_activation_bytes,
     enable_gradient_checkpointing,
@@ -21,7 +21,7 @@ from hf_sfm.memory import (
     parameter_elements,
     saved_activation_bytes,
 )
-from hf_sfm.preprocessing import ImagePreprocessing
+from hf_sfm.data.preprocessing import ImagePreprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def _saved_bytes(function) -> int:
 
 @pytest.mark.parametrize("family", ["vit", "efficientnet"])
 def test_chunked_embedding_gives_the_exact_sfm_gradient_and_keeps_one_chunk_of_graph(family):
-    from hf_sfm.memory import embed_in_chunks
+    from hf_sfm.backbone.memory import embed_in_chunks
     from hf_sfm.methods.sfm import StatisticalFlowMatching
 
     extractor = FeatureExtractor(build_backbone(family), ImagePreprocessing(32, 32, (0.5,) * 3, (0.5,) * 3))
@@ -150,7 +150,7 @@ def test_the_estimate_divides_every_per_image_term_by_the_number_of_processes():
 
 @pytest.mark.slow
 def test_the_memory_model_predicts_the_measured_peak_at_10_and_100_classes(tmp_path):
-    """Peak resident memory of real runs (CPU) against the model of hf_sfm.memory / recipes/README.md."""
+    """Peak resident memory of real runs (CPU) against the model of hf_sfm.backbone.memory / recipes/README.md."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     command = [sys.executable, str(REPO / "recipes" / "measure_memory.py"), "sfm", "--num_classes", "10", "100"]
     command += ["--crop", "64", "--image_size", "64", "--steps", "7", "--output_dir", str(tmp_path)]

@@ -11,7 +11,7 @@ import evaluate
 import numpy as np
 import pytest
 
-from hf_sfm.evaluation import METRICS_DIR, load_metric, metric_path
+from hf_sfm.evaluation.probe import METRICS_DIR, load_metric, metric_path
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hf_sfm.data.statistics import compute_class_statistics
 from hf_sfm.methods.sfm import StatisticalFlowMatching, class_means, flow_matching_loss, statistical_flow
-from hf_sfm.statistics import compute_class_statistics
 
 NUM_ROWS, CLASSES = 14, ["a", "b", "c"]
 FEW = settings(max_examples=8, deadline=None, database=None)

@@ -109,7 +109,7 @@ def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbon
     card = (output_dir / "classifier" / "README.md").read_text()
     assert "model-index" in card  # the measured accuracy went into the card's metadata
     test = datasets.load_from_disk(str(assets / "data"))["test"]
-    from hf_sfm.evaluation import classifier_accuracy
+    from hf_sfm.evaluation.probe import classifier_accuracy
 
     processor = AutoImageProcessor.from_pretrained(output_dir / "classifier")
     assert classifier_accuracy(model, test, processor) == pytest.approx(evaluation["eval_inherited_accuracy"])
@@ -330,7 +330,7 @@ def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(
 
 
 def test_cards_link_only_hub_ids_and_name_local_sources_as_given():
-    from hf_sfm.cards import dataset_card
+    from hf_sfm.publishing.cards import dataset_card
 
     for source in ("imagefolder", "/data/my_images"):
         card = str(dataset_card(class_names=["a", "b"], num_images=2, source_dataset=source))
@@ -343,7 +343,7 @@ def test_cards_link_only_hub_ids_and_name_local_sources_as_given():
 def test_the_dataset_card_describes_the_images_the_run_made_and_warns_about_other_backbones():
     """A pixel run from centroids must not be carded as a colour-decorrelated pyramid that "transfers"."""
     from hf_sfm import DistillationConfig
-    from hf_sfm.cards import dataset_card
+    from hf_sfm.publishing.cards import dataset_card
 
     def card(**overrides) -> str:
         config = DistillationConfig(output_dir="unused", **overrides)
@@ -363,9 +363,9 @@ def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_i
     import numpy as np
     import torch
 
-    from hf_sfm.evaluation import ProbeConfig, fit_probe_on_features
-    from hf_sfm.features import FeatureExtractor
-    from hf_sfm.preprocessing import ImagePreprocessing
+    from hf_sfm.backbone.features import FeatureExtractor
+    from hf_sfm.data.preprocessing import ImagePreprocessing
+    from hf_sfm.evaluation.probe import ProbeConfig, fit_probe_on_features
 
     extractor = FeatureExtractor(build_backbone("vit"), ImagePreprocessing(32, 32, (0.5,) * 3, (0.5,) * 3))
     dataset = color_dataset(3, 10)
@@ -379,7 +379,7 @@ def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_i
     short = ProbeConfig(epochs=50, augment=False)
     assert ProbeConfig().too_short(10) is None  # the papers' protocol (CIFAR-10, ipc 1) is left alone
     assert "probe_learning_rate" in short.too_short(3)
-    with caplog.at_level("WARNING", logger="hf_sfm.evaluation"):
+    with caplog.at_level("WARNING", logger="hf_sfm.evaluation.probe"):
         head = fit_probe_on_features(train_features, labels, 3, short)
     assert "can barely move its head" in caplog.text
     arguments = recipe.parse_args(["--probe_epochs", "50", "--probe_learning_rate", "1e-2"])
@@ -387,7 +387,7 @@ def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_i
     assert (fixed.learning_rate, fixed.scale_learning_rate, fixed.epochs) == (1e-2, False, 50)
     assert fixed.too_short(3) is None
     caplog.clear()
-    with caplog.at_level("WARNING", logger="hf_sfm.evaluation"):
+    with caplog.at_level("WARNING", logger="hf_sfm.evaluation.probe"):
         tuned = fit_probe_on_features(train_features, labels, 3, fixed)
     assert "can barely move" not in caplog.text
     with torch.no_grad():
@@ -397,7 +397,7 @@ def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_i
 
 
 def test_a_launch_that_runs_fewer_processes_than_asked_is_reported(tmp_path):
-    from hf_sfm.distributed import num_processes_warning, requested_num_processes
+    from hf_sfm.utils.distributed import num_processes_warning, requested_num_processes
 
     command = ["/usr/bin/python", "/usr/bin/accelerate", "launch", "--cpu", "--num_processes", "2", "distill.py"]
     assert requested_num_processes(command) == 2
@@ -408,7 +408,7 @@ def test_a_launch_that_runs_fewer_processes_than_asked_is_reported(tmp_path):
     # The real thing: `accelerate launch --cpu --num_processes 2` runs one process, and it says so.
     script = tmp_path / "check.py"
     script.write_text(
-        "from accelerate import PartialState\nfrom hf_sfm.distributed import num_processes_warning\n"
+        "from accelerate import PartialState\nfrom hf_sfm.utils.distributed import num_processes_warning\n"
         "state = PartialState(cpu=True)\n"
         "print('PROCESSES', state.num_processes, num_processes_warning(state.num_processes))\n"
     )

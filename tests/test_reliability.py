@@ -30,11 +30,11 @@ from transformers import ConvNextImageProcessor, ViTConfig, ViTImageProcessor, V
 from transformers.modeling_outputs import BaseModelOutput
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.embedding import embed_dataset, embedded_rows, features_and_labels
-from hf_sfm.evaluation import ProbeConfig
-from hf_sfm.preprocessing import ImagePreprocessing, to_rgb
-from hf_sfm.real_images import RealBatchStream, RealImages, random_real_indices
-from hf_sfm.statistics import ClassStatistics, compute_class_statistics
+from hf_sfm.backbone.embedding import embed_dataset, embedded_rows, features_and_labels
+from hf_sfm.data.preprocessing import ImagePreprocessing, to_rgb
+from hf_sfm.data.real_images import RealBatchStream, RealImages, random_real_indices
+from hf_sfm.data.statistics import ClassStatistics, compute_class_statistics
+from hf_sfm.evaluation.probe import ProbeConfig
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def _corrupt_dataset():
 def test_corrupt_images_are_skipped_counted_and_reported(tmp_path, caplog):
     dataset = _corrupt_dataset()
     distiller = _distiller(tmp_path, dataset=dataset)
-    with caplog.at_level("WARNING", logger="hf_sfm.statistics"):
+    with caplog.at_level("WARNING", logger="hf_sfm.data.statistics"):
         statistics = distiller.compute_statistics()
     assert statistics.counts.tolist() == [4, 4, 4]
     assert statistics.metadata["skipped_images"] == "3" and json.loads(statistics.metadata["skipped_rows"]) == [
@@ -283,7 +283,7 @@ def test_feature_column_skips_undecodable_images_and_keeps_their_rows(tmp_path, 
     order = [12, *range(6), 13, *range(6, 12), 14]  # the bad rows (12, 13, 14) at positions 0, 7 and 14
     dataset = _corrupt_dataset().select(order)
     distiller = _distiller(tmp_path, dataset=dataset)
-    with caplog.at_level("WARNING", logger="hf_sfm.embedding"):
+    with caplog.at_level("WARNING", logger="hf_sfm.backbone.embedding"):
         embedded = embed_dataset(distiller.feature_extractor, distiller.preprocessing, dataset)
     features, labels = features_and_labels(embedded)
     clean = embed_dataset(distiller.feature_extractor, distiller.preprocessing, _corrupt_dataset().select(range(12)))
@@ -299,7 +299,7 @@ def test_feature_column_skips_undecodable_images_and_keeps_their_rows(tmp_path, 
 
 
 def test_evaluator_test_and_full_data_features_skip_undecodable_images(tmp_path):
-    from hf_sfm.evaluation import ProbeEvaluator
+    from hf_sfm.evaluation.probe import ProbeEvaluator
 
     dataset = _corrupt_dataset()
     evaluator = ProbeEvaluator(_vit(), _processor(), dataset, name="tiny")
@@ -335,7 +335,7 @@ _SQUARE = ImagePreprocessing(SIZE, SIZE, (0.5,) * 3, (0.5,) * 3)
 
 def _decoded_rows(distiller, rows):
     """The training images at `rows`, decoded by `datasets` and preprocessed as synthetic-size real images."""
-    from hf_sfm.real_images import square_preprocessing
+    from hf_sfm.data.real_images import square_preprocessing
 
     preprocessing = square_preprocessing(distiller.preprocessing, distiller.image_size)
     return preprocessing(distiller.train_dataset[[int(row) for row in rows]]["image"])
@@ -355,7 +355,7 @@ def test_sampled_real_images_replace_undecodable_ones_along_the_same_permutation
     labels = torch.as_tensor(distiller.train_dataset["label"])
     replaced = []
     for seed in range(4):
-        with caplog.at_level("WARNING", logger="hf_sfm.real_images"):
+        with caplog.at_level("WARNING", logger="hf_sfm.data.real_images"):
             caplog.clear()
             images = distiller.sample_real_images(3, seed=seed)
         expected = random_real_indices(labels, 3, 3, seed=seed, usable=lambda row: row in _GOOD_ROWS)
@@ -386,7 +386,7 @@ def test_sampled_real_images_refuse_undecodable_ones_when_asked(tmp_path):
 
 def test_in_memory_real_images_leave_out_undecodable_rows(caplog):
     dataset = _corrupt_dataset()
-    with caplog.at_level("WARNING", logger="hf_sfm.real_images"):
+    with caplog.at_level("WARNING", logger="hf_sfm.data.real_images"):
         real = RealImages.from_dataset(dataset, _SQUARE, "image", "label", batch_size=4, progress=False)
     clean = RealImages.from_dataset(dataset.select(_GOOD_ROWS), _SQUARE, "image", "label", progress=False)
     assert real.skipped_rows == [12, 13, 14] and clean.skipped_rows == []
@@ -408,7 +408,7 @@ def test_real_batches_skip_undecodable_images_and_stay_full(kind, caplog):
     dataset = _corrupt_dataset()
     clean = RealImages.from_dataset(dataset.select(_GOOD_ROWS), _SQUARE, "image", "label", progress=False)
     source = dataset.to_iterable_dataset() if kind == "streaming" else dataset
-    with caplog.at_level("WARNING", logger="hf_sfm.real_images"):
+    with caplog.at_level("WARNING", logger="hf_sfm.data.real_images"):
         stream = RealBatchStream(
             source, _SQUARE, 8, "image", "label", seed=3, max_cached_bytes=0 if kind == "uncached" else 2**31
         )
@@ -476,11 +476,11 @@ def test_a_processor_of_another_input_size_fails_at_construction(tmp_path):
 
 def test_a_processor_of_another_family_warns(tmp_path, caplog):
     processor = ConvNextImageProcessor(size={"shortest_edge": SIZE}, crop_pct=1.0)
-    with caplog.at_level("WARNING", logger="hf_sfm.features"):
+    with caplog.at_level("WARNING", logger="hf_sfm.backbone.features"):
         _distiller(tmp_path, processor=processor)
     assert "not the kind transformers pairs with 'vit' models (ViTImageProcessor)" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="hf_sfm.features"):
+    with caplog.at_level("WARNING", logger="hf_sfm.backbone.features"):
         _distiller(tmp_path)
     assert "pairs with" not in caplog.text
 
@@ -572,9 +572,9 @@ _SLOW_SAVE_WORKER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import torch
-    import hf_sfm.export as export
-    import hf_sfm.statistics as statistics_module
-    from hf_sfm.statistics import ClassStatistics
+    import hf_sfm.publishing.export as export
+    import hf_sfm.data.statistics as statistics_module
+    from hf_sfm.data.statistics import ClassStatistics
 
     target, marker, what = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 
@@ -609,7 +609,7 @@ def test_sigkill_during_a_save_leaves_the_previous_output_intact(tmp_path):
     """Two workers, killed in the middle of `ClassStatistics.save` and `save_distilled` (both run at once)."""
     from safetensors.torch import load_file
 
-    from hf_sfm.export import save_distilled
+    from hf_sfm.publishing.export import save_distilled
 
     previous_images = torch.rand(6, 3, 8, 8)
     statistics = ClassStatistics(torch.randn(3, 4, dtype=torch.float64), torch.tensor([1, 2, 3]), list("abc"))
@@ -691,7 +691,7 @@ def test_every_output_records_the_seed_and_library_versions(tmp_path):
     with safe_open(str(path / "synthetic.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
     assert metadata["seed"] == "11" and json.loads(metadata["versions"])["hf_sfm"]
-    from hf_sfm.checkpointing import RUN_STATE_FILE
+    from hf_sfm.training.checkpointing import RUN_STATE_FILE
 
     state = json.loads((tmp_path / "out" / "checkpoint-2" / RUN_STATE_FILE).read_text())
     assert state["config"]["seed"] == 11 and state["versions"]["torch"]

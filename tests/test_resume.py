@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from transformers import ViTImageProcessor
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm import checkpointing as checkpointing_module
-from hf_sfm.checkpointing import RUN_STATE_FILE, list_checkpoints, resolve_checkpoint
+from hf_sfm.training import checkpointing as checkpointing_module
+from hf_sfm.training.checkpointing import RUN_STATE_FILE, list_checkpoints, resolve_checkpoint
 
 WORKER = Path(__file__).parent / "_resume_worker.py"
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_resume_refuses_an_incompatible_run_with_a_clear_error(tmp_path, process
 
 def test_resume_with_a_changed_learning_rate_continues_with_a_warning(tmp_path, processor, caplog):
     _distiller(tmp_path, processor, num_steps=2, save_steps=2).train()
-    with caplog.at_level("WARNING", logger="hf_sfm.checkpointing"):
+    with caplog.at_level("WARNING", logger="hf_sfm.training.checkpointing"):
         resumed = _distiller(tmp_path, processor, learning_rate=0.01, resume_from_checkpoint="latest")
         resumed.train()
     assert len(resumed.losses) == 4
@@ -184,7 +184,7 @@ def test_latest_skips_a_truncated_checkpoint_and_says_so(tmp_path, processor, ca
     _distiller(tmp_path, processor, num_steps=4, save_steps=2).train()
     shard = tmp_path / "checkpoint-4" / "synthetic-00000-of-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:100])  # a copy cut short
-    with caplog.at_level("WARNING", logger="hf_sfm.checkpointing"):
+    with caplog.at_level("WARNING", logger="hf_sfm.training.checkpointing"):
         assert resolve_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-2"
     assert "Skipping" in caplog.text and "checkpoint-4" in caplog.text and "checksum" in caplog.text
     with pytest.raises(ValueError, match=r"checkpoint-4.*synthetic-00000-of-00001\.safetensors does not match"):

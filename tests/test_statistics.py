@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import color_dataset
 
-from hf_sfm.statistics import ClassStatistics, compute_class_statistics
+from hf_sfm.data.statistics import ClassStatistics, compute_class_statistics
 
 
 def _embed(images):

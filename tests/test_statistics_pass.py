@@ -21,8 +21,8 @@ import pytest
 import torch
 from conftest import color_dataset
 
-from hf_sfm.preprocessing import ImagePreprocessing
-from hf_sfm.statistics import _Prefetcher, compute_class_statistics, prepare_batch, statistics_num_workers
+from hf_sfm.data.preprocessing import ImagePreprocessing
+from hf_sfm.data.statistics import _Prefetcher, compute_class_statistics, prepare_batch, statistics_num_workers
 
 REPO = Path(__file__).resolve().parents[1]
 PREPROCESSING = ImagePreprocessing(crop_size=16, resize_size=20, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
@@ -88,7 +88,7 @@ def _assert_same(statistics, reference):
 def test_prefetched_pass_equals_the_one_process_map_with_skipped_rows(num_workers, batch_size, caplog):
     dataset = dataset_with_bad_rows()
     reference = _statistics(dataset, 0, batch_size)
-    with caplog.at_level(logging.DEBUG, logger="hf_sfm.statistics"):
+    with caplog.at_level(logging.DEBUG, logger="hf_sfm.data.statistics"):
         prefetched = _statistics(dataset, num_workers, batch_size)
     _assert_same(prefetched, reference)
     assert json.loads(prefetched.metadata["skipped_rows"]) == [4, 11, 20]

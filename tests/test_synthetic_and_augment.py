@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hf_sfm.augment import Augmentation, gaussian_noise
-from hf_sfm.synthetic import SyntheticImages, pyramid_sizes, synthetic_labels
+from hf_sfm.synthesis.augment import Augmentation, gaussian_noise
+from hf_sfm.synthesis.synthetic import SyntheticImages, pyramid_sizes, synthetic_labels
 
 
 def test_pyramid_sizes_end_at_the_full_resolution():

@@ -14,8 +14,8 @@ from conftest import build_backbone, color_dataset
 from transformers import ViTImageProcessor
 
 from hf_sfm import DistillationConfig, Distiller
-from hf_sfm.io_utils import NotOwnedError, atomic_path, is_owned
-from hf_sfm.outputs import OutputDirectoryError, check_output_dir
+from hf_sfm.training.outputs import OutputDirectoryError, check_output_dir
+from hf_sfm.utils.io_utils import NotOwnedError, atomic_path, is_owned
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ _LOCK_WORKER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_a_second_process_on_the_same_output_dir_is_refused_and_the_first_finishes(tmp_path):
-    from hf_sfm.checkpointing import list_checkpoints, read_run_state, validate_checkpoint
+    from hf_sfm.training.checkpointing import list_checkpoints, read_run_state, validate_checkpoint
 
     output_dir = tmp_path / "shared"
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -316,12 +316,12 @@ def test_recompute_statistics_recomputes_even_with_a_datasets_cache(tmp_path, ca
     distiller.train_dataset = on_disk
     distiller.compute_statistics()
     (tmp_path / "out" / "statistics.safetensors").unlink()
-    with caplog.at_level("INFO", logger="hf_sfm.statistics"):
+    with caplog.at_level("INFO", logger="hf_sfm.data.statistics"):
         distiller.compute_statistics()
     assert "reused the `datasets` cache" in caplog.text  # said so
     caplog.clear()
     distiller.args.recompute_statistics = True
-    with caplog.at_level("INFO", logger="hf_sfm.statistics"):
+    with caplog.at_level("INFO", logger="hf_sfm.data.statistics"):
         distiller.compute_statistics()
     assert "reused the `datasets` cache" not in caplog.text  # computed again, not served from the cache
 
@@ -387,7 +387,7 @@ def test_resuming_with_another_backbones_weights_is_refused(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x01", None], ids=["empty", "garbage", "truncated"])
 def test_an_unreadable_statistics_file_names_itself_and_the_fix(tmp_path, content):
-    from hf_sfm.statistics import StatisticsFileError
+    from hf_sfm.data.statistics import StatisticsFileError
 
     distiller = _distiller(tmp_path / "out")
     path = tmp_path / "out" / "statistics.safetensors"

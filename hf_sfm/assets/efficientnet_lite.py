@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from hf_sfm.io_utils import atomic_path
+from hf_sfm.utils.io_utils import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .io_utils import foreign_entries
+from ..utils.io_utils import foreign_entries
 
 STATISTICS_FILE = "statistics.safetensors"
 GRID_FILE = "synthetic_grid.png"

@@ -13,12 +13,12 @@ import math
 import datasets
 import torch
 
-from .data import class_names_of, find_image_column, find_label_column
-from .embedding import embed_dataset, embedded_rows, features_and_labels
-from .features import FeatureExtractor
+from ..backbone.embedding import embed_dataset, embedded_rows, features_and_labels
+from ..backbone.features import FeatureExtractor
+from ..data.columns import class_names_of, find_image_column, find_label_column
+from ..data.preprocessing import ImagePreprocessing
+from ..data.real_images import check_enough_images, sample_real_images, square_preprocessing
 from .linear_fit import embed_resized
-from .preprocessing import ImagePreprocessing
-from .real_images import check_enough_images, sample_real_images, square_preprocessing
 
 
 def centroid_indices(

@@ -40,7 +40,7 @@ from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .io_utils import atomic_path, file_sha256, forget_owned, is_owned
+from ..utils.io_utils import atomic_path, file_sha256, forget_owned, is_owned
 
 logger = logging.getLogger(__name__)
 

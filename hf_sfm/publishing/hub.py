@@ -96,7 +96,10 @@ def push_folder(
     if "README.md" in files:
         validate_card_metadata((folder / "README.md").read_text(encoding="utf-8"), repo_type)
     again = {"dataset": "push_distilled", "model": "push_classifier"}.get(repo_type, "push_folder")
-    retry = f"The files are kept in {folder}; push them again with hf_sfm.hub.{again}({str(folder)!r}, {repo_id!r})."
+    retry = (
+        f"The files are kept in {folder}; push them again with "
+        f"hf_sfm.publishing.hub.{again}({str(folder)!r}, {repo_id!r})."
+    )
     if not (token or get_token()):
         raise HubPushError(
             f"No Hugging Face token: pushing to {repo_id!r} needs one with write access. Run `hf auth login`, set "

@@ -10,11 +10,11 @@ Two labelled reductions make it affordable on a CPU: `views=V` draws each epoch'
 once (`linear_fit.ViewFeatures`), and `augment=False` trains on one deterministic resized view.
 
 `ProbeEvaluator` caches the test split's features once per eval backbone; `evaluate_training_sets` probes any
-number of training sets (the distilled set, real-image baselines from `hf_sfm.baselines`) into one typed
-`EvaluationReport` (`hf_sfm.results`), whose `metrics("eval")` is what `Distiller.evaluate()` returns.
+number of training sets (the distilled set, real-image baselines from `hf_sfm.evaluation.baselines`) into one typed
+`EvaluationReport` (`hf_sfm.evaluation.results`), whose `metrics("eval")` is what `Distiller.evaluate()` returns.
 
-Metrics go through `evaluate`, from modules shipped in `hf_sfm/metrics/` (`evaluate.load("accuracy")` would need
-the Hub). A `compute_metrics(EvalPrediction) -> dict` as in `Trainer` replaces them.
+Metrics go through `evaluate`, from modules shipped in `hf_sfm/evaluation/metrics/` (`evaluate.load("accuracy")`
+would need the Hub). A `compute_metrics(EvalPrediction) -> dict` as in `Trainer` replaces them.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import EvalPrediction
 
-from .augment import Augmentation
+from ..backbone.embedding import embed_dataset, features_and_labels
+from ..backbone.features import FeatureExtractor, FeatureFn
+from ..data.columns import class_names_of, find_image_column, find_label_column
+from ..data.preprocessing import ImagePreprocessing
+from ..data.real_images import RealImages, square_preprocessing
+from ..synthesis.augment import Augmentation
 from .baselines import RealBaselines
-from .data import class_names_of, find_image_column, find_label_column
-from .embedding import embed_dataset, features_and_labels
-from .features import FeatureExtractor, FeatureFn
 from .linear_fit import LinearFitConfig, ViewFeatures, embed_resized, fit_linear
-from .preprocessing import ImagePreprocessing
-from .real_images import RealImages, square_preprocessing
 from .results import EvaluationReport, ProbeScores
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .modeling_inherited import FEATURE_POOLINGS, backbone_outputs, pool_outputs
-from .preprocessing import ImagePreprocessing
+from ..data.preprocessing import ImagePreprocessing
+from ..modeling_inherited import FEATURE_POOLINGS, backbone_outputs, pool_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class FeatureExtractor(nn.Module):
             raise FeatureFunctionError(
                 f"{type(self.model).__name__} returns no pooled output hf_sfm knows how to use ({error}). Pass "
                 "`feature_fn=lambda model, pixel_values: ...` returning a (batch, dim) tensor to the Distiller, "
-                "or register one with `hf_sfm.features.register_feature_fn(model_type, fn_or_pooling_name)`."
+                "or register one with `hf_sfm.backbone.features.register_feature_fn(model_type, fn_or_pooling_name)`."
             ) from error
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

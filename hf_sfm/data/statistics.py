@@ -25,8 +25,8 @@ import torch.utils.data
 from datasets.fingerprint import Hasher
 from safetensors.torch import load_file, save_file
 
-from .data import DecodeFailure, corrupt_image_error, decode_images, undecoded
-from .io_utils import atomic_path
+from ..utils.io_utils import atomic_path
+from .columns import DecodeFailure, corrupt_image_error, decode_images, undecoded
 from .preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ Layout (the same files a Hub dataset repo receives):
     distillation_config.json          the run's `DistillationConfig`, preprocessing and library versions
     grid.png                          the images, one row per class (shown in the card)
 
-`hf_sfm.hub.push_distilled` uploads this folder as it is, in one commit. `save_classifier` writes the folder of a
-classifier (`save_pretrained` + image processor + model card) that `hf_sfm.hub.push_classifier` uploads.
+`hf_sfm.publishing.hub.push_distilled` uploads this folder as it is, in one commit. `save_classifier` writes the
+folder of a classifier (`save_pretrained` + image processor + model card) that
+`hf_sfm.publishing.hub.push_classifier` uploads.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import datasets
 import torch
 from safetensors.torch import save_file
 
+from ..utils.io_utils import atomic_path
+from ..utils.versions import library_versions, provenance_metadata
 from .cards import Metrics, dataset_card, model_card
 from .hub import folder_files
-from .io_utils import atomic_path
-from .versions import library_versions, provenance_metadata
 from .visualization import save_image_grid, to_pil_images
 
 PARQUET_FILE = "data/train-00000-of-00001.parquet"
@@ -77,7 +78,7 @@ def save_distilled(
     An existing folder at `path` is replaced only if hf_sfm wrote it and it is unchanged (or `overwrite`; `flag`
     names the argument for the error): a folder of the user's is never deleted.
 
-    `metrics` (from `Distiller.evaluate()`) and `card_kwargs` go to `hf_sfm.cards.dataset_card` (`repo_id`,
+    `metrics` (from `Distiller.evaluate()`) and `card_kwargs` go to `hf_sfm.publishing.cards.dataset_card` (`repo_id`,
     `classifier_repo_id`, `source_dataset`, `license`, `pretty_name`, `template_path`); the card is rendered last so
     it lists the folder's files.
     """

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from .io_utils import atomic_path
+from ..utils.io_utils import atomic_path
 
 TRACKER_PROJECT = "hf_sfm"  # the trackers' project; TensorBoard logs go to <output_dir>/hf_sfm
 
@@ -45,7 +45,7 @@ def log_grid(
     overwrite: bool = False,
 ) -> None:
     """Save the grid of `(N, 3, S, S)` images to `path` and send it to every tracker that takes images."""
-    from .visualization import image_grid
+    from ..publishing.visualization import image_grid
 
     grid = image_grid(images, labels, class_names)
     with atomic_path(path, overwrite, "overwrite_output_dir=True") as staged:

@@ -1,9 +1,10 @@
 """Cards are generated, not hand-written: the dataset card of a distilled set and the model card of a classifier.
 
-Jinja templates in `hf_sfm/model_cards/` (the repository's top-level `model_cards/` points at the same files) are
-rendered through `DatasetCard.from_template` / `ModelCard.from_template` with `DatasetCardData` / `ModelCardData`.
-Results come in as the flat metrics dicts `Distiller.evaluate()` returns and are read by `hf_sfm.results` (one
-schema); they become the results table and, for the classifier, `model-index` (the Hub's results widget).
+Jinja templates in `hf_sfm/publishing/model_cards/` (the repository's top-level `model_cards/` holds the same
+files) are rendered through `DatasetCard.from_template` / `ModelCard.from_template` with `DatasetCardData` /
+`ModelCardData`.
+Results come in as the flat metrics dicts `Distiller.evaluate()` returns and are read by `hf_sfm.evaluation.results`
+(one schema); they become the results table and, for the classifier, `model-index` (the Hub's results widget).
 `validate_card_metadata` checks a card's YAML header as the Hub would, before anything is uploaded.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .results import inherited_row, result_rows
+from ..evaluation.results import inherited_row, result_rows
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def dataset_card(
         source_dataset: the real dataset as the user gave it (Hub id, local folder, data files); named in the card,
             and linked and listed in `source_datasets` only when it is a Hub id.
         metrics: what `Distiller.evaluate()` returned (one dict, or several for several eval backbones): the
-            results table (`hf_sfm.results.result_rows`).
+            results table (`hf_sfm.evaluation.results.result_rows`).
         dataset_info: a `datasets.DatasetInfo` with features, splits and sizes; becomes `dataset_info`.
         repo_id, classifier_repo_id: where the set and its classifier are (or will be) published.
         license: a Hub license id; the default "unknown" because the images derive from the source dataset.
@@ -246,7 +247,7 @@ def model_card(
     """The model card (a `huggingface_hub.ModelCard`) of an inherited classifier (or any image classifier).
 
     Its `model-index` carries the classifier's accuracy from `metrics` (`{prefix}_inherited_accuracy`, see
-    `hf_sfm.results`) on the source dataset's test split, naming the eval backbone; without such a row the
+    `hf_sfm.evaluation.results`) on the source dataset's test split, naming the eval backbone; without such a row the
     card has no `model-index` and says so.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .augment import Augmentation, resize
-from .features import FeatureExtractor
+from ..backbone.features import FeatureExtractor
+from ..synthesis.augment import Augmentation, resize
 
 # index (B,) of the examples, epoch → (inputs (B, D_in), targets): what one mini-batch of a fit sees.
 Batches = Callable[[torch.Tensor, int], tuple[torch.Tensor, Any]]

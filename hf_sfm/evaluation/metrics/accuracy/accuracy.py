@@ -1,7 +1,7 @@
 """Top-1 accuracy as an `evaluate` metric module that ships with hf_sfm and loads offline.
 
 `evaluate.load("accuracy")` fetches its script from the Hugging Face Hub; this module is the same metric on disk,
-so `evaluate.load("<hf_sfm>/metrics/accuracy")` (or `hf_sfm.evaluation.load_metric("accuracy")`) works without
+so `evaluate.load("<hf_sfm>/metrics/accuracy")` (or `hf_sfm.evaluation.probe.load_metric("accuracy")`) works without
 a network. It depends only on numpy (no scikit-learn).
 """
 
@@ -21,7 +21,7 @@ Args:
 Returns:
     accuracy (`float`): in [0, 1] when `normalize=True`.
 Examples:
-    >>> accuracy = hf_sfm.evaluation.load_metric("accuracy")
+    >>> accuracy = hf_sfm.evaluation.probe.load_metric("accuracy")
     >>> accuracy.compute(predictions=[0, 1, 2, 1], references=[0, 1, 1, 1])
     {'accuracy': 0.75}
 """

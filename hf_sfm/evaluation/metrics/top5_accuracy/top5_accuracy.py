@@ -19,7 +19,7 @@ Args:
 Returns:
     top5_accuracy (`float`): in [0, 1] (the key keeps this name whatever `k` is).
 Examples:
-    >>> top5 = hf_sfm.evaluation.load_metric("top5_accuracy")
+    >>> top5 = hf_sfm.evaluation.probe.load_metric("top5_accuracy")
     >>> top5.compute(prediction_scores=[[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]], references=[0, 2], k=2)
     {'top5_accuracy': 0.5}
 """

@@ -19,9 +19,9 @@ import torch
 from datasets.fingerprint import Hasher
 from torch import nn
 
-from .data import decode_images, find_image_column, find_label_column, undecoded
+from ..data.columns import decode_images, find_image_column, find_label_column, undecoded
+from ..data.preprocessing import ImagePreprocessing
 from .features import FeatureExtractor
-from .preprocessing import ImagePreprocessing
 
 FEATURES_COLUMN = "features"
 ROW_COLUMN = "row"  # each example's row in the source dataset (undecodable images are left out)
@@ -69,7 +69,7 @@ def embed_dataset(
     device = feature_extractor.mean.device
     fingerprint = Hasher.hash(
         [
-            "hf_sfm.embedding.embed_dataset",
+            "hf_sfm.backbone.embedding.embed_dataset",
             weights_digest(feature_extractor.model),
             feature_extractor.feature_fn_name,
             preprocessing.to_dict(),

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .synthetic import pyramid_sizes
+from ..synthesis.synthetic import pyramid_sizes
 
 FLOAT_BYTES = 4
 

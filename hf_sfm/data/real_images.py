@@ -25,7 +25,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from .data import DecodedImages, decode_images, undecoded
+from .columns import DecodedImages, decode_images, undecoded
 from .preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
-from .io_utils import atomic_path
+from ..utils.io_utils import atomic_path
 
 
 def to_pil_images(images: torch.Tensor) -> list[PIL.Image.Image]:
