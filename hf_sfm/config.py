@@ -320,6 +320,11 @@ class DistillationConfig:
         """Adam's rate on the images: `learning_rate / ipc` with `scale_learning_rate`, else `learning_rate`."""
         return self.learning_rate / self.ipc if self.scale_learning_rate else self.learning_rate
 
+    @property
+    def method_class(self) -> Any:
+        """The `hf_sfm.methods` class registered as `method`."""
+        return get_method(self.method)
+
     def method_config(self) -> Any:
         """The method's own settings (`hf_sfm.methods.<method>.config_class`) from `method_kwargs`."""
         return get_method(self.method).parse_config(self.method_kwargs)

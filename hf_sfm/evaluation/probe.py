@@ -41,6 +41,7 @@ from ..backbone.embedding import embed_dataset, features_and_labels
 from ..backbone.features import FeatureExtractor, FeatureFn
 from ..data.columns import class_names_of, find_image_column, find_label_column
 from ..data.preprocessing import ImagePreprocessing
+from ..data.real_data import RealData
 from ..data.real_images import RealImages, square_preprocessing
 from ..synthesis.augment import Augmentation
 from .baselines import RealBaselines
@@ -332,7 +333,7 @@ class ProbeEvaluator:
 
     def probe_full_dataset(
         self,
-        train_dataset: datasets.Dataset,
+        train_data: RealData | datasets.Dataset,
         runs: int = 5,
         config: ProbeConfig | None = None,
         seed: int = 0,
@@ -342,27 +343,34 @@ class ProbeEvaluator:
 
         With `config.augment=False` the training features are those of the deterministic test-time preprocessing,
         computed once (the affordable choice for a large set); otherwise the images are decoded once at
-        `image_size` (default `crop · 8 / 7`) and augmented like synthetic ones.
+        `image_size` (default `crop · 8 / 7`) and augmented like synthetic ones. A bare dataset's columns are
+        detected; a `RealData` brings the user's columns and corrupt-image policy.
         """
         config = config or ProbeConfig()
-        image_column, label_column = find_image_column(train_dataset), find_label_column(train_dataset)
+        data = train_data if isinstance(train_data, RealData) else RealData.from_dataset(train_data)
         if config.augment:
             size = image_size or round(self.input_size * 8 / 7)
             real = RealImages.from_dataset(
-                train_dataset, square_preprocessing(self.preprocessing, size), image_column, label_column
+                data.dataset,
+                square_preprocessing(self.preprocessing, size),
+                data.image_column,
+                data.label_column,
+                skip_corrupt_images=data.skip_corrupt_images,
             )
             return self.probe("full_dataset", lambda run: (real.images(), real.labels), runs, config, seed)
         features, labels = features_and_labels(
             embed_dataset(
                 self.feature_extractor,
                 self.preprocessing,
-                train_dataset,
-                image_column=image_column,
-                label_column=label_column,
+                data.dataset,
+                image_column=data.image_column,
+                label_column=data.label_column,
                 batch_size=self.batch_size,
+                num_proc=data.num_proc,
+                skip_corrupt_images=data.skip_corrupt_images,
                 desc=f"Train features ({self.name})",
             ),
-            label_column,
+            data.label_column,
         )
         device = self.feature_extractor.mean.device
         per_run = [
@@ -382,7 +390,7 @@ def evaluate_training_sets(
     runs: int = 5,
     config: ProbeConfig | None = None,
     seed: int = 0,
-    full_dataset: datasets.Dataset | None = None,
+    full_dataset: RealData | datasets.Dataset | None = None,
 ) -> EvaluationReport:
     """Probe each training set (`name → run → (images, labels)`) with the same protocol, seeds and test split.
 
@@ -443,7 +451,7 @@ class DistilledSetEvaluator:
     Args:
         feature_extractor, image_processor: the distillation backbone (the default eval backbone; centroids and
             neighbours are chosen in its feature space).
-        train_dataset, image_column, label_column, class_names: the real training set (baselines, full data).
+        real_data: the real training set with its columns, classes and pass settings (baselines, full data).
         image_size: the synthetic resolution (baselines are decoded at it, as a distilled set is).
         crop_size: the eval backbones' input size (default: each processor's own).
         probe, runs: the protocol (`ProbeConfig`, probe runs per training set).
@@ -455,31 +463,23 @@ class DistilledSetEvaluator:
         self,
         feature_extractor: FeatureExtractor,
         image_processor: Any,
-        train_dataset: datasets.Dataset,
+        real_data: RealData,
         *,
-        image_column: str,
-        label_column: str,
-        class_names: list[str],
         image_size: int,
         crop_size: int | None = None,
         probe: ProbeConfig | None = None,
         runs: int = 5,
         name: str | None = None,
         compute_metrics: ComputeMetrics | None = None,
-        batch_size: int = 64,
-        num_proc: int | None = None,
-        skip_corrupt_images: bool = True,
     ):
         self.feature_extractor = feature_extractor
         self.image_processor = image_processor
-        self.train_dataset = train_dataset
-        self.image_column, self.label_column = image_column, label_column
-        self.class_names = class_names
+        self.real_data = real_data
+        self.label_column, self.class_names = real_data.label_column, real_data.class_names
         self.image_size, self.crop_size = image_size, crop_size
         self.probe, self.runs = probe or ProbeConfig(), runs
         self.name = name
         self.compute_metrics = compute_metrics
-        self.batch_size, self.num_proc, self.skip_corrupt_images = batch_size, num_proc, skip_corrupt_images
         self.preprocessing = ImagePreprocessing.from_image_processor(image_processor, crop_size)
         self._evaluators: list[tuple[Any, Any, ProbeEvaluator]] = []
         self._baselines: RealBaselines | None = None
@@ -512,7 +512,7 @@ class DistilledSetEvaluator:
         if "neighbors" in baselines:
             neighbors = self.baselines().neighbors(images, labels)
             training_sets["neighbors"] = lambda run: neighbors
-        full = self.train_dataset if "full_dataset" in baselines else None
+        full = self.real_data if "full_dataset" in baselines else None
         return evaluate_training_sets(evaluator, training_sets, self.runs, self.probe, full_dataset=full)
 
     def evaluator(self, dataset, eval_model=None, eval_image_processor=None, eval_feature_fn=None) -> ProbeEvaluator:
@@ -541,16 +541,17 @@ class DistilledSetEvaluator:
     def baselines(self) -> RealBaselines:
         """The real-image baselines of the training set (their feature column computed on first use)."""
         if self._baselines is None:
+            real = self.real_data
             self._baselines = RealBaselines(
-                self.train_dataset,
+                real.dataset,
                 self.feature_extractor,
                 self.preprocessing,
                 self.image_size,
-                image_column=self.image_column,
-                label_column=self.label_column,
-                class_names=self.class_names,
-                batch_size=self.batch_size,
-                num_proc=self.num_proc,
-                skip_corrupt_images=self.skip_corrupt_images,
+                image_column=real.image_column,
+                label_column=real.label_column,
+                class_names=real.class_names,
+                batch_size=real.batch_size,
+                num_proc=real.num_proc,
+                skip_corrupt_images=real.skip_corrupt_images,
             )
         return self._baselines

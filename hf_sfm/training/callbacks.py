@@ -11,19 +11,28 @@ Keyword arguments every hook receives: `model` (the frozen backbone), `processin
 
 `DistillerFlowCallback` (always first) turns `logging_steps`, `save_steps` and `eval_steps` into control flags,
 as `DefaultFlowCallback` does for `Trainer`; `ProgressCallback` draws the progress bar on the main process.
+`TrackersCallback` and `GridCallback` report to the trackers and draw the periodic grids, as `Trainer`'s
+integrations do, so the loop itself only calls hooks.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainerControl, TrainerState
+
+from ..utils.io_utils import make_owned_dirs, record_owned
+from .tracking import TRACKER_PROJECT, close_trackers, log_grid, start_trackers
 
 __all__ = [
     "CallbackHandler",
     "DistillerFlowCallback",
+    "GridCallback",
     "ProgressCallback",
+    "TrackersCallback",
     "TrainerCallback",
     "TrainerControl",
     "TrainerState",
@@ -118,3 +127,44 @@ class CallbackHandler:
 
 def _short(value: Any) -> Any:
     return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
+class TrackersCallback(TrainerCallback):
+    """Starts the accelerator's trackers when training begins, sends them every numeric log, finishes them at the
+    end (the files complete; logs after training, such as a final `evaluate()`, then reach the callbacks only)."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path, config: dict[str, Any], run_name: str | None):
+        self.accelerator, self.output_dir, self.config, self.run_name = accelerator, Path(output_dir), config, run_name
+
+    def on_train_begin(self, args, state, control, **kwargs: Any) -> None:
+        start_trackers(self.accelerator, self.config, self.run_name)
+        if self.accelerator.is_main_process and (self.output_dir / TRACKER_PROJECT).is_dir():
+            record_owned(self.output_dir / TRACKER_PROJECT, container=True)  # the trackers' own logs
+
+    def on_log(self, args, state, control, logs=None, **kwargs: Any) -> None:
+        numeric = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if numeric and self.accelerator.trackers:
+            self.accelerator.log(numeric, step=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs: Any) -> None:
+        close_trackers(self.accelerator)
+
+
+class GridCallback(TrainerCallback):
+    """Every `grid_steps` steps, the labelled grid of the synthetic images to `<output_dir>/grids/` and the trackers.
+
+    `images()` returns the current `(N, 3, S, S)` set (a collective while the set is sharded, so every process
+    calls it; the main process writes)."""
+
+    def __init__(self, accelerator, images, labels, class_names, output_dir: Path, grid_steps: int, overwrite: bool):
+        self.accelerator, self.images, self.labels, self.class_names = accelerator, images, labels, class_names
+        self.output_dir, self.grid_steps, self.overwrite = Path(output_dir), grid_steps, overwrite
+
+    def on_step_end(self, args, state, control, **kwargs: Any) -> None:
+        step = state.global_step
+        if not self.grid_steps or step % self.grid_steps:
+            return
+        images = self.images()
+        if self.accelerator.is_main_process:
+            path = make_owned_dirs(self.output_dir / "grids", root=self.output_dir) / f"step-{step:07d}.png"
+            log_grid(self.accelerator, images, self.labels, self.class_names, path, step, self.overwrite)

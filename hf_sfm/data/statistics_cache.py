@@ -1,0 +1,181 @@
+"""The class statistics of a run, computed once and kept: key, load, verify, save, and the per-process pass.
+
+A statistics file is reused only when it was computed from the same backbone (name, revision, weights, feature
+function), preprocessing, dataset version, columns and class names; anything else is refused with the difference
+named, since statistics of another backbone or dataset would steer the synthetic images towards the wrong target
+without any error. With several processes each one maps its own shard of the dataset and the per-class sums are
+all-reduced, so the result equals a one-process pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from datasets.fingerprint import Hasher
+
+from ..utils.versions import library_versions
+from .preprocessing import ImagePreprocessing
+from .real_data import RealData
+from .statistics import ClassStatistics, compute_class_statistics
+
+__all__ = ["ClassStatistics", "StatisticsCache", "check_statistics_usable", "statistics_key"]
+
+logger = get_logger(__name__)
+
+# Bump when the rows of the statistics map change, so a stale `datasets` cache of the old layout is not reused.
+STATISTICS_FORMAT = "partial-sums-v2"
+
+
+def statistics_key(
+    real_data: RealData, preprocessing: ImagePreprocessing, backbone: Mapping[str, str]
+) -> dict[str, str]:
+    """What identifies a statistics computation. `backbone`: `name`, `revision`, `weights`, `feature_fn`."""
+    return {
+        "backbone": backbone["name"],
+        "backbone_revision": backbone["revision"],
+        "preprocessing": json.dumps(preprocessing.to_dict(), sort_keys=True),
+        "dataset_fingerprint": real_data.fingerprint(),
+        "backbone_weights": backbone["weights"],
+        "feature_fn": backbone["feature_fn"],
+        "image_column": real_data.image_column,
+        "label_column": real_data.label_column,
+        "class_names": json.dumps(real_data.class_names),
+        "versions": json.dumps(library_versions(), sort_keys=True),
+    }
+
+
+class StatisticsCache:
+    """The statistics file of one run: `path`, checked against `key` (from `statistics_key`) before reuse.
+
+    Args:
+        accelerator: its processes share the pass; the main process writes the file.
+        real_data: the training set.
+        key: what identifies the computation (`statistics_key`).
+        path: the statistics file.
+        feature_dim: the backbone's feature dimension `D`, which a loaded file must match.
+        recompute: compute anew even when a matching file (or `datasets` cache) exists.
+        overwrite: replace an existing file (else only one hf_sfm wrote).
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        real_data: RealData,
+        key: dict[str, str],
+        path: Path,
+        feature_dim: int,
+        *,
+        recompute: bool = False,
+        overwrite: bool = False,
+    ):
+        if path.is_dir():
+            raise ValueError(
+                f"statistics_path={str(path)!r} is a folder; point it at a statistics file (e.g. "
+                f"{path / 'statistics.safetensors'})."
+            )
+        self.accelerator, self.real_data, self.key, self.path = accelerator, real_data, key, path
+        self.feature_dim = feature_dim
+        self.recompute, self.overwrite = recompute, overwrite
+
+    def check(self, statistics: ClassStatistics, where: str = "The given statistics") -> None:
+        """Refuse statistics of other classes, another feature size, or (where recorded) another computation."""
+        statistics.check_matches(self.real_data.class_names, self.feature_dim, where)
+        statistics.check_compatible({k: v for k, v in self.key.items() if k in statistics.metadata}, "statistics=")
+
+    def load_or_compute(
+        self, embed: Callable[[torch.Tensor], torch.Tensor], preprocessing: ImagePreprocessing, verbose_path: bool
+    ) -> ClassStatistics:
+        """Reuse the file when it exists and matches the key, else compute (all processes) and save it (main).
+
+        `embed`: a preprocessed `(B, 3, S, S)` uint8 batch → `(B, D)` features. `verbose_path`: the user named
+        the file, so say when it is created."""
+        path = self.path
+        if path.exists() and not self.recompute:
+            statistics = ClassStatistics.load(path)
+            statistics.check_compatible(self.key, path)
+            statistics.check_matches(self.real_data.class_names, self.feature_dim, f"The statistics in {path}")
+            logger.info(f"Loaded class statistics from {path}", main_process_only=True)
+            return statistics
+        if path.exists():
+            logger.info(f"recompute_statistics=True: recomputing {path}.", main_process_only=True)
+        elif verbose_path:
+            logger.info(f"{path} does not exist yet; computing class statistics into it.", main_process_only=True)
+        statistics = self.compute(embed, preprocessing)
+        if self.accelerator.is_main_process:
+            statistics.save(path, self.overwrite, "overwrite_output_dir=True")
+        self.accelerator.wait_for_everyone()
+        return statistics
+
+    def compute(
+        self, embed: Callable[[torch.Tensor], torch.Tensor], preprocessing: ImagePreprocessing
+    ) -> ClassStatistics:
+        """One pass over this process's shard of the set, the per-class sums all-reduced across processes."""
+        accelerator, real_data = self.accelerator, self.real_data
+        dataset = real_data.dataset
+        if accelerator.num_processes > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            dataset = split_dataset_by_node(
+                dataset, rank=accelerator.process_index, world_size=accelerator.num_processes
+            )
+        # Each process maps its own shard under its own fingerprint, so no cache file is shared and the passes run
+        # side by side (`main_process_first` would only serialise them).
+        fingerprint = Hasher.hash([STATISTICS_FORMAT, self.key, accelerator.process_index, accelerator.num_processes])
+        quiet = not accelerator.is_local_main_process and datasets.is_progress_bar_enabled()
+        if quiet:  # one progress bar per machine
+            datasets.disable_progress_bars()
+        try:
+            statistics = compute_class_statistics(
+                dataset,
+                embed,
+                image_column=real_data.image_column,
+                label_column=real_data.label_column,
+                class_names=real_data.class_names,
+                batch_size=real_data.batch_size,
+                num_proc=real_data.num_proc,
+                new_fingerprint=fingerprint,
+                metadata=self.key,
+                skip_corrupt_images=real_data.skip_corrupt_images,
+                load_from_cache_file=not self.recompute,  # recompute means recompute, not a cache hit
+                preprocessing=preprocessing,  # decoded and preprocessed in worker processes on a GPU
+                device=accelerator.device,
+            )
+        finally:
+            if quiet:
+                datasets.enable_progress_bars()
+        if accelerator.num_processes > 1:
+            device = accelerator.device
+            statistics.feature_sums = accelerator.reduce(statistics.feature_sums.to(device), "sum").cpu()
+            statistics.counts = accelerator.reduce(statistics.counts.to(device), "sum").cpu()
+        return statistics
+
+
+def check_statistics_usable(
+    statistics: ClassStatistics, real_data: RealData, *, needs_flow: bool, init: str, ipc: int, backbone: str
+) -> None:
+    """Refuse statistics a run cannot start from: other classes, a zero flow (the backbone ignores the image),
+    or too few images per class for `init='real'`/`'centroid'`."""
+    if statistics.num_classes != real_data.num_classes:
+        raise ValueError(
+            f"The statistics describe {statistics.num_classes} classes but the dataset has {real_data.num_classes}."
+        )
+    means = statistics.class_means  # raises, naming the classes without images
+    spread = (means - means.mean(dim=0, keepdim=True)).norm()
+    if needs_flow and float(spread) <= 1e-6 * max(1.0, float(means.norm())):
+        raise ValueError(
+            "Every class has the same mean feature (the real statistical flow is zero), so there is nothing to "
+            f"distil: {backbone}'s features do not depend on the image (all zero or constant). Check the backbone's "
+            "weights, its pooled output, or `feature_fn`."
+        )
+    if init in ("real", "centroid") and int(statistics.counts.min()) < ipc:
+        small = int(statistics.counts.argmin())
+        raise ValueError(
+            f"init={init!r} needs ipc={ipc} real images per class, but class {real_data.class_names[small]!r} has "
+            f"only {int(statistics.counts[small])}. Lower ipc or use init='noise'."
+        )

@@ -1,0 +1,81 @@
+"""The output directory of one run: checked and locked before any work, and the files `Trainer` users expect in it.
+
+Every process learns whether the lock was taken (a collective), so a second run in the same `output_dir` is
+refused at once on every process instead of after its statistics pass, and no process is left waiting in a
+collective the others skipped. Metrics and state files are written atomically by the main process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import broadcast_object_list
+from transformers import TrainerState
+
+from ..utils.io_utils import atomic_path, make_owned_dirs
+from .outputs import GRID_FILE, STATE_FILE, STATISTICS_FILE, OutputDirectoryBusy, OutputLock, check_output_dir
+from .tracking import format_metrics, write_metrics
+
+logger = get_logger(__name__)
+
+
+class RunOutputs:
+    """`output_dir` of a run: refused now if it holds another run's files (unless `overwrite` or `resuming`)."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path, overwrite: bool, resuming: bool):
+        self.accelerator, self.output_dir, self.overwrite = accelerator, Path(output_dir), overwrite
+        check_output_dir(self.output_dir, overwrite, resuming)
+        self.lock = OutputLock(self.output_dir)
+        self.locked = False
+
+    def statistics_path(self, statistics_path: str | None) -> Path:
+        return Path(statistics_path) if statistics_path else self.output_dir / STATISTICS_FILE
+
+    @property
+    def grid_path(self) -> Path:
+        return self.output_dir / GRID_FILE
+
+    def hub_folder(self, local_dir: str | Path | None) -> Path:
+        """Where a push's folders are written first (default `<output_dir>/hub/`, recorded as hf_sfm's)."""
+        return Path(local_dir) if local_dir is not None else make_owned_dirs(self.output_dir / "hub", self.output_dir)
+
+    def acquire(self) -> None:
+        """Take the lock before writing there (a collective: every process learns whether it worked).
+
+        Only the main process holds the lock; the others remember that their run has it, so every process returns
+        early together next time (a collective entered by some processes only would hang)."""
+        if self.locked:
+            return
+        failure: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            try:
+                self.lock.acquire()
+            except OutputDirectoryBusy as error:
+                failure[0] = str(error)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(failure, from_process=0)
+        if failure[0] is not None:
+            raise OutputDirectoryBusy(failure[0])
+        self.locked = True
+
+    def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            logger.info(format_metrics(split, metrics), main_process_only=True)
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        self.lock.acquire()
+        return write_metrics(self.output_dir, split, metrics, combined, overwrite=self.overwrite)
+
+    def save_state(self, state: TrainerState) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        self.lock.acquire()
+        path = self.output_dir / STATE_FILE
+        with atomic_path(path, self.overwrite, "overwrite_output_dir=True") as staged:
+            state.save_to_json(str(staged))
+        return path

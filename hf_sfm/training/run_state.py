@@ -1,0 +1,125 @@
+"""What a checkpoint records about its run, and how a run takes it back: the fingerprint and the run state.
+
+The fingerprint is what a resume is checked against (`checkpointing.REQUIRED_KEYS` must agree, anything else
+may change with a warning); the run state is the loop's progress (step, loss curve, log history) and the config
+that produced it. `RunCheckpointer` adds both to the `Checkpointer`, so the loop hands it its `TrainerState` and
+loss curve and gets them back on resume, without knowing the checkpoint's layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerState
+
+from ..utils.versions import library_versions
+from .checkpointing import Checkpointer, resolve_checkpoint, statistics_digest
+
+
+def run_fingerprint(
+    args,
+    *,
+    class_names: list[str],
+    image_size: int,
+    crop_size: int,
+    backbone: str,
+    backbone_weights: str,
+    class_means: torch.Tensor | None,
+    augmentation: Any,
+    num_processes: int,
+) -> dict[str, Any]:
+    """The run's fingerprint (JSON values): what its tensors mean, then what only changes its trajectory."""
+    fingerprint = {
+        "method": args.method,
+        "ipc": args.ipc,
+        "class_names": class_names,
+        "image_size": image_size,
+        "parameterization": args.parameterization,
+        "decorrelate_color": args.decorrelate_color,
+        "init": args.init,
+        "pyramid_max_resolution": args.pyramid_max_resolution,
+        "backbone": backbone,
+        "backbone_weights": backbone_weights,
+        "statistics": statistics_digest(class_means),
+        # Allowed to change, with a warning: the run continues but differs from an uninterrupted one.
+        "crop_size": crop_size,
+        "learning_rate": args.learning_rate,
+        "scale_learning_rate": args.scale_learning_rate,
+        "pyramid_level_every": args.pyramid_level_every,
+        "augmentation": dataclasses.asdict(augmentation),
+        "mixed_precision": args.mixed_precision,
+        "method_kwargs": args.method_kwargs,
+        "num_processes": num_processes,
+    }
+    return json.loads(json.dumps(fingerprint))
+
+
+class RunCheckpointer(Checkpointer):
+    """The `Checkpointer` of one run, owning its fingerprint and turning the loop's progress into run state."""
+
+    fingerprint: dict[str, Any] | None = None
+
+    def resolve(self, resume_from_checkpoint: str | bool | None) -> Path | None:
+        """The checkpoint to resume from (`checkpointing.resolve_checkpoint` in this run's `output_dir`), or None."""
+        return resolve_checkpoint(resume_from_checkpoint, self.output_dir)
+
+    def start(self, fingerprint: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+        """Begin a run: what its checkpoints are checked against, and the generators they save."""
+        self.fingerprint = fingerprint
+        self.track(generators)
+
+    def save_progress(
+        self,
+        synthetic: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        shard: tuple[int, int],
+        state: TrainerState,
+        losses: torch.Tensor,
+        config: dict[str, Any],
+    ) -> Path:
+        """`checkpoint-<global_step>` of the run: images, optimiser, generators and the run state (a collective)."""
+        step = state.global_step
+        self.loop_state.step = step
+        run_state = {
+            "step": step,
+            "num_steps": state.max_steps,
+            "num_images": synthetic.num_images,
+            "losses": losses[:step].tolist(),
+            "log_history": state.log_history,
+            "fingerprint": self.fingerprint,
+            "config": config,
+            "versions": library_versions(),
+        }
+        return self.save(step, synthetic, optimizer, shard, run_state)
+
+    def restore(
+        self,
+        checkpoint: Path,
+        state: TrainerState,
+        losses: torch.Tensor,
+        *,
+        synthetic: torch.nn.Module,
+        make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+        shard: tuple[int, int],
+    ) -> torch.optim.Optimizer:
+        """Resume from `checkpoint`: images, generators, optimiser (returned), and the step, log history and loss
+        curve written into `state` and `losses`. Refuses the checkpoint of an incompatible run."""
+        optimizer, saved = self.resume(
+            checkpoint,
+            self.fingerprint,
+            state.max_steps,
+            synthetic=synthetic,
+            make_optimizer=make_optimizer,
+            shard=shard,
+            num_images=synthetic.num_images,
+        )
+        step = saved["step"]
+        state.global_step = step
+        state.log_history = list(saved.get("log_history", []))
+        losses[:step] = torch.tensor(saved["losses"][:step], device=losses.device)
+        return optimizer
