@@ -4,41 +4,38 @@ It works like `transformers.Trainer`: the constructor wires backbone, data, imag
 `Accelerator`; `compute_statistics()`, `train()` and `evaluate()` do the work; `log_metrics` / `save_metrics` /
 `save_state` record it; `distilled_dataset()` / `save_distilled()` / `push_to_hub()` hand out the result.
 
-It orchestrates and owns nothing else (docs/DESIGN.md, "Layers"): the real data is a `RealData` resolved once,
-the backbone a `FrozenBackbone`, the statistics a `StatisticsCache`'s, the loss a method's (`hf_sfm.methods`), one
-step and the run's health a `SyntheticRun`'s, checkpoints a `RunCheckpointer`'s, trackers and grids callbacks',
-the probe protocol `hf_sfm.evaluation.probe`'s, export and push a `DistilledSet`'s. Data flows one way:
-statistics → synthetic → features → loss → evaluation → export/hub; nothing below this module imports it.
+It orchestrates; each job is another module's (docs/DESIGN.md, "Layers and data flow"): the real data is a
+`RealData` resolved once, the backbone a `FrozenBackbone`, the statistics a `StatisticsCache`'s, the loss a
+method's, a step and the run's health a `SyntheticRun`'s, checkpoints a `RunCheckpointer`'s, trackers and grids
+callbacks', the probe protocol `hf_sfm.evaluation.probe`'s, export and push a `DistilledSet`'s.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
-from transformers import TrainerCallback, TrainerControl, TrainerState
+from transformers import TrainerCallback, TrainerControl
 from transformers.trainer_utils import TrainOutput
 
 from .backbone.frozen import FeatureFn, FrozenBackbone
 from .config import DistillationConfig
 from .data.real_data import RealData
-from .data.statistics_cache import ClassStatistics, StatisticsCache, check_statistics_usable, statistics_key
 from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator, ProbeConfig
-from .methods import MethodContext
 from .publishing.distilled_set import DistilledSet, HubTarget
 from .synthesis.augment import Augmentation
 from .synthesis.synthetic import SyntheticImages, synthetic_labels
-from .training.callbacks import CallbackHandler, GridCallback, TrackersCallback
+from .training.callbacks import CallbackHandler, GridCallback, TrackersCallback, new_state
 from .training.run_outputs import RunOutputs
-from .training.run_state import RunCheckpointer, run_fingerprint
-from .training.synthetic_run import SyntheticRun, create_method, reduce_sum_of
+from .training.run_state import RunCheckpointer, run_fingerprint, train_metrics
+from .training.statistics_cache import ClassStatistics, StatisticsCache
+from .training.synthetic_run import SyntheticRun, create_method, method_context, new_synthetic_images, reduce_sum_of
 from .utils.distributed import cpu_only
 
 
@@ -84,62 +81,25 @@ class Distiller:
         if eval_dataset is not None:
             self.real_data.check_eval_split(eval_dataset, args.label_column)
         self.eval_dataset = eval_dataset
-        self.outputs = RunOutputs(
-            self.accelerator, args.output_dir, args.overwrite_output_dir, bool(args.resume_from_checkpoint)
-        )
+        self.outputs = RunOutputs(self.accelerator, args)
         self.output_dir, self.output_lock = self.outputs.output_dir, self.outputs.lock
-        statistics_path = self.outputs.statistics_path(args.statistics_path)
-        if args.statistics_path and statistics_path.is_dir():
-            raise ValueError(
-                f"statistics_path={args.statistics_path!r} is a folder; point it at a statistics file (e.g. "
-                f"{statistics_path / 'statistics.safetensors'})."
-            )
         self.outputs.acquire()  # a second run in this output_dir is refused now, not after its statistics pass
         self.model, self.image_processor = model, image_processor
-        self.backbone = FrozenBackbone.prepare(
-            model,
-            image_processor,
-            crop_size=args.crop_size,
-            feature_fn=feature_fn,
-            mixed_precision=args.mixed_precision,
-            gradient_checkpointing=args.gradient_checkpointing,
-            device=self.accelerator.device,
-        )
+        self.backbone = FrozenBackbone.from_config(model, image_processor, feature_fn, args, self.accelerator.device)
         self.feature_extractor, self.preprocessing = self.backbone.feature_extractor, self.backbone.preprocessing
         self.precision = self.backbone.precision
         self.image_size = args.image_size or round(self.preprocessing.crop_size * 8 / 7)
         self.augmentation = Augmentation.from_config(args, output_size=self.preprocessing.crop_size)
-        self.statistics_cache = StatisticsCache(
-            self.accelerator,
-            self.real_data,
-            statistics_key(self.real_data, self.preprocessing, self.backbone.identity),
-            statistics_path,
-            self.feature_extractor.feature_dim(),
-            recompute=args.recompute_statistics,
-            overwrite=args.overwrite_output_dir,
-        )
+        self.statistics_cache = StatisticsCache.from_config(args, self.accelerator, self.real_data, self.backbone)
         if statistics is not None:  # checked now: a mismatch would otherwise fail deep inside the loss
             self.statistics_cache.check(statistics)
         self.statistics = statistics
         self.synthetic: SyntheticImages | None = None
         self.labels = synthetic_labels(self.num_classes, args.ipc)
         self.losses: list[float] = []
-        self.callback_handler = CallbackHandler(
-            [
-                TrackersCallback(self.accelerator, self.output_dir, args.to_dict(), args.run_name),
-                GridCallback(
-                    self.accelerator,
-                    self.synthetic_images,
-                    self.labels,
-                    self.class_names,
-                    self.output_dir,
-                    args.grid_steps,
-                    args.overwrite_output_dir,
-                ),
-                *(callbacks or []),
-            ]
-        )
-        self.state = self._new_state()
+        grids = GridCallback(self.accelerator, self.synthetic_images, self.labels, self.class_names)
+        self.callback_handler = CallbackHandler([TrackersCallback(self.accelerator), grids, *(callbacks or [])])
+        self.state = new_state(args, self.accelerator)
         self.control = TrainerControl()
         self.checkpointer = RunCheckpointer(
             self.accelerator, self.output_dir, args.save_total_limit, overwrite=args.overwrite_output_dir
@@ -180,17 +140,6 @@ class Distiller:
     def is_world_process_zero(self) -> bool:
         return self.accelerator.is_main_process
 
-    def _new_state(self) -> TrainerState:
-        """A fresh `TrainerState`; its `max_steps` is the run's one source of `num_steps`."""
-        return TrainerState(
-            max_steps=self.args.num_steps,
-            logging_steps=self.args.logging_steps,
-            save_steps=self.args.save_steps,
-            eval_steps=self.args.eval_steps,
-            is_local_process_zero=self.accelerator.is_local_main_process,
-            is_world_process_zero=self.accelerator.is_main_process,
-        )
-
     def _event(self, event: str, **kwargs: Any) -> TrainerControl:
         self.control = self.callback_handler.call_event(
             event,
@@ -230,33 +179,13 @@ class Distiller:
         with the same backbone, preprocessing and dataset; refuses a mismatched file with a clear error.
         """
         self.outputs.acquire()
-        args = self.args
-        statistics = self.statistics_cache.load_or_compute(
-            self.backbone.embed_pixels, self.preprocessing, verbose_path=bool(args.statistics_path)
-        )
-        check_statistics_usable(
-            statistics,
-            self.real_data,
-            needs_flow=args.method_class.needs_statistics,
-            init=args.init,
-            ipc=args.ipc,
-            backbone=self.backbone.class_name,
-        )
-        self.statistics = statistics
-        return statistics
+        self.statistics = self.statistics_cache.load_or_compute()
+        return self.statistics
 
     def init_synthetic(self) -> SyntheticImages:
         """Create the synthetic images: noise, `ipc` random real images per class, or the class centroids."""
         args = self.args
-        synthetic = SyntheticImages(
-            num_images=self.num_classes * args.ipc,
-            image_size=self.image_size,
-            parameterization=args.parameterization,
-            decorrelate_color=args.decorrelate_color,
-            init_std=args.init_noise_std,
-            generator=torch.Generator().manual_seed(args.seed),
-            max_trainable_size=args.pyramid_max_resolution,
-        )
+        synthetic = new_synthetic_images(args, self.num_classes * args.ipc, self.image_size)
         if args.init == "real":
             synthetic.set_images(self.sample_real_images(args.ipc, seed=args.seed))
         elif args.init == "centroid":
@@ -269,21 +198,10 @@ class Distiller:
         """`ipc` random real training images per class, class-major, `(C · ipc, 3, S, S)` in `[0, 1]`."""
         return self.real_data.sample_images(self.preprocessing, size or self.image_size, ipc, seed)
 
-    def method_context(self) -> MethodContext:
-        """The small, typed view of this run a method is built from (never the Distiller itself)."""
-
-        def real_batches(batch_size: int, seed: int):
-            return self.real_data.batch_stream(self.preprocessing, self.image_size, batch_size, seed)
-
-        return MethodContext(
-            num_classes=self.num_classes,
-            ipc=self.args.ipc,
-            seed=self.args.seed,
-            class_means=self._means(),
-            real_batches=real_batches if self.args.method_class.needs_real_images else None,
-            reduce_sum=self.reduce_sum or (lambda tensor: tensor),
-            process_index=self.accelerator.process_index,
-        )
+    def method_context(self):
+        """The small, typed `MethodContext` of this run a method is built from (never the Distiller itself)."""
+        real_batches = functools.partial(self.real_data.batch_stream, self.preprocessing, self.image_size)
+        return method_context(self.args, self.num_classes, self._means(), real_batches, self.accelerator)
 
     def create_method(self):
         return create_method(self.args, self.method_context(), self.accelerator)
@@ -308,33 +226,18 @@ class Distiller:
         resume = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
         checkpoint = self.checkpointer.resolve(resume)
         synthetic = self.init_synthetic()
-        self.state = self._new_state()
+        self.state = new_state(args, self.accelerator)  # `max_steps`: the run's one source of num_steps
+        method, max_steps = self.create_method(), self.state.max_steps
         run = self._run = SyntheticRun(
-            synthetic,
-            self.create_method(),
-            self.labels,
-            self.feature_extractor,
-            self.augmentation,
-            self.precision,
-            self.accelerator,
-            args,
-            self.state.max_steps,
-            self.backbone.class_name,
+            synthetic, method, self.labels, self.backbone, self.augmentation, self.accelerator, args, max_steps
         )
         self.checkpointer.start(self.checkpoint_fingerprint(), run.generators())
         if checkpoint is not None:
-            run.optimizer = self.checkpointer.restore(
-                checkpoint,
-                self.state,
-                run.losses,
-                synthetic=synthetic,
-                make_optimizer=run.new_optimizer,
-                shard=run.shard,
-            )
+            self.checkpointer.restore(checkpoint, run, self.state)
         first_step = self.state.global_step
         self._event("on_train_begin", optimizer=run.optimizer)
-        start = self._last_log = time.perf_counter()
-        self._last_log_step = first_step
+        start = time.perf_counter()
+        run.start_logging(first_step)
         for step in range(first_step, self.state.max_steps):
             self._event("on_step_begin", optimizer=run.optimizer)
             run.step(step)
@@ -344,19 +247,11 @@ class Distiller:
             if self.control.should_training_stop:
                 break
         runtime = time.perf_counter() - start
-        steps_run = self.state.global_step - first_step
         self.losses = run.finish(self.state.global_step)
         if args.save_grid and self.accelerator.is_main_process:
             self.save_grid(self.outputs.grid_path)
         self._event("on_train_end", optimizer=run.optimizer)
-        training_loss = float(np.mean(self.losses[first_step:])) if steps_run else math.nan
-        metrics = {
-            "train_runtime": round(runtime, 4),
-            "train_steps_per_second": round(steps_run / runtime, 4) if runtime > 0 else math.nan,
-            "train_seconds_per_step": runtime / max(1, steps_run),
-            "train_loss": training_loss,
-            "final_loss": self.losses[-1] if self.losses else math.nan,
-        }
+        training_loss, metrics = train_metrics(runtime, self.losses, first_step)
         self.state.log_history.append({**metrics, "step": self.state.global_step})
         return TrainOutput(self.state.global_step, training_loss, metrics)
 
@@ -364,17 +259,7 @@ class Distiller:
         """Act on the flags the callbacks set this step: log, evaluate, save (health-checked before log and save)."""
         step, control = self.state.global_step, self.control
         if control.should_log:
-            now = time.perf_counter()
-            run.check(step)
-            self.log(
-                {
-                    "loss": run.mean_loss(self._last_log_step, step),
-                    "learning_rate": run.optimizer.param_groups[0]["lr"],
-                    "seconds_per_step": (now - self._last_log) / (step - self._last_log_step),
-                    "pyramid_levels": int(run.synthetic.num_active_levels),
-                }
-            )
-            self._last_log_step, self._last_log = step, now
+            self.log(run.logs(step))  # health-checked first
             control.should_log = False
         if control.should_evaluate:
             control.should_evaluate = False
@@ -382,10 +267,7 @@ class Distiller:
         if control.should_save:
             control.should_save = False
             run.check(step)
-            config = self.args.to_dict()
-            target = self.checkpointer.save_progress(
-                run.synthetic, run.optimizer, run.shard, self.state, run.losses, config
-            )
+            target = self.checkpointer.save_progress(run, self.state, self.args.to_dict())
             self._event("on_save", checkpoint=target)
 
     def checkpoint_fingerprint(self) -> dict[str, Any]:
@@ -395,8 +277,7 @@ class Distiller:
             class_names=self.class_names,
             image_size=self.image_size,
             crop_size=self.preprocessing.crop_size,
-            backbone=self.backbone.name,
-            backbone_weights=self.backbone.identity["weights"],
+            backbone=self.backbone.identity,
             class_means=self._means(),
             augmentation=self.augmentation,
             num_processes=self.accelerator.num_processes,
@@ -431,16 +312,13 @@ class Distiller:
         images = self.synthetic_images()  # a collective when sharded
         holder: list[Any] = [None]
         if self.accelerator.is_main_process:
+            baselines = list(self.args.eval_baselines if baselines is None else baselines)
+            backbone = dict(
+                eval_model=eval_model, eval_image_processor=eval_image_processor, eval_feature_fn=eval_feature_fn
+            )
+            means, seed = self._means(), self.args.seed
             report = self.evaluator.report(
-                dataset,
-                images,
-                self.labels,
-                list(self.args.eval_baselines if baselines is None else baselines),
-                eval_model=eval_model,
-                eval_image_processor=eval_image_processor,
-                eval_feature_fn=eval_feature_fn,
-                class_means=self._means(),
-                seed=self.args.seed,
+                dataset, images, self.labels, baselines, class_means=means, seed=seed, **backbone
             )
             holder[0] = report.metrics(metric_key_prefix)
         if self.accelerator.num_processes > 1:
@@ -467,17 +345,9 @@ class Distiller:
 
     def distilled_set(self) -> DistilledSet:
         """The synthetic set with what produced it: what export, cards and the Hub take (a collective when sharded)."""
-        return DistilledSet(
-            self.synthetic_images(),
-            self.labels,
-            self.class_names,
-            config=self.args,
-            statistics=self.statistics,
-            preprocessing=self.preprocessing,
-            backbone=self.backbone.name,
-            backbone_revision=self.backbone.identity["revision"] or None,
-            source_dataset=self.source_dataset,
-        )
+        images, source = self.synthetic_images(), self.source_dataset
+        parts = (self.args, self.statistics, self.preprocessing, self.backbone.identity, source)
+        return DistilledSet(images, self.labels, self.class_names, *parts)
 
     def distilled_dataset(self) -> datasets.Dataset:
         """The synthetic set as a `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""
@@ -549,29 +419,19 @@ class Distiller:
         """
         if self.synthetic is None:
             raise RuntimeError("There is no distilled set to push yet: call `train()` before `push_to_hub()`.")
-        target = HubTarget.resolve(
-            self.args,
-            dataset_repo_id=dataset_repo_id,
-            classifier_repo_id=classifier_repo_id,
-            classifier=classifier,
-            private=private,
-            token=token,
-            revision=revision,
-            create_pr=create_pr,
-            commit_message=commit_message,
+        options = dict(
+            private=private, token=token, revision=revision, create_pr=create_pr, commit_message=commit_message
         )
+        target = HubTarget.resolve(self.args, dataset_repo_id, classifier_repo_id, classifier, **options)
         local_dir = self.outputs.hub_folder(local_dir)
         card_kwargs.setdefault("source_dataset", self.source_dataset)
-        dataset_folder = self.save_distilled(
-            target.folder(local_dir, target.dataset_repo_id),
-            metrics=metrics,
-            repo_id=target.dataset_repo_id,
-            classifier_repo_id=target.classifier_repo_id,
-            **card_kwargs,
+        folder, repo_id = target.folder(local_dir, target.dataset_repo_id), target.dataset_repo_id
+        folder = self.save_distilled(
+            folder, metrics=metrics, repo_id=repo_id, classifier_repo_id=target.classifier_repo_id, **card_kwargs
         )
         commits: dict[str, Any] = {"dataset": None, "classifier": None}
         if self.accelerator.is_main_process:
             overwrite = self.args.overwrite_output_dir
-            commits = target.push(dataset_folder, local_dir, classifier, metrics, card_kwargs, overwrite)
+            commits = target.push(folder, local_dir, classifier, metrics, card_kwargs, overwrite)
         self.accelerator.wait_for_everyone()
         return commits

@@ -62,6 +62,19 @@ class FrozenBackbone:
         precision = Precision(mixed_precision, device)
         return cls(feature_extractor, preprocessing, precision, identity_of(feature_extractor))
 
+    @classmethod
+    def from_config(cls, model: nn.Module, image_processor: Any, feature_fn: FeatureFn | None, args, device):
+        """`prepare` with a `DistillationConfig`'s crop size, precision and gradient checkpointing."""
+        return cls.prepare(
+            model,
+            image_processor,
+            crop_size=args.crop_size,
+            feature_fn=feature_fn,
+            mixed_precision=args.mixed_precision,
+            gradient_checkpointing=args.gradient_checkpointing,
+            device=device,
+        )
+
     @property
     def name(self) -> str:
         return self.identity["name"]

@@ -30,8 +30,7 @@ class DistilledSet:
     config: Any = None
     statistics: Any = None
     preprocessing: Any = None
-    backbone: str = ""
-    backbone_revision: str | None = None
+    backbone: dict[str, str] | None = None  # `name` and `revision` (a `FrozenBackbone.identity`)
     source_dataset: str | None = None
 
     def dataset(self) -> datasets.Dataset:
@@ -49,8 +48,8 @@ class DistilledSet:
             config=self.config,
             statistics=self.statistics,
             preprocessing=self.preprocessing,
-            backbone=self.backbone,
-            backbone_revision=self.backbone_revision or None,
+            backbone=(self.backbone or {}).get("name", ""),
+            backbone_revision=(self.backbone or {}).get("revision") or None,
             metrics=metrics,
             overwrite=overwrite,
             flag=OVERWRITE_FLAG,
@@ -80,10 +79,10 @@ class HubTarget:
     def resolve(
         cls,
         args,
-        *,
         dataset_repo_id: str | None,
         classifier_repo_id: str | None,
         classifier: Any,
+        *,
         private: bool | None,
         token: str | None,
         revision: str | None,

@@ -49,6 +49,19 @@ EVENTS = (
 )
 
 
+def new_state(args, accelerator: Accelerator) -> TrainerState:
+    """A run's fresh `TrainerState`. Its `max_steps` (from `args.num_steps`) is the one number of steps the loop
+    and every callback read."""
+    return TrainerState(
+        max_steps=args.num_steps,
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        eval_steps=args.eval_steps,
+        is_local_process_zero=accelerator.is_local_main_process,
+        is_world_process_zero=accelerator.is_main_process,
+    )
+
+
 class DistillerFlowCallback(TrainerCallback):
     """Sets `should_log` / `should_save` / `should_evaluate` every `logging_steps` / `save_steps` / `eval_steps`."""
 
@@ -130,16 +143,18 @@ def _short(value: Any) -> Any:
 
 
 class TrackersCallback(TrainerCallback):
-    """Starts the accelerator's trackers when training begins, sends them every numeric log, finishes them at the
-    end (the files complete; logs after training, such as a final `evaluate()`, then reach the callbacks only)."""
+    """Starts the accelerator's trackers when training begins (`args.report_to`, `run_name`; logs under
+    `<output_dir>/hf_sfm`), sends them every numeric log, finishes them at the end (the files complete; logs after
+    training, such as a final `evaluate()`, then reach the callbacks only)."""
 
-    def __init__(self, accelerator: Accelerator, output_dir: Path, config: dict[str, Any], run_name: str | None):
-        self.accelerator, self.output_dir, self.config, self.run_name = accelerator, Path(output_dir), config, run_name
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
 
     def on_train_begin(self, args, state, control, **kwargs: Any) -> None:
-        start_trackers(self.accelerator, self.config, self.run_name)
-        if self.accelerator.is_main_process and (self.output_dir / TRACKER_PROJECT).is_dir():
-            record_owned(self.output_dir / TRACKER_PROJECT, container=True)  # the trackers' own logs
+        start_trackers(self.accelerator, args.to_dict(), args.run_name)
+        logs = Path(args.output_dir) / TRACKER_PROJECT
+        if self.accelerator.is_main_process and logs.is_dir():
+            record_owned(logs, container=True)  # the trackers' own logs
 
     def on_log(self, args, state, control, logs=None, **kwargs: Any) -> None:
         numeric = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -151,20 +166,21 @@ class TrackersCallback(TrainerCallback):
 
 
 class GridCallback(TrainerCallback):
-    """Every `grid_steps` steps, the labelled grid of the synthetic images to `<output_dir>/grids/` and the trackers.
+    """Every `args.grid_steps` steps, the labelled grid of the synthetic images to `<output_dir>/grids/` and the
+    trackers.
 
     `images()` returns the current `(N, 3, S, S)` set (a collective while the set is sharded, so every process
     calls it; the main process writes)."""
 
-    def __init__(self, accelerator, images, labels, class_names, output_dir: Path, grid_steps: int, overwrite: bool):
+    def __init__(self, accelerator: Accelerator, images, labels, class_names: list[str]):
         self.accelerator, self.images, self.labels, self.class_names = accelerator, images, labels, class_names
-        self.output_dir, self.grid_steps, self.overwrite = Path(output_dir), grid_steps, overwrite
 
     def on_step_end(self, args, state, control, **kwargs: Any) -> None:
         step = state.global_step
-        if not self.grid_steps or step % self.grid_steps:
+        if not args.grid_steps or step % args.grid_steps:
             return
         images = self.images()
         if self.accelerator.is_main_process:
-            path = make_owned_dirs(self.output_dir / "grids", root=self.output_dir) / f"step-{step:07d}.png"
-            log_grid(self.accelerator, images, self.labels, self.class_names, path, step, self.overwrite)
+            output_dir = Path(args.output_dir)
+            path = make_owned_dirs(output_dir / "grids", root=output_dir) / f"step-{step:07d}.png"
+            log_grid(self.accelerator, images, self.labels, self.class_names, path, step, args.overwrite_output_dir)

@@ -16,23 +16,25 @@ from accelerate.utils import broadcast_object_list
 from transformers import TrainerState
 
 from ..utils.io_utils import atomic_path, make_owned_dirs
-from .outputs import GRID_FILE, STATE_FILE, STATISTICS_FILE, OutputDirectoryBusy, OutputLock, check_output_dir
+from .outputs import GRID_FILE, STATE_FILE, OutputDirectoryBusy, OutputLock, check_output_dir
 from .tracking import format_metrics, write_metrics
 
 logger = get_logger(__name__)
 
 
 class RunOutputs:
-    """`output_dir` of a run: refused now if it holds another run's files (unless `overwrite` or `resuming`)."""
+    """`args.output_dir` of a run: refused now if it holds another run's files (unless `args.overwrite_output_dir`,
+    or the run resumes)."""
 
-    def __init__(self, accelerator: Accelerator, output_dir: str | Path, overwrite: bool, resuming: bool):
-        self.accelerator, self.output_dir, self.overwrite = accelerator, Path(output_dir), overwrite
-        check_output_dir(self.output_dir, overwrite, resuming)
+    def __init__(self, accelerator: Accelerator, args):
+        self.accelerator, self.output_dir, self.overwrite = (
+            accelerator,
+            Path(args.output_dir),
+            args.overwrite_output_dir,
+        )
+        check_output_dir(self.output_dir, self.overwrite, bool(args.resume_from_checkpoint))
         self.lock = OutputLock(self.output_dir)
         self.locked = False
-
-    def statistics_path(self, statistics_path: str | None) -> Path:
-        return Path(statistics_path) if statistics_path else self.output_dir / STATISTICS_FILE
 
     @property
     def grid_path(self) -> Path:

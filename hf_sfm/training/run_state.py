@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import TrainerState
 
 from ..utils.versions import library_versions
 from .checkpointing import Checkpointer, resolve_checkpoint, statistics_digest
+from .synthetic_run import SyntheticRun
 
 
 def run_fingerprint(
@@ -27,13 +29,14 @@ def run_fingerprint(
     class_names: list[str],
     image_size: int,
     crop_size: int,
-    backbone: str,
-    backbone_weights: str,
+    backbone: dict[str, str],
     class_means: torch.Tensor | None,
     augmentation: Any,
     num_processes: int,
 ) -> dict[str, Any]:
-    """The run's fingerprint (JSON values): what its tensors mean, then what only changes its trajectory."""
+    """The run's fingerprint (JSON values): what its tensors mean, then what only changes its trajectory.
+
+    `backbone`: a `FrozenBackbone.identity` (its `name` and `weights` digest are recorded)."""
     fingerprint = {
         "method": args.method,
         "ipc": args.ipc,
@@ -43,8 +46,8 @@ def run_fingerprint(
         "decorrelate_color": args.decorrelate_color,
         "init": args.init,
         "pyramid_max_resolution": args.pyramid_max_resolution,
-        "backbone": backbone,
-        "backbone_weights": backbone_weights,
+        "backbone": backbone["name"],
+        "backbone_weights": backbone["weights"],
         "statistics": statistics_digest(class_means),
         # Allowed to change, with a warning: the run continues but differs from an uninterrupted one.
         "crop_size": crop_size,
@@ -57,6 +60,19 @@ def run_fingerprint(
         "num_processes": num_processes,
     }
     return json.loads(json.dumps(fingerprint))
+
+
+def train_metrics(runtime: float, losses: list[float], first_step: int) -> tuple[float, dict[str, float]]:
+    """`(training_loss, metrics)` of `train()`: the mean loss of the steps run since `first_step`, and speed."""
+    steps_run = len(losses) - first_step
+    training_loss = float(np.mean(losses[first_step:])) if steps_run else math.nan
+    return training_loss, {
+        "train_runtime": round(runtime, 4),
+        "train_steps_per_second": round(steps_run / runtime, 4) if runtime > 0 else math.nan,
+        "train_seconds_per_step": runtime / max(1, steps_run),
+        "train_loss": training_loss,
+        "final_loss": losses[-1] if losses else math.nan,
+    }
 
 
 class RunCheckpointer(Checkpointer):
@@ -73,53 +89,35 @@ class RunCheckpointer(Checkpointer):
         self.fingerprint = fingerprint
         self.track(generators)
 
-    def save_progress(
-        self,
-        synthetic: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        shard: tuple[int, int],
-        state: TrainerState,
-        losses: torch.Tensor,
-        config: dict[str, Any],
-    ) -> Path:
+    def save_progress(self, run: SyntheticRun, state: TrainerState, config: dict[str, Any]) -> Path:
         """`checkpoint-<global_step>` of the run: images, optimiser, generators and the run state (a collective)."""
         step = state.global_step
         self.loop_state.step = step
         run_state = {
             "step": step,
             "num_steps": state.max_steps,
-            "num_images": synthetic.num_images,
-            "losses": losses[:step].tolist(),
+            "num_images": run.num_images,
+            "losses": run.losses[:step].tolist(),
             "log_history": state.log_history,
             "fingerprint": self.fingerprint,
             "config": config,
             "versions": library_versions(),
         }
-        return self.save(step, synthetic, optimizer, shard, run_state)
+        return self.save(step, run.synthetic, run.optimizer, run.shard, run_state)
 
-    def restore(
-        self,
-        checkpoint: Path,
-        state: TrainerState,
-        losses: torch.Tensor,
-        *,
-        synthetic: torch.nn.Module,
-        make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
-        shard: tuple[int, int],
-    ) -> torch.optim.Optimizer:
-        """Resume from `checkpoint`: images, generators, optimiser (returned), and the step, log history and loss
-        curve written into `state` and `losses`. Refuses the checkpoint of an incompatible run."""
-        optimizer, saved = self.resume(
+    def restore(self, checkpoint: Path, run: SyntheticRun, state: TrainerState) -> None:
+        """Resume `run` from `checkpoint`: images, generators, optimiser, loss curve, and the step and log history
+        into `state`. Refuses the checkpoint of an incompatible run."""
+        run.optimizer, saved = self.resume(
             checkpoint,
             self.fingerprint,
             state.max_steps,
-            synthetic=synthetic,
-            make_optimizer=make_optimizer,
-            shard=shard,
-            num_images=synthetic.num_images,
+            synthetic=run.synthetic,
+            make_optimizer=run.new_optimizer,
+            shard=run.shard,
+            num_images=run.num_images,
         )
         step = saved["step"]
         state.global_step = step
         state.log_history = list(saved.get("log_history", []))
-        losses[:step] = torch.tensor(saved["losses"][:step], device=losses.device)
-        return optimizer
+        run.losses[:step] = torch.tensor(saved["losses"][:step], device=run.losses.device)

@@ -10,22 +10,50 @@ at logging and saving steps.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from accelerate import Accelerator
 
-from ..backbone.features import FeatureExtractor
+from ..backbone.frozen import FrozenBackbone
 from ..backbone.memory import embed_in_chunks
 from ..methods import DistillationMethod, MethodContext
 from ..synthesis.augment import Augmentation
 from ..synthesis.synthetic import SyntheticImages
 from ..utils.distributed import all_reduce_sum, gather_parameters, gather_shards, shard_parameters
-from ..utils.precision import Precision
 from .health import RunHealth, warn_if_pyramid_incomplete
 
 
 def reduce_sum_of(accelerator: Accelerator):
     """Differentiable sum over processes of per-class sums; `None` with one process (exact single-process sums)."""
     return all_reduce_sum if accelerator.num_processes > 1 else None
+
+
+def new_synthetic_images(args, num_images: int, image_size: int) -> SyntheticImages:
+    """`num_images` synthetic images as `args` parameterise and initialise them from noise (seeded by `args.seed`)."""
+    return SyntheticImages(
+        num_images=num_images,
+        image_size=image_size,
+        parameterization=args.parameterization,
+        decorrelate_color=args.decorrelate_color,
+        init_std=args.init_noise_std,
+        generator=torch.Generator().manual_seed(args.seed),
+        max_trainable_size=args.pyramid_max_resolution,
+    )
+
+
+def method_context(args, num_classes: int, class_means, real_batches, accelerator: Accelerator) -> MethodContext:
+    """The small, typed view of a run a method is built from: `real_batches(batch_size, seed)` is offered only to a
+    method that draws real images, and the sum over processes is the identity with one process."""
+    return MethodContext(
+        num_classes=num_classes,
+        ipc=args.ipc,
+        seed=args.seed,
+        class_means=class_means,
+        real_batches=real_batches if args.method_class.needs_real_images else None,
+        reduce_sum=reduce_sum_of(accelerator) or (lambda tensor: tensor),
+        process_index=accelerator.process_index,
+    )
 
 
 def create_method(args, context: MethodContext, accelerator: Accelerator) -> DistillationMethod:
@@ -40,11 +68,10 @@ class SyntheticRun:
         synthetic: the synthetic images, identical on every process before sharding.
         method: the loss, called as `method(images, labels, embed)`.
         labels: `(N,)` labels of the whole set.
-        feature_extractor, augmentation, precision: the frozen backbone, the views, the run's precision.
+        backbone, augmentation: the frozen backbone (with the run's precision) and the views.
         accelerator: the processes sharing the set.
         args: the `DistillationConfig` (learning rate, pyramid schedule, chunking, seed, health messages).
         num_steps: the run's length (the loss curve's size).
-        backbone: the backbone's name, for health messages.
     """
 
     def __init__(
@@ -52,16 +79,15 @@ class SyntheticRun:
         synthetic: SyntheticImages,
         method: DistillationMethod,
         labels: torch.Tensor,
-        feature_extractor: FeatureExtractor,
+        backbone: FrozenBackbone,
         augmentation: Augmentation,
-        precision: Precision,
         accelerator: Accelerator,
         args,
         num_steps: int,
-        backbone: str,
     ):
         self.synthetic, self.method, self.accelerator = synthetic, method, accelerator
-        self.feature_extractor, self.augmentation, self.precision = feature_extractor, augmentation, precision
+        self.feature_extractor, self.precision = backbone.feature_extractor, backbone.precision
+        self.augmentation = augmentation
         self.num_images = synthetic.num_images
         self.sharded = accelerator.num_processes > 1
         self.shard = shard_parameters(synthetic.levels, accelerator)
@@ -72,9 +98,16 @@ class SyntheticRun:
         self._current: torch.Tensor | None = None  # this step's decoded synthetic shard, which `embed` recognises
         warn_if_pyramid_incomplete(synthetic, num_steps, args.pyramid_level_every)
         self.optimizer = self.new_optimizer(synthetic.active_parameters())
-        self.health = RunHealth(args.method, args.learning_rate, args.effective_learning_rate, args.ipc, backbone)
+        self.health = RunHealth(
+            args.method, args.learning_rate, args.effective_learning_rate, args.ipc, backbone.class_name
+        )
         self.health.start(synthetic)
         self.losses = torch.zeros(num_steps, device=accelerator.device)
+        self._logged_step, self._logged_time = 0, time.perf_counter()
+
+    def start_logging(self, step: int) -> None:
+        """Start the first logging window at `step` (where the loop starts or resumes)."""
+        self._logged_step, self._logged_time = step, time.perf_counter()
 
     def generators(self) -> dict[str, torch.Generator]:
         """The generators a checkpoint must save: the augmentation's and the method's own."""
@@ -113,8 +146,19 @@ class SyntheticRun:
         """The health checks over the first `steps` losses (one host sync)."""
         self.health.check(self.losses[:steps], self.synthetic)
 
-    def mean_loss(self, start: int, stop: int) -> float:
-        return float(self.losses[start:stop].mean())
+    def logs(self, steps: int) -> dict[str, float]:
+        """What the loop logs after `steps` steps: the mean loss and the time per step since the last log, the
+        learning rate and the pyramid levels in training. Health-checked first (one host sync)."""
+        self.check(steps)
+        now = time.perf_counter()
+        logs = {
+            "loss": float(self.losses[self._logged_step : steps].mean()),
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "seconds_per_step": (now - self._logged_time) / (steps - self._logged_step),
+            "pyramid_levels": int(self.synthetic.num_active_levels),
+        }
+        self._logged_step, self._logged_time = steps, now
+        return logs
 
     def images(self) -> torch.Tensor:
         """The whole set, `(N, 3, S, S)` in `[0, 1]` on the CPU (gathering the shards: a collective while sharded)."""

@@ -19,10 +19,12 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from datasets.fingerprint import Hasher
 
+from ..backbone.frozen import FrozenBackbone
+from ..data.preprocessing import ImagePreprocessing
+from ..data.real_data import RealData
+from ..data.statistics import ClassStatistics, compute_class_statistics
 from ..utils.versions import library_versions
-from .preprocessing import ImagePreprocessing
-from .real_data import RealData
-from .statistics import ClassStatistics, compute_class_statistics
+from .outputs import STATISTICS_FILE
 
 __all__ = ["ClassStatistics", "StatisticsCache", "check_statistics_usable", "statistics_key"]
 
@@ -51,70 +53,77 @@ def statistics_key(
 
 
 class StatisticsCache:
-    """The statistics file of one run: `path`, checked against `key` (from `statistics_key`) before reuse.
+    """The statistics file of one run: `path`, checked against the key (`statistics_key`) before reuse.
 
     Args:
         accelerator: its processes share the pass; the main process writes the file.
         real_data: the training set.
-        key: what identifies the computation (`statistics_key`).
+        backbone: the frozen backbone the features come from (its identity and preprocessing are in the key).
         path: the statistics file.
-        feature_dim: the backbone's feature dimension `D`, which a loaded file must match.
         recompute: compute anew even when a matching file (or `datasets` cache) exists.
         overwrite: replace an existing file (else only one hf_sfm wrote).
+        usable: keyword arguments of `check_statistics_usable` (what the run needs of the statistics).
     """
 
     def __init__(
         self,
         accelerator: Accelerator,
         real_data: RealData,
-        key: dict[str, str],
+        backbone: FrozenBackbone,
         path: Path,
-        feature_dim: int,
-        *,
         recompute: bool = False,
         overwrite: bool = False,
+        usable: dict | None = None,
     ):
         if path.is_dir():
             raise ValueError(
                 f"statistics_path={str(path)!r} is a folder; point it at a statistics file (e.g. "
-                f"{path / 'statistics.safetensors'})."
+                f"{path / STATISTICS_FILE})."
             )
-        self.accelerator, self.real_data, self.key, self.path = accelerator, real_data, key, path
-        self.feature_dim = feature_dim
-        self.recompute, self.overwrite = recompute, overwrite
+        self.accelerator, self.real_data, self.backbone, self.path = accelerator, real_data, backbone, path
+        self.preprocessing = backbone.preprocessing
+        self.key = statistics_key(real_data, backbone.preprocessing, backbone.identity)
+        self.feature_dim = backbone.feature_extractor.feature_dim()
+        self.recompute, self.overwrite, self.usable = recompute, overwrite, usable
+        self.announce_path = False  # the user named the file: say when it is created
+
+    @classmethod
+    def from_config(cls, args, accelerator: Accelerator, real_data: RealData, backbone: FrozenBackbone):
+        """`args.statistics_path` (default `<output_dir>/statistics.safetensors`), recomputed if asked."""
+        path = Path(args.statistics_path) if args.statistics_path else Path(args.output_dir) / STATISTICS_FILE
+        needs = dict(needs_flow=args.method_class.needs_statistics, init=args.init, ipc=args.ipc)
+        cache = cls(accelerator, real_data, backbone, path, args.recompute_statistics, args.overwrite_output_dir, needs)
+        cache.announce_path = bool(args.statistics_path)
+        return cache
 
     def check(self, statistics: ClassStatistics, where: str = "The given statistics") -> None:
         """Refuse statistics of other classes, another feature size, or (where recorded) another computation."""
         statistics.check_matches(self.real_data.class_names, self.feature_dim, where)
         statistics.check_compatible({k: v for k, v in self.key.items() if k in statistics.metadata}, "statistics=")
 
-    def load_or_compute(
-        self, embed: Callable[[torch.Tensor], torch.Tensor], preprocessing: ImagePreprocessing, verbose_path: bool
-    ) -> ClassStatistics:
-        """Reuse the file when it exists and matches the key, else compute (all processes) and save it (main).
-
-        `embed`: a preprocessed `(B, 3, S, S)` uint8 batch → `(B, D)` features. `verbose_path`: the user named
-        the file, so say when it is created."""
+    def load_or_compute(self) -> ClassStatistics:
+        """Reuse the file when it exists and matches the key, else compute (all processes) and save it (main);
+        then refuse statistics the run cannot start from (`check_statistics_usable`, with `usable`)."""
         path = self.path
         if path.exists() and not self.recompute:
             statistics = ClassStatistics.load(path)
             statistics.check_compatible(self.key, path)
             statistics.check_matches(self.real_data.class_names, self.feature_dim, f"The statistics in {path}")
             logger.info(f"Loaded class statistics from {path}", main_process_only=True)
-            return statistics
-        if path.exists():
-            logger.info(f"recompute_statistics=True: recomputing {path}.", main_process_only=True)
-        elif verbose_path:
-            logger.info(f"{path} does not exist yet; computing class statistics into it.", main_process_only=True)
-        statistics = self.compute(embed, preprocessing)
-        if self.accelerator.is_main_process:
-            statistics.save(path, self.overwrite, "overwrite_output_dir=True")
-        self.accelerator.wait_for_everyone()
+        else:
+            if path.exists():
+                logger.info(f"recompute_statistics=True: recomputing {path}.", main_process_only=True)
+            elif self.announce_path:
+                logger.info(f"{path} does not exist yet; computing class statistics into it.", main_process_only=True)
+            statistics = self.compute(self.backbone.embed_pixels)
+            if self.accelerator.is_main_process:
+                statistics.save(path, self.overwrite, "overwrite_output_dir=True")
+            self.accelerator.wait_for_everyone()
+        if self.usable is not None:
+            check_statistics_usable(statistics, self.real_data, backbone=self.backbone.class_name, **self.usable)
         return statistics
 
-    def compute(
-        self, embed: Callable[[torch.Tensor], torch.Tensor], preprocessing: ImagePreprocessing
-    ) -> ClassStatistics:
+    def compute(self, embed: Callable[[torch.Tensor], torch.Tensor]) -> ClassStatistics:
         """One pass over this process's shard of the set, the per-class sums all-reduced across processes."""
         accelerator, real_data = self.accelerator, self.real_data
         dataset = real_data.dataset
@@ -143,7 +152,7 @@ class StatisticsCache:
                 metadata=self.key,
                 skip_corrupt_images=real_data.skip_corrupt_images,
                 load_from_cache_file=not self.recompute,  # recompute means recompute, not a cache hit
-                preprocessing=preprocessing,  # decoded and preprocessed in worker processes on a GPU
+                preprocessing=self.preprocessing,  # decoded and preprocessed in worker processes on a GPU
                 device=accelerator.device,
             )
         finally:
