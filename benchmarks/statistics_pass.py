@@ -1,7 +1,7 @@
 """Throughput of the statistics pass: hf_sfm's `datasets.map` against a plain PyTorch `DataLoader` loop.
 
-The statistics pass (DESIGN §2.1) is the only pass over the whole real dataset, so its images/s decide how long a
-run on ImageNet-1k waits before distilling. This script runs, side by side in one process on the embedded default
+The statistics pass (docs/DESIGN.md §2.1) is the only pass over the whole real dataset, so its images/s decide how
+long a run on ImageNet-1k waits before distilling. This script runs, side by side in one process on the embedded default
 (MNIST from `hf_sfm.assets.load_mnist()["train"]`, EfficientNet-Lite0, crop 64, batch 64):
 
 - hf_sfm's pass, `compute_class_statistics` with the `Distiller`'s embed, for several `num_workers` (0 is the

@@ -4,7 +4,7 @@ It works like `transformers.Trainer`: the constructor wires backbone, data, imag
 `Accelerator`; `compute_statistics()`, `train()` and `evaluate()` do the work; `log_metrics` / `save_metrics` /
 `save_state` record it; `distilled_dataset()` / `save_distilled()` / `push_to_hub()` hand out the result.
 
-It orchestrates; each job is another module's (docs/DESIGN.md, "Layers and data flow"): the real data is a
+It orchestrates; each job is another module's (docs/DESIGN.md §9): the real data is a
 `RealData` resolved once, the backbone a `FrozenBackbone`, the statistics a `StatisticsCache`'s, the loss a
 method's, a step and the run's health a `SyntheticRun`'s, checkpoints a `RunCheckpointer`'s, trackers and grids
 callbacks', the probe protocol `hf_sfm.evaluation.probe`'s, export and push a `DistilledSet`'s.
@@ -295,7 +295,7 @@ class Distiller:
         eval_feature_fn: FeatureFn | None = None,
         baselines: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Linear-probe the distilled set (docs/DESIGN.md, "The probe protocol": `eval_runs` runs, `probe_epochs`,
+        """Linear-probe the distilled set (docs/DESIGN.md §6: `eval_runs` runs, `probe_epochs`,
         fresh views) on the real `eval_dataset`; returns the flat metrics dict (`eval_accuracy`,
         `eval_accuracy_std`, …; `hf_sfm.evaluation.results`).
 
@@ -378,7 +378,7 @@ class Distiller:
         """A [`ClassifierInheritance`] built from this run's parts: backbone, preprocessing, class names, data.
 
         `inheritance.train_head()`, `inheritance.fit_projector(self.synthetic_images(), eval_model=...)`, then
-        `inheritance.classifier()` give the `from_pretrained` classifier (docs/DESIGN.md, "Classifier inheritance").
+        `inheritance.classifier()` give the `from_pretrained` classifier (docs/DESIGN.md §5).
         """
         from .inheritance import ClassifierInheritance
 

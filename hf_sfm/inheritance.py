@@ -1,4 +1,4 @@
-"""Classifier inheritance (DESIGN §5): train the parts of an [`SFMInheritedClassifier`], from explicit parts.
+"""Classifier inheritance (docs/DESIGN.md §5): train the parts of an [`SFMInheritedClassifier`], from explicit parts.
 
 1. **Inherited head** `W: D_distill → C`, a linear head on the *full real* features of the distillation backbone.
    Reference: Adam 5e-4, batch 128, 10 epochs, cosine, flip + random-resized crop. Ten epochs of ImageNet-1k are
@@ -57,7 +57,7 @@ from .utils.versions import library_versions
 
 logger = get_logger(__name__)
 
-REFERENCE_HEAD_EPOCHS = 10  # DESIGN §5, for ImageNet-1k
+REFERENCE_HEAD_EPOCHS = 10  # docs/DESIGN.md §5, for ImageNet-1k
 # The most `views · N` rows a projector / KD view bank may hold (per backbone, `D` floats each: ~1.3 GB at D = 1280);
 # beyond it the fit draws fresh views per epoch, and its convergence stop keeps the number of epochs down.
 BANK_LIMIT = 2**18
@@ -65,7 +65,7 @@ BANK_LIMIT = 2**18
 
 @dataclass
 class InheritedHeadConfig(LinearFitConfig):
-    """The inherited head on the full real features of the distillation backbone (DESIGN §5).
+    """The inherited head on the full real features of the distillation backbone (docs/DESIGN.md §5).
 
     Reference settings (Adam 5e-4, unscaled, batch 128, cosine, `N(0, 0.01)` head), except that `epochs=None` means
     "10 epochs, or more if that is under `min_steps` optimiser steps" (see the module doc), and `augment=False`:
@@ -101,7 +101,7 @@ class InheritedHeadConfig(LinearFitConfig):
 
 @dataclass
 class ProjectorConfig(LinearFitConfig):
-    """The projector on the distilled images (DESIGN §5): Adam `1e-2 · batch / 256`, `nn.Linear`'s default init.
+    """The projector on the distilled images (docs/DESIGN.md §5): Adam `1e-2 · batch / 256`, `nn.Linear`'s default init.
 
     `crop_scale` is the view `a(x)`'s random-resized-crop range: the standard one, as in the probe, not the
     distillation's own, since the projector must map the views an eval backbone sees at inference, not the

@@ -1,6 +1,6 @@
 """`SFMInheritedClassifier`: the classifier a distilled set inherits, as a `from_pretrained` image classifier.
 
-Classifier inheritance (DESIGN §5): a linear head `W` is trained once on the *full real* features of the
+Classifier inheritance (docs/DESIGN.md §5): a linear head `W` is trained once on the *full real* features of the
 distillation backbone `φ_distill`; a linear projector `P: D_eval → D_distill` maps another (evaluation) backbone's
 features into that space, fitted on the distilled images only. At inference
 

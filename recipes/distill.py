@@ -140,7 +140,8 @@ class RunArguments:
         },
     )
     inherit_projector_epochs: int = field(
-        default=1000, metadata={"help": "Epochs of the projector fit on the distilled images (DESIGN §5: 1000)."}
+        default=1000,
+        metadata={"help": "Epochs of the projector fit on the distilled images (docs/DESIGN.md §5: 1000)."},
     )
 
 

@@ -1,4 +1,4 @@
-"""The SFM equations against hand computations (DESIGN §2)."""
+"""The SFM equations against hand computations (docs/DESIGN.md §2)."""
 
 import torch
 import torch.nn.functional as F

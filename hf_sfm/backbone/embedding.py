@@ -85,7 +85,7 @@ def embed_dataset(
     def embed(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
         nonlocal reasons_shown
         if num_proc and num_proc > 1:
-            torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (DESIGN §9)
+            torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (docs/DESIGN.md §10)
         decoded = decode_images(batch[image_column], indices, image_feature, image_column, skip_corrupt_images)
         for row, reason in zip(decoded.skipped_rows, decoded.reasons):
             if reasons_shown < MAX_REASONS_SHOWN:  # why, for the first few (the count comes after the map)

@@ -1,7 +1,7 @@
 """Backbone → one pooled feature vector per image, for any Hugging Face vision model.
 
-Families pool differently (DESIGN §7): DINOv2's `pooler_output` is the layer-normed CLS token, ViT's pooler is an
-extra dense+tanh that is random unless trained (so we take the CLS token), CLIP's projected embedding is
+Families pool differently (docs/DESIGN.md §7): DINOv2's `pooler_output` is the layer-normed CLS token, ViT's pooler
+is an extra dense+tanh that is random unless trained (so we take the CLS token), CLIP's projected embedding is
 `image_embeds`, ResNet pools to `(B, C, 1, 1)`. One line per family names its pooling; the pooling itself is
 `modeling_inherited.pool_features`, the same code a saved classifier runs. Users can pass their own `feature_fn`.
 

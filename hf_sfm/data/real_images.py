@@ -1,9 +1,9 @@
 """Real training images as tensors: decoded once into memory, or streamed, for LGM and the real-image baselines.
 
-SFM never looks at a real image after its statistics pass. LGM (DESIGN §4) needs a fresh random real batch at
-*every* step, and the baselines of DESIGN §6 (random, centroids, neighbors) pick real images by index. Decoding a
-PIL image, resizing and cropping it costs far more than the copy of an already-decoded uint8 tensor, so when the
-preprocessed set fits in memory (`N · 3 · S² bytes ≤ max_cached_bytes`: MNIST's 4000 images at 72 px are 62 MB)
+SFM never looks at a real image after its statistics pass. LGM (docs/DESIGN.md §4) needs a fresh random real batch at
+*every* step, and the baselines of docs/DESIGN.md §6 (random, centroids, neighbors) pick real images by index.
+Decoding a PIL image, resizing and cropping it costs far more than the copy of an already-decoded uint8 tensor, so
+when the preprocessed set fits in memory (`N · 3 · S² bytes ≤ max_cached_bytes`: MNIST's 4000 images at 72 px are 62 MB)
 it is decoded once into a `(N, 3, S, S)` uint8 tensor (a quarter of float32) and every batch is an index into it.
 Larger map-style datasets (ImageNet at 256 px is ~236 GB) are decoded batch by batch from random indices instead,
 and streaming (`IterableDataset`) ones through a seeded shuffle buffer.

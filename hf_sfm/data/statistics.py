@@ -1,4 +1,4 @@
-"""Per-class feature statistics of the real data: the only way real images enter SFM (DESIGN §2.1).
+"""Per-class feature statistics of the real data: the only way real images enter SFM (docs/DESIGN.md §2.1).
 
 `μ_c = mean φ(x)` over the real training images of class `c`, with the count `n_c`. Computed once by a batched
 `datasets.map` that turns each batch into per-class *partial sums* (one row per class present in the batch), so
@@ -483,7 +483,7 @@ def compute_class_statistics(
 
     def partial_sums(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         if num_proc and num_proc > 1:
-            torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (DESIGN §9)
+            torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (docs/DESIGN.md §10)
         labels = batch[label_column]
         check_labels(labels)
         prepared = prepare_batch(

@@ -1,4 +1,4 @@
-"""The real-image baselines a distilled set must beat (DESIGN §6): random, centroids, near-mean, neighbours.
+"""The real-image baselines a distilled set must beat (docs/DESIGN.md §6): random, centroids, near-mean, neighbours.
 
 They cost nothing but a selection: `random` takes `ipc` random real images per class, `centroids` the image nearest
 each class mean (k-means centroids for ipc > 1), `near_mean` another set like the centroids in every probe run (the

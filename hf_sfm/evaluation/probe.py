@@ -1,4 +1,4 @@
-"""The linear-probe protocol that judges a distilled set, and its metrics (DESIGN §6). One implementation.
+"""The linear-probe protocol that judges a distilled set, and its metrics (docs/DESIGN.md §6). One implementation.
 
 Protocol (as the SFM and LGM papers report it; `ProbeConfig()` holds their values): a linear head `N(0, 0.01)` on
 frozen features of an *eval* backbone, trained on the (few) training images with a fresh flip + random-resized-crop

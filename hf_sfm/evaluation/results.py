@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 DISTILLED = "distilled"
-# Real-image training sets a distilled set is compared with (DESIGN §6), in the order tables show them.
+# Real-image training sets a distilled set is compared with (docs/DESIGN.md §6), in the order tables show them.
 BASELINES = ("full_dataset", "random_real", "centroids", "near_mean", "neighbors")
 TRAINING_SETS = (DISTILLED, *BASELINES)
 INHERITED = "inherited"

@@ -1,4 +1,4 @@
-"""Linear gradient matching (LGM), the peer SFM is measured against (DESIGN §4).
+"""Linear gradient matching (LGM), the peer SFM is measured against (docs/DESIGN.md §4).
 
 Every step draws a fresh random linear head `W ~ N(0, σ²)` `(C, D)` with `σ = 0.01` and `b = 0`, and compares the
 cross-entropy gradients it receives from real and from synthetic features:

@@ -1,4 +1,4 @@
-"""Statistical flow matching (SFM) and its decoupled class-mean variant (DESIGN §2).
+"""Statistical flow matching (SFM) and its decoupled class-mean variant (docs/DESIGN.md §2).
 
 Real flow, from exact full-data class means `μ` (`(C, D)`, computed once):
 

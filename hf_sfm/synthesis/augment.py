@@ -1,4 +1,4 @@
-"""Differentiable, per-sample, batched augmentation of synthetic images (DESIGN §3).
+"""Differentiable, per-sample, batched augmentation of synthetic images (docs/DESIGN.md §3).
 
 Flip (p=0.5) and random-resized crop (area scale × aspect ratio) are folded into one affine transform per
 image and applied with `affine_grid` / `grid_sample`, so a single resampling produces the crop at the backbone's

@@ -1,4 +1,4 @@
-"""The synthetic images and their parameterisations (DESIGN §3).
+"""The synthetic images and their parameterisations (docs/DESIGN.md §3).
 
 An image is stored as unconstrained parameters and decoded to `[0, 1]` RGB by `sigmoid(2 · M · v)`, where `v` is
 either one full-resolution tensor (`"pixels"`) or the sum of bilinearly upsampled levels at 1, 2, 4, … px
