@@ -4,10 +4,10 @@ It works like `transformers.Trainer`: the constructor wires backbone, data, imag
 `Accelerator`; `compute_statistics()`, `train()` and `evaluate()` do the work; `log_metrics` / `save_metrics` /
 `save_state` record it; `distilled_dataset()` / `save_distilled()` / `push_to_hub()` hand out the result.
 
-It orchestrates; each job is another module's (docs/DESIGN.md §9): the real data is a
-`RealData` resolved once, the backbone a `FrozenBackbone`, the statistics a `StatisticsCache`'s, the loss a
-method's, a step and the run's health a `SyntheticRun`'s, checkpoints a `RunCheckpointer`'s, trackers and grids
-callbacks', the probe protocol `hf_sfm.evaluation.probe`'s, export and push a `DistilledSet`'s.
+It orchestrates; each job is another module's (docs/DESIGN.md §9): the real data is a `RealData` resolved once,
+the backbone a `FrozenBackbone`, the statistics a `StatisticsCache`'s, the loss a method's, a step and the run's
+health a `SyntheticRun`'s, checkpoints a `RunCheckpointer`'s, trackers and grids callbacks', the probe protocol
+`hf_sfm.evaluation.probe`'s, export and push a `DistilledSet`'s. Nothing below this module imports it.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class Distiller:
         with the same backbone, preprocessing and dataset; refuses a mismatched file with a clear error.
         """
         self.outputs.acquire()
-        self.statistics = self.statistics_cache.load_or_compute()
+        self.statistics = self.statistics_cache.load_or_compute(self.args.recompute_statistics)
         return self.statistics
 
     def init_synthetic(self) -> SyntheticImages:
@@ -256,7 +256,8 @@ class Distiller:
         return TrainOutput(self.state.global_step, training_loss, metrics)
 
     def _maybe_log_save_evaluate(self, run: SyntheticRun) -> None:
-        """Act on the flags the callbacks set this step: log, evaluate, save (health-checked before log and save)."""
+        """Act on the flags the callbacks set this step: log, evaluate, save (a non-finite loss stops the run before
+        it is logged or saved)."""
         step, control = self.state.global_step, self.control
         if control.should_log:
             self.log(run.logs(step))  # health-checked first
@@ -266,7 +267,7 @@ class Distiller:
             self.evaluate()
         if control.should_save:
             control.should_save = False
-            run.check(step)
+            run.check_finite(step)
             target = self.checkpointer.save_progress(run, self.state, self.args.to_dict())
             self._event("on_save", checkpoint=target)
 

@@ -118,3 +118,16 @@ def test_num_steps_has_one_source_the_state(tmp_path):
     )
     output = distiller.train()
     assert output.global_step == 3 and len(distiller.losses) == 3
+
+
+def test_every_consumer_reads_the_one_real_data_value(tmp_path):
+    args = DistillationConfig(
+        output_dir=str(tmp_path / "out"), label_column="fine_label", image_size=32, skip_corrupt_images=False
+    )
+    distiller = Distiller(build_backbone("vit"), args, two_label_dataset(), image_processor=_processor())
+    real = distiller.real_data
+    assert (real.label_column, real.skip_corrupt_images) == ("fine_label", False)
+    assert distiller.evaluator.real_data is real and distiller.statistics_cache.real_data is real
+    assert distiller.classifier_inheritance().real_data is real
+    assert distiller.evaluator.baselines().label_column == "fine_label"
+    assert distiller.statistics_cache.key["label_column"] == "fine_label"

@@ -101,10 +101,13 @@ class StatisticsCache:
         statistics.check_matches(self.real_data.class_names, self.feature_dim, where)
         statistics.check_compatible({k: v for k, v in self.key.items() if k in statistics.metadata}, "statistics=")
 
-    def load_or_compute(self) -> ClassStatistics:
+    def load_or_compute(self, recompute: bool | None = None) -> ClassStatistics:
         """Reuse the file when it exists and matches the key, else compute (all processes) and save it (main);
-        then refuse statistics the run cannot start from (`check_statistics_usable`, with `usable`)."""
+        then refuse statistics the run cannot start from (`check_statistics_usable`, with `usable`). `recompute`
+        (default: the cache's own) computes anew even when the file and the `datasets` cache match."""
         path = self.path
+        if recompute is not None:
+            self.recompute = recompute
         if path.exists() and not self.recompute:
             statistics = ClassStatistics.load(path)
             statistics.check_compatible(self.key, path)

@@ -146,6 +146,10 @@ class SyntheticRun:
         """The health checks over the first `steps` losses (one host sync)."""
         self.health.check(self.losses[:steps], self.synthetic)
 
+    def check_finite(self, steps: int) -> None:
+        """Refuse a non-finite loss among the first `steps` (before a checkpoint is written)."""
+        self.health.check_finite(self.losses[:steps])
+
     def logs(self, steps: int) -> dict[str, float]:
         """What the loop logs after `steps` steps: the mean loss and the time per step since the last log, the
         learning rate and the pyramid levels in training. Health-checked first (one host sync)."""
