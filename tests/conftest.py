@@ -34,6 +34,8 @@ from transformers import (
     ViTModel,
 )
 
+from hf_sfm import DistillationConfig, Distiller
+
 torch.set_num_threads(2)
 
 IMAGE_SIZE = 32
@@ -139,11 +141,14 @@ def tiny_vit():
     return build_backbone("vit")
 
 
+def tiny_image_processor(size: int = IMAGE_SIZE) -> ViTImageProcessor:
+    """Resize to `size` and scale pixels to [-1, 1]: the processor the tiny backbones are run with."""
+    return ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
 @pytest.fixture
 def tiny_processor():
-    return ViTImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
+    return tiny_image_processor()
 
 
 def color_dataset(
@@ -168,3 +173,24 @@ def color_dataset(
 @pytest.fixture
 def toy_dataset():
     return color_dataset()
+
+
+# Keywords `Distiller.__init__` takes itself; every other keyword of `make_distiller` is a `DistillationConfig` field.
+DISTILLER_KEYWORDS = ("eval_dataset", "feature_fn", "statistics", "accelerator", "callbacks", "compute_metrics")
+
+
+def make_distiller(output_dir, dataset=None, *, model=None, processor=None, family: str = "vit", **settings):
+    """A `Distiller` writing to `output_dir`, on a tiny random backbone of `family` and `color_dataset()` unless
+    given. `model` and `dataset` may be builders, called for each Distiller so that none shares a backbone with
+    another. A test file fixes its own settings once with `functools.partial(make_distiller, ...)`; a call's
+    keywords win over the partial's."""
+    keywords = {key: settings.pop(key) for key in DISTILLER_KEYWORDS if key in settings}
+    model = build_backbone(family) if model is None else model
+    dataset = color_dataset() if dataset is None else dataset
+    return Distiller(
+        model=model if isinstance(model, torch.nn.Module) else model(),
+        args=DistillationConfig(output_dir=str(output_dir), **settings),
+        train_dataset=dataset() if callable(dataset) else dataset,
+        image_processor=processor if processor is not None else tiny_image_processor(),
+        **keywords,
+    )

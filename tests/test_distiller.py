@@ -1,42 +1,33 @@
 """The Distiller end to end on tiny random backbones: determinism, gradients, beating random real images, export."""
 
+import functools
+
 import datasets
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import build_backbone, color_dataset
+from conftest import color_dataset, make_distiller
 
-from hf_sfm import DistillationConfig, Distiller
+from hf_sfm import DistillationConfig
 from hf_sfm.evaluation.probe import ProbeConfig, ProbeEvaluator
 
-
-def _args(tmp_path, **overrides):
-    values = {
-        "output_dir": str(tmp_path / "out"),
-        "ipc": 1,
-        "num_steps": 6,
-        "learning_rate": 0.01,
-        "seed": 0,
-        "image_size": 32,
-        "pyramid_level_every": 2,
-        "save_grid": False,
-        "logging_steps": 0,
-    }
-    return DistillationConfig(**{**values, **overrides})
+# Each test's Distiller: these settings unless the test says otherwise, on the tiny ViT and the colour dataset.
+_distiller = functools.partial(
+    make_distiller,
+    ipc=1,
+    num_steps=6,
+    learning_rate=0.01,
+    seed=0,
+    image_size=32,
+    pyramid_level_every=2,
+    save_grid=False,
+    logging_steps=0,
+)
 
 
-def _distiller(tmp_path, tiny_processor, dataset=None, family="vit", **overrides):
-    return Distiller(
-        model=build_backbone(family),
-        args=_args(tmp_path, **overrides),
-        train_dataset=dataset if dataset is not None else color_dataset(),
-        image_processor=tiny_processor,
-    )
-
-
-def test_statistics_match_a_direct_feature_pass(tmp_path, tiny_processor):
-    distiller = _distiller(tmp_path, tiny_processor, statistics_batch_size=5)
+def test_statistics_match_a_direct_feature_pass(tmp_path):
+    distiller = _distiller(tmp_path / "out", statistics_batch_size=5)
     statistics = distiller.compute_statistics()
     dataset = distiller.train_dataset
     with torch.no_grad():
@@ -47,23 +38,22 @@ def test_statistics_match_a_direct_feature_pass(tmp_path, tiny_processor):
     assert (tmp_path / "out" / "statistics.safetensors").exists()
 
 
-def test_same_seed_gives_identical_images(tmp_path, tiny_processor):
-    first = _distiller(tmp_path / "a", tiny_processor)
+def test_same_seed_gives_identical_images(tmp_path):
+    first = _distiller(tmp_path / "a" / "out")
     first.train()
-    second = _distiller(tmp_path / "b", tiny_processor)
+    second = _distiller(tmp_path / "b" / "out")
     second.train()
     assert torch.equal(first.synthetic_images(), second.synthetic_images())
-    third = _distiller(tmp_path / "c", tiny_processor, seed=1)
+    third = _distiller(tmp_path / "c" / "out", seed=1)
     third.train()
     assert not torch.equal(first.synthetic_images(), third.synthetic_images())
 
 
 @pytest.mark.parametrize("method", ["sfm", "sfm_decouple"])
 @pytest.mark.parametrize("parameterization", ["pyramid", "pixels"])
-def test_training_moves_the_pixels_and_lowers_the_loss(tmp_path, tiny_processor, method, parameterization):
+def test_training_moves_the_pixels_and_lowers_the_loss(tmp_path, method, parameterization):
     distiller = _distiller(
-        tmp_path,
-        tiny_processor,
+        tmp_path / "out",
         method=method,
         parameterization=parameterization,
         num_steps=40,
@@ -96,9 +86,9 @@ def _noisy_colour_dataset(num_classes, per_class, seed, noise=120.0, size=32):
 
 
 @pytest.mark.parametrize("scale", [True, False])
-def test_images_are_edited_at_the_rate_over_ipc_unless_told_otherwise(tmp_path, tiny_processor, scale):
+def test_images_are_edited_at_the_rate_over_ipc_unless_told_otherwise(tmp_path, scale):
     distiller = _distiller(
-        tmp_path, tiny_processor, ipc=4, num_steps=2, logging_steps=1, learning_rate=0.04, scale_learning_rate=scale
+        tmp_path / "out", ipc=4, num_steps=2, logging_steps=1, learning_rate=0.04, scale_learning_rate=scale
     )
     distiller.train()
     rates = {entry["learning_rate"] for entry in distiller.state.log_history if "learning_rate" in entry}
@@ -110,8 +100,7 @@ def test_distilled_set_beats_random_real_images(tmp_path, tiny_processor):
     """SFM from real init improves on the very images it started from, and on other random draws."""
     train, test = _noisy_colour_dataset(6, 30, seed=0), _noisy_colour_dataset(6, 30, seed=1)
     distiller = _distiller(
-        tmp_path,
-        tiny_processor,
+        tmp_path / "out",
         dataset=train,
         init="real",
         parameterization="pixels",
@@ -133,9 +122,9 @@ def test_distilled_set_beats_random_real_images(tmp_path, tiny_processor):
     assert distilled > max(random_real) + 0.05, (distilled, random_real)
 
 
-def test_save_distilled_round_trips_through_load_dataset_and_load_from_disk(tmp_path, tiny_processor):
+def test_save_distilled_round_trips_through_load_dataset_and_load_from_disk(tmp_path):
     names = ["cat", "dog", "bird"]
-    distiller = _distiller(tmp_path, tiny_processor, dataset=color_dataset(names=names), ipc=2)
+    distiller = _distiller(tmp_path / "out", dataset=color_dataset(names=names), ipc=2)
     distiller.train()
     path = distiller.save_distilled(tmp_path / "distilled")
     expected = distiller.distilled_dataset()
@@ -152,34 +141,34 @@ def test_save_distilled_round_trips_through_load_dataset_and_load_from_disk(tmp_
     assert (path / "grid.png").exists() and (path / "README.md").exists()
 
 
-def test_statistics_are_reused_and_a_mismatch_is_refused(tmp_path, tiny_processor):
-    first = _distiller(tmp_path, tiny_processor)
+def test_statistics_are_reused_and_a_mismatch_is_refused(tmp_path):
+    first = _distiller(tmp_path / "out")
     computed = first.compute_statistics()
-    again = _distiller(tmp_path, tiny_processor).compute_statistics()
+    again = _distiller(tmp_path / "out").compute_statistics()
     assert torch.equal(again.feature_sums, computed.feature_sums)
-    other_backbone = _distiller(tmp_path, tiny_processor, family="resnet")
+    other_backbone = _distiller(tmp_path / "out", family="resnet")
     with pytest.raises(ValueError, match="computed under other conditions"):
         other_backbone.compute_statistics()
 
 
-def test_results_before_training_raise(tmp_path, tiny_processor):
+def test_results_before_training_raise(tmp_path):
     with pytest.raises(RuntimeError, match="train"):
-        _distiller(tmp_path, tiny_processor).distilled_dataset()
+        _distiller(tmp_path / "out").distilled_dataset()
 
 
-def test_missing_label_column_names_the_columns_and_argument(tmp_path, tiny_processor):
+def test_missing_label_column_names_the_columns_and_argument(tmp_path):
     dataset = color_dataset().rename_column("label", "something")
     dataset = dataset.cast_column("something", datasets.Value("string"))
     with pytest.raises(ValueError, match="label_column"):
-        _distiller(tmp_path, tiny_processor, dataset=dataset)
+        _distiller(tmp_path / "out", dataset=dataset)
 
 
-def test_single_class_is_refused(tmp_path, tiny_processor):
+def test_single_class_is_refused(tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
-        _distiller(tmp_path, tiny_processor, dataset=color_dataset(num_classes=1, names=["only"]))
+        _distiller(tmp_path / "out", dataset=color_dataset(num_classes=1, names=["only"]))
 
 
-def test_ipc_larger_than_a_class_with_real_init_is_refused(tmp_path, tiny_processor):
-    distiller = _distiller(tmp_path, tiny_processor, dataset=color_dataset(per_class=3), ipc=4, init="real")
+def test_ipc_larger_than_a_class_with_real_init_is_refused(tmp_path):
+    distiller = _distiller(tmp_path / "out", dataset=color_dataset(per_class=3), ipc=4, init="real")
     with pytest.raises(ValueError, match="ipc=4"):
         distiller.train()

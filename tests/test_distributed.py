@@ -17,11 +17,9 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import build_backbone, color_dataset
+from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
 from safetensors.torch import load_file
-from transformers import ViTImageProcessor
 
-from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.synthesis.augment import Augmentation
 from hf_sfm.utils.distributed import shard_range
 
@@ -50,9 +48,7 @@ def assets(tmp_path_factory):
     """A tiny ViT with its processor, and a small dataset, saved the way users point the recipe at local data."""
     root = tmp_path_factory.mktemp("assets")
     build_backbone("vit").save_pretrained(root / "vit")
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        root / "vit"
-    )
+    tiny_image_processor().save_pretrained(root / "vit")
     datasets.DatasetDict({"train": color_dataset(3, 7)}).save_to_disk(str(root / "data"))
     return root
 
@@ -135,32 +131,23 @@ def test_a_shard_gets_the_same_augmented_views_as_in_the_whole_set():
 
 
 def test_streaming_statistics_equal_in_memory_statistics(tmp_path):
-    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     dataset = color_dataset(3, 7)
     computed = {}
     for name, data in [("memory", dataset), ("stream", dataset.to_iterable_dataset(num_shards=3))]:
-        args = DistillationConfig(output_dir=str(tmp_path / name), statistics_batch_size=4, init="noise")
-        computed[name] = Distiller(build_backbone("vit"), args, data, image_processor=processor).compute_statistics()
+        distiller = make_distiller(tmp_path / name, data, statistics_batch_size=4, init="noise")
+        computed[name] = distiller.compute_statistics()
     assert isinstance(dataset.to_iterable_dataset(), datasets.IterableDataset)
     assert torch.equal(computed["stream"].counts, computed["memory"].counts)
     torch.testing.assert_close(computed["stream"].feature_sums, computed["memory"].feature_sums, rtol=1e-12, atol=1e-9)
 
 
 def test_reduce_sum_is_the_identity_in_one_process(tmp_path):
-    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    args = DistillationConfig(output_dir=str(tmp_path))
-    distiller = Distiller(build_backbone("vit"), args, color_dataset(3, 2), image_processor=processor)
+    distiller = make_distiller(tmp_path, color_dataset(3, 2))
     assert distiller.reduce_sum is None  # one process keeps the exact single-process arithmetic
 
 
 def test_a_streaming_dataset_with_an_image_init_is_refused_up_front(tmp_path):
-    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     stream = color_dataset(3, 4).to_iterable_dataset(num_shards=2)
     for init in ("centroid", "real"):
         with pytest.raises(ValueError, match=rf"init='{init}'.*streaming.*init='noise'"):
-            Distiller(
-                build_backbone("vit"),
-                DistillationConfig(output_dir=str(tmp_path), init=init),
-                stream,
-                image_processor=processor,
-            )
+            make_distiller(tmp_path, stream, init=init)

@@ -8,6 +8,7 @@ loads run in a fresh subprocess with `HF_ENDPOINT` set, exactly as a user on ano
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -22,13 +23,12 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_SIZE, build_backbone, color_dataset
+from conftest import IMAGE_SIZE, make_distiller, tiny_image_processor
 from hub_server import TEST_TOKEN, FakeHub
 from huggingface_hub import DatasetCard, HfApi, ModelCard, constants
 from huggingface_hub.errors import RepositoryNotFoundError
-from transformers import AutoModelForImageClassification, ViTImageProcessor
+from transformers import AutoModelForImageClassification
 
-from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.evaluation.results import MetricsError, inherited_row, result_rows
 from hf_sfm.publishing import cards as hf_cards
 from hf_sfm.publishing.cards import CardMetadataError
@@ -104,19 +104,10 @@ def hub_client(fake_hub, monkeypatch):
     return fake_hub
 
 
-def _processor():
-    return ViTImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
-
-
-def _distiller(output_dir: Path) -> Distiller:
-    args = DistillationConfig(
-        output_dir=str(output_dir), num_steps=3, ipc=2, image_size=IMAGE_SIZE, save_grid=False, logging_steps=0
-    )
-    return Distiller(
-        model=build_backbone("vit"), args=args, train_dataset=color_dataset(), image_processor=_processor()
-    )
+# The pushed run's Distiller: the tiny ViT on the colour dataset, three steps at ipc 2.
+_distiller = functools.partial(
+    make_distiller, num_steps=3, ipc=2, image_size=IMAGE_SIZE, save_grid=False, logging_steps=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -481,7 +472,8 @@ def test_save_classifier_needs_an_image_processor(tmp_path):
     )
     with pytest.raises(ValueError, match="image processor"):
         save_classifier(tmp_path / "clf", model)
-    path = save_classifier(tmp_path / "clf", model, _processor())  # any PreTrainedModel: no model-index, says so
+    # Any PreTrainedModel: no model-index, and the card says so.
+    path = save_classifier(tmp_path / "clf", model, tiny_image_processor())
     card = ModelCard.load(path / "README.md")
     assert card.data.eval_results is None and "Not evaluated" in card.text
 

@@ -19,6 +19,7 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_distiller, tiny_image_processor
 from safetensors import safe_open
 from torch import nn
 from transformers import (
@@ -29,13 +30,12 @@ from transformers import (
     ResNetConfig,
     ResNetModel,
     ViTConfig,
-    ViTImageProcessor,
     ViTModel,
     pipeline,
 )
 
 import hf_sfm
-from hf_sfm import DistillationConfig, Distiller, SFMInheritedClassifier, SFMInheritedConfig
+from hf_sfm import SFMInheritedClassifier, SFMInheritedConfig
 from hf_sfm.backbone.embedding import embed_dataset, features_and_labels
 from hf_sfm.backbone.features import FeatureExtractor
 from hf_sfm.data.preprocessing import ImagePreprocessing
@@ -110,10 +110,6 @@ def color_dataset(num_classes: int = 3, per_class: int = 12, seed: int = 0) -> d
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
-def processor() -> ViTImageProcessor:
-    return ViTImageProcessor(size={"height": SIZE, "width": SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-
-
 def random_classifier(family: str, num_classes: int = 3, distill_dim: int = 12) -> SFMInheritedClassifier:
     builder, _ = BACKBONES[family]
     extractor = FeatureExtractor(builder(), PREPROCESSING)
@@ -144,15 +140,17 @@ def dataset():
 @pytest.fixture(scope="module")
 def distiller(dataset, tmp_path_factory):
     """A distilled toy set (2 images per class)."""
-    args = DistillationConfig(
-        output_dir=str(tmp_path_factory.mktemp("distill")),
+    distiller = make_distiller(
+        tmp_path_factory.mktemp("distill"),
+        dataset,
+        model=tiny_vit(),
+        processor=tiny_image_processor(SIZE),
         ipc=2,
         num_steps=8,
         pyramid_level_every=2,
         save_grid=False,
         logging_steps=0,
     )
-    distiller = Distiller(model=tiny_vit(), args=args, train_dataset=dataset, image_processor=processor())
     distiller.train()
     return distiller
 
@@ -465,7 +463,10 @@ def test_distiller_cross_backbone_classifier_round_trips(distiller, inheritance,
     cross = distiller.classifier_inheritance()
     cross.head = inheritance.head  # the same head serves every eval backbone
     cross.fit_projector(
-        distiller.synthetic_images(), eval_model=tiny_resnet(), eval_image_processor=processor(), epochs=3
+        distiller.synthetic_images(),
+        eval_model=tiny_resnet(),
+        eval_image_processor=tiny_image_processor(SIZE),
+        epochs=3,
     )
     model = cross.classifier()
     assert model.config.backbone_class == "ResNetModel" and model.config.eval_feature_dim == 16

@@ -1,5 +1,6 @@
 """LGM (docs/DESIGN.md §4): the closed-form head gradient against autograd, the K rounds, the real stream, the Distiller."""
 
+import functools
 import os
 import tempfile
 
@@ -10,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import color_dataset
-from transformers import ViTConfig, ViTImageProcessor, ViTModel
+from conftest import color_dataset, make_distiller
+from transformers import ViTConfig, ViTModel
 
-from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.data.preprocessing import ImagePreprocessing
 from hf_sfm.data.real_images import RealBatchStream, RealImages
 from hf_sfm.methods import METHODS, LinearGradientMatching, get_method
@@ -30,31 +30,25 @@ def _vit(seed=0):
     return ViTModel(config, add_pooling_layer=False).eval()
 
 
-def _processor():
-    return ViTImageProcessor(size={"height": SIZE, "width": SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-
-
 def _dataset(num_classes=3, per_class=6, seed=0):
     return color_dataset(num_classes, per_class, SIZE, seed)
 
 
-def _distiller(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path),
-        method="lgm",
-        ipc=1,
-        num_steps=4,
-        learning_rate=0.05,
-        image_size=SIZE,
-        pyramid_level_every=2,
-        method_kwargs={"rounds": 2},
-        save_grid=False,
-        logging_steps=0,
-    )
-    values.update(overrides)
-    return Distiller(
-        model=_vit(), args=DistillationConfig(**values), train_dataset=_dataset(), image_processor=_processor()
-    )
+# Each test's LGM Distiller: these settings unless the test says otherwise, on a one-layer ViT.
+_distiller = functools.partial(
+    make_distiller,
+    model=_vit,
+    dataset=_dataset,
+    method="lgm",
+    ipc=1,
+    num_steps=4,
+    learning_rate=0.05,
+    image_size=SIZE,
+    pyramid_level_every=2,
+    method_kwargs={"rounds": 2},
+    save_grid=False,
+    logging_steps=0,
+)
 
 
 def _autograd_ce_gradient(features, labels, weight, bias, create_graph=False):
@@ -180,9 +174,15 @@ def test_real_stream_reads_an_iterable_dataset_endlessly():
     assert all(images.shape == (4, 3, SIZE, SIZE) for images, _ in batches)
 
 
-def test_distiller_trains_lgm_without_statistics_and_with_the_default_real_batch(tmp_path):
-    distiller = _distiller(tmp_path / "a")
-    output = distiller.train()
+@pytest.fixture(scope="module")
+def lgm_run(tmp_path_factory):
+    """One LGM distillation at the settings above, trained once; the tests below only read it."""
+    distiller = _distiller(tmp_path_factory.mktemp("lgm") / "a")
+    return distiller, distiller.train()
+
+
+def test_distiller_trains_lgm_without_statistics_and_with_the_default_real_batch(lgm_run):
+    distiller, output = lgm_run
     assert distiller.statistics is None  # LGM needs no class statistics
     assert output.global_step == 4 and all(0 <= loss <= 2 for loss in distiller.losses)
     method = distiller.create_method()
@@ -191,9 +191,8 @@ def test_distiller_trains_lgm_without_statistics_and_with_the_default_real_batch
     assert method.real_batches.cached
 
 
-def test_lgm_distillation_is_deterministic_per_seed(tmp_path):
-    first = _distiller(tmp_path / "a")
-    first.train()
+def test_lgm_distillation_is_deterministic_per_seed(lgm_run, tmp_path):
+    first, _ = lgm_run
     second = _distiller(tmp_path / "b")
     second.train()
     assert torch.equal(first.synthetic_images(), second.synthetic_images())

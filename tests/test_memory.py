@@ -1,5 +1,6 @@
 """Memory: backbone gradient checkpointing changes nothing but memory; the memory model predicts measured peaks."""
 
+import functools
 import json
 import os
 import subprocess
@@ -8,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_backbone, color_dataset
-from transformers import ViTImageProcessor
+from conftest import build_backbone, color_dataset, make_distiller
 
-from hf_sfm import DistillationConfig, Distiller
+from hf_sfm import DistillationConfig
 from hf_sfm.backbone.features import FeatureExtractor
 from hf_sfm.backbone.memory import (
     checkpoint_blocks,
@@ -47,18 +47,24 @@ def test_gradient_checkpointing_keeps_features_and_gradients_and_saves_memory(fa
         assert torch.equal(extractor(images), features)
 
 
-def test_distilling_with_gradient_checkpointing_gives_the_same_losses(tmp_path):
-    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    losses = {}
-    for checkpointing in (False, True):
-        args = DistillationConfig(
-            output_dir=str(tmp_path / str(checkpointing)), num_steps=3, ipc=2, learning_rate=0.05, save_grid=False,
-            gradient_checkpointing=checkpointing,
-        )  # fmt: skip
-        distiller = Distiller(build_backbone("vit"), args, color_dataset(3, 4), image_processor=processor)
-        distiller.train()
-        losses[checkpointing] = distiller.losses
-    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-5, atol=1e-6)
+# A short SFM run on the tiny ViT; the memory levers below must reproduce it.
+_distiller = functools.partial(
+    make_distiller, dataset=lambda: color_dataset(3, 4), num_steps=3, ipc=2, learning_rate=0.05, save_grid=False
+)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """The run without gradient checkpointing or chunks, trained once: the reference both levers are held to."""
+    distiller = _distiller(tmp_path_factory.mktemp("plain") / "out")
+    distiller.train()
+    return torch.tensor(distiller.losses), distiller.synthetic_images()
+
+
+def test_distilling_with_gradient_checkpointing_gives_the_same_losses(plain_run, tmp_path):
+    distiller = _distiller(tmp_path / "out", gradient_checkpointing=True)
+    distiller.train()
+    torch.testing.assert_close(torch.tensor(distiller.losses), plain_run[0], rtol=1e-5, atol=1e-6)
 
 
 def _saved_bytes(function) -> int:
@@ -104,19 +110,11 @@ def test_chunked_embedding_gives_the_exact_sfm_gradient_and_keeps_one_chunk_of_g
         assert torch.equal(embed_in_chunks(extractor, pixels, 5), extractor(pixels))
 
 
-def test_distilling_in_chunks_follows_the_unchunked_run(tmp_path):
-    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    runs = {}
-    for chunk_size in (None, 2):
-        args = DistillationConfig(
-            output_dir=str(tmp_path / str(chunk_size)), num_steps=3, ipc=2, learning_rate=0.05, save_grid=False,
-            embed_chunk_size=chunk_size,
-        )  # fmt: skip
-        distiller = Distiller(build_backbone("vit"), args, color_dataset(3, 4), image_processor=processor)
-        distiller.train()
-        runs[chunk_size] = (torch.tensor(distiller.losses), distiller.synthetic_images())
-    torch.testing.assert_close(runs[2][0], runs[None][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(runs[2][1], runs[None][1], rtol=1e-4, atol=1e-5)
+def test_distilling_in_chunks_follows_the_unchunked_run(plain_run, tmp_path):
+    distiller = _distiller(tmp_path / "out", embed_chunk_size=2)
+    distiller.train()
+    torch.testing.assert_close(torch.tensor(distiller.losses), plain_run[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(distiller.synthetic_images(), plain_run[1], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="embed_chunk_size"):
         DistillationConfig(embed_chunk_size=0)
 

@@ -3,7 +3,9 @@
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +14,12 @@ import datasets
 import pytest
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
-from conftest import build_backbone, color_dataset
+from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
 from safetensors.torch import load_file
-from transformers import ViTImageProcessor
+from transformers import ConvNextImageProcessor
 
-from hf_sfm import DistillationConfig, Distiller
+from hf_sfm import DistillationConfig
+from hf_sfm.utils.io_utils import NotOwnedError
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "distill.py"
@@ -41,26 +44,44 @@ def assets(tmp_path_factory):
     """A tiny random ViT saved with `save_pretrained`, and a train/test dataset saved with `save_to_disk`."""
     root = tmp_path_factory.mktemp("assets")
     build_backbone("vit").save_pretrained(root / "vit")
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        root / "vit"
-    )
+    tiny_image_processor().save_pretrained(root / "vit")
     splits = {"train": color_dataset(3, 6), "test": color_dataset(3, 4, seed=1)}
     datasets.DatasetDict(splits).save_to_disk(str(root / "data"))
     return root
 
 
-def test_the_recipe_runs_statistics_distillation_evaluation_and_save(assets, tmp_path):
-    output_dir = tmp_path / "run"
-    command = [
+def recipe_command(assets: Path, dataset: Path, output_dir: Path) -> list[str]:
+    """One launch exercising every stage: statistics, distillation with checkpoints and grids, evaluation with a
+    baseline, the inherited classifier for another backbone (a ResNet), and the saved outputs."""
+    return [
         sys.executable, str(RECIPE),
-        "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data"),
+        "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(dataset), "--eval_split_size", "0.4",
         "--output_dir", str(output_dir), "--num_steps", "2", "--ipc", "2", "--save_steps", "1", "--grid_steps", "1",
         "--probe_epochs", "2", "--eval_runs", "2", "--eval_baselines", "random_real",
+        "--inherited_classifier", "true",
+        "--inherit_eval_model", str(assets / "resnet"), "--inherit_projector_epochs", "3", "--inherit_head_epochs", "5",
     ]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
 
+
+def launch(command: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def recipe_run(assets, image_folders, tmp_path_factory):
+    """The recipe launched once, as users launch it, on a local image folder; the tests below read its outputs."""
+    build_backbone("resnet").save_pretrained(assets / "resnet")
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(assets / "resnet")
+    output_dir = tmp_path_factory.mktemp("recipe_run") / "run"
+    command = recipe_command(assets, image_folders["flat"], output_dir)
+    result = launch(command)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return {"command": command, "output_dir": output_dir}
+
+
+def test_the_recipe_runs_statistics_distillation_evaluation_and_save(recipe_run, image_folders):
+    output_dir = recipe_run["output_dir"]
     assert (output_dir / "statistics.safetensors").exists()
     assert [p.name for p in sorted(output_dir.glob("checkpoint-*"))] == ["checkpoint-1", "checkpoint-2"]
     grids = sorted(p.name for p in (output_dir / "grids").iterdir() if not p.name.startswith("."))
@@ -71,35 +92,25 @@ def test_the_recipe_runs_statistics_distillation_evaluation_and_save(assets, tmp
     assert state["global_step"] == 2 and state["log_history"][-1]["eval_runs"] == 2
     evaluation = json.loads((output_dir / "eval_results.json").read_text())
     assert evaluation["eval_runs"] == 2 and 0 <= evaluation["eval_accuracy"] <= 1
-    assert 0 <= evaluation["eval_random_real_accuracy"] <= 1 and evaluation["eval_num_test_images"] == 12
+    assert 0 <= evaluation["eval_random_real_accuracy"] <= 1 and evaluation["eval_num_test_images"] == 6
     all_results = json.loads((output_dir / "all_results.json").read_text())
     assert all_results["eval_accuracy"] == evaluation["eval_accuracy"] and "train_runtime" in all_results
     card = (output_dir / "distilled" / "README.md").read_text()
     assert "Random real images" in card  # the card reads the metrics the recipe saved
+    assert "huggingface.co/datasets/" not in card and f"`{image_folders['flat']}`" in card
+    assert "source_datasets" not in card.split("---")[1]  # a local folder is no Hub dataset
     distilled = datasets.load_from_disk(str(output_dir / "distilled"))["train"]
     assert distilled.num_rows == 6 and distilled.features["label"].names == ["class_0", "class_1", "class_2"]
     assert load_file(str(output_dir / "distilled" / "synthetic.safetensors"))["images"].shape == (6, 3, 37, 37)
 
 
-def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbone(assets, tmp_path):
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, ConvNextImageProcessor
+def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbone(recipe, recipe_run, assets):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     import hf_sfm  # noqa: F401  (registers the Auto classes)
+    from hf_sfm.evaluation.probe import classifier_accuracy
 
-    build_backbone("resnet").save_pretrained(assets / "resnet")
-    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(assets / "resnet")
-    output_dir = tmp_path / "run"
-    command = [
-        sys.executable, str(RECIPE),
-        "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data"),
-        "--output_dir", str(output_dir), "--num_steps", "2", "--ipc", "1", "--probe_epochs", "2",
-        "--inherited_classifier", "true",
-        "--inherit_eval_model", str(assets / "resnet"), "--inherit_projector_epochs", "3", "--inherit_head_epochs", "5",
-    ]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-
+    output_dir = recipe_run["output_dir"]
     evaluation = json.loads((output_dir / "eval_results.json").read_text())
     assert 0 <= evaluation["eval_inherited_accuracy"] <= 1
     assert evaluation["eval_inherited_backbone"] == str(assets / "resnet")
@@ -108,9 +119,8 @@ def test_the_recipe_saves_and_scores_an_inherited_classifier_for_another_backbon
     assert model.config.id2label == {0: "class_0", 1: "class_1", 2: "class_2"}
     card = (output_dir / "classifier" / "README.md").read_text()
     assert "model-index" in card  # the measured accuracy went into the card's metadata
-    test = datasets.load_from_disk(str(assets / "data"))["test"]
-    from hf_sfm.evaluation.probe import classifier_accuracy
-
+    _, data_args, _, config = recipe.parse_args(recipe_run["command"][2:])
+    test = recipe.load_data(data_args, config.seed)[1]  # the eval split the run carved out of the folder
     processor = AutoImageProcessor.from_pretrained(output_dir / "classifier")
     assert classifier_accuracy(model, test, processor) == pytest.approx(evaluation["eval_inherited_accuracy"])
 
@@ -220,11 +230,9 @@ class RecordingTracker(GeneralTracker):
 
 def test_trackers_get_the_loss_and_the_image_grid_when_asked(tmp_path):
     tracker = RecordingTracker()
-    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    args = DistillationConfig(output_dir=str(tmp_path), num_steps=4, logging_steps=2, grid_steps=2, save_grid=False)
-    distiller = Distiller(
-        build_backbone("vit"), args, color_dataset(3, 2), image_processor=processor,
-        accelerator=Accelerator(log_with=[tracker]),
+    distiller = make_distiller(
+        tmp_path, color_dataset(3, 2), accelerator=Accelerator(log_with=[tracker]),
+        num_steps=4, logging_steps=2, grid_steps=2, save_grid=False,
     )  # fmt: skip
     distiller.train()
     assert tracker.config["num_steps"] == 4
@@ -301,31 +309,27 @@ def test_load_data_accepts_what_load_dataset_accepts(recipe, image_folders, asse
                                             "--eval_split_size", "2"])[1])  # fmt: skip
 
 
-def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(assets, image_folders, tmp_path):
-    """Run twice into one output_dir with an inherited classifier (the second run replaces its own outputs), then a
-    third time after the user edited the classifier: refused, unless overwrite_output_dir."""
+def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(recipe, recipe_run, tmp_path):
+    """Run again into the first run's output dir with an inherited classifier (the second run replaces its own
+    outputs), then a third time after the user edited the classifier: refused, unless overwrite_output_dir."""
     output_dir = tmp_path / "run"
-    command = [
-        sys.executable, str(RECIPE),
-        "--model_name_or_path", str(assets / "vit"), "--dataset_name", str(image_folders["flat"]),
-        "--eval_split_size", "0.4", "--output_dir", str(output_dir), "--num_steps", "1", "--ipc", "1",
-        "--probe_epochs", "1", "--eval_runs", "1", "--inherited_classifier", "true",
-        "--inherit_head_epochs", "2", "--inherit_projector_epochs", "1", "--grid_steps", "0",
-    ]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    for attempt in range(2):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, (attempt, result.stderr[-4000:])
+    shutil.copytree(recipe_run["output_dir"], output_dir)  # the first run, in a folder this test may change
+    command = [str(output_dir) if part == str(recipe_run["output_dir"]) else part for part in recipe_run["command"]]
+    result = launch(command)
+    assert result.returncode == 0, result.stderr[-4000:]
     evaluation = json.loads((output_dir / "eval_results.json").read_text())
     assert evaluation["eval_num_test_images"] == 6 and 0 <= evaluation["eval_inherited_accuracy"] <= 1
-    card = (output_dir / "distilled" / "README.md").read_text()
-    assert "huggingface.co/datasets/" not in card and f"`{image_folders['flat']}`" in card
-    assert "source_datasets" not in card.split("---")[1]  # a local folder is no Hub dataset
     (output_dir / "classifier" / "README.md").write_text("my notes")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "overwrite_output_dir=True" in result.stderr
-    result = subprocess.run([*command, "--overwrite_output_dir", "true"], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # The last two runs in this process (the launch itself was proven above): the same `main` the script calls.
+    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}  # `main` sets them
+    try:
+        with pytest.raises(NotOwnedError, match="overwrite_output_dir=True"):
+            recipe.main(command[2:])
+        assert (output_dir / "classifier" / "README.md").read_text() == "my notes"
+        recipe.main([*command[2:], "--overwrite_output_dir", "true"])
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
     assert "my notes" not in (output_dir / "classifier" / "README.md").read_text()
 
 

@@ -6,6 +6,7 @@ a label column that cannot be found (tests/test_distiller.py); an empty class in
 (tests/test_statistics.py); an incompatible checkpoint and SIGKILL during a run + resume (tests/test_resume.py).
 """
 
+import functools
 import io
 import json
 import os
@@ -25,11 +26,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import make_distiller, tiny_image_processor
 from safetensors import safe_open
-from transformers import ConvNextImageProcessor, ViTConfig, ViTImageProcessor, ViTModel
+from transformers import ConvNextImageProcessor, ViTConfig, ViTModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.backbone.embedding import embed_dataset, embedded_rows, features_and_labels
 from hf_sfm.data.preprocessing import ImagePreprocessing, to_rgb
 from hf_sfm.data.real_images import RealBatchStream, RealImages, random_real_indices
@@ -46,10 +47,6 @@ def _vit(seed=0, **config):
         image_size=SIZE, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
     )
     return ViTModel(ViTConfig(**{**settings, **config}), add_pooling_layer=False).eval()
-
-
-def _processor(size=SIZE):
-    return ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
 def _pil_images(num_classes, per_class, seed=0):
@@ -71,28 +68,18 @@ def _dataset(num_classes=3, per_class=4, names=None, seed=0):
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
-def _args(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        num_steps=2,
-        image_size=SIZE,
-        pyramid_level_every=1,
-        save_grid=False,
-        logging_steps=0,
-        statistics_batch_size=4,
-    )
-    return DistillationConfig(**{**values, **overrides})
-
-
-def _distiller(tmp_path, dataset=None, model=None, processor=None, eval_dataset=None, feature_fn=None, **overrides):
-    return Distiller(
-        model=model if model is not None else _vit(),
-        args=_args(tmp_path, **overrides),
-        train_dataset=dataset if dataset is not None else _dataset(),
-        image_processor=processor if processor is not None else _processor(),
-        eval_dataset=eval_dataset,
-        feature_fn=feature_fn,
-    )
+# Each test's Distiller: these settings unless the test says otherwise, on a one-layer ViT and 12 colour images.
+_distiller = functools.partial(
+    make_distiller,
+    model=_vit,
+    dataset=_dataset,
+    num_steps=2,
+    image_size=SIZE,
+    pyramid_level_every=1,
+    save_grid=False,
+    logging_steps=0,
+    statistics_batch_size=4,
+)
 
 
 def _png(image: PIL.Image.Image, format="PNG") -> bytes:
@@ -108,7 +95,7 @@ def test_no_label_column_names_the_columns_seen_and_the_argument(tmp_path):
     images, _ = _pil_images(2, 2)
     dataset = datasets.Dataset.from_dict({"image": images, "caption": ["a"] * 4}).cast_column("image", datasets.Image())
     with pytest.raises(ValueError, match=r"among the columns \['image', 'caption'\]\. Set `label_column=`"):
-        _distiller(tmp_path, dataset=dataset)
+        _distiller(tmp_path / "out", dataset=dataset)
 
 
 def test_string_labels_are_refused_with_the_conversion_to_run(tmp_path):
@@ -116,13 +103,13 @@ def test_string_labels_are_refused_with_the_conversion_to_run(tmp_path):
     dataset = datasets.Dataset.from_dict({"image": images, "label": [str(label) for label in labels]})
     dataset = dataset.cast_column("image", datasets.Image())
     with pytest.raises(ValueError, match=r"dataset\.class_encode_column\('label'\)"):
-        _distiller(tmp_path, dataset=dataset)
+        _distiller(tmp_path / "out", dataset=dataset)
 
 
 def test_integer_labels_without_class_label_get_derived_names(tmp_path):
     images, labels = _pil_images(3, 2)
     dataset = datasets.Dataset.from_dict({"image": images, "target": labels}).cast_column("image", datasets.Image())
-    assert _distiller(tmp_path, dataset=dataset).class_names == ["0", "1", "2"]
+    assert _distiller(tmp_path / "out", dataset=dataset).class_names == ["0", "1", "2"]
 
 
 def test_missing_labels_are_refused(tmp_path):
@@ -130,7 +117,7 @@ def test_missing_labels_are_refused(tmp_path):
     dataset = datasets.Dataset.from_dict({"image": images, "label": [None, *labels[1:]]})
     dataset = dataset.cast_column("image", datasets.Image())
     with pytest.raises(ValueError, match=r"missing \(None\) labels"):
-        _distiller(tmp_path, dataset=dataset)
+        _distiller(tmp_path / "out", dataset=dataset)
 
 
 def test_unlabelled_marker_minus_one_is_explained(tmp_path):
@@ -139,41 +126,41 @@ def test_unlabelled_marker_minus_one_is_explained(tmp_path):
         lambda row, i: {"label": -1 if i == 2 else row["label"]}, with_indices=True, features=dataset.features
     )
     with pytest.raises(ValueError, match="-1 is how `datasets` marks an unlabelled example"):
-        _distiller(tmp_path, dataset=dataset).compute_statistics()
+        _distiller(tmp_path / "out", dataset=dataset).compute_statistics()
 
 
 def test_no_image_column_says_how_to_cast(tmp_path):
     dataset = datasets.Dataset.from_dict({"path": ["a.png", "b.png"], "label": [0, 1]})
     with pytest.raises(ValueError, match=r"no column has the `datasets\.Image` feature.*Set `image_column=`"):
-        _distiller(tmp_path, dataset=dataset)
+        _distiller(tmp_path / "out", dataset=dataset)
 
 
 def test_non_image_values_in_the_chosen_column_are_refused(tmp_path):
     dataset = _dataset().add_column("caption", ["x"] * 12)
     with pytest.raises(ValueError, match=r"holds Value\('string'.*cast_column\('caption', datasets\.Image\(\)\)"):
-        _distiller(tmp_path, dataset=dataset, image_column="caption")
+        _distiller(tmp_path / "out", dataset=dataset, image_column="caption")
 
 
 def test_a_class_with_zero_training_images_is_named(tmp_path):
     dataset = _dataset(num_classes=2, names=["cat", "dog", "axolotl"])
     with pytest.raises(ValueError, match=r"1 of 3 classes have no training images \(\['axolotl'\]\)"):
-        _distiller(tmp_path, dataset=dataset).compute_statistics()
+        _distiller(tmp_path / "out", dataset=dataset).compute_statistics()
 
 
 def test_eval_classes_missing_from_train_are_named(tmp_path):
     train = _dataset(num_classes=2, names=["cat", "dog"])
     test = _dataset(num_classes=3, names=["cat", "dog", "fox"])
     with pytest.raises(ValueError, match=r"classes the training set lacks: \['fox'\]"):
-        _distiller(tmp_path, dataset=train, eval_dataset=test)
+        _distiller(tmp_path / "out", dataset=train, eval_dataset=test)
 
 
 def test_eval_classes_in_another_order_are_refused_with_the_realignment(tmp_path):
     train = _dataset(num_classes=2, names=["cat", "dog"])
     test = _dataset(num_classes=2, names=["dog", "cat"])
     with pytest.raises(ValueError, match=r"id 0 is 'dog' there but 1.*align_labels_with_mapping"):
-        _distiller(tmp_path, dataset=train, eval_dataset=test)
+        _distiller(tmp_path / "out", dataset=train, eval_dataset=test)
     subset = _dataset(num_classes=1, names=["cat"])  # fewer classes, same ids: fine
-    _distiller(tmp_path, dataset=train, eval_dataset=subset)
+    _distiller(tmp_path / "out", dataset=train, eval_dataset=subset)
 
 
 # ---------------------------------------------------------------------------------------------- image content
@@ -263,7 +250,7 @@ def _corrupt_dataset():
 
 def test_corrupt_images_are_skipped_counted_and_reported(tmp_path, caplog):
     dataset = _corrupt_dataset()
-    distiller = _distiller(tmp_path, dataset=dataset)
+    distiller = _distiller(tmp_path / "out", dataset=dataset)
     with caplog.at_level("WARNING", logger="hf_sfm.data.statistics"):
         statistics = distiller.compute_statistics()
     assert statistics.counts.tolist() == [4, 4, 4]
@@ -273,7 +260,7 @@ def test_corrupt_images_are_skipped_counted_and_reported(tmp_path, caplog):
         14,
     ]
     assert "Skipped 3 training image(s)" in caplog.text
-    clean = _distiller(tmp_path / "clean", dataset=dataset.select(range(12))).compute_statistics()
+    clean = _distiller(tmp_path / "clean" / "out", dataset=dataset.select(range(12))).compute_statistics()
     torch.testing.assert_close(statistics.feature_sums, clean.feature_sums)  # the bad rows left no trace
     saved = ClassStatistics.load(tmp_path / "out" / "statistics.safetensors")
     assert saved.metadata["skipped_images"] == "3"
@@ -282,7 +269,7 @@ def test_corrupt_images_are_skipped_counted_and_reported(tmp_path, caplog):
 def test_feature_column_skips_undecodable_images_and_keeps_their_rows(tmp_path, caplog):
     order = [12, *range(6), 13, *range(6, 12), 14]  # the bad rows (12, 13, 14) at positions 0, 7 and 14
     dataset = _corrupt_dataset().select(order)
-    distiller = _distiller(tmp_path, dataset=dataset)
+    distiller = _distiller(tmp_path / "out", dataset=dataset)
     with caplog.at_level("WARNING", logger="hf_sfm.backbone.embedding"):
         embedded = embed_dataset(distiller.feature_extractor, distiller.preprocessing, dataset)
     features, labels = features_and_labels(embedded)
@@ -302,7 +289,7 @@ def test_evaluator_test_and_full_data_features_skip_undecodable_images(tmp_path)
     from hf_sfm.evaluation.probe import ProbeEvaluator
 
     dataset = _corrupt_dataset()
-    evaluator = ProbeEvaluator(_vit(), _processor(), dataset, name="tiny")
+    evaluator = ProbeEvaluator(_vit(), tiny_image_processor(), dataset, name="tiny")
     features, labels = evaluator.test_features()
     assert features.shape[0] == labels.shape[0] == 12
     result = evaluator.probe_full_dataset(dataset, runs=1, config=ProbeConfig(epochs=2, augment=False))
@@ -310,7 +297,7 @@ def test_evaluator_test_and_full_data_features_skip_undecodable_images(tmp_path)
 
 
 def test_corrupt_images_raise_naming_the_row_when_asked(tmp_path):
-    distiller = _distiller(tmp_path, dataset=_corrupt_dataset(), skip_corrupt_images=False)
+    distiller = _distiller(tmp_path / "out", dataset=_corrupt_dataset(), skip_corrupt_images=False)
     with pytest.raises(ValueError, match=r"row 12 of column 'image' cannot be decoded \(UnidentifiedImageError"):
         distiller.compute_statistics()
 
@@ -343,7 +330,7 @@ def _decoded_rows(distiller, rows):
 
 def test_sampled_real_images_of_a_clean_dataset_are_unchanged(tmp_path):
     """The decodability check must not move the seeded choice: same rows, same pixels as a plain decode."""
-    distiller = _distiller(tmp_path)
+    distiller = _distiller(tmp_path / "out")
     labels = torch.as_tensor(distiller.train_dataset["label"])
     for seed in range(3):
         plain = _decoded_rows(distiller, random_real_indices(labels, 3, 2, seed=seed))
@@ -351,7 +338,7 @@ def test_sampled_real_images_of_a_clean_dataset_are_unchanged(tmp_path):
 
 
 def test_sampled_real_images_replace_undecodable_ones_along_the_same_permutation(tmp_path, caplog):
-    distiller = _distiller(tmp_path, dataset=_corrupt_dataset())
+    distiller = _distiller(tmp_path / "out", dataset=_corrupt_dataset())
     labels = torch.as_tensor(distiller.train_dataset["label"])
     replaced = []
     for seed in range(4):
@@ -369,7 +356,7 @@ def test_sampled_real_images_replace_undecodable_ones_along_the_same_permutation
 
 
 def test_sampling_more_real_images_than_a_class_can_decode_names_the_class(tmp_path):
-    distiller = _distiller(tmp_path, dataset=_corrupt_dataset())  # each class: 4 good rows + 1 bad
+    distiller = _distiller(tmp_path / "out", dataset=_corrupt_dataset())  # each class: 4 good rows + 1 bad
     with pytest.raises(
         ValueError,
         match=r"Class 'a' has 5 real training images, but 1 of them cannot be decoded.*"
@@ -379,7 +366,7 @@ def test_sampling_more_real_images_than_a_class_can_decode_names_the_class(tmp_p
 
 
 def test_sampled_real_images_refuse_undecodable_ones_when_asked(tmp_path):
-    distiller = _distiller(tmp_path, dataset=_corrupt_dataset(), skip_corrupt_images=False)
+    distiller = _distiller(tmp_path / "out", dataset=_corrupt_dataset(), skip_corrupt_images=False)
     with pytest.raises(ValueError, match=r"row 12 of column 'image' cannot be decoded.*skip_corrupt_images=True"):
         distiller.sample_real_images(5)  # every row of class 'a' is tried, row 12 among them
 
@@ -440,9 +427,11 @@ def test_real_batches_of_a_set_with_no_decodable_image_fail_instead_of_looping(k
 
 
 def test_lgm_real_batches_follow_the_skip_corrupt_images_flag(tmp_path):
-    distiller = _distiller(tmp_path, dataset=_corrupt_dataset(), method="lgm")
+    distiller = _distiller(tmp_path / "out", dataset=_corrupt_dataset(), method="lgm")
     assert distiller.create_method().real_batches.skipped_rows == {12, 13, 14}
-    strict = _distiller(tmp_path / "strict", dataset=_corrupt_dataset(), method="lgm", skip_corrupt_images=False)
+    strict = _distiller(
+        tmp_path / "strict" / "out", dataset=_corrupt_dataset(), method="lgm", skip_corrupt_images=False
+    )
     with pytest.raises(ValueError, match=r"row 12 of column 'image' cannot be decoded"):
         strict.create_method()
 
@@ -464,30 +453,30 @@ class _NoPooler(torch.nn.Module):
 
 def test_backbone_without_pooled_output_fails_at_construction_naming_the_override(tmp_path):
     with pytest.raises(ValueError, match=r"_NoPooler returns no pooled output.*feature_fn=.*register_feature_fn"):
-        _distiller(tmp_path, model=_NoPooler())
-    pooled = _distiller(tmp_path, model=_NoPooler(), feature_fn=lambda m, x: m(x).last_hidden_state.mean(1))
+        _distiller(tmp_path / "out", model=_NoPooler())
+    pooled = _distiller(tmp_path / "out", model=_NoPooler(), feature_fn=lambda m, x: m(x).last_hidden_state.mean(1))
     assert pooled.feature_extractor.check_forward() == 4
 
 
 def test_a_processor_of_another_input_size_fails_at_construction(tmp_path):
     with pytest.raises(ValueError, match=r"ViTModel cannot embed 64x64 RGB images.*ViTImageProcessor.*crop_size"):
-        _distiller(tmp_path, processor=_processor(size=64))
+        _distiller(tmp_path / "out", processor=tiny_image_processor(size=64))
 
 
 def test_a_processor_of_another_family_warns(tmp_path, caplog):
     processor = ConvNextImageProcessor(size={"shortest_edge": SIZE}, crop_pct=1.0)
     with caplog.at_level("WARNING", logger="hf_sfm.backbone.features"):
-        _distiller(tmp_path, processor=processor)
+        _distiller(tmp_path / "out", processor=processor)
     assert "not the kind transformers pairs with 'vit' models (ViTImageProcessor)" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_sfm.backbone.features"):
-        _distiller(tmp_path)
+        _distiller(tmp_path / "out")
     assert "pairs with" not in caplog.text
 
 
 def test_a_backbone_that_wants_other_than_three_channels_is_refused(tmp_path):
     with pytest.raises(ValueError, match="expects 1-channel input, but hf_sfm feeds RGB"):
-        _distiller(tmp_path, model=_vit(num_channels=1))
+        _distiller(tmp_path / "out", model=_vit(num_channels=1))
 
 
 def test_nan_weights_fail_at_construction(tmp_path):
@@ -495,7 +484,7 @@ def test_nan_weights_fail_at_construction(tmp_path):
     with torch.no_grad():
         model.embeddings.cls_token.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="NaN/Inf features for a plain grey image"):
-        _distiller(tmp_path, model=model)
+        _distiller(tmp_path / "out", model=model)
 
 
 def test_nan_features_in_the_statistics_pass_name_the_rows_and_fp16(tmp_path):
@@ -504,7 +493,7 @@ def test_nan_features_in_the_statistics_pass_name_the_rows_and_fp16(tmp_path):
         grey = bool((pixel_values == 0).all())  # the construction check's plain grey image, normalised
         return features if grey else features * float("inf") * 0
 
-    distiller = _distiller(tmp_path, feature_fn=nan_on_real_images)
+    distiller = _distiller(tmp_path / "out", feature_fn=nan_on_real_images)
     with pytest.raises(FloatingPointError, match=r"NaN/Inf features for 4 of 4 images in rows 0\.\.3.*fp16"):
         distiller.compute_statistics()
 
@@ -520,7 +509,7 @@ def test_a_loss_that_becomes_nan_names_the_step_and_the_cause(tmp_path):
                 return features * float("nan")
         return features
 
-    distiller = _distiller(tmp_path, feature_fn=nan_after_two_steps, num_steps=5)
+    distiller = _distiller(tmp_path / "out", feature_fn=nan_after_two_steps, num_steps=5)
     with pytest.raises(FloatingPointError, match=r"loss became nan at step 2.*mixed_precision='no'"):
         distiller.train()
 
@@ -529,9 +518,9 @@ def test_a_loss_that_becomes_nan_names_the_step_and_the_cause(tmp_path):
 
 
 def test_mismatched_statistics_name_the_flag_that_recomputes_them(tmp_path):
-    _distiller(tmp_path).compute_statistics()
+    _distiller(tmp_path / "out").compute_statistics()
     path = tmp_path / "out" / "statistics.safetensors"
-    other = _distiller(tmp_path, model=_vit(seed=0, hidden_size=48), processor=_processor())
+    other = _distiller(tmp_path / "out", model=_vit(seed=0, hidden_size=48), processor=tiny_image_processor())
     other.feature_extractor.model.config._name_or_path = "another-backbone"
     with pytest.raises(
         ValueError, match=r"backbone: saved 'ViTModel' vs current 'another-backbone'.*recompute_statistics=True"
@@ -550,17 +539,17 @@ def test_output_dir_with_foreign_content_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(
         ValueError, match=r"holds content hf_sfm did not write: \['thesis.tex'\].*overwrite_output_dir=True"
     ):
-        _distiller(tmp_path)
-    _distiller(tmp_path, overwrite_output_dir=True)
+        _distiller(tmp_path / "out")
+    _distiller(tmp_path / "out", overwrite_output_dir=True)
     assert (output_dir / "thesis.tex").read_text() == "years of work"
 
 
 def test_rerunning_into_its_own_output_dir_reuses_the_statistics(tmp_path, monkeypatch):
-    first = _distiller(tmp_path, num_steps=1, save_steps=1, save_grid=True)
+    first = _distiller(tmp_path / "out", num_steps=1, save_steps=1, save_grid=True)
     first.train()
     first.save_distilled()
     (tmp_path / "out" / ".statistics.safetensors.x.tmp").mkdir()  # what a kill during a save leaves behind
-    second = _distiller(tmp_path)  # no overwrite_output_dir needed: everything there is hf_sfm's own
+    second = _distiller(tmp_path / "out")  # no overwrite_output_dir needed: everything there is hf_sfm's own
     import hf_sfm.distiller as distiller_module
 
     monkeypatch.setattr(distiller_module, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
@@ -661,10 +650,10 @@ def test_sigkill_during_a_save_leaves_the_previous_output_intact(tmp_path):
 
 def _pipeline(output_dir):
     """Statistics → distillation → evaluation, as a user runs it, in one go."""
-    distiller = _distiller(output_dir, num_steps=3, ipc=2, eval_runs=2, probe_epochs=3)
+    distiller = _distiller(output_dir / "out", num_steps=3, ipc=2, eval_runs=2, probe_epochs=3)
     statistics = distiller.compute_statistics()
     distiller.train()
-    results = distiller.evaluate(_dataset(seed=1), eval_model=_vit(seed=1), eval_image_processor=_processor())
+    results = distiller.evaluate(_dataset(seed=1), eval_model=_vit(seed=1), eval_image_processor=tiny_image_processor())
     return distiller, statistics, results
 
 
@@ -681,7 +670,7 @@ def test_same_seed_gives_bit_identical_statistics_images_and_evaluation(tmp_path
 
 
 def test_every_output_records_the_seed_and_library_versions(tmp_path):
-    distiller = _distiller(tmp_path, seed=11, save_steps=2)
+    distiller = _distiller(tmp_path / "out", seed=11, save_steps=2)
     distiller.train()
     path = distiller.save_distilled()
     statistics = ClassStatistics.load(tmp_path / "out" / "statistics.safetensors")

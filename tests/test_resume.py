@@ -3,6 +3,7 @@
 The kill test runs real processes (`tests/_resume_worker.py`); the others run in this process on a tiny ViT.
 """
 
+import functools
 import json
 import os
 import signal
@@ -13,11 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_backbone, color_dataset
+from conftest import color_dataset, make_distiller
 from safetensors.torch import load_file
-from transformers import ViTImageProcessor
 
-from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.training import checkpointing as checkpointing_module
 from hf_sfm.training.checkpointing import RUN_STATE_FILE, list_checkpoints, resolve_checkpoint
 
@@ -46,16 +45,15 @@ def _reference_run(output_dir: Path) -> dict[str, torch.Tensor]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-        args = DistillationConfig(
-            output_dir=str(output_dir), num_steps=8, ipc=2, pyramid_level_every=3, learning_rate=0.05, save_grid=False
-        )
-        distiller = Distiller(
-            build_backbone("vit"),
-            args,
+        distiller = make_distiller(
+            output_dir,
             color_dataset(num_classes=3, per_class=6),
-            image_processor=processor,
             feature_fn=_cls_token,
+            num_steps=8,
+            ipc=2,
+            pyramid_level_every=3,
+            learning_rate=0.05,
+            save_grid=False,
         )
         distiller.train()
         return {"images": distiller.synthetic_images(), "losses": torch.tensor(distiller.losses, dtype=torch.float64)}
@@ -95,23 +93,22 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(tmp_path):
 # ---------------------------------------------------------------------------------------------- in-process
 
 
-@pytest.fixture
-def processor():
-    return ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+# Each in-process test's Distiller: these settings unless the test says otherwise, on the tiny ViT.
+_distiller = functools.partial(
+    make_distiller,
+    dataset=lambda: color_dataset(3, 4),
+    num_steps=4,
+    ipc=2,
+    pyramid_level_every=2,
+    learning_rate=0.05,
+    save_grid=False,
+)
 
 
-def _distiller(output_dir, processor, **overrides):
-    settings = dict(output_dir=str(output_dir), num_steps=4, ipc=2, pyramid_level_every=2, learning_rate=0.05)
-    settings.update(save_grid=False, **overrides)
-    return Distiller(
-        build_backbone("vit"), DistillationConfig(**settings), color_dataset(3, 4), image_processor=processor
-    )
-
-
-def test_resume_in_process_matches_uninterrupted_and_writes_the_documented_layout(tmp_path, processor):
-    reference = _distiller(tmp_path / "a", processor, num_steps=5)
+def test_resume_in_process_matches_uninterrupted_and_writes_the_documented_layout(tmp_path):
+    reference = _distiller(tmp_path / "a", num_steps=5)
     reference.train()
-    first = _distiller(tmp_path / "b", processor, num_steps=3, save_steps=3)
+    first = _distiller(tmp_path / "b", num_steps=3, save_steps=3)
     first.train()
     checkpoint = tmp_path / "b" / "checkpoint-3"
     names = sorted(path.name for path in checkpoint.iterdir())
@@ -124,24 +121,24 @@ def test_resume_in_process_matches_uninterrupted_and_writes_the_documented_layou
     ]
     state = json.loads((checkpoint / RUN_STATE_FILE).read_text())
     assert state["step"] == 3 and len(state["losses"]) == 3 and state["fingerprint"]["ipc"] == 2
-    resumed = _distiller(tmp_path / "b", processor, num_steps=5, resume_from_checkpoint=str(checkpoint))
+    resumed = _distiller(tmp_path / "b", num_steps=5, resume_from_checkpoint=str(checkpoint))
     output = resumed.train()
     assert torch.equal(resumed.synthetic_images(), reference.synthetic_images())
     assert resumed.losses == reference.losses and output.global_step == 5
 
 
-def test_resume_refuses_an_incompatible_run_with_a_clear_error(tmp_path, processor):
-    _distiller(tmp_path, processor, num_steps=2, save_steps=2).train()
+def test_resume_refuses_an_incompatible_run_with_a_clear_error(tmp_path):
+    _distiller(tmp_path, num_steps=2, save_steps=2).train()
     with pytest.raises(ValueError, match=r"incompatible run \(ipc: checkpoint 2 vs this run 3\)"):
-        _distiller(tmp_path, processor, ipc=3, resume_from_checkpoint="latest").train()
+        _distiller(tmp_path, ipc=3, resume_from_checkpoint="latest").train()
     with pytest.raises(ValueError, match="parameterization"):
-        _distiller(tmp_path, processor, parameterization="pyramid", resume_from_checkpoint="latest").train()
+        _distiller(tmp_path, parameterization="pyramid", resume_from_checkpoint="latest").train()
 
 
-def test_resume_with_a_changed_learning_rate_continues_with_a_warning(tmp_path, processor, caplog):
-    _distiller(tmp_path, processor, num_steps=2, save_steps=2).train()
+def test_resume_with_a_changed_learning_rate_continues_with_a_warning(tmp_path, caplog):
+    _distiller(tmp_path, num_steps=2, save_steps=2).train()
     with caplog.at_level("WARNING", logger="hf_sfm.training.checkpointing"):
-        resumed = _distiller(tmp_path, processor, learning_rate=0.01, resume_from_checkpoint="latest")
+        resumed = _distiller(tmp_path, learning_rate=0.01, resume_from_checkpoint="latest")
         resumed.train()
     assert len(resumed.losses) == 4
     assert "learning_rate: 0.05 -> 0.01" in caplog.text
@@ -155,12 +152,12 @@ def test_resolve_checkpoint_errors_name_the_fix(tmp_path):
         resolve_checkpoint(str(tmp_path / "nowhere"), tmp_path)
 
 
-def test_a_crafted_pickle_in_a_checkpoint_is_never_executed(tmp_path, processor):
+def test_a_crafted_pickle_in_a_checkpoint_is_never_executed(tmp_path):
     """Resuming reads safetensors and JSON only: a pickle dropped into (or replacing a file of) a checkpoint is not
     unpickled; where it replaces a real file, the manifest's checksum refuses the checkpoint."""
     import pickle
 
-    _distiller(tmp_path, processor, num_steps=2, save_steps=2).train()
+    _distiller(tmp_path, num_steps=2, save_steps=2).train()
     checkpoint = tmp_path / "checkpoint-2"
     marker = tmp_path / "pwned"
 
@@ -171,17 +168,17 @@ def test_a_crafted_pickle_in_a_checkpoint_is_never_executed(tmp_path, processor)
     payload = pickle.dumps(Exploit())
     for name in ("random_states_0.pkl", "custom_checkpoint_0.pkl", "pytorch_model.bin", "optimizer.bin"):
         (checkpoint / name).write_bytes(payload)  # the names accelerate's own checkpoints would load
-    resumed = _distiller(tmp_path, processor, num_steps=3, resume_from_checkpoint="latest")
+    resumed = _distiller(tmp_path, num_steps=3, resume_from_checkpoint="latest")
     resumed.train()
     assert not marker.exists() and resumed.state.global_step == 3
     (checkpoint / "rng-00000.safetensors").write_bytes(payload)
     with pytest.raises(checkpointing_module.CorruptCheckpointError, match=r"rng-00000.safetensors does not match"):
-        _distiller(tmp_path, processor, num_steps=3, resume_from_checkpoint=str(checkpoint)).train()
+        _distiller(tmp_path, num_steps=3, resume_from_checkpoint=str(checkpoint)).train()
     assert not marker.exists()
 
 
-def test_latest_skips_a_truncated_checkpoint_and_says_so(tmp_path, processor, caplog):
-    _distiller(tmp_path, processor, num_steps=4, save_steps=2).train()
+def test_latest_skips_a_truncated_checkpoint_and_says_so(tmp_path, caplog):
+    _distiller(tmp_path, num_steps=4, save_steps=2).train()
     shard = tmp_path / "checkpoint-4" / "synthetic-00000-of-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:100])  # a copy cut short
     with caplog.at_level("WARNING", logger="hf_sfm.training.checkpointing"):
@@ -194,8 +191,8 @@ def test_latest_skips_a_truncated_checkpoint_and_says_so(tmp_path, processor, ca
         resolve_checkpoint("latest", tmp_path)
 
 
-def test_a_save_that_crashes_leaves_no_half_checkpoint(tmp_path, processor, monkeypatch):
-    _distiller(tmp_path, processor, num_steps=2, save_steps=2).train()
+def test_a_save_that_crashes_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    _distiller(tmp_path, num_steps=2, save_steps=2).train()
     good = tmp_path / "checkpoint-2"
     before = {path.name: path.read_bytes() for path in good.iterdir()}
 
@@ -204,13 +201,13 @@ def test_a_save_that_crashes_leaves_no_half_checkpoint(tmp_path, processor, monk
 
     monkeypatch.setattr(checkpointing_module, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
-        _distiller(tmp_path, processor, num_steps=4, save_steps=2, resume_from_checkpoint="latest").train()
+        _distiller(tmp_path, num_steps=4, save_steps=2, resume_from_checkpoint="latest").train()
     assert [path.name for path in list_checkpoints(tmp_path)] == ["checkpoint-2"]
     assert not (tmp_path / "checkpoint-4").exists()
     assert {path.name: path.read_bytes() for path in good.iterdir()} == before
     assert not list(tmp_path.glob(".checkpoint-*"))  # the staged folder was removed
 
 
-def test_save_total_limit_keeps_the_newest_checkpoints(tmp_path, processor):
-    _distiller(tmp_path, processor, num_steps=5, save_steps=1, save_total_limit=2).train()
+def test_save_total_limit_keeps_the_newest_checkpoints(tmp_path):
+    _distiller(tmp_path, num_steps=5, save_steps=1, save_total_limit=2).train()
     assert [path.name for path in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-5"]

@@ -1,46 +1,39 @@
 """What a `transformers.Trainer` user expects of the `Distiller`: callbacks, state and control, `evaluate()`,
 `compute_metrics`, `TrainOutput`, `log_metrics` / `save_metrics` / `save_state`, logging, trackers, hub fields."""
 
+import functools
 import json
 
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
-from conftest import build_backbone, color_dataset
-from transformers import TrainerCallback, TrainerState, ViTImageProcessor
+from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
+from transformers import TrainerCallback, TrainerState
 from transformers.trainer_utils import TrainOutput
 
-from hf_sfm import DistillationConfig, Distiller
+from hf_sfm import DistillationConfig
+
+# Each test's Distiller: these settings unless the test says otherwise, evaluated on 9 held-out colour images.
+_distiller = functools.partial(
+    make_distiller,
+    dataset=lambda: color_dataset(3, 4),
+    eval_dataset=color_dataset(3, 3, seed=1),
+    num_steps=6,
+    image_size=32,
+    pyramid_level_every=2,
+    save_grid=False,
+    logging_steps=2,
+    eval_runs=2,
+    probe_epochs=3,
+)
 
 
-def _processor():
-    return ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-
-
-def _distiller(tmp_path, callbacks=None, compute_metrics=None, accelerator=None, feature_fn=None, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        num_steps=6,
-        image_size=32,
-        pyramid_level_every=2,
-        save_grid=False,
-        logging_steps=2,
-        eval_runs=2,
-        probe_epochs=3,
-    )
-    values.update(overrides)
-    return Distiller(
-        build_backbone("vit"),
-        DistillationConfig(**values),
-        color_dataset(3, 4),
-        image_processor=_processor(),
-        eval_dataset=color_dataset(3, 3, seed=1),
-        callbacks=callbacks,
-        compute_metrics=compute_metrics,
-        accelerator=accelerator,
-        feature_fn=feature_fn,
-    )
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A Distiller trained once at the settings above, for the tests that evaluate and save it."""
+    distiller = _distiller(tmp_path_factory.mktemp("trained") / "out")
+    return distiller, distiller.train()
 
 
 class Recorder(TrainerCallback):
@@ -73,7 +66,7 @@ class Recorder(TrainerCallback):
 
 def test_callbacks_see_every_event_with_state_and_can_stop_training(tmp_path):
     recorder = Recorder(stop_at=4)
-    distiller = _distiller(tmp_path, callbacks=[recorder], save_steps=2, eval_steps=2)
+    distiller = _distiller(tmp_path / "out", callbacks=[recorder], save_steps=2, eval_steps=2)
     output = distiller.train()
     names = [event[0] for event in recorder.events]
     assert recorder.events[0] == ("train_begin", 0, 6) and names[-1] == "train_end"
@@ -88,30 +81,28 @@ def test_callbacks_see_every_event_with_state_and_can_stop_training(tmp_path):
 
 
 def test_callback_classes_are_instantiated_and_other_objects_refused(tmp_path):
-    distiller = _distiller(tmp_path, callbacks=[Recorder])
+    distiller = _distiller(tmp_path / "out", callbacks=[Recorder])
     assert any(isinstance(callback, Recorder) for callback in distiller.callback_handler.callbacks)
     assert isinstance(distiller.pop_callback(Recorder), Recorder)
     with pytest.raises(TypeError, match="TrainerCallback"):
         distiller.add_callback(object())
 
 
-def test_evaluate_returns_flat_metrics_with_baselines_and_a_prefix(tmp_path):
-    distiller = _distiller(tmp_path)
-    distiller.train()
+def test_evaluate_returns_flat_metrics_with_baselines_and_a_prefix(trained):
+    distiller, _ = trained
     metrics = distiller.evaluate(metric_key_prefix="test", baselines=["random_real", "centroids"])
     for key in ("test_accuracy", "test_accuracy_std", "test_top5_accuracy", "test_runs", "test_backbone"):
         assert key in metrics
     assert metrics["test_runs"] == 2 and metrics["test_probe_epochs"] == 3 and metrics["test_probe_views"] == 0
     assert 0 <= metrics["test_random_real_accuracy"] <= 1 and 0 <= metrics["test_centroids_accuracy"] <= 1
     assert distiller.state.log_history[-1]["test_accuracy"] == metrics["test_accuracy"]
-    cross = distiller.evaluate(eval_model=build_backbone("resnet"), eval_image_processor=_processor())
+    cross = distiller.evaluate(eval_model=build_backbone("resnet"), eval_image_processor=tiny_image_processor())
     assert cross["eval_backbone"] == "ResNetModel" and "eval_random_real_accuracy" not in cross
 
 
-def test_the_near_mean_baseline_probes_another_set_in_every_run(tmp_path):
+def test_the_near_mean_baseline_probes_another_set_in_every_run(trained, monkeypatch):
     """Its ± is the spread over sets of real images near the means: run r trains on the (r + 2)-th nearest."""
-    distiller = _distiller(tmp_path)
-    distiller.train()
+    distiller, _ = trained
     baselines, seen = distiller.evaluator.baselines(), []
     original = baselines.near_mean
 
@@ -120,7 +111,7 @@ def test_the_near_mean_baseline_probes_another_set_in_every_run(tmp_path):
         seen.append(images)
         return images, labels
 
-    baselines.near_mean = recorded
+    monkeypatch.setattr(baselines, "near_mean", recorded)
     metrics = distiller.evaluate(baselines=["centroids", "near_mean"])
     assert 0 <= metrics["eval_near_mean_accuracy"] <= 1 and "eval_near_mean_accuracy_std" in metrics
     assert len(seen) == metrics["eval_runs"] == 2 and not torch.equal(seen[0], seen[1])
@@ -129,12 +120,7 @@ def test_the_near_mean_baseline_probes_another_set_in_every_run(tmp_path):
 
 
 def test_evaluate_without_test_images_says_what_to_pass(tmp_path):
-    distiller = Distiller(
-        build_backbone("vit"),
-        DistillationConfig(output_dir=str(tmp_path), num_steps=1, image_size=32, save_grid=False),
-        color_dataset(3, 2),
-        image_processor=_processor(),
-    )
+    distiller = make_distiller(tmp_path, color_dataset(3, 2), num_steps=1, image_size=32, save_grid=False)
     distiller.train()
     with pytest.raises(ValueError, match="eval_dataset="):
         distiller.evaluate()
@@ -147,22 +133,21 @@ def test_compute_metrics_as_in_trainer(tmp_path):
         seen.append(prediction.predictions.shape)
         return {"accuracy": float((prediction.predictions.argmax(1) == prediction.label_ids).mean()), "runs_seen": 1.0}
 
-    distiller = _distiller(tmp_path, compute_metrics=compute_metrics)
+    distiller = _distiller(tmp_path / "out", compute_metrics=compute_metrics)
     distiller.train()
     metrics = distiller.evaluate()
     assert seen == [(9, 3), (9, 3)] and metrics["eval_runs_seen"] == 1.0 and "eval_top5_accuracy" not in metrics
 
 
-def test_log_metrics_save_metrics_and_save_state_write_trainer_files(tmp_path, caplog):
-    distiller = _distiller(tmp_path)
-    output = distiller.train()
+def test_log_metrics_save_metrics_and_save_state_write_trainer_files(trained, caplog):
+    distiller, output = trained
     metrics = distiller.evaluate()
     with caplog.at_level("INFO", logger="hf_sfm.distiller"):
         distiller.log_metrics("eval", metrics)
     assert "***** eval metrics *****" in caplog.text and "eval_accuracy" in caplog.text
     distiller.save_metrics("train", output.metrics)
     distiller.save_metrics("eval", metrics)
-    out = tmp_path / "out"
+    out = distiller.output_dir
     assert json.loads((out / "eval_results.json").read_text()) == metrics
     assert json.loads((out / "all_results.json").read_text()) == {**output.metrics, **metrics}
     distiller.save_state()
@@ -171,7 +156,7 @@ def test_log_metrics_save_metrics_and_save_state_write_trainer_files(tmp_path, c
 
 
 def test_logging_steps_are_visible_from_python(tmp_path, capsys):
-    _distiller(tmp_path, logging_steps=3).train()
+    _distiller(tmp_path / "out", logging_steps=3).train()
     shown = capsys.readouterr().out  # as Trainer does: each log written above the progress bar
     assert shown.count("'loss'") == 2 and "'learning_rate'" in shown and "'seconds_per_step'" in shown
 
@@ -207,7 +192,7 @@ def test_the_loss_stays_on_the_device_between_logging_steps(tmp_path):
     def no_sync_features(model, pixel_values):
         return model(pixel_values=pixel_values).last_hidden_state[:, 0].as_subclass(NoSync)
 
-    distiller = _distiller(tmp_path, callbacks=[Arm], feature_fn=no_sync_features, logging_steps=3)
+    distiller = _distiller(tmp_path / "out", callbacks=[Arm], feature_fn=no_sync_features, logging_steps=3)
     try:
         distiller.train()  # reading the loss inside a step would raise
     finally:
@@ -248,7 +233,7 @@ def test_trackers_get_a_run_name_and_are_closed_at_the_end(tmp_path, monkeypatch
         return original(project_name, config=config, init_kwargs=init_kwargs)
 
     monkeypatch.setattr(accelerator, "init_trackers", spy)
-    distiller = _distiller(tmp_path, accelerator=accelerator, run_name="my-run")
+    distiller = _distiller(tmp_path / "out", accelerator=accelerator, run_name="my-run")
     distiller.train()
     assert seen["project"] == "hf_sfm" and seen["init_kwargs"]["wandb"] == {"name": "my-run"}
     assert tracker.logged == [2, 4, 6] and tracker.finished and accelerator.trackers == []
@@ -259,7 +244,7 @@ def test_hub_fields_are_checked_up_front_and_the_token_never_written(tmp_path):
         DistillationConfig(push_to_hub=True)
     args = DistillationConfig(push_to_hub=True, hub_dataset_id="org/set", hub_token="hf_secret")
     assert args.to_dict()["hub_token"] == "<HUB_TOKEN>" and args.hub_token == "hf_secret"
-    distiller = _distiller(tmp_path, hub_token="hf_secret", hub_dataset_id="org/set")
+    distiller = _distiller(tmp_path / "out", hub_token="hf_secret", hub_dataset_id="org/set")
     distiller.train()
     path = distiller.save_distilled()
     assert "hf_secret" not in (path / "distillation_config.json").read_text()
@@ -267,7 +252,7 @@ def test_hub_fields_are_checked_up_front_and_the_token_never_written(tmp_path):
 
 
 def test_pushing_never_trains_a_classifier(tmp_path):
-    distiller = _distiller(tmp_path, hub_dataset_id="org/set", hub_model_id="org/classifier")
+    distiller = _distiller(tmp_path / "out", hub_dataset_id="org/set", hub_model_id="org/classifier")
     distiller.train()
     with pytest.raises(ValueError, match="pushing never trains one"):
         distiller.push_to_hub(local_dir=tmp_path / "hub")

@@ -1,6 +1,7 @@
 """Never lose what the user has: hf_sfm replaces only what it wrote, refuses a busy or unusable output_dir, and
 names the path and the flag that would allow it."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -10,25 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_backbone, color_dataset
-from transformers import ViTImageProcessor
+from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
 
-from hf_sfm import DistillationConfig, Distiller
+from hf_sfm import DistillationConfig
 from hf_sfm.training.outputs import OutputDirectoryError, check_output_dir
 from hf_sfm.utils.io_utils import NotOwnedError, atomic_path, is_owned
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _processor():
-    return ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-
-
-def _distiller(output_dir, dataset=None, **overrides):
-    values = dict(output_dir=str(output_dir), num_steps=2, image_size=32, save_grid=False, logging_steps=0)
-    values.update(overrides)
-    dataset = dataset if dataset is not None else color_dataset(3, 2)
-    return Distiller(build_backbone("vit"), DistillationConfig(**values), dataset, image_processor=_processor())
+# Each test's Distiller: these settings unless the test says otherwise, on the tiny ViT and 6 colour images.
+_distiller = functools.partial(
+    make_distiller, dataset=lambda: color_dataset(3, 2), num_steps=2, image_size=32, save_grid=False, logging_steps=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +124,7 @@ _LOCK_WORKER = textwrap.dedent(
     import sys, time
     sys.path.insert(0, sys.argv[3])
     import conftest  # noqa: F401  (offline, temporary HF_HOME)
-    from conftest import build_backbone, color_dataset
+    from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
     from transformers import ViTImageProcessor
     from hf_sfm import DistillationConfig, Distiller, TrainerCallback
 
@@ -209,13 +204,8 @@ def test_a_backbone_whose_features_ignore_the_image_is_refused_before_training(t
     def zero_features(model, pixel_values):
         return model(pixel_values=pixel_values).last_hidden_state[:, 0] * 0
 
-    values = dict(output_dir=str(tmp_path / "out"), num_steps=2, image_size=32, save_grid=False)
-    distiller = Distiller(
-        build_backbone("vit"),
-        DistillationConfig(**values),
-        color_dataset(3, 2),
-        image_processor=_processor(),
-        feature_fn=zero_features,
+    distiller = make_distiller(
+        tmp_path / "out", color_dataset(3, 2), num_steps=2, image_size=32, save_grid=False, feature_fn=zero_features
     )
     with pytest.raises(ValueError, match="the real statistical flow is zero"):
         distiller.train()
@@ -226,12 +216,8 @@ def test_a_loss_stuck_at_exactly_one_is_reported(tmp_path, caplog):
         features = model(pixel_values=pixel_values).last_hidden_state[:, 0]
         return features * 0 if torch.is_grad_enabled() else features
 
-    distiller = Distiller(
-        build_backbone("vit"),
-        DistillationConfig(output_dir=str(tmp_path / "out"), num_steps=3, image_size=32, save_grid=False),
-        color_dataset(3, 2),
-        image_processor=_processor(),
-        feature_fn=dead_in_training,
+    distiller = make_distiller(
+        tmp_path / "out", color_dataset(3, 2), num_steps=3, image_size=32, save_grid=False, feature_fn=dead_in_training
     )
     with caplog.at_level("WARNING", logger="hf_sfm.distiller"):
         distiller.train()
@@ -246,11 +232,8 @@ def test_the_backbone_stays_in_eval_mode_whatever_the_caller_did(tmp_path):
                   intermediate_size=64, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5),
         add_pooling_layer=False,
     )  # fmt: skip
-    distiller = Distiller(
-        model,
-        DistillationConfig(output_dir=str(tmp_path / "out"), num_steps=1, image_size=32, save_grid=False),
-        color_dataset(3, 2),
-        image_processor=_processor(),
+    distiller = make_distiller(
+        tmp_path / "out", color_dataset(3, 2), model=model, num_steps=1, image_size=32, save_grid=False
     )
     model.train()  # dropout would make every feature pass random
     images = torch.rand(4, 3, 32, 32)
@@ -280,21 +263,14 @@ def test_two_distillers_of_one_process_keep_their_own_precision(tmp_path):
 
 def _saved_backbone(folder: Path, seed: int) -> Path:
     build_backbone("vit", seed=seed).save_pretrained(folder)
-    _processor().save_pretrained(folder)
+    tiny_image_processor().save_pretrained(folder)
     return folder
 
 
-def _from_folder(folder: Path, output_dir: Path, dataset=None, **overrides):
+def _from_folder(folder: Path, output_dir: Path, **overrides):
     from transformers import AutoModel
 
-    values = dict(output_dir=str(output_dir), num_steps=2, image_size=32, save_grid=False, logging_steps=0)
-    values.update(overrides)
-    return Distiller(
-        AutoModel.from_pretrained(folder),
-        DistillationConfig(**values),
-        dataset if dataset is not None else color_dataset(3, 2),
-        image_processor=_processor(),
-    )
+    return _distiller(output_dir, model=AutoModel.from_pretrained(folder), **overrides)
 
 
 def test_statistics_of_other_weights_behind_the_same_name_are_not_reused(tmp_path):
@@ -332,19 +308,9 @@ def test_statistics_of_another_label_column_are_not_reused(tmp_path):
     dataset = dataset.add_column("other", [2 - label for label in dataset["label"]]).cast_column(
         "other", datasets.ClassLabel(names=["x", "y", "z"])
     )
-    first = Distiller(
-        build_backbone("vit"),
-        DistillationConfig(output_dir=str(tmp_path / "out"), image_size=32, label_column="label"),
-        dataset,
-        image_processor=_processor(),
-    )
+    first = make_distiller(tmp_path / "out", dataset, image_size=32, label_column="label")
     first.compute_statistics()
-    second = Distiller(
-        build_backbone("vit"),
-        DistillationConfig(output_dir=str(tmp_path / "out"), image_size=32, label_column="other"),
-        dataset,
-        image_processor=_processor(),
-    )
+    second = make_distiller(tmp_path / "out", dataset, image_size=32, label_column="other")
     with pytest.raises(ValueError, match="label_column: saved 'label' vs current 'other'"):
         second.compute_statistics()
 
@@ -355,13 +321,7 @@ def test_statistics_passed_in_are_checked_at_construction(tmp_path):
     good = _distiller(tmp_path / "a").compute_statistics()
 
     def build(statistics):
-        return Distiller(
-            build_backbone("vit"),
-            DistillationConfig(output_dir=str(tmp_path / "b"), image_size=32),
-            color_dataset(3, 2),
-            image_processor=_processor(),
-            statistics=statistics,
-        )
+        return make_distiller(tmp_path / "b", color_dataset(3, 2), image_size=32, statistics=statistics)
 
     renamed = ClassStatistics(good.feature_sums, good.counts, ["a", "b", "c"], dict(good.metadata))
     with pytest.raises(ValueError, match=r"describe 3 classes \['a', 'b', 'c'\].*first differences"):
