@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from datasets.fingerprint import Hasher
 from transformers import TrainerCallback, TrainerControl, TrainerState
 from transformers.trainer_utils import TrainOutput
@@ -33,17 +33,27 @@ from .backbone.embedding import weights_digest
 from .backbone.features import FeatureExtractor, FeatureFn, check_image_processor
 from .backbone.memory import embed_in_chunks, enable_gradient_checkpointing
 from .config import DistillationConfig
-from .data.columns import check_eval_classes, class_names_of, find_image_column, find_label_column
+from .data.columns import check_eval_classes, class_names_of, find_image_column, find_label_column, image_file_paths
 from .data.preprocessing import ImagePreprocessing
 from .data.real_images import DEFAULT_MAX_CACHED_BYTES, RealBatchStream, sample_real_images, square_preprocessing
-from .data.statistics import ClassStatistics, compute_class_statistics
+from .data.statistics import ClassStatistics, combine_data_digests, compute_class_statistics, expected_metadata
 from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator, ProbeConfig
 from .methods import DistillationMethod, MethodContext, get_method
 from .synthesis.augment import Augmentation
 from .synthesis.synthetic import SyntheticImages, synthetic_labels
 from .training.callbacks import CallbackHandler
 from .training.checkpointing import Checkpointer, resolve_checkpoint, statistics_digest
-from .training.outputs import GRID_FILE, STATE_FILE, STATISTICS_FILE, OutputDirectoryBusy, OutputLock, check_output_dir
+from .training.outputs import (
+    GRID_FILE,
+    STATE_FILE,
+    STATISTICS_FILE,
+    OutputDirectoryBusy,
+    OutputLock,
+    check_output_dir,
+    scoped_overwrite,
+    statistics_lock,
+    warn_if_beside_training_images,
+)
 from .training.tracking import TRACKER_PROJECT, close_trackers, format_metrics, log_grid, start_trackers, write_metrics
 from .utils.distributed import all_reduce_sum, cpu_only, gather_parameters, gather_shards, shard_parameters
 from .utils.io_utils import atomic_path, make_owned_dirs, record_owned
@@ -114,6 +124,8 @@ class Distiller:
             )
         self.output_dir = Path(args.output_dir)
         check_output_dir(self.output_dir, args.overwrite_output_dir, bool(args.resume_from_checkpoint))
+        resolve_checkpoint(args.resume_from_checkpoint, self.output_dir)  # no checkpoint: refused before any pass
+        warn_if_beside_training_images(self.output_dir, image_file_paths(train_dataset, self.image_column))
         if args.statistics_path and Path(args.statistics_path).is_dir():
             raise ValueError(
                 f"statistics_path={args.statistics_path!r} is a folder; point it at a statistics file (e.g. "
@@ -293,9 +305,18 @@ class Distiller:
         self._lock_output_dir()
         metadata = self.statistics_metadata()
         path = Path(self.args.statistics_path) if self.args.statistics_path else self.output_dir / STATISTICS_FILE
+        with statistics_lock(path, self.accelerator.is_main_process):
+            statistics = self._load_or_compute_statistics(path, metadata)
+        self._check_class_counts(statistics)
+        self.statistics = statistics
+        return statistics
+
+    def _load_or_compute_statistics(self, path: Path, metadata: dict[str, str]) -> ClassStatistics:
         if path.exists() and not self.args.recompute_statistics:
             statistics = ClassStatistics.load(path)
-            statistics.check_compatible(metadata, path)
+            statistics.check_compatible(
+                expected_metadata(self.train_dataset, metadata, self.image_column, self.label_column), path
+            )
             statistics.check_matches(
                 self.class_names, self.feature_extractor.feature_dim(), f"The statistics in {path}"
             )
@@ -309,8 +330,6 @@ class Distiller:
             if self.accelerator.is_main_process:
                 statistics.save(path, self.args.overwrite_output_dir, "overwrite_output_dir=True")
             self.accelerator.wait_for_everyone()
-        self._check_class_counts(statistics)
-        self.statistics = statistics
         return statistics
 
     def _compute_statistics(self, metadata: dict[str, str]) -> ClassStatistics:
@@ -360,6 +379,9 @@ class Distiller:
         if self.accelerator.num_processes > 1:
             statistics.feature_sums = self.accelerator.reduce(statistics.feature_sums.to(device), "sum").cpu()
             statistics.counts = self.accelerator.reduce(statistics.counts.to(device), "sum").cpu()
+            if "data_digest" in statistics.metadata:  # a streamed pass: the digest of every process's shard
+                digests = gather_object([statistics.metadata["data_digest"]])
+                statistics.metadata["data_digest"] = combine_data_digests(digests)
         return statistics
 
     def _check_class_counts(self, statistics: ClassStatistics) -> None:
@@ -462,9 +484,9 @@ class Distiller:
         self._lock_output_dir()
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.output_dir)  # before the statistics pass
         if get_method(args.method).needs_statistics and self.statistics is None:
             self.compute_statistics()
-        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.output_dir)
         synthetic = self.init_synthetic()
         num_images = synthetic.num_images
         shard = shard_parameters(synthetic.levels, accelerator)
@@ -477,6 +499,7 @@ class Distiller:
         self._warn_if_pyramid_incomplete(synthetic)
         method_generators = {f"method.{name}": g for name, g in method.generators().items()}
         loop_state = self.checkpointer.track({"augmentation": generator, **method_generators})
+        self.checkpointer.begin(checkpoint)  # a fresh run replaces the previous one's checkpoints; a resume continues
 
         def make_optimizer(parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
             return torch.optim.Adam(parameters, lr=args.effective_learning_rate)
@@ -766,17 +789,23 @@ class Distiller:
         return getattr(self.train_dataset.info, "dataset_name", None)
 
     def save_distilled(
-        self, path: str | Path | None = None, metrics: dict[str, Any] | None = None, **card_kwargs: Any
+        self,
+        path: str | Path | None = None,
+        metrics: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        **card_kwargs: Any,
     ) -> Path:
         """Write the distilled set so `load_dataset(path)` and `load_from_disk(path)` both read it back.
 
         The folder is exactly what `push_to_hub` uploads. `metrics` (what `evaluate()` returned, or several such
         dicts) fill the card's results table; `card_kwargs` (`repo_id`, `source_dataset`, `license`, ...) go to
-        `hf_sfm.publishing.cards.dataset_card`.
+        `hf_sfm.publishing.cards.dataset_card`. A folder there that hf_sfm did not write is replaced only with
+        `overwrite=True`, or inside output_dir with `overwrite_output_dir` (`scoped_overwrite`).
         """
         from .publishing.export import save_distilled
 
         path = Path(path) if path is not None else self.output_dir / "distilled"
+        replace, flag = scoped_overwrite(path, self.output_dir, self.args.overwrite_output_dir, overwrite)
         images = self.synthetic_images()
         self._lock_output_dir()
         if self.accelerator.is_main_process:
@@ -793,18 +822,19 @@ class Distiller:
                 backbone=metadata["backbone"],
                 backbone_revision=metadata["backbone_revision"] or None,
                 metrics=metrics,
-                overwrite=self.args.overwrite_output_dir,
-                flag="overwrite_output_dir=True",
+                overwrite=replace,
+                flag=flag,
                 **card_kwargs,
             )
         self.accelerator.wait_for_everyone()
         return path
 
-    def save_grid(self, path: str | Path) -> Path:
-        """The labelled PNG grid of the synthetic images at `path` (a file: an existing one must be hf_sfm's)."""
+    def save_grid(self, path: str | Path, overwrite: bool = False) -> Path:
+        """The labelled PNG grid of the synthetic images at `path` (a file: an existing one must be hf_sfm's, or
+        `overwrite=True`, or inside output_dir `overwrite_output_dir`)."""
         from .publishing.visualization import save_image_grid
 
-        overwrite, flag = self.args.overwrite_output_dir, "overwrite_output_dir=True"
+        overwrite, flag = scoped_overwrite(path, self.output_dir, self.args.overwrite_output_dir, overwrite)
         return save_image_grid(self.synthetic_images(), self.labels, self.class_names, path, overwrite, flag)
 
     def classifier_inheritance(self):
@@ -898,6 +928,7 @@ class Distiller:
         commits: dict[str, Any] = {"dataset": None, "classifier": None}
         if self.accelerator.is_main_process:
             classifier_folder = None
+            replace, flag = scoped_overwrite(local_dir, self.output_dir, args.overwrite_output_dir)
             if classifier is not None:
                 classifier_folder = save_classifier(
                     local_dir / classifier_repo_id.split("/")[-1],
@@ -907,8 +938,8 @@ class Distiller:
                     distilled_repo_id=repo_id,
                     source_dataset=card_kwargs.get("source_dataset"),
                     license=card_kwargs.get("license", "unknown"),
-                    overwrite=self.args.overwrite_output_dir,
-                    flag="overwrite_output_dir=True",
+                    overwrite=replace,
+                    flag=flag,
                 )
             commits["dataset"] = hub.push_distilled(dataset_folder, repo_id, **push_kwargs)
             if classifier_folder is not None:
