@@ -146,7 +146,6 @@ def test_two_streamed_datasets_with_the_same_classes_never_share_statistics(tmp_
     first, second = color_dataset(3, 2, seed=0), color_dataset(3, 2, seed=1)
     output_dir = tmp_path / "out"
     computed = _distiller(output_dir, first.to_iterable_dataset(), init="noise").compute_statistics()
-    assert computed.metadata["data_digest"]
     other = _distiller(output_dir, second.to_iterable_dataset(), init="noise")
     with pytest.raises(ValueError, match=r"other conditions \(data_digest"):
         other.compute_statistics()  # was: the first folder's class means, silently
@@ -162,6 +161,7 @@ def test_two_streamed_datasets_with_the_same_classes_never_share_statistics(tmp_
     monkeypatch.setattr(distiller_module, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
     again = _distiller(output_dir, first.to_iterable_dataset(), init="noise").compute_statistics()
     assert torch.equal(again.feature_sums, computed.feature_sums)
+    assert again.metadata["data_digest"] == computed.metadata["data_digest"]
 
 
 @pytest.mark.parametrize(
@@ -386,13 +386,15 @@ def test_resuming_past_a_truncated_checkpoint_saves_over_it(tmp_path, caplog):
 
 
 def test_a_symlinked_checkpoint_neither_crashes_pruning_nor_is_deleted(tmp_path):
-    elsewhere = _fake_checkpoint(tmp_path / "other_disk" / "checkpoint-1", None)
     output_dir = tmp_path / "out"
-    output_dir.mkdir()
-    (output_dir / "checkpoint-1").symlink_to(elsewhere, target_is_directory=True)
-    for step in (2, 3):
+    for step in (1, 2, 3):
         _fake_checkpoint(output_dir / f"checkpoint-{step}", None)
-    removed = prune_checkpoints(output_dir, keep=1, run_id=None)  # was: IsADirectoryError
+    # The user moves hf_sfm's oldest checkpoint to another disk and links it back; its record entry stays.
+    elsewhere = tmp_path / "other_disk" / "checkpoint-1"
+    elsewhere.parent.mkdir()
+    shutil.move(output_dir / "checkpoint-1", elsewhere)
+    (output_dir / "checkpoint-1").symlink_to(elsewhere, target_is_directory=True)
+    removed = prune_checkpoints(output_dir, keep=1)  # was: IsADirectoryError
     assert [p.name for p in removed] == ["checkpoint-2"]
     assert (output_dir / "checkpoint-1").is_symlink() and (elsewhere / "distillation_state.json").exists()
 
