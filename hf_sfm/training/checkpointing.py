@@ -363,16 +363,22 @@ def _remove(path: Path) -> None:
     forget_owned(path)
 
 
+def _resumable(path: Path) -> bool:
+    """Whether `latest` could take `path` for a checkpoint (a folder, or a link to one, holding a run state)."""
+    return path.is_dir() and (path / RUN_STATE_FILE).is_file()
+
+
 def replace_previous_run(output_dir: str | Path, overwrite: bool = False) -> list[Path]:
     """Before a fresh (not resumed) run: remove the previous run's checkpoints and results files, naming them.
 
     Otherwise the new run would overwrite some checkpoints and keep the old run's later ones (which `latest` would
     then resume), and `all_results.json` would pair the old evaluation with the new training. Only what hf_sfm
-    wrote and is unchanged is removed, or anything checkpoint-like with `overwrite` (a link is unlinked, never
-    followed); the statistics, a cache keyed on their inputs, stay.
+    wrote and is unchanged is removed, and with `overwrite` (overwrite_output_dir) also any other checkpoint folder
+    `latest` could pick up (a link is unlinked, never followed); the statistics, a cache keyed on their inputs, stay.
     """
     output_dir = Path(output_dir)
-    previous = [p for p in checkpoint_like(output_dir) + previous_run_results(output_dir) if overwrite or is_owned(p)]
+    checkpoints = [p for p in checkpoint_like(output_dir) if is_owned(p) or (overwrite and _resumable(p))]
+    previous = checkpoints + [p for p in previous_run_results(output_dir) if is_owned(p)]
     if previous:
         logger.warning(
             "Starting a new run in %s (not resuming): removing the previous run's %s, so that checkpoints and "
