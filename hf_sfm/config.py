@@ -10,11 +10,13 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .evaluation.results import BASELINES
 from .methods import METHODS, get_method
+from .utils.io_utils import is_regular_file
 
 PARAMETERIZATIONS = ("pyramid", "pixels")
 INITIALIZATIONS = ("noise", "real", "centroid")
@@ -259,6 +261,7 @@ class DistillationConfig:
     hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
 
     def __post_init__(self):
+        self._check_paths()
         self._check_choice("method", tuple(METHODS))
         self._check_choice("parameterization", PARAMETERIZATIONS)
         self._check_choice("init", INITIALIZATIONS)
@@ -328,6 +331,26 @@ class DistillationConfig:
     def method_config(self) -> Any:
         """The method's own settings (`hf_sfm.methods.<method>.config_class`) from `method_kwargs`."""
         return get_method(self.method).parse_config(self.method_kwargs)
+
+    def _check_paths(self) -> None:
+        """Paths are text (YAML reads `output_dir: 2024` as a number), and an existing statistics_path is a regular
+        file: a FIFO or device there would block the run forever at its first read."""
+        for name in ("output_dir", "statistics_path"):
+            value = getattr(self, name)
+            if value is None and name == "statistics_path":
+                continue
+            if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+                raise ValueError(
+                    f"DistillationConfig.{name}={value!r} is a {type(value).__name__}, not a path. Pass a folder "
+                    f"name as text (in YAML, quote it: {name}: '{value}')."
+                )
+            setattr(self, name, os.fspath(value))
+        path = self.statistics_path
+        if path and (os.path.lexists(path) and not os.path.isdir(path)) and not is_regular_file(path):
+            raise ValueError(
+                f"statistics_path={path!r} exists but is not a regular file (a FIFO, socket, device or broken link): "
+                "hf_sfm reads and writes statistics only as regular files. Point statistics_path at a file."
+            )
 
     def _check_choice(self, name: str, allowed: tuple[str, ...]) -> None:
         value = getattr(self, name)

@@ -81,7 +81,7 @@ class Distiller:
         if eval_dataset is not None:
             self.real_data.check_eval_split(eval_dataset, args.label_column)
         self.eval_dataset = eval_dataset
-        self.outputs = RunOutputs(self.accelerator, args)
+        self.outputs = RunOutputs(self.accelerator, args, self.real_data)
         self.output_dir, self.output_lock = self.outputs.output_dir, self.outputs.lock
         self.outputs.acquire()  # a second run in this output_dir is refused now, not after its statistics pass
         self.model, self.image_processor = model, image_processor
@@ -221,17 +221,17 @@ class Distiller:
         """
         args = self.args
         self.outputs.acquire()
+        resume = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
+        checkpoint = self.checkpointer.resolve(resume)  # before the statistics pass: a missing one fails at once
         if args.method_class.needs_statistics and self.statistics is None:
             self.compute_statistics()
-        resume = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
-        checkpoint = self.checkpointer.resolve(resume)
         synthetic = self.init_synthetic()
         self.state = new_state(args, self.accelerator)  # `max_steps`: the run's one source of num_steps
         method, max_steps = self.create_method(), self.state.max_steps
         run = self._run = SyntheticRun(
             synthetic, method, self.labels, self.backbone, self.augmentation, self.accelerator, args, max_steps
         )
-        self.checkpointer.start(self.checkpoint_fingerprint(), run.generators())
+        self.checkpointer.start(self.checkpoint_fingerprint(), run.generators(), checkpoint)
         if checkpoint is not None:
             self.checkpointer.restore(checkpoint, run, self.state)
         first_step = self.state.global_step
@@ -355,25 +355,33 @@ class Distiller:
         return self.distilled_set().dataset()
 
     def save_distilled(
-        self, path: str | Path | None = None, metrics: dict[str, Any] | None = None, **card_kwargs: Any
+        self,
+        path: str | Path | None = None,
+        metrics: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        **card_kwargs: Any,
     ) -> Path:
         """Write the distilled set so `load_dataset(path)` and `load_from_disk(path)` both read it back.
 
         The folder is exactly what `push_to_hub` uploads. `metrics` (what `evaluate()` returned, or several such
         dicts) fill the card's results table; `card_kwargs` (`repo_id`, `source_dataset`, `license`, ...) go to
-        `hf_sfm.publishing.cards.dataset_card`.
+        `hf_sfm.publishing.cards.dataset_card`. A folder there that hf_sfm did not write is replaced only with
+        `overwrite=True`, or inside output_dir with `overwrite_output_dir`.
         """
         path = Path(path) if path is not None else self.output_dir / "distilled"
+        replace, flag = self.outputs.overwrite_for(path, overwrite)
         distilled = self.distilled_set()
         self.outputs.acquire()
         if self.accelerator.is_main_process:
-            distilled.save(path, metrics, overwrite=self.args.overwrite_output_dir, **card_kwargs)
+            distilled.save(path, metrics, overwrite=replace, flag=flag, **card_kwargs)
         self.accelerator.wait_for_everyone()
         return path
 
-    def save_grid(self, path: str | Path) -> Path:
-        """The labelled PNG grid of the synthetic images at `path` (a file: an existing one must be hf_sfm's)."""
-        return self.distilled_set().save_grid(path, overwrite=self.args.overwrite_output_dir)
+    def save_grid(self, path: str | Path, overwrite: bool = False) -> Path:
+        """The labelled PNG grid of the synthetic images at `path` (a file: an existing one must be hf_sfm's, or
+        `overwrite=True`, or inside output_dir `overwrite_output_dir`)."""
+        replace, flag = self.outputs.overwrite_for(path, overwrite)
+        return self.distilled_set().save_grid(path, overwrite=replace, flag=flag)
 
     def classifier_inheritance(self):
         """A [`ClassifierInheritance`] built from this run's parts: backbone, preprocessing, class names, data.
@@ -432,7 +440,7 @@ class Distiller:
         )
         commits: dict[str, Any] = {"dataset": None, "classifier": None}
         if self.accelerator.is_main_process:
-            overwrite = self.args.overwrite_output_dir
-            commits = target.push(folder, local_dir, classifier, metrics, card_kwargs, overwrite)
+            replace, flag = self.outputs.overwrite_for(local_dir)
+            commits = target.push(folder, local_dir, classifier, metrics, card_kwargs, replace, flag)
         self.accelerator.wait_for_everyone()
         return commits

@@ -18,10 +18,17 @@ Two artefacts can be written:
 - `save_pretrained(path, embed_backbone=False)` writes only projector + head (`D_eval·D_distill + D_distill·C`
   numbers) and a reference (`backbone_name_or_path` + `backbone_revision`) from which `from_pretrained` loads the
   backbone; the backbone's config is still nested in `config.json`, so its architecture is checked on load.
+
+A `config.json` is data someone else may have written, so what it names is checked against allow-lists before
+anything is built or loaded from it: `backbone_class` must be a vision model class of `transformers` (not any of its
+attributes), `backbone_init_kwargs` may hold only `SAFE_BACKBONE_INIT_KWARGS` (none of which can enable remote code),
+and the referenced backbone and the image processor are loaded with `trust_remote_code=False` unless the user passed
+`trust_remote_code=True` to `from_pretrained`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 from typing import Any, ClassVar
 
@@ -37,6 +44,65 @@ MODEL_TYPE = "hf_sfm_inherited"
 # How a backbone's output becomes one `(B, D)` feature. The names are what `config.feature_pooling` records (a
 # callable cannot be serialised); `hf_sfm.backbone.features` maps its per-family adapters onto these names.
 FEATURE_POOLINGS = ("cls_token", "pooler_output", "image_embeds")
+# Constructor arguments a config may pass to its backbone class (name → allowed type): module switches only. Anything
+# else (`trust_remote_code`, `code_revision`, `attn_implementation` naming a Hub kernel, `subfolder`, ...) can
+# fetch or run code, or load other weights, so it is refused.
+SAFE_BACKBONE_INIT_KWARGS = {"add_pooling_layer": bool, "use_mask_token": bool}
+# Whether the current `from_pretrained` call was given `trust_remote_code=True` by its caller (never by a config).
+_TRUST_REMOTE_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("hf_sfm_trust_remote_code", default=False)
+
+
+def vision_backbone_class(name: str | None) -> type[PreTrainedModel] | None:
+    """The `transformers` vision model class `name` names (`None` → `AutoModel`); anything else is refused.
+
+    A config's `backbone_class` is looked up in `transformers`' namespace, which also holds trainers, pipelines and
+    loaders: only a `PreTrainedModel` subclass defined by `transformers` that takes images may be built from it.
+    """
+    if not name:
+        return None
+    if not isinstance(name, str):
+        raise ValueError(f"backbone_class={name!r} is not a class name.")
+    found = getattr(transformers, name, None)
+    if found is None:
+        raise ValueError(
+            f"backbone_class={name!r} is not a class of the installed transformers {transformers.__version__}; "
+            "upgrade transformers or clear `backbone_class` to use AutoModel."
+        )
+    modalities = getattr(found, "input_modalities", ())
+    modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities or ())
+    if not (
+        isinstance(found, type)
+        and issubclass(found, PreTrainedModel)
+        and found.__module__.startswith("transformers.models.")
+        and "image" in modalities
+    ):
+        raise ValueError(
+            f"backbone_class={name!r} is not a transformers vision model class (a PreTrainedModel that takes images, "
+            "such as 'ViTModel' or 'CLIPVisionModelWithProjection'); this config cannot be used. Clear it to use "
+            "AutoModel, or name the backbone's vision model class."
+        )
+    return found
+
+
+def check_backbone_init_kwargs(kwargs: Any) -> dict[str, Any]:
+    """`kwargs` if every key is in `SAFE_BACKBONE_INIT_KWARGS` with a value of its type, else a `ValueError`."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"backbone_init_kwargs must be a dict, got {type(kwargs).__name__}.")
+    refused = {
+        key: value
+        for key, value in kwargs.items()
+        if key not in SAFE_BACKBONE_INIT_KWARGS or not isinstance(value, SAFE_BACKBONE_INIT_KWARGS[key])
+    }
+    if refused:
+        raise ValueError(
+            f"backbone_init_kwargs {sorted(map(str, refused))} are not allowed in a classifier config (allowed: "
+            f"{sorted(SAFE_BACKBONE_INIT_KWARGS)} with boolean values): other arguments can load code or other "
+            "weights. Remove them from config.json; pass trust_remote_code=True to from_pretrained yourself if the "
+            "backbone truly needs its own code."
+        )
+    return dict(kwargs)
 
 
 def pool_features(backbone: nn.Module, pixel_values: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -134,6 +200,11 @@ class SFMInheritedConfig(PreTrainedConfig):
         for name in ("eval_feature_dim", "distill_feature_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SFMInheritedConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        check_backbone_init_kwargs(self.backbone_init_kwargs)  # before anything is built or loaded from them
+        if self.backbone_class is not None and not isinstance(self.backbone_class, str):
+            raise ValueError(f"SFMInheritedConfig.backbone_class={self.backbone_class!r} is not a class name.")
+        if self.backbone_class and getattr(transformers, self.backbone_class, None) is not None:
+            vision_backbone_class(self.backbone_class)  # present but not a vision model: refused now
 
 
 class SFMInheritedPreTrainedModel(PreTrainedModel):
@@ -157,16 +228,11 @@ class SFMInheritedPreTrainedModel(PreTrainedModel):
 
 def build_backbone(config: SFMInheritedConfig) -> PreTrainedModel:
     """A randomly initialised backbone with the architecture `config.vision_config` describes."""
-    kwargs = dict(config.backbone_init_kwargs or {})
-    if config.backbone_class:
-        backbone_class = getattr(transformers, config.backbone_class, None)
-        if backbone_class is None:
-            raise ValueError(
-                f"backbone_class={config.backbone_class!r} is not a class of the installed transformers "
-                f"{transformers.__version__}; upgrade transformers or clear `backbone_class` to use AutoModel."
-            )
+    kwargs = check_backbone_init_kwargs(config.backbone_init_kwargs)
+    backbone_class = vision_backbone_class(config.backbone_class)
+    if backbone_class is not None:
         return backbone_class(config.vision_config, **kwargs)
-    return AutoModel.from_config(config.vision_config, **kwargs)
+    return AutoModel.from_config(config.vision_config, trust_remote_code=_TRUST_REMOTE_CODE.get(), **kwargs)
 
 
 class SFMInheritedClassifier(SFMInheritedPreTrainedModel):
@@ -255,10 +321,16 @@ class SFMInheritedClassifier(SFMInheritedPreTrainedModel):
         """`PreTrainedModel.from_pretrained`; a projector+head checkpoint also loads its referenced backbone."""
         wants_info = bool(kwargs.get("output_loading_info", False))
         kwargs["output_loading_info"] = True
-        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        trust_remote_code = kwargs.get("trust_remote_code") is True  # the caller's choice; a config never grants it
+        token = _TRUST_REMOTE_CODE.set(trust_remote_code)
+        try:
+            model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        finally:
+            _TRUST_REMOTE_CODE.reset(token)
         hub_kwargs = {
             key: kwargs[key] for key in ("cache_dir", "local_files_only", "token", "proxies") if key in kwargs
         }
+        hub_kwargs["trust_remote_code"] = trust_remote_code
         if not model.config.embed_backbone:
             model.load_referenced_backbone(**hub_kwargs)
         # The processor saved next to the weights, so that a loaded model saves (and pipelines) like the original.
@@ -268,19 +340,24 @@ class SFMInheritedClassifier(SFMInheritedPreTrainedModel):
         model.eval()
         return (model, loading_info) if wants_info else model
 
-    def load_referenced_backbone(self, **hub_kwargs: Any) -> None:
-        """Fill the backbone from `config.backbone_name_or_path` at `config.backbone_revision` (strict)."""
+    def load_referenced_backbone(self, trust_remote_code: bool = False, **hub_kwargs: Any) -> None:
+        """Fill the backbone from `config.backbone_name_or_path` at `config.backbone_revision` (strict).
+
+        The class and constructor arguments come from the config, so they are checked against the allow-lists
+        (`vision_backbone_class`, `check_backbone_init_kwargs`), and the load runs with `trust_remote_code` as the
+        caller passed it (default `False`), never as the config says."""
         reference = self.config.backbone_name_or_path
         if not reference:
             raise ValueError(
                 "This checkpoint was saved without its backbone (embed_backbone=False) and names no "
                 "`backbone_name_or_path` to load it from."
             )
-        backbone_class = getattr(transformers, self.config.backbone_class or "", None) or AutoModel
+        backbone_class = vision_backbone_class(self.config.backbone_class) or AutoModel
+        init_kwargs = check_backbone_init_kwargs(self.config.backbone_init_kwargs)
         revision = self.config.backbone_revision or None
         try:
             source = backbone_class.from_pretrained(
-                reference, revision=revision, **dict(self.config.backbone_init_kwargs or {}), **hub_kwargs
+                reference, revision=revision, trust_remote_code=bool(trust_remote_code), **init_kwargs, **hub_kwargs
             )
         except OSError as error:
             raise OSError(
@@ -322,11 +399,12 @@ def register_auto_classes() -> None:
     AutoModelForImageClassification.register(SFMInheritedConfig, SFMInheritedClassifier, exist_ok=True)
 
 
-def _saved_image_processor(name_or_path, **hub_kwargs: Any):
-    """The image processor stored with a checkpoint, or `None` if it has none."""
+def _saved_image_processor(name_or_path, trust_remote_code: bool = False, **hub_kwargs: Any):
+    """The image processor stored with a checkpoint, or `None` if it has none (or one that needs remote code the
+    caller did not allow)."""
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
+        return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs)
     except (OSError, ValueError):
         return None

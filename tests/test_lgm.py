@@ -1,4 +1,5 @@
-"""LGM (docs/DESIGN.md §4): the closed-form head gradient against autograd, the K rounds, the real stream, the Distiller."""
+"""LGM (docs/DESIGN.md §4): the closed-form head gradient against autograd, the K rounds, the real stream, the
+Distiller."""
 
 import functools
 import os

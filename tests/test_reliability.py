@@ -36,6 +36,7 @@ from hf_sfm.data.preprocessing import ImagePreprocessing, to_rgb
 from hf_sfm.data.real_images import RealBatchStream, RealImages, random_real_indices
 from hf_sfm.data.statistics import ClassStatistics, compute_class_statistics
 from hf_sfm.evaluation.probe import ProbeConfig
+from hf_sfm.utils.io_utils import STAGING_MARKER
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -548,11 +549,13 @@ def test_rerunning_into_its_own_output_dir_reuses_the_statistics(tmp_path, monke
     first = _distiller(tmp_path / "out", num_steps=1, save_steps=1, save_grid=True)
     first.train()
     first.save_distilled()
-    (tmp_path / "out" / ".statistics.safetensors.x.tmp").mkdir()  # what a kill during a save leaves behind
+    leftover = tmp_path / "out" / ".statistics.safetensors.x.tmp"  # what a kill during a save leaves behind:
+    leftover.mkdir()
+    (leftover / STAGING_MARKER).touch()  # a staging folder, marked as atomic_path's own
     second = _distiller(tmp_path / "out")  # no overwrite_output_dir needed: everything there is hf_sfm's own
-    import hf_sfm.distiller as distiller_module
+    import hf_sfm.training.statistics_cache as statistics_cache
 
-    monkeypatch.setattr(distiller_module, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(statistics_cache, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
     assert torch.equal(second.compute_statistics().feature_sums, first.statistics.feature_sums)
 
 

@@ -224,11 +224,33 @@ class FeatureExtractor(nn.Module):
         except Exception as error:  # whatever the backbone raises on an input it cannot take
             raise self._forward_error(error, image_processor) from error
         if not bool(torch.isfinite(features).all()):
-            raise FloatingPointError(
-                f"{type(self.model).__name__} returns NaN/Inf features for a plain grey image: its weights are broken "
-                "(NaN in the checkpoint) or its dtype overflows (float16 weights; load it in float32 or bfloat16)."
-            )
+            raise FloatingPointError(self._non_finite_reason())
         return int(features.shape[1])
+
+    def _non_finite_reason(self) -> str:
+        """Why a plain grey image gave NaN/Inf features, from the evidence: non-finite weights, a custom feature_fn,
+        half-precision weights, or (weights finite, float32) a forward that itself makes NaN."""
+        name = type(self.model).__name__
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        broken = [t for t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if broken:
+            return f"{name} returns NaN/Inf features for a plain grey image: its weights hold NaN/Inf (bad checkpoint)."
+        if self.custom_feature_fn is not None:
+            return (
+                f"{name}'s weights are finite but feature_fn={self.feature_fn_name!r} returns NaN/Inf for a plain grey "
+                "image (a division by a zero norm or variance?). Fix the feature_fn, or use one of "
+                f"{FEATURE_POOLINGS}."
+            )
+        if any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors):
+            return (
+                f"{name} returns NaN/Inf features for a plain grey image with finite weights: its half-precision "
+                "dtype overflows; load it in float32."
+            )
+        return (
+            f"{name} returns NaN/Inf features for a plain grey image although its weights are finite and float32: "
+            "its forward pass makes them (e.g. a normalisation of a constant input). Check its config and pooled "
+            "output, or pass a feature_fn."
+        )
 
     def _forward_error(self, error: Exception, image_processor: Any) -> ValueError:
         """Why the backbone could not embed two plain RGB images, blaming the image processor only when the evidence

@@ -6,6 +6,7 @@ one line which column to point at.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -295,3 +296,16 @@ def decode_images(
             continue
         kept.append(position)
     return DecodedImages(images, kept, [failure.row for failure in failures], [failure.reason for failure in failures])
+
+
+def image_file_paths(dataset: datasets.Dataset | datasets.IterableDataset, image_column: str, limit: int = 16) -> list:
+    """The local files behind the first `limit` images of a map-style dataset (an image folder keeps their paths),
+    for checks on where the data lives. A streamed dataset is not read for this: `[]`."""
+    if not isinstance(dataset, datasets.Dataset) or not len(dataset):
+        return []
+    raw, feature = undecoded(dataset, image_column)
+    if feature is None:
+        return []
+    values = raw.select_columns([image_column])[: min(limit, len(raw))][image_column]
+    paths = [value.get("path") for value in values if isinstance(value, dict)]
+    return [path for path in paths if isinstance(path, str) and os.path.isabs(path) and os.path.exists(path)]

@@ -3,12 +3,18 @@
 `μ_c = mean φ(x)` over the real training images of class `c`, with the count `n_c`. Computed once by a batched
 `datasets.map` that turns each batch into per-class *partial sums* (one row per class present in the batch), so
 the pass shards across processes and datasets, and the cached result is a few rows, not one row per image.
-Saved as safetensors with the metadata needed to refuse a mismatched reuse.
+Saved as safetensors with the metadata needed to refuse a mismatched reuse, and validated when loaded (finite sums,
+non-negative integer counts, consistent shapes).
+
+A streamed dataset has no fingerprint of its content (`datasets` keys it on its features and shards), so its pass
+also keeps a digest of what it read (`DataDigest`: every example's label and image bytes); saved statistics of a
+stream are reused only when a digest of the stream as it is now matches (`expected_metadata`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +31,7 @@ import torch.utils.data
 from datasets.fingerprint import Hasher
 from safetensors.torch import load_file, save_file
 
-from ..utils.io_utils import atomic_path
+from ..utils.io_utils import atomic_path, check_regular_file, is_regular_file
 from .columns import DecodeFailure, corrupt_image_error, decode_images, undecoded
 from .preprocessing import ImagePreprocessing
 
@@ -42,7 +48,9 @@ COMPATIBILITY_KEYS = (
     "image_column",
     "label_column",
     "class_names",
+    "data_digest",  # a streamed dataset's content (see `DataDigest`); compared only when the current one is known
 )
+DIGEST_BITS = 256
 
 
 class StatisticsFileError(ValueError):
@@ -59,11 +67,23 @@ class ClassStatistics:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.feature_sums.shape[0] != self.counts.shape[0] or len(self.class_names) != self.counts.shape[0]:
+        sums, counts = self.feature_sums, self.counts
+        if not isinstance(sums, torch.Tensor) or not isinstance(counts, torch.Tensor):
+            raise ValueError("Statistics need tensors: feature_sums (C, D) and counts (C,).")
+        if sums.dim() != 2 or counts.dim() != 1 or not isinstance(self.class_names, list | tuple):
             raise ValueError(
-                f"Statistics disagree on the number of classes: sums {tuple(self.feature_sums.shape)}, "
-                f"counts {tuple(self.counts.shape)}, {len(self.class_names)} class names."
+                f"Statistics need feature_sums of shape (C, D) and counts of shape (C,), got "
+                f"{tuple(sums.shape)} and {tuple(counts.shape)}."
             )
+        if sums.shape[0] != counts.shape[0] or len(self.class_names) != counts.shape[0]:
+            raise ValueError(
+                f"Statistics disagree on the number of classes: sums {tuple(sums.shape)}, "
+                f"counts {tuple(counts.shape)}, {len(self.class_names)} class names."
+            )
+        if not sums.is_floating_point() or not bool(torch.isfinite(sums).all()):
+            raise ValueError(f"The feature sums ({sums.dtype}) hold NaN/Inf or are not floating point.")
+        if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool or bool((counts < 0).any()):
+            raise ValueError(f"Image counts must be non-negative integers, got {counts.dtype} {counts.tolist()[:5]}.")
 
     @property
     def num_classes(self) -> int:
@@ -78,6 +98,16 @@ class ClassStatistics:
         """`μ`, `(C, D)` float32. Classes without images raise: their mean is undefined."""
         empty = (self.counts == 0).nonzero().flatten().tolist()
         if empty:
+            skipped = {int(k): v for k, v in json.loads(self.metadata.get("skipped_per_class", "{}")).items()}
+            undecodable = [i for i in empty if skipped.get(i)]
+            if undecodable:  # the class has images: none of them could be decoded
+                names = [f"{self.class_names[i]!r} ({skipped[i]} images)" for i in undecodable[:10]]
+                raise ValueError(
+                    f"Every training image of {len(undecodable):,} class(es) could not be decoded and was skipped "
+                    f"({', '.join(names)}; rows {self.metadata.get('skipped_rows', '[]')[:200]}), so their feature "
+                    "mean is undefined. Repair or replace those image files (the warning of the statistics pass "
+                    "gives why each failed), then recompute the statistics (recompute_statistics=True)."
+                )
             names = [self.class_names[i] for i in empty[:10]]
             more = f" and {len(empty) - 10:,} more" if len(empty) > 10 else ""
             raise ValueError(
@@ -110,17 +140,26 @@ class ClassStatistics:
         if path.is_dir():
             raise StatisticsFileError(f"{path} is a folder, not a statistics file. Point statistics_path at a file.")
         try:
+            check_regular_file(path, "statistics file")  # a FIFO would block the read forever
             with safe_open(str(path), framework="pt") as handle:
                 metadata = dict(handle.metadata() or {})
             tensors = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise StatisticsFileError(
+                f"{path} is not a readable hf_sfm statistics file ({type(error).__name__}: {error}; empty, "
+                f"truncated or not a regular file?). {fix}"
+            ) from error
+        try:
             class_names = json.loads(metadata.pop("class_names", "null")) or [
                 str(i) for i in range(tensors["counts"].shape[0])
             ]
-            return cls(tensors["feature_sums"], tensors["counts"], class_names, metadata)
-        except (SafetensorError, OSError, KeyError, ValueError) as error:
+            if not all(isinstance(name, str) for name in class_names):
+                raise ValueError(f"class names {class_names[:5]!r} are not strings")
+            return cls(tensors["feature_sums"], tensors["counts"], list(class_names), metadata)
+        except (KeyError, ValueError, TypeError, AttributeError) as error:
             raise StatisticsFileError(
-                f"{path} is not a readable hf_sfm statistics file ({type(error).__name__}: {error}; empty or "
-                f"truncated?). {fix}"
+                f"{path} holds invalid class statistics ({type(error).__name__}: {error}): a run on them would "
+                f"train towards meaningless targets. {fix}"
             ) from error
 
     def check_matches(self, class_names: list[str], feature_dim: int, where: str = "The statistics") -> None:
@@ -158,6 +197,73 @@ class ClassStatistics:
             )
 
 
+class DataDigest:
+    """What a pass over a streamed dataset read: a digest of every example's label and raw image bytes.
+
+    Order-independent (the sum of the examples' SHA-256 modulo 2^256), so the digests of the processes' shards of a
+    stream add up to the digest of the whole stream, whichever way it was split (`combine_data_digests`).
+    """
+
+    def __init__(self, value: int = 0):
+        self.value = value
+        self.examples = 0
+
+    def update(self, images: list[Any], labels: list[Any]) -> None:
+        for image, label in zip(images, labels, strict=True):
+            example = hashlib.sha256(json.dumps(label).encode() + b"\0" + _image_bytes(image)).digest()
+            self.value = (self.value + int.from_bytes(example, "big")) % (1 << DIGEST_BITS)
+            self.examples += 1
+
+    def hexdigest(self) -> str:
+        return f"{self.value:064x}:{self.examples}"
+
+
+def combine_data_digests(digests: list[str | None]) -> str | None:
+    """The digest of a stream from the digests of its shards (one per process); `None` when any is unknown."""
+    if not digests or any(digest is None for digest in digests):
+        return None
+    total, examples = 0, 0
+    for digest in digests:
+        value, count = digest.split(":")
+        total, examples = (total + int(value, 16)) % (1 << DIGEST_BITS), examples + int(count)
+    return f"{total:064x}:{examples}"
+
+
+def _image_bytes(value: Any) -> bytes:
+    """The bytes that identify one undecoded image value: its encoded bytes, or the content of its local file."""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return bytes(value["bytes"])
+        path = value.get("path")
+        if path and is_regular_file(path):
+            return Path(path).read_bytes()
+        return json.dumps(path).encode()
+    if isinstance(value, PIL.Image.Image):
+        return value.tobytes()
+    return repr(value).encode()
+
+
+def stream_digest(
+    dataset: datasets.IterableDataset, image_column: str, label_column: str, batch_size: int = 256
+) -> str:
+    """`DataDigest` of a streamed dataset as it is now: one read of the stream, without decoding or a backbone."""
+    raw, _ = undecoded(dataset, image_column)
+    digest = DataDigest()
+    for batch in raw.select_columns([image_column, label_column]).iter(batch_size=batch_size):
+        digest.update(batch[image_column], batch[label_column])
+    return digest.hexdigest()
+
+
+def expected_metadata(
+    dataset: datasets.Dataset | datasets.IterableDataset, metadata: dict[str, str], image_column: str, label_column: str
+) -> dict[str, str]:
+    """What saved statistics must match to stand in for a pass over `dataset`: `metadata`, plus for a streamed
+    dataset the digest of what it holds now (its fingerprint does not cover its content)."""
+    if isinstance(dataset, datasets.IterableDataset):
+        return {**metadata, "data_digest": stream_digest(dataset, image_column, label_column)}
+    return metadata
+
+
 def batch_class_sums(
     images: list[Any] | torch.Tensor,
     labels: list[int],
@@ -190,6 +296,7 @@ def reduce_class_sums(
     num_classes: int,
     skipped_rows: list[int] | None = None,
     skipped_reasons: list[str] | None = None,
+    skipped_labels: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum the per-batch partial rows into `(C, D)` sums and `(C,)` counts (one pass: a streamed map runs once).
 
@@ -202,6 +309,8 @@ def reduce_class_sums(
             skipped_rows.extend(row for rows in batch["skipped_rows"] for row in rows)
         if skipped_reasons is not None and "skipped_reasons" in batch:
             skipped_reasons.extend(reason for reasons in batch["skipped_reasons"] for reason in reasons)
+        if skipped_labels is not None and "skipped_labels" in batch:
+            skipped_labels.extend(label for labels in batch["skipped_labels"] for label in labels)
         keep = [i for i, label in enumerate(batch["label"]) if label >= 0]  # label -1: a batch of skipped images
         if not keep:
             continue
@@ -463,6 +572,8 @@ def compute_class_statistics(
             failure = DecodeFailure(prepared.skipped_rows[0], prepared.reasons[0])
             raise corrupt_image_error(failure, image_column)
         skipped, reasons = list(prepared.skipped_rows), list(prepared.reasons)
+        position = {row: i for i, row in enumerate(indices)}
+        skipped_labels = [int(labels[position[row]]) for row in skipped if row in position]
         if not prepared.kept:  # nothing decodable: one placeholder row (label -1) carries the skipped rows
             if not skipped:
                 return {}
@@ -472,6 +583,7 @@ def compute_class_statistics(
                 "count": [0],
                 "skipped_rows": [skipped],
                 "skipped_reasons": [reasons],
+                "skipped_labels": [skipped_labels],
             }
         kept_labels = [labels[position] for position in prepared.kept]
         rows = f"rows {indices[0]}..{indices[-1]}" if indices else ""
@@ -479,13 +591,19 @@ def compute_class_statistics(
         empty: list[list] = [[] for _ in result["label"][1:]]
         result["skipped_rows"] = [skipped, *empty]
         result["skipped_reasons"] = [reasons, *empty]
+        result["skipped_labels"] = [skipped_labels, *empty]
         return result
+
+    streamed = isinstance(dataset, datasets.IterableDataset)
+    digest = DataDigest()  # what a streamed pass read (a map-style dataset's fingerprint already covers it)
 
     def partial_sums(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         if num_proc and num_proc > 1:
             torch.set_num_threads(1)  # a forked worker inheriting torch's thread pool hangs (docs/DESIGN.md §10)
         labels = batch[label_column]
         check_labels(labels)
+        if streamed:
+            digest.update(batch[image_column], labels)
         prepared = prepare_batch(
             batch[image_column], indices, image_feature, image_column, preprocessing, skip_corrupt_images
         )
@@ -503,6 +621,7 @@ def compute_class_statistics(
             "count": datasets.Value("int64"),
             "skipped_rows": datasets.List(datasets.Value("int64")),
             "skipped_reasons": datasets.List(datasets.Value("string")),
+            "skipped_labels": datasets.List(datasets.Value("int64")),
         }
     )
     # With a prefetcher the map reads only the labels: the workers read the image bytes themselves.
@@ -538,7 +657,8 @@ def compute_class_statistics(
         )
     skipped_rows: list[int] = []
     skipped_reasons: list[str] = []
-    feature_sums, counts = reduce_class_sums(partial, num_classes, skipped_rows, skipped_reasons)
+    skipped_labels: list[int] = []
+    feature_sums, counts = reduce_class_sums(partial, num_classes, skipped_rows, skipped_reasons, skipped_labels)
     order = sorted(range(len(skipped_rows)), key=skipped_rows.__getitem__)
     reasons = [skipped_reasons[i] for i in order] if len(skipped_reasons) == len(skipped_rows) else []
     skipped_rows = [skipped_rows[i] for i in order]
@@ -557,6 +677,11 @@ def compute_class_statistics(
         )
     metadata["skipped_images"] = str(len(skipped_rows))
     metadata["skipped_rows"] = json.dumps(skipped_rows[:1000])
+    if skipped_labels:
+        per_class = torch.bincount(torch.as_tensor(skipped_labels), minlength=num_classes)
+        metadata["skipped_per_class"] = json.dumps({i: int(n) for i, n in enumerate(per_class.tolist()) if n})
+    if streamed:
+        metadata["data_digest"] = digest.hexdigest()
     return ClassStatistics(feature_sums, counts, list(class_names), metadata)
 
 

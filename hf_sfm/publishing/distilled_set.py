@@ -37,7 +37,9 @@ class DistilledSet:
         """A `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""
         return distilled_dataset(self.images, self.labels, self.class_names)
 
-    def save(self, path: Path, metrics: Any = None, overwrite: bool = False, **card_kwargs: Any) -> Path:
+    def save(
+        self, path: Path, metrics: Any = None, overwrite: bool = False, flag: str = OVERWRITE_FLAG, **card_kwargs: Any
+    ) -> Path:
         """The folder `load_dataset(path)` and `load_from_disk(path)` read back, with its card (see `export`)."""
         card_kwargs.setdefault("source_dataset", self.source_dataset)
         return save_distilled(
@@ -52,15 +54,15 @@ class DistilledSet:
             backbone_revision=(self.backbone or {}).get("revision") or None,
             metrics=metrics,
             overwrite=overwrite,
-            flag=OVERWRITE_FLAG,
+            flag=flag,
             **card_kwargs,
         )
 
-    def save_grid(self, path: str | Path, overwrite: bool = False) -> Path:
+    def save_grid(self, path: str | Path, overwrite: bool = False, flag: str = OVERWRITE_FLAG) -> Path:
         """The labelled PNG grid at `path` (a file: an existing one must be hf_sfm's, or `overwrite`)."""
         from .visualization import save_image_grid
 
-        return save_image_grid(self.images, self.labels, self.class_names, path, overwrite, OVERWRITE_FLAG)
+        return save_image_grid(self.images, self.labels, self.class_names, path, overwrite, flag)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class HubTarget:
         metrics: Any = None,
         card_kwargs: dict[str, Any] | None = None,
         overwrite: bool = False,
+        flag: str = OVERWRITE_FLAG,
     ) -> dict[str, Any]:
         """Write the classifier's folder (if any) and push both folders, one commit per repo (main process only).
 
@@ -152,7 +155,7 @@ class HubTarget:
                 source_dataset=card_kwargs.get("source_dataset"),
                 license=card_kwargs.get("license", "unknown"),
                 overwrite=overwrite,
-                flag=OVERWRITE_FLAG,
+                flag=flag,
             )
         commits: dict[str, Any] = {"dataset": hub.push_distilled(dataset_folder, self.dataset_repo_id, **options)}
         commits["classifier"] = (

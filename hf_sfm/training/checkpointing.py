@@ -10,8 +10,15 @@ rename (a run killed mid-save leaves the previous checkpoints intact and no half
     distillation_state.json           step, loss curve, log history, config, and the fingerprint a resume checks
     manifest.json                     the SHA-256 of every file above, written last
 
-Everything is read back with `safetensors` and `json`: a checkpoint holds data, never code, so a tampered or
-foreign file in the folder is an error (the manifest no longer matches) or is ignored, never executed.
+Everything is read back with `safetensors` and `json`: a checkpoint holds data, never code. Exactly the files the
+manifest lists are read (an unlisted file in the folder is ignored, a listed one that changed is an error), and what
+they hold is checked (step within range, finite images and optimiser moments, shard metadata that agree): a
+malformed checkpoint is a `CorruptCheckpointError`, never a raw `KeyError` deep in the loop.
+
+Every checkpoint records the id of the run that wrote it (`run_id`, kept across resumes): pruning only ever removes
+checkpoints of the current run, a fresh run in an output_dir first removes (and names) the previous run's
+checkpoints and results, and a resumed run sets aside a damaged newer checkpoint of its own instead of failing to
+save over it.
 `resume_from_checkpoint="latest"` takes the newest checkpoint whose manifest validates and warns about newer ones
 that do not (a save cut short by a full disk, a truncated copy).
 
@@ -26,9 +33,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +49,17 @@ from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..utils.io_utils import atomic_path, file_sha256, forget_owned, is_owned
+from ..utils.io_utils import (
+    atomic_path,
+    file_sha256,
+    forget_owned,
+    is_owned,
+    owned_names,
+    read_regular_text,
+    record_owned,
+    remove_staging_leftovers,
+)
+from .outputs import previous_run_results
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +70,8 @@ LOOP_FILE = "loop.safetensors"
 RNG_PATTERN = "rng-{index:05d}.safetensors"
 SHARD_PATTERN = "synthetic-{index:05d}-of-{count:05d}.safetensors"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+_SHARD_RE = re.compile(r"^synthetic-(\d{5})-of-(\d{5})\.safetensors$")
+_RNG_RE = re.compile(r"^rng-(\d{5})\.safetensors$")
 
 # Fingerprint entries that must agree for a checkpoint to be resumed at all (its tensors would be meaningless).
 REQUIRED_KEYS = (
@@ -91,7 +112,10 @@ class LoopState:
             raise ValueError(
                 f"The checkpoint has no state for the generators {missing}; was it made by another method?"
             )
-        self.step = int(tensors["step"][0])
+        step = tensors.get("step")
+        if step is None or step.dtype.is_floating_point or step.numel() != 1 or int(step.reshape(-1)[0]) < 0:
+            raise CorruptCheckpointError(f"The loop state holds no valid step ({step!r}).")
+        self.step = int(step.reshape(-1)[0])
         for name, generator in self.generators.items():
             generator.set_state(tensors[f"generator.{name}"])
 
@@ -190,12 +214,11 @@ def validate_checkpoint(checkpoint: str | Path) -> None:
     manifest_path = checkpoint / MANIFEST_FILE
     fix = "Resume from another checkpoint (an older `checkpoint-<step>`, or 'latest'), or start afresh."
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files = dict(manifest["files"])
+        files = manifest_files(checkpoint)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CorruptCheckpointError(
-            f"{manifest_path} is missing or unreadable ({type(error).__name__}): {checkpoint} is not a complete "
-            f"hf_sfm checkpoint. {fix}"
+            f"{manifest_path} is missing or unreadable ({type(error).__name__}: {error}): {checkpoint} is not a "
+            f"complete hf_sfm checkpoint. {fix}"
         ) from error
     for name, expected in files.items():
         path = checkpoint / name
@@ -203,6 +226,28 @@ def validate_checkpoint(checkpoint: str | Path) -> None:
             raise CorruptCheckpointError(f"{path} is missing: {checkpoint} is incomplete. {fix}")
         if file_sha256(path) != expected:
             raise CorruptCheckpointError(f"{path} does not match its checksum (truncated or edited). {fix}")
+
+
+def manifest_files(checkpoint: str | Path) -> dict[str, str]:
+    """The manifest's `{file name: sha256}`, checked to describe a whole checkpoint: the run state, the loop state
+    and a complete set of shards `synthetic-<p>-of-<P>` (p = 0..P-1), flat names only. Raises `ValueError`."""
+    manifest = json.loads(read_regular_text(Path(checkpoint) / MANIFEST_FILE, "checkpoint manifest"))
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise ValueError("the manifest has no {file: sha256} table")
+    missing = [name for name in (RUN_STATE_FILE, LOOP_FILE) if name not in files]
+    shards = sorted(_SHARD_RE.match(name).groups() for name in files if _SHARD_RE.match(name))
+    counts = {int(count) for _, count in shards}
+    if len(counts) != 1 or sorted(int(index) for index, _ in shards) != list(range(counts.pop())):
+        missing.append("a complete set of synthetic-<p>-of-<P>.safetensors shards")
+    if missing:
+        raise ValueError(f"the manifest does not list {missing}")
+    return files
+
+
+def listed_shards(checkpoint: str | Path) -> list[Path]:
+    """The shard files the manifest lists, in order: the only shards a resume reads."""
+    return [Path(checkpoint) / name for name in sorted(manifest_files(checkpoint)) if _SHARD_RE.match(name)]
 
 
 def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str | Path) -> Path | None:
@@ -238,25 +283,144 @@ def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: st
 def read_run_state(checkpoint: str | Path) -> dict[str, Any]:
     path = Path(checkpoint) / RUN_STATE_FILE
     try:
-        return json.loads(path.read_text())
+        state = json.loads(read_regular_text(path, "run state"))
     except (OSError, ValueError) as error:
         raise CorruptCheckpointError(f"{path} cannot be read ({error}); resume from another checkpoint.") from error
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(f"{path} holds a {type(state).__name__}, not a run state; resume from another.")
+    return state
 
 
-def prune_checkpoints(output_dir: str | Path, keep: int | None) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints hf_sfm wrote (a checkpoint-like folder it did not write is left
-    alone), and leftovers of saves that were killed. Main process only, under the output directory's lock."""
+def check_run_state(state: dict[str, Any], checkpoint: str | Path, num_steps: int) -> None:
+    """Refuse a run state whose values cannot be a run's: a step outside `[0, num_steps]`, a loss curve shorter than
+    the step or not finite, a fingerprint or log history of the wrong type. A step beyond `num_steps` is a
+    `ValueError` (raise num_steps), anything malformed a `CorruptCheckpointError`."""
+    fix = "Resume from another checkpoint, or start afresh."
+    step, losses = state.get("step"), state.get("losses", [])
+    problems = []
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        problems.append(f"step {step!r} is not a step number")
+    if not isinstance(state.get("fingerprint"), dict):
+        problems.append("it has no fingerprint")
+    if not isinstance(state.get("log_history", []), list):
+        problems.append("its log history is not a list")
+    if not isinstance(losses, list) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in losses
+    ):
+        problems.append("its loss curve is not a list of finite numbers")
+    elif isinstance(step, int) and len(losses) < step:
+        problems.append(f"its loss curve has {len(losses)} values for {step} steps")
+    if problems:
+        raise CorruptCheckpointError(f"{Path(checkpoint) / RUN_STATE_FILE} is malformed: {'; '.join(problems)}. {fix}")
+    if step > num_steps:
+        raise ValueError(
+            f"{checkpoint} is at step {step}, beyond num_steps={num_steps}. Raise num_steps to continue it."
+        )
+
+
+def checkpoint_run_id(checkpoint: str | Path) -> str | None:
+    """The id of the run that wrote `checkpoint` (`None` for checkpoints of versions that recorded none)."""
+    try:
+        state = json.loads(read_regular_text(Path(checkpoint) / RUN_STATE_FILE))
+    except (OSError, ValueError):
+        return None
+    return state.get("run_id") if isinstance(state, dict) else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int | None, run_id: str | None = None) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints of the run `run_id` that hf_sfm wrote (another run's checkpoints,
+    a symlink, or a checkpoint-like folder it did not write are left alone), and leftovers of saves that were killed
+    (staging folders `atomic_path` marked as its own). Main process only, under the output directory's lock."""
     output_dir = Path(output_dir)
     removed = []
-    for leftover in output_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    remove_staging_leftovers(output_dir, CHECKPOINT_PREFIX)
     if keep:
-        for old in list_checkpoints(output_dir)[:-keep]:
+        ours = [
+            path for path in list_checkpoints(output_dir) if not path.is_symlink() and checkpoint_run_id(path) == run_id
+        ]
+        for old in ours[:-keep]:
             if is_owned(old):
                 shutil.rmtree(old)
                 forget_owned(old)
                 removed.append(old)
     return removed
+
+
+def checkpoint_like(output_dir: str | Path) -> list[Path]:
+    """Every `checkpoint-<step>` entry of `output_dir` (complete or not, folder, file or link), oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    return sorted((p for p in output_dir.iterdir() if checkpoint_step(p) is not None), key=checkpoint_step)
+
+
+def _remove(path: Path) -> None:
+    """Delete an output entry: a link itself (never what it points to), a folder, or a file."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
+    forget_owned(path)
+
+
+def _resumable(path: Path) -> bool:
+    """Whether `latest` could take `path` for a checkpoint (a folder, or a link to one, holding a run state)."""
+    return path.is_dir() and (path / RUN_STATE_FILE).is_file()
+
+
+def replace_previous_run(output_dir: str | Path, overwrite: bool = False) -> list[Path]:
+    """Before a fresh (not resumed) run: remove the previous run's checkpoints and results files, naming them.
+
+    Otherwise the new run would overwrite some checkpoints and keep the old run's later ones (which `latest` would
+    then resume), and `all_results.json` would pair the old evaluation with the new training. Only what hf_sfm
+    wrote and is unchanged is removed, and with `overwrite` (overwrite_output_dir) also any other checkpoint folder
+    `latest` could pick up (a link is unlinked, never followed); the statistics, a cache keyed on their inputs, stay.
+    """
+    output_dir = Path(output_dir)
+    checkpoints = [p for p in checkpoint_like(output_dir) if is_owned(p) or (overwrite and _resumable(p))]
+    previous = checkpoints + [p for p in previous_run_results(output_dir) if is_owned(p)]
+    if previous:
+        logger.warning(
+            "Starting a new run in %s (not resuming): removing the previous run's %s, so that checkpoints and "
+            "results never mix two runs. To continue that run instead, pass resume_from_checkpoint='latest'.",
+            output_dir,
+            ", ".join(p.name for p in previous),
+        )
+    for path in previous:
+        _remove(path)
+    return previous
+
+
+def set_aside_damaged(output_dir: str | Path, after_step: int) -> list[Path]:
+    """A resumed run's damaged own checkpoints newer than `after_step` (a save cut short, a truncated copy: recorded
+    as hf_sfm's, no longer matching the manifest) are renamed `<name>.damaged` and warned about, not deleted, so
+    the run can write its own `checkpoint-<step>` there again instead of dying at that save."""
+    output_dir = Path(output_dir)
+    recorded = owned_names(output_dir)
+    moved = []
+    for path in checkpoint_like(output_dir):
+        if checkpoint_step(path) <= after_step or path.is_symlink() or path.name not in recorded or is_owned(path):
+            continue
+        try:
+            validate_checkpoint(path)
+            continue
+        except CorruptCheckpointError:
+            pass
+        aside = path.with_name(f"{path.name}.damaged")
+        suffix = 1
+        while aside.exists() or aside.is_symlink():
+            aside, suffix = path.with_name(f"{path.name}.damaged-{suffix}"), suffix + 1
+        path.rename(aside)
+        forget_owned(path)
+        record_owned(aside)
+        moved.append(aside)
+        logger.warning(
+            "%s is damaged (it no longer matches its manifest) and would stop this run at its next save there: "
+            "moved it to %s. Delete that folder when you no longer need it.",
+            path,
+            aside,
+        )
+    return moved
 
 
 # ---------------------------------------------------------------------------------------------- saving and loading
@@ -326,20 +490,30 @@ def save_checkpoint(
     return target
 
 
-def _read_rows(checkpoint: Path, start: int, stop: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Rows `[start, stop)` of every row-sharded tensor, assembled from whichever shard files hold them."""
+def _shard_metadata(file: Path, handle: Any) -> dict[str, int]:
+    """A shard's row range and set sizes, as integers, or `CorruptCheckpointError`."""
+    raw = handle.metadata() or {}
+    try:
+        values = {key: int(raw[key]) for key in ("start", "stop", "num_images", "num_active_levels")}
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptCheckpointError(f"{file} has malformed shard metadata {raw!r}; resume from another.") from error
+    if not 0 <= values["start"] <= values["stop"] <= values["num_images"] or values["num_active_levels"] < 1:
+        raise CorruptCheckpointError(f"{file} has an impossible shard range {values}; resume from another.")
+    return values
+
+
+def _read_rows(checkpoint: Path, start: int, stop: int) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Rows `[start, stop)` of every row-sharded tensor, assembled from the shard files the manifest lists."""
     pieces: dict[str, list[torch.Tensor]] = {}
     scalars: dict[str, torch.Tensor] = {}
-    metadata: dict[str, str] = {}
-    files = sorted(checkpoint.glob("synthetic-*-of-*.safetensors"))
-    if not files:
-        raise FileNotFoundError(
-            f"{checkpoint} holds no synthetic-*.safetensors shard files; it is not a complete checkpoint."
-        )
-    for file in files:
+    metadata: dict[str, int] = {}
+    for file in listed_shards(checkpoint):
         with safe_open(str(file), framework="pt") as handle:
-            metadata = dict(handle.metadata())
-            first, last = int(metadata["start"]), int(metadata["stop"])
+            shard = _shard_metadata(file, handle)
+            if metadata and any(shard[key] != metadata[key] for key in ("num_images", "num_active_levels")):
+                raise CorruptCheckpointError(f"The shards of {checkpoint} disagree on the synthetic set's size.")
+            metadata = shard
+            first, last = shard["start"], shard["stop"]
             low, high = max(start, first), min(stop, last)
             for name in handle.keys():  # noqa: SIM118 — safe_open handles are not iterable
                 view = handle.get_slice(name)
@@ -350,10 +524,17 @@ def _read_rows(checkpoint: Path, start: int, stop: int) -> tuple[dict[str, torch
     rows = {name: torch.cat(parts) for name, parts in pieces.items()}
     covered = rows["level.0"].shape[0] if "level.0" in rows else 0
     if covered != stop - start:
-        raise ValueError(
+        raise CorruptCheckpointError(
             f"The shards in {checkpoint} cover {covered} of the rows [{start}, {stop}) this process needs."
         )
-    return {**rows, **scalars}, metadata
+    tensors = {**rows, **scalars}
+    bad = sorted(name for name, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all())
+    if bad:
+        raise CorruptCheckpointError(
+            f"{checkpoint} holds NaN/Inf in {bad[:5]}: the images or optimiser moments are damaged. Resume from "
+            "another checkpoint."
+        )
+    return tensors, metadata
 
 
 def load_checkpoint(
@@ -369,18 +550,26 @@ def load_checkpoint(
     """Restore this process's RNG states, the loop state, its image rows and the optimiser (safetensors + JSON
     only); returns the optimiser, rebuilt over the active levels as the loop would have it."""
     try:
-        rng_file = checkpoint / RNG_PATTERN.format(index=accelerator.process_index)
-        _restore_rng(rng_file if rng_file.is_file() else checkpoint / RNG_PATTERN.format(index=0))
+        listed = manifest_files(checkpoint)
+        rng_name = RNG_PATTERN.format(index=accelerator.process_index)
+        rng_name = rng_name if rng_name in listed else RNG_PATTERN.format(index=0)
+        if rng_name not in listed:
+            raise KeyError(f"the manifest lists no {rng_name}")
+        _restore_rng(checkpoint / rng_name)
         loop_state.load_tensors(load_file(str(checkpoint / LOOP_FILE)))
         tensors, metadata = _read_rows(checkpoint, *shard)
-    except (OSError, SafetensorError, KeyError, ValueError) as error:
+    except (OSError, SafetensorError, KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
         if isinstance(error, CorruptCheckpointError):
             raise
         raise CorruptCheckpointError(
             f"{checkpoint} cannot be read ({type(error).__name__}: {error}). Resume from another checkpoint."
         ) from error
-    if int(metadata["num_images"]) != num_images:
+    if metadata["num_images"] != num_images:
         raise ValueError(f"{checkpoint} holds {metadata['num_images']} synthetic images; this run has {num_images}.")
+    if metadata["num_active_levels"] > len(synthetic.levels):
+        raise CorruptCheckpointError(
+            f"{checkpoint} has {metadata['num_active_levels']} active pyramid levels of {len(synthetic.levels)}."
+        )
     with torch.no_grad():
         for i, level in enumerate(synthetic.levels):
             saved = tensors.get(f"level.{i}")
@@ -390,7 +579,7 @@ def load_checkpoint(
                     f"this run expects {tuple(level.shape)}."
                 )
             level.copy_(saved)
-        synthetic.num_active_levels = int(metadata["num_active_levels"])
+        synthetic.num_active_levels = metadata["num_active_levels"]
     optimizer = make_optimizer(synthetic.active_parameters())
     state = optimizer.state_dict()
     for j, parameter in enumerate(synthetic.active_parameters()):
@@ -402,7 +591,13 @@ def load_checkpoint(
         }
         if entry:
             state["state"][j] = entry
-    optimizer.load_state_dict(state)
+    try:
+        optimizer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CorruptCheckpointError(
+            f"The optimiser state in {checkpoint} does not fit this run ({type(error).__name__}: {error}). Resume "
+            "from another checkpoint."
+        ) from error
     return optimizer
 
 
@@ -428,6 +623,21 @@ class Checkpointer:
         self.save_total_limit = save_total_limit
         self.overwrite = overwrite
         self.loop_state: LoopState | None = None
+        self.run_id: str | None = uuid.uuid4().hex  # a resume adopts the checkpoint's (see `begin`)
+
+    def begin(self, checkpoint: Path | None) -> None:
+        """Start this run: a fresh one replaces the previous run's checkpoints and results (`replace_previous_run`);
+        a resumed one continues that checkpoint's run and sets aside its damaged newer checkpoints
+        (`set_aside_damaged`). A collective: every process calls it; the main process does the file work."""
+        if checkpoint is None:
+            self.run_id = uuid.uuid4().hex
+            if self.accelerator.is_main_process:
+                replace_previous_run(self.output_dir, self.overwrite)
+        else:
+            self.run_id = read_run_state(checkpoint).get("run_id")
+            if self.accelerator.is_main_process and checkpoint.parent.resolve() == self.output_dir.resolve():
+                set_aside_damaged(self.output_dir, checkpoint_step(checkpoint) or 0)
+        self.accelerator.wait_for_everyone()
 
     def track(self, generators: dict[str, torch.Generator]) -> LoopState:
         """The loop's step counter and `generators` (by name), as a fresh `LoopState` for this run."""
@@ -444,6 +654,7 @@ class Checkpointer:
     ) -> Path:
         """Write `checkpoint-<step>` (a collective) and prune old ones beyond `save_total_limit`."""
         target = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        run_state = {**run_state, "run_id": self.run_id}
         save_checkpoint(
             self.accelerator,
             target,
@@ -457,7 +668,7 @@ class Checkpointer:
             overwrite=self.overwrite,
         )
         if self.accelerator.is_main_process:
-            prune_checkpoints(self.output_dir, self.save_total_limit)
+            prune_checkpoints(self.output_dir, self.save_total_limit, self.run_id)
         self.accelerator.wait_for_everyone()
         logger.info("Saved checkpoint %s", target)
         return target
@@ -476,12 +687,9 @@ class Checkpointer:
         """Restore images, optimiser, generators and step from `checkpoint`; returns the optimiser and its run
         state (`step`, `losses`, `log_history`, …). Refuses a checkpoint of an incompatible run."""
         saved = read_run_state(checkpoint)
+        check_run_state(saved, checkpoint, num_steps)
         check_resume_compatible(saved["fingerprint"], fingerprint, checkpoint)
-        if saved["step"] > num_steps:
-            raise ValueError(
-                f"{checkpoint} is at step {saved['step']}, beyond num_steps={num_steps}. Raise num_steps to "
-                "continue it."
-            )
+        self.run_id = saved.get("run_id")
         optimizer = load_checkpoint(
             self.accelerator,
             checkpoint,
@@ -492,6 +700,8 @@ class Checkpointer:
             num_images=num_images,
         )
         if self.loop_state.step != saved["step"]:
-            raise ValueError(f"{checkpoint} is inconsistent: step {saved['step']} vs {self.loop_state.step}.")
+            raise CorruptCheckpointError(
+                f"{checkpoint} is inconsistent: step {saved['step']} vs {self.loop_state.step}."
+            )
         logger.info("Resumed from %s at step %d", checkpoint, saved["step"])
         return optimizer, saved

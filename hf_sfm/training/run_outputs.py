@@ -15,8 +15,18 @@ from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list
 from transformers import TrainerState
 
+from ..data.columns import image_file_paths
 from ..utils.io_utils import atomic_path, make_owned_dirs
-from .outputs import GRID_FILE, STATE_FILE, OutputDirectoryBusy, OutputLock, check_output_dir
+from .checkpointing import resolve_checkpoint
+from .outputs import (
+    GRID_FILE,
+    STATE_FILE,
+    OutputDirectoryBusy,
+    OutputLock,
+    check_output_dir,
+    scoped_overwrite,
+    warn_if_beside_training_images,
+)
 from .tracking import format_metrics, write_metrics
 
 logger = get_logger(__name__)
@@ -24,21 +34,30 @@ logger = get_logger(__name__)
 
 class RunOutputs:
     """`args.output_dir` of a run: refused now if it holds another run's files (unless `args.overwrite_output_dir`,
-    or the run resumes)."""
+    or the run resumes), or resuming from a checkpoint that is not there; a warning when it holds the training
+    images themselves (`real_data`)."""
 
-    def __init__(self, accelerator: Accelerator, args):
+    def __init__(self, accelerator: Accelerator, args, real_data=None):
         self.accelerator, self.output_dir, self.overwrite = (
             accelerator,
             Path(args.output_dir),
             args.overwrite_output_dir,
         )
         check_output_dir(self.output_dir, self.overwrite, bool(args.resume_from_checkpoint))
+        resolve_checkpoint(args.resume_from_checkpoint, self.output_dir)  # no checkpoint: refused before any pass
+        if real_data is not None:
+            warn_if_beside_training_images(self.output_dir, image_file_paths(real_data.dataset, real_data.image_column))
         self.lock = OutputLock(self.output_dir)
         self.locked = False
 
     @property
     def grid_path(self) -> Path:
         return self.output_dir / GRID_FILE
+
+    def overwrite_for(self, path: str | Path, overwrite: bool = False) -> tuple[bool, str]:
+        """`(overwrite, flag)` for writing `path`: `overwrite_output_dir` reaches only inside the output dir; a path
+        outside it is replaced only with the call's own `overwrite=True` (`outputs.scoped_overwrite`)."""
+        return scoped_overwrite(path, self.output_dir, self.overwrite, overwrite)
 
     def hub_folder(self, local_dir: str | Path | None) -> Path:
         """Where a push's folders are written first (default `<output_dir>/hub/`, recorded as hf_sfm's)."""

@@ -84,10 +84,14 @@ class RunCheckpointer(Checkpointer):
         """The checkpoint to resume from (`checkpointing.resolve_checkpoint` in this run's `output_dir`), or None."""
         return resolve_checkpoint(resume_from_checkpoint, self.output_dir)
 
-    def start(self, fingerprint: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
-        """Begin a run: what its checkpoints are checked against, and the generators they save."""
+    def start(
+        self, fingerprint: dict[str, Any], generators: dict[str, torch.Generator], checkpoint: Path | None = None
+    ) -> None:
+        """Begin a run: what its checkpoints are checked against, the generators they save, and (`begin`) whether
+        it continues `checkpoint`'s run or replaces the previous run's checkpoints and results."""
         self.fingerprint = fingerprint
         self.track(generators)
+        self.begin(checkpoint)
 
     def save_progress(self, run: SyntheticRun, state: TrainerState, config: dict[str, Any]) -> Path:
         """`checkpoint-<global_step>` of the run: images, optimiser, generators and the run state (a collective)."""

@@ -17,14 +17,15 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import gather_object
 from datasets.fingerprint import Hasher
 
 from ..backbone.frozen import FrozenBackbone
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_data import RealData
-from ..data.statistics import ClassStatistics, compute_class_statistics
+from ..data.statistics import ClassStatistics, combine_data_digests, compute_class_statistics, expected_metadata
 from ..utils.versions import library_versions
-from .outputs import STATISTICS_FILE
+from .outputs import STATISTICS_FILE, statistics_lock
 
 __all__ = ["ClassStatistics", "StatisticsCache", "check_statistics_usable", "statistics_key"]
 
@@ -105,12 +106,21 @@ class StatisticsCache:
         """Reuse the file when it exists and matches the key, else compute (all processes) and save it (main);
         then refuse statistics the run cannot start from (`check_statistics_usable`, with `usable`). `recompute`
         (default: the cache's own) computes anew even when the file and the `datasets` cache match."""
-        path = self.path
         if recompute is not None:
             self.recompute = recompute
+        with statistics_lock(self.path, self.accelerator.is_main_process):  # other runs may share the file
+            statistics = self._load_or_compute()
+        if self.usable is not None:
+            check_statistics_usable(statistics, self.real_data, backbone=self.backbone.class_name, **self.usable)
+        return statistics
+
+    def _load_or_compute(self) -> ClassStatistics:
+        path, real_data = self.path, self.real_data
         if path.exists() and not self.recompute:
             statistics = ClassStatistics.load(path)
-            statistics.check_compatible(self.key, path)
+            # A streamed set's fingerprint does not cover its content: the file must match a digest of it too.
+            expected = expected_metadata(real_data.dataset, self.key, real_data.image_column, real_data.label_column)
+            statistics.check_compatible(expected, path)
             statistics.check_matches(self.real_data.class_names, self.feature_dim, f"The statistics in {path}")
             logger.info(f"Loaded class statistics from {path}", main_process_only=True)
         else:
@@ -122,8 +132,6 @@ class StatisticsCache:
             if self.accelerator.is_main_process:
                 statistics.save(path, self.overwrite, "overwrite_output_dir=True")
             self.accelerator.wait_for_everyone()
-        if self.usable is not None:
-            check_statistics_usable(statistics, self.real_data, backbone=self.backbone.class_name, **self.usable)
         return statistics
 
     def compute(self, embed: Callable[[torch.Tensor], torch.Tensor]) -> ClassStatistics:
@@ -165,6 +173,9 @@ class StatisticsCache:
             device = accelerator.device
             statistics.feature_sums = accelerator.reduce(statistics.feature_sums.to(device), "sum").cpu()
             statistics.counts = accelerator.reduce(statistics.counts.to(device), "sum").cpu()
+            if "data_digest" in statistics.metadata:  # a streamed pass: the digest of every process's shard
+                digests = gather_object([statistics.metadata["data_digest"]])
+                statistics.metadata["data_digest"] = combine_data_digests(digests)
         return statistics
 
 

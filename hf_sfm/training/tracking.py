@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from ..utils.io_utils import atomic_path
+from ..utils.io_utils import atomic_path, read_regular_text
 
 TRACKER_PROJECT = "hf_sfm"  # the trackers' project; TensorBoard logs go to <output_dir>/hf_sfm
 
@@ -76,9 +76,28 @@ def write_metrics(
     write_json(path, metrics, overwrite)
     if combined:
         combined_path = Path(output_dir) / "all_results.json"
-        merged = json.loads(combined_path.read_text()) if combined_path.exists() else {}
+        merged = read_results(combined_path, overwrite)
         write_json(combined_path, {**merged, **metrics}, overwrite)
     return path
+
+
+def read_results(path: Path, overwrite: bool = False) -> dict[str, Any]:
+    """The metrics already in a results file (`{}` when there is none). A damaged one (not a regular file, not a
+    JSON object) is refused naming it and the fix, or, with `overwrite`, started afresh."""
+    if not (path.exists() or path.is_symlink()):
+        return {}
+    try:
+        merged = json.loads(read_regular_text(path, "results file"))
+        if not isinstance(merged, dict):
+            raise ValueError(f"it holds a {type(merged).__name__}, not a JSON object of metrics")
+    except (OSError, ValueError) as error:
+        if overwrite:
+            return {}
+        raise ValueError(
+            f"{path} is damaged ({error}), so the new metrics cannot be merged into it. Move it away (or delete "
+            "it), or set overwrite_output_dir=True to rewrite it with this run's metrics only."
+        ) from error
+    return merged
 
 
 def write_json(path: Path, value: Any, overwrite: bool = False) -> None:
