@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification, ViTImageProcessor
 
-import hf_sfm.distiller as distiller_module
+import hf_sfm.training.statistics_cache as statistics_cache
 from hf_sfm import DistillationConfig, Distiller, SFMInheritedConfig
 from hf_sfm.backbone.features import FeatureExtractor
 from hf_sfm.data.preprocessing import ImagePreprocessing
@@ -158,7 +158,7 @@ def test_two_streamed_datasets_with_the_same_classes_never_share_statistics(tmp_
             tmp_path / "b", second.to_iterable_dataset(), init="noise", statistics_path=str(shared)
         ).compute_statistics()
     # The same stream again reuses its statistics (the digest matches), without a statistics pass.
-    monkeypatch.setattr(distiller_module, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(statistics_cache, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
     again = _distiller(output_dir, first.to_iterable_dataset(), init="noise").compute_statistics()
     assert torch.equal(again.feature_sums, computed.feature_sums)
     assert again.metadata["data_digest"] == computed.metadata["data_digest"]
@@ -436,7 +436,7 @@ def test_a_fifo_is_never_opened(tmp_path, no_hang):
 
 
 def test_resume_latest_without_a_checkpoint_is_refused_before_the_statistics_pass(tmp_path, monkeypatch):
-    monkeypatch.setattr(distiller_module, "compute_class_statistics", lambda *a, **k: pytest.fail("statistics ran"))
+    monkeypatch.setattr(statistics_cache, "compute_class_statistics", lambda *a, **k: pytest.fail("statistics ran"))
     with pytest.raises(FileNotFoundError, match="holds no complete 'checkpoint-<step>' folder"):
         _distiller(tmp_path, resume_from_checkpoint="latest")
 

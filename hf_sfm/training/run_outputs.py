@@ -38,17 +38,18 @@ class RunOutputs:
     images themselves (`real_data`)."""
 
     def __init__(self, accelerator: Accelerator, args, real_data=None):
-        self.accelerator, self.output_dir, self.overwrite = (
-            accelerator,
-            Path(args.output_dir),
-            args.overwrite_output_dir,
-        )
+        self.accelerator, self.args, self.output_dir = accelerator, args, Path(args.output_dir)
         check_output_dir(self.output_dir, self.overwrite, bool(args.resume_from_checkpoint))
         resolve_checkpoint(args.resume_from_checkpoint, self.output_dir)  # no checkpoint: refused before any pass
         if real_data is not None:
             warn_if_beside_training_images(self.output_dir, image_file_paths(real_data.dataset, real_data.image_column))
         self.lock = OutputLock(self.output_dir)
         self.locked = False
+
+    @property
+    def overwrite(self) -> bool:
+        """`args.overwrite_output_dir` when a file is written (as `Trainer` reads its arguments), not when built."""
+        return self.args.overwrite_output_dir
 
     @property
     def grid_path(self) -> Path:
