@@ -37,7 +37,7 @@ from .data.columns import check_eval_classes, class_names_of, find_image_column,
 from .data.preprocessing import ImagePreprocessing
 from .data.real_images import DEFAULT_MAX_CACHED_BYTES, RealBatchStream, sample_real_images, square_preprocessing
 from .data.statistics import ClassStatistics, compute_class_statistics
-from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator, ProbeConfig
+from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator
 from .methods import DistillationMethod, MethodContext, get_method
 from .synthesis.augment import Augmentation
 from .synthesis.synthetic import SyntheticImages, synthetic_labels
@@ -161,7 +161,7 @@ class Distiller:
             class_names=self.class_names,
             image_size=self.image_size,
             crop_size=args.crop_size,
-            probe=ProbeConfig(epochs=args.probe_epochs, views=args.probe_views),
+            probe=args.probe_config(),
             runs=args.eval_runs,
             name=self.statistics_metadata()["backbone"],
             compute_metrics=compute_metrics,
@@ -557,7 +557,7 @@ class Distiller:
             self.save_grid(self.output_dir / GRID_FILE)
         self._event("on_train_end", optimizer=optimizer)
         close_trackers(self.accelerator)
-        training_loss = float(np.mean(self.losses[first_step:])) if steps_run else math.nan
+        training_loss = float(np.mean(self.losses)) if self.losses else math.nan  # every step, across resumes
         metrics = {
             "train_runtime": round(runtime, 4),
             "train_steps_per_second": round(steps_run / runtime, 4) if runtime > 0 else math.nan,
@@ -906,7 +906,8 @@ class Distiller:
                     repo_id=classifier_repo_id,
                     distilled_repo_id=repo_id,
                     source_dataset=card_kwargs.get("source_dataset"),
-                    license=card_kwargs.get("license", "unknown"),
+                    license=card_kwargs.get("license"),
+                    record=card_kwargs.get("record"),
                     overwrite=self.args.overwrite_output_dir,
                     flag="overwrite_output_dir=True",
                 )
