@@ -170,6 +170,20 @@ class Distiller:
             skip_corrupt_images=args.skip_corrupt_images,
         )
 
+    @classmethod
+    def from_run(cls, output_dir: str | Path, model: torch.nn.Module, train_dataset, image_processor=None, **kwargs):
+        """A finished run reopened from `output_dir` (its `distilled/` folder: images, statistics, settings), ready
+        for `evaluate()`, `classifier_inheritance()`, `save_distilled()` or `push_to_hub()`. Trains nothing."""
+        from .publishing.reopen import load_finished_run
+
+        run = load_finished_run(output_dir)
+        fields = [field.name for field in dataclasses.fields(DistillationConfig)]
+        args = DistillationConfig(**run.config_values(output_dir, fields))
+        distiller = cls(model, args, train_dataset, image_processor=image_processor, **kwargs)
+        distiller.compute_statistics()  # the run's own; refused if backbone, preprocessing or data differ
+        distiller.synthetic = run.synthetic(distiller.labels).to(distiller.accelerator.device)
+        return distiller
+
     # ------------------------------------------------------------------ Trainer idioms
 
     @property

@@ -253,3 +253,60 @@ def test_a_recipe_run_records_its_probe_split_and_warnings_and_a_finished_resume
     assert "already finished at step 2" in again.stderr
     after = {name: strict_json(output_dir / name) for name in files}
     assert after == before and math.isfinite(after["train_results.json"]["train_loss"])
+
+
+# ---------------------------------------------------------------------------------------------- reopening a run
+
+
+def test_a_finished_run_reopens_from_its_output_dir_and_builds_its_classifier_without_training(tmp_path):
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    model, train = build_backbone("vit"), color_dataset(3, 4)
+    args = DistillationConfig(output_dir=str(tmp_path / "run"), num_steps=2, ipc=2, learning_rate=0.5)
+    original = Distiller(model, args, train, image_processor=processor)
+    original.train()
+    original.save_distilled()
+    images = original.synthetic_images()
+    original.output_lock.release()
+
+    reopened = Distiller.from_run(tmp_path / "run", model, train, image_processor=processor)
+    assert reopened.args.ipc == 2 and reopened.args.learning_rate == 0.5 and reopened.state.global_step == 0
+    assert (
+        reopened.synthetic_images().sub(images).abs().max() <= 1e-4
+    )  # the float images (to the clamp at 1e-4), not 8-bit
+    assert reopened.statistics.class_means.sub(original.statistics.class_means).abs().max() == 0
+    inheritance = reopened.classifier_inheritance()
+    inheritance.train_head(epochs=1)
+    inheritance.fit_projector(reopened.synthetic_images(), epochs=1)
+    assert inheritance.classifier().config.id2label == {0: "class_0", 1: "class_1", 2: "class_2"}
+    with pytest.raises(FileNotFoundError, match="not the distilled folder of a finished run"):
+        Distiller.from_run(tmp_path / "nothing", model, train, image_processor=processor)
+
+
+def test_a_fit_that_converges_early_ends_its_progress_bar_at_100_percent(monkeypatch):
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from hf_sfm.evaluation import linear_fit
+
+    bars = []
+
+    class RecordedBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(linear_fit, "tqdm", RecordedBar)
+    features, labels = torch.randn(8, 4), torch.arange(8) % 2
+    config = linear_fit.LinearFitConfig(epochs=400, tolerance=1.0, patience=2, cooldown=0)
+    losses = linear_fit.fit_linear(
+        torch.nn.Linear(4, 2),
+        lambda index, epoch: (features[index], labels[index]),
+        F.cross_entropy,
+        8,
+        config,
+        torch.Generator().manual_seed(0),
+        progress_desc="head",
+    )
+    assert len(losses) < 400  # it did stop early
+    assert bars[-1].n == bars[-1].total == len(losses)
