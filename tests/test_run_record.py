@@ -310,3 +310,32 @@ def test_a_fit_that_converges_early_ends_its_progress_bar_at_100_percent(monkeyp
     )
     assert len(losses) < 400  # it did stop early
     assert bars[-1].n == bars[-1].total == len(losses)
+
+
+def test_data_far_smaller_than_the_backbone_input_is_reported_with_the_flags_that_fix_it(recipe):
+    small = color_dataset(2, 2)  # 32 px images
+    side = min(small[0]["image"].size)
+    processor = ViTImageProcessor(size={"height": 224, "width": 224})
+    warning = recipe.check_image_sizes(small, DistillationConfig(output_dir="unused"), processor)
+    assert f"--crop_size {side} --image_size {side}" in warning and "224 px" in warning
+    assert recipe.check_image_sizes(small, DistillationConfig(output_dir="unused", crop_size=64), processor) is None
+    matched = ViTImageProcessor(size={"height": side, "width": side})
+    assert recipe.check_image_sizes(small, DistillationConfig(output_dir="unused"), matched) is None
+
+
+def test_loading_a_backbone_from_a_classifier_checkpoint_prints_no_load_report(recipe, tmp_path, capfd, caplog):
+    """The head of a `*ForImageClassification` checkpoint (the embedded Lite0's, most Hub classifiers') is dropped on
+    purpose; transformers' LOAD REPORT of it is noise. Weights the backbone lacks are still reported."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, num_labels=3)  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(tmp_path / "classifier")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "classifier")
+    capfd.readouterr()
+    with caplog.at_level("INFO", logger="recipes"):
+        model, _ = recipe.load_backbone(recipe.ModelArguments(model_name_or_path=str(tmp_path / "classifier")))
+    assert type(model).__name__ == "ViTModel"
+    printed = capfd.readouterr()
+    assert "LOAD REPORT" not in printed.err + printed.out
+    assert "pooler" in caplog.text  # the one part the checkpoint lacks: said once, by the recipe
