@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
     # Log lines go through tqdm.write, so an INFO line or a loss dict never glues onto a progress bar's line.
-    with logging_redirect_tqdm(), WarningRecorder() as warnings:
+    with logging_redirect_tqdm([logging.root, logging.getLogger("transformers")]), WarningRecorder() as warnings:
         return _run(model_args, data_args, run_args, config, spellings, state, warnings)
 
 
