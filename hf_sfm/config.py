@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from .utils.io_utils import is_regular_file
 PARAMETERIZATIONS = ("pyramid", "pixels")
 INITIALIZATIONS = ("noise", "real", "centroid")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+LICENSE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # a Hub licence id, as the cards' metadata check takes it
 
 
 @dataclass
@@ -65,6 +67,7 @@ class DistillationConfig:
             epoch (the papers) or `V` for a bank of `V` views embedded once (faster, labelled as such).
         eval_baselines: real-image baselines probed beside the distilled set (`random_real`, `centroids`,
             `near_mean`, `neighbors`, `full_dataset`).
+        probe_learning_rate: a fixed probe rate for short probes (None: the papers' `1e-3 · batch / 256`).
 
     > Logging and saving
         output_dir, overwrite_output_dir, logging_steps, save_steps, save_grid.
@@ -74,7 +77,7 @@ class DistillationConfig:
 
     > Hub (names as in `TrainingArguments`)
         push_to_hub, hub_dataset_id (the distilled set), hub_model_id (the inherited classifier), hub_private_repo,
-        hub_token, hub_revision.
+        hub_token, hub_revision; license (the classifier's card), dataset_license (the distilled set's card).
 
     > Scale
         gradient_checkpointing: recompute the backbone's blocks in the backward pass (big backbones, many images).
@@ -178,6 +181,14 @@ class DistillationConfig:
         default_factory=list,
         metadata={"help": f"Real-image baselines evaluate() probes beside the distilled set, from {BASELINES}."},
     )
+    probe_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "A fixed Adam rate for the evaluation probes instead of the papers' 1e-3 * batch / 256, which "
+            "cannot move the head in a short probe on few images (the run warns then): e.g. 1e-2 with probe_epochs "
+            "50. None: the papers' protocol."
+        },
+    )
 
     # Images
     image_size: int | None = field(
@@ -259,6 +270,20 @@ class DistillationConfig:
     hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the repos as private."})
     hub_token: str | None = field(default=None, metadata={"help": "Token for the pushes (default: the logged-in one)."})
     hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub licence id of the inherited classifier's card (e.g. 'apache-2.0'); it derives from the "
+            "backbone's licence and the data's. Unset: 'unknown', and the card says it was not given."
+        },
+    )
+    dataset_license: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub licence id of the distilled set's card; the images derive from the source dataset, so "
+            "usually its licence. Unset: 'unknown', and the card says it was not given."
+        },
+    )
 
     def __post_init__(self):
         self._check_paths()
@@ -285,6 +310,15 @@ class DistillationConfig:
         for switch in (f.name for f in dataclasses.fields(self) if f.type in (bool, "bool")):
             self._check_bool(switch)
         self._check_float("learning_rate", low=0.0, inclusive=False)
+        if self.probe_learning_rate is not None:
+            self._check_float("probe_learning_rate", low=0.0, inclusive=False)
+        for name in ("license", "dataset_license"):
+            value = getattr(self, name)
+            if value is not None and not LICENSE_PATTERN.match(str(value)):
+                raise ValueError(
+                    f"DistillationConfig.{name}={value!r} is not a Hub licence id (lowercase, like 'apache-2.0', "
+                    "'mit', 'cc-by-4.0', 'other'; https://huggingface.co/docs/hub/repositories-licenses)."
+                )
         self._check_float("init_noise_std", low=0.0, inclusive=True)
         self._check_float("noise_std", low=0.0, inclusive=True)
         self._check_float("crop_scale_min", low=0.0, inclusive=False)
@@ -327,6 +361,16 @@ class DistillationConfig:
     def method_class(self) -> Any:
         """The `hf_sfm.methods` class registered as `method`."""
         return get_method(self.method)
+
+    def probe_config(self) -> Any:
+        """The evaluation probe (`hf_sfm.evaluation.probe.ProbeConfig`) these settings ask for: the papers'
+        protocol at `probe_epochs` / `probe_views`, or a fixed `probe_learning_rate` (not scaled by batch size)."""
+        from .evaluation.probe import ProbeConfig
+
+        probe = ProbeConfig(epochs=self.probe_epochs, views=self.probe_views)
+        if self.probe_learning_rate is not None:
+            probe = dataclasses.replace(probe, learning_rate=self.probe_learning_rate, scale_learning_rate=False)
+        return probe
 
     def method_config(self) -> Any:
         """The method's own settings (`hf_sfm.methods.<method>.config_class`) from `method_kwargs`."""

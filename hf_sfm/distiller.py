@@ -12,6 +12,7 @@ health a `SyntheticRun`'s, checkpoints a `RunCheckpointer`'s, trackers and grids
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from transformers.trainer_utils import TrainOutput
 from .backbone.frozen import FeatureFn, FrozenBackbone
 from .config import DistillationConfig
 from .data.real_data import RealData
-from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator, ProbeConfig
+from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator
 from .publishing.distilled_set import DistilledSet, HubTarget
 from .synthesis.augment import Augmentation
 from .synthesis.synthetic import SyntheticImages, synthetic_labels
@@ -111,11 +112,25 @@ class Distiller:
             self.real_data,
             image_size=self.image_size,
             crop_size=args.crop_size,
-            probe=ProbeConfig(epochs=args.probe_epochs, views=args.probe_views),
+            probe=args.probe_config(),
             runs=args.eval_runs,
             name=self.backbone.name,
             compute_metrics=compute_metrics,
         )
+
+    @classmethod
+    def from_run(cls, output_dir: str | Path, model: torch.nn.Module, train_dataset, image_processor=None, **kwargs):
+        """A finished run reopened from `output_dir` (its `distilled/` folder: images, statistics, settings), ready
+        for `evaluate()`, `classifier_inheritance()`, `save_distilled()` or `push_to_hub()`. Trains nothing."""
+        from .publishing.reopen import load_finished_run
+
+        run = load_finished_run(output_dir)
+        fields = [field.name for field in dataclasses.fields(DistillationConfig)]
+        args = DistillationConfig(**run.config_values(output_dir, fields))
+        distiller = cls(model, args, train_dataset, image_processor=image_processor, **kwargs)
+        distiller.compute_statistics()  # the run's own; refused if backbone, preprocessing or data differ
+        distiller.synthetic = run.synthetic(distiller.labels).to(distiller.accelerator.device)
+        return distiller
 
     # ------------------------------------------------------------------ Trainer idioms
 

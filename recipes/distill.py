@@ -25,6 +25,7 @@ import torch
 import transformers
 import yaml
 from accelerate import PartialState
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
 
 from hf_sfm import DistillationConfig, Distiller
@@ -32,6 +33,10 @@ from hf_sfm.evaluation.probe import ProbeConfig, classifier_accuracy
 from hf_sfm.evaluation.results import inherited_metrics
 from hf_sfm.modeling_inherited import FEATURE_POOLINGS
 from hf_sfm.publishing.export import save_classifier
+from hf_sfm.publishing.run_record import EvalSplit, RunRecord, WarningRecorder
+from hf_sfm.training.callbacks import ProgressCallback
+from hf_sfm.training.checkpointing import resolve_checkpoint
+from hf_sfm.training.outputs import OutputDirectoryBusy
 from hf_sfm.utils.distributed import cpu_only, num_processes_warning
 
 logger = logging.getLogger("recipes.distill")
@@ -114,13 +119,6 @@ class RunArguments:
     do_eval: bool = field(
         default=True, metadata={"help": "Evaluate the distilled set (and eval_baselines) on the eval split."}
     )
-    probe_learning_rate: float | None = field(
-        default=None,
-        metadata={
-            "help": "A fixed learning rate for the evaluation probes instead of the papers' 1e-3·batch/256, which "
-            "cannot move the head in a short probe on few images (it warns then): e.g. 1e-2 with probe_epochs 50."
-        },
-    )
     inherited_classifier: bool = field(
         default=False,
         metadata={
@@ -145,12 +143,71 @@ class RunArguments:
     )
 
 
+@dataclass
+class TrainerSpellings:
+    """`TrainingArguments`' names for settings a Trainer user types out of habit, mapped onto hf_sfm's."""
+
+    max_steps: int | None = field(default=None, metadata={"help": "TrainingArguments' name for --num_steps."})
+    bf16: bool = field(default=False, metadata={"help": "TrainingArguments' name for --mixed_precision bf16."})
+    fp16: bool = field(default=False, metadata={"help": "TrainingArguments' name for --mixed_precision fp16."})
+    disable_tqdm: bool = field(
+        default=False, metadata={"help": "No progress bars for the distillation steps and the datasets passes."}
+    )
+    log_level: str = field(
+        default="info",
+        metadata={"help": "Level of hf_sfm's and the recipe's messages: debug, info, warning, error or critical."},
+    )
+
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+LOG_LEVELS.update(critical=logging.CRITICAL, passive=logging.INFO)  # passive: TrainingArguments' "leave it as is"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" only to help that does not state its default already (it would print it twice)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> HfArgumentParser:
-    return HfArgumentParser([ModelArguments, DataArguments, RunArguments, DistillationConfig])
+    parser = HfArgumentParser([ModelArguments, DataArguments, RunArguments, DistillationConfig, TrainerSpellings])
+    parser.formatter_class = HelpFormatter
+    return parser
+
+
+def apply_trainer_spellings(spellings: TrainerSpellings, config: DistillationConfig, argv: list[str]) -> None:
+    """Map `--max_steps` / `--bf16` / `--fp16` onto `num_steps` / `mixed_precision`, refusing a contradiction."""
+    given = {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
+    if spellings.max_steps is not None:
+        if "num_steps" in given and config.num_steps != spellings.max_steps:
+            raise ValueError(
+                f"--max_steps {spellings.max_steps} and --num_steps {config.num_steps} disagree; "
+                "give one (max_steps is TrainingArguments' name for num_steps)."
+            )
+        config.num_steps = spellings.max_steps
+        config.__post_init__()  # validated like any num_steps
+    if spellings.bf16 and spellings.fp16:
+        raise ValueError("--bf16 and --fp16 both set; choose one (or --mixed_precision bf16|fp16|no).")
+    precision = "bf16" if spellings.bf16 else "fp16" if spellings.fp16 else None
+    if precision is not None:
+        if "mixed_precision" in given and config.mixed_precision != precision:
+            raise ValueError(f"--{precision} and --mixed_precision {config.mixed_precision} disagree; give one.")
+        config.mixed_precision = precision
+    if spellings.log_level not in LOG_LEVELS:
+        raise ValueError(f"--log_level {spellings.log_level!r} is not one of {sorted(LOG_LEVELS)}.")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, DistillationConfig]:
-    """`(model_args, data_args, run_args, config)` from `--config <yaml>` and the command line (which wins).
+    """`(model_args, data_args, run_args, config)` from `--config <yaml>` and the command line (which wins);
+    `TrainingArguments`' spellings (`--max_steps`, `--bf16`, ...) are mapped onto the config (`parse_all_args`)."""
+    return parse_all_args(argv)[:4]
+
+
+def parse_all_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, DistillationConfig, TrainerSpellings]:
+    """`(model_args, data_args, run_args, config, spellings)` from `--config <yaml>` and the command line.
 
     The YAML's keys become the parser's defaults (argparse's public `set_defaults`), after a check that each is an
     argument of one of the dataclasses, so a typo fails with the file named instead of being ignored.
@@ -169,7 +226,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, Distillati
         if unknown:
             parser.error(f"{known.config} sets unknown arguments {unknown}; see `python recipes/distill.py --help`.")
         parser.set_defaults(**values)
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+    *arguments, spellings = parser.parse_args_into_dataclasses(args=argv)
+    apply_trainer_spellings(spellings, arguments[3], [*argv, *(f"--{key}" for key in values)] if known.config else argv)
+    return (*arguments, spellings)
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
@@ -184,7 +243,23 @@ def load_backbone(model_args) -> tuple[torch.nn.Module, Any]:
         path = str(efficientnet_lite_path())
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
     model_class = getattr(transformers, model_args.model_class) if model_args.model_class else AutoModel
-    model = model_class.from_pretrained(path, **kwargs)  # an image-text model is unwrapped by hf_sfm.backbone
+    # transformers prints a LOAD REPORT for every checkpoint weight the backbone does not use: for a checkpoint saved
+    # with its classification head (the embedded EfficientNet-Lite, most `*ForImageClassification` repos) that is
+    # the head, which is dropped on purpose. Weights the backbone lacks are another matter: those are reported here.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:  # an image-text model is unwrapped by hf_sfm.backbone
+        model, loading = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if loading.get("missing_keys") or loading.get("mismatched_keys"):
+        missing = sorted(loading.get("missing_keys") or []) + [str(k) for k in loading.get("mismatched_keys") or []]
+        logger.warning(
+            f"{len(missing)} weight(s) of {type(model).__name__} are not in {model_args.model_name_or_path or path} "
+            f"and start at random (seeded): {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+        )
+    if loading.get("unexpected_keys"):
+        logger.info(f"Unused checkpoint weights (e.g. a classification head): {len(loading['unexpected_keys'])}.")
     processor = AutoImageProcessor.from_pretrained(path, **kwargs)
     return model, processor
 
@@ -264,6 +339,51 @@ def load_data(data_args, seed: int = 0) -> tuple[datasets.Dataset | datasets.Ite
     return train, evaluation
 
 
+def eval_split_of(data_args, evaluation, seed: int) -> EvalSplit | None:
+    """Where the evaluation images come from: a split of the dataset, or a part carved out of the training split."""
+    if evaluation is None:
+        return None
+    if data_args.eval_split_size is not None:
+        return EvalSplit.carved(data_args.train_split, data_args.eval_split_size, seed)
+    name = data_args.eval_split or (str(evaluation.split) if getattr(evaluation, "split", None) else "test")
+    return EvalSplit.named(name)
+
+
+def why_not_evaluated(data_args, run_args, evaluation) -> str | None:
+    """Why the run will not be evaluated (said at the start, and in the card), or None when it will be."""
+    if not run_args.do_eval:
+        return "do_eval=False was given"
+    if evaluation is not None:
+        return None
+    if data_args.eval_split == "none":
+        return "eval_split='none' was given"
+    return (
+        "the dataset has no 'test' or 'validation' split; carve one out of the training split with "
+        "--eval_split_size 0.2, name one with --eval_split, or pass --do_eval false to silence this"
+    )
+
+
+def check_image_sizes(train, config: DistillationConfig, processor) -> str | None:
+    """A warning when the backbone's input size (what `crop_size` defaults to) is far above the data's own
+    resolution: the images would be upsampled and the synthetic set made at a size no real image has."""
+    if config.crop_size is not None or not isinstance(train, datasets.Dataset) or len(train) == 0:
+        return None
+    from hf_sfm.data.columns import find_image_column
+    from hf_sfm.data.preprocessing import ImagePreprocessing
+
+    image = train[0][find_image_column(train, config.image_column)]
+    side = min(getattr(image, "size", (0, 0)))
+    crop = ImagePreprocessing.from_image_processor(processor).crop_size
+    if not side or side * 2 > crop:
+        return None
+    return (
+        f"The training images are {side} px but the backbone's image processor asks for {crop} px, so crop_size "
+        f"defaults to {crop} and the synthetic images to {round(config.image_size or crop * 8 / 7)} px: each "
+        f"real image is upsampled {crop / side:.1f}x. For images this small set --crop_size {side} --image_size "
+        f"{side} (as recipes/configs/default.yaml does for MNIST)."
+    )
+
+
 def source_name(data_args) -> str | None:
     """The source dataset as the user named it, for the cards: the Hub id or folder, or the builder's data."""
     if data_args.data_dir:
@@ -279,11 +399,11 @@ def _first(dataset, count: int):
     return dataset.take(count)
 
 
-def probe_config(probe: ProbeConfig, run_args) -> ProbeConfig:
+def probe_config(probe: ProbeConfig, config: DistillationConfig) -> ProbeConfig:
     """The evaluation probe: the papers' protocol, or a fixed `probe_learning_rate` (for short probes)."""
-    if run_args.probe_learning_rate is None:
+    if config.probe_learning_rate is None:
         return probe
-    return dataclasses.replace(probe, learning_rate=run_args.probe_learning_rate, scale_learning_rate=False)
+    return dataclasses.replace(probe, learning_rate=config.probe_learning_rate, scale_learning_rate=False)
 
 
 def build_inherited_classifier(distiller: Distiller, run_args, model_args):
@@ -308,15 +428,24 @@ def build_inherited_classifier(distiller: Distiller, run_args, model_args):
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    model_args, data_args, run_args, config = parse_args(argv)
+    model_args, data_args, run_args, config, spellings = parse_all_args(argv)
     state = PartialState(cpu=cpu_only())  # CPU-only machines: N gloo processes, not N lone ones
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     if state.is_local_main_process:
         for name in ("hf_sfm", "recipes"):
-            logging.getLogger(name).setLevel(logging.INFO)
+            logging.getLogger(name).setLevel(LOG_LEVELS[spellings.log_level])
     else:  # progress bars and chatter only on the main process
         datasets.disable_progress_bars()
         transformers.utils.logging.set_verbosity_error()
+    if spellings.disable_tqdm:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    # Log lines go through tqdm.write, so an INFO line or a loss dict never glues onto a progress bar's line.
+    with logging_redirect_tqdm([logging.root, logging.getLogger("transformers")]), WarningRecorder() as warnings:
+        return _run(model_args, data_args, run_args, config, spellings, state, warnings)
+
+
+def _run(model_args, data_args, run_args, config, spellings, state, warnings) -> dict[str, Any]:
     # Seeded before loading, as transformers' example scripts do: weights a checkpoint lacks (a pooler, say) are
     # initialised at random, and must come out the same in every process and on every resume, or the statistics
     # and checkpoints (keyed on the weights) would not match the backbone.
@@ -326,16 +455,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with state.main_process_first():  # one download per machine
         model, processor = load_backbone(model_args)
         train, evaluation = load_data(data_args, config.seed)
+    not_evaluated = why_not_evaluated(data_args, run_args, evaluation)
+    if not_evaluated and state.is_main_process and run_args.do_eval:  # said now, not after the distillation
+        logger.warning(f"This run will not be evaluated: {not_evaluated}.")
+    if state.is_main_process and (warning := check_image_sizes(train, config, processor)):
+        logger.warning(warning)
+    finished_before = _finished_step(config)
     distiller = Distiller(
         model, config, train, image_processor=processor, eval_dataset=evaluation, feature_fn=model_args.feature_pooling
     )
-    distiller.evaluator.probe = probe_config(distiller.evaluator.probe, run_args)
+    if spellings.disable_tqdm:
+        distiller.pop_callback(ProgressCallback)
+    distiller.evaluator.probe = probe_config(distiller.evaluator.probe, config)
     distiller.compute_statistics()
     train_output = distiller.train()
     distiller.log_metrics("train", train_output.metrics)
-    distiller.save_metrics("train", {**train_output.metrics, "num_processes": state.num_processes})
+    if finished_before is not None and finished_before >= config.num_steps:  # resumed a finished run: nothing ran
+        logger.info(f"The run had already finished at step {finished_before}; train_results.json is left as it was.")
+    else:
+        distiller.save_metrics("train", {**train_output.metrics, "num_processes": state.num_processes})
     metrics = None
-    if run_args.do_eval and evaluation is not None:
+    if not not_evaluated:
         metrics = distiller.evaluate()
         distiller.log_metrics("eval", metrics)
         distiller.save_metrics("eval", metrics)
@@ -349,21 +489,74 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             distiller.save_metrics("eval", metrics)
     distiller.save_state()
     source = source_name(data_args) or distiller.source_dataset  # the source as the user named it
-    distiller.save_distilled(metrics=metrics, source_dataset=source)
+    record = RunRecord.build(
+        config,
+        probe=distiller.evaluator.probe if metrics is not None else None,
+        backbone=model_args.model_name_or_path or "hf_sfm's embedded EfficientNet-Lite0",
+        backbone_revision=distiller.statistics_metadata()["backbone_revision"],
+        image_size=distiller.image_size,
+        crop_size=distiller.preprocessing.crop_size,
+        source_dataset=source or ("hf_sfm's embedded MNIST" if data_args.dataset_name is None else None),
+        eval_split=eval_split_of(data_args, evaluation, config.seed) if metrics is not None else None,
+        not_evaluated=not_evaluated,
+        warnings=warnings.messages,
+        data={
+            "train_split": data_args.train_split,
+            "max_train_samples": data_args.max_train_samples,
+            "max_eval_samples": data_args.max_eval_samples,
+            "eval_split_size": data_args.eval_split_size,
+            "dataset_config": data_args.dataset_config,
+            "dataset_revision": data_args.dataset_revision,
+        },
+    )
+    outputs = [distiller.save_distilled(metrics=metrics, source_dataset=source, record=record)]
     if classifier is not None and state.is_main_process:
-        save_classifier(
-            distiller.output_dir / "classifier",
-            classifier,
-            metrics=metrics,
-            source_dataset=source,
-            overwrite=config.overwrite_output_dir,  # like every output of the run (Distiller.save_distilled)
-            flag="overwrite_output_dir=True",
+        outputs.append(
+            save_classifier(
+                distiller.output_dir / "classifier",
+                classifier,
+                metrics=metrics,
+                source_dataset=source,
+                overwrite=config.overwrite_output_dir,  # like every output of the run (Distiller.save_distilled)
+                flag="overwrite_output_dir=True",
+                record=record,
+            )
         )
+    commits = {}
     if config.push_to_hub:
-        distiller.push_to_hub(metrics=metrics, classifier=classifier, source_dataset=source)
+        commits = distiller.push_to_hub(metrics=metrics, classifier=classifier, source_dataset=source, record=record)
     state.wait_for_everyone()
+    if state.is_main_process:
+        logger.info(f"Outputs in {distiller.output_dir}: " + ", ".join(str(path) for path in outputs))
+        for kind, commit in commits.items():
+            if commit is not None:
+                logger.info(f"Pushed the {kind} to {getattr(commit, 'repo_url', None) or commit}")
     return {"train": train_output.metrics, "eval": metrics}
 
 
+def _finished_step(config: DistillationConfig) -> int | None:
+    """The step of the checkpoint a resume starts from (None: a fresh run), to tell a finished run from one to go on."""
+    if not config.resume_from_checkpoint:
+        return None
+    try:
+        checkpoint = resolve_checkpoint(config.resume_from_checkpoint, Path(config.output_dir))
+    except (FileNotFoundError, ValueError):
+        return None  # the Distiller reports it, with its own message
+    return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else None
+
+
+# Errors of the user's making (a bad argument, a missing file, a busy output folder): one message, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, OutputDirectoryBusy)
+
+
+def cli() -> int:
+    try:
+        main()
+    except USER_ERRORS as error:
+        print(f"recipes/distill.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -506,4 +506,5 @@ def test_model_card_links_base_model_only_for_a_hub_id(pushed, tmp_path):
         config.backbone_name_or_path = reference
         card = hf_cards.model_card(model=SimpleNamespace(config=config), metrics=METRICS, source_dataset="org/toy")
         assert card.data.base_model == expected
-        assert f"`{reference}`" in card.text  # the backbone is named either way
+        named = reference if expected else f"{tmp_path.name} (a local checkpoint)"  # a local path stays private
+        assert f"`{named}`" in card.text and str(tmp_path) not in card.text  # the backbone is named either way

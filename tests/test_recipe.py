@@ -97,7 +97,8 @@ def test_the_recipe_runs_statistics_distillation_evaluation_and_save(recipe_run,
     assert all_results["eval_accuracy"] == evaluation["eval_accuracy"] and "train_runtime" in all_results
     card = (output_dir / "distilled" / "README.md").read_text()
     assert "Random real images" in card  # the card reads the metrics the recipe saved
-    assert "huggingface.co/datasets/" not in card and f"`{image_folders['flat']}`" in card
+    assert "huggingface.co/datasets/" not in card and "`flat (a local dataset)`" in card
+    assert str(image_folders["flat"]) not in card  # a published card names no local path
     assert "source_datasets" not in card.split("---")[1]  # a local folder is no Hub dataset
     distilled = datasets.load_from_disk(str(output_dir / "distilled"))["train"]
     assert distilled.num_rows == 6 and distilled.features["label"].names == ["class_0", "class_1", "class_2"]
@@ -336,9 +337,9 @@ def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(
 def test_cards_link_only_hub_ids_and_name_local_sources_as_given():
     from hf_sfm.publishing.cards import dataset_card
 
-    for source in ("imagefolder", "/data/my_images"):
+    for source, named in (("imagefolder", "imagefolder"), ("/data/my_images", "my_images (a local dataset)")):
         card = str(dataset_card(class_names=["a", "b"], num_images=2, source_dataset=source))
-        assert f"`{source}`" in card and "huggingface.co/datasets" not in card
+        assert f"`{named}`" in card and "huggingface.co/datasets" not in card
         assert "source_datasets" not in card.split("---")[1]
     card = str(dataset_card(class_names=["a", "b"], num_images=2, source_dataset="org/toy"))
     assert "(https://huggingface.co/datasets/org/toy)" in card and "source_datasets:\n- org/toy" in card
@@ -387,7 +388,7 @@ def test_a_probe_too_short_to_move_its_head_is_reported_and_a_fixed_rate_makes_i
         head = fit_probe_on_features(train_features, labels, 3, short)
     assert "can barely move its head" in caplog.text
     arguments = recipe.parse_args(["--probe_epochs", "50", "--probe_learning_rate", "1e-2"])
-    fixed = recipe.probe_config(dataclasses.replace(short), arguments[2])
+    fixed = recipe.probe_config(dataclasses.replace(short), arguments[3])
     assert (fixed.learning_rate, fixed.scale_learning_rate, fixed.epochs) == (1e-2, False, 50)
     assert fixed.too_short(3) is None
     caplog.clear()

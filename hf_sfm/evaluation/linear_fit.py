@@ -225,6 +225,7 @@ def _fit_until_flat(
             progress.set_description_str(f"{progress_desc} (flat at epoch {epoch + 1}, cooling down)", refresh=False)
         if epoch >= last_epoch:
             break
+    progress.total = progress.n  # a fit that converged early ends its bar at 100 %, not where it stopped
     progress.close()
     layer.eval()
     return epoch_losses

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..evaluation.results import inherited_row, result_rows
+from .run_record import RunRecord, is_local_path, portable_config, portable_name
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,22 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return dict(config)
 
 
+def _without_paths(value: Any) -> Any:
+    """`value` with every absolute or home-relative path string replaced by its `portable_name` (cards are public)."""
+    if isinstance(value, Mapping):
+        return {key: _without_paths(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_paths(item) for item in value]
+    if isinstance(value, str) and value.startswith(("/", "~")):
+        return portable_name(value, "path")
+    return value
+
+
+def _pretty_source(source_dataset: str | None) -> str | None:
+    """The source's short name for a title: a portable local name without its "(a local ...)" note."""
+    return re.sub(r" \(a local \w+\)$", "", source_dataset) if source_dataset else source_dataset
+
+
 def _yaml_block(data: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True, default_flow_style=False).rstrip()
 
@@ -151,13 +168,14 @@ def dataset_card(
     dataset_info: Any = None,
     repo_id: str | None = None,
     classifier_repo_id: str | None = None,
-    license: str = "unknown",
+    license: str | None = None,
     pretty_name: str | None = None,
     files: Iterable[str] = (),
     grid_file: str | None = "grid.png",
     preprocessing: Mapping[str, Any] | None = None,
     versions: Mapping[str, str] | None = None,
     template_path: str | Path | None = None,
+    record: RunRecord | None = None,
 ):
     """The dataset card (a `huggingface_hub.DatasetCard`) of a distilled set.
 
@@ -172,13 +190,27 @@ def dataset_card(
             results table (`hf_sfm.evaluation.results.result_rows`).
         dataset_info: a `datasets.DatasetInfo` with features, splits and sizes; becomes `dataset_info`.
         repo_id, classifier_repo_id: where the set and its classifier are (or will be) published.
-        license: a Hub license id; the default "unknown" because the images derive from the source dataset.
+        license: a Hub license id (default: `record.dataset_license` / the config's `dataset_license`, else
+            "unknown", which the card says was not given: the images derive from the source dataset).
         files: the repo's files, listed in the card.
         template_path: a Jinja template to use instead of `model_cards/dataset_card_template.md`.
+        record: the run's `RunRecord`: backbone, source, settings (with the sizes used), probe, where the eval
+            images came from, why the run was not evaluated, its warnings. It wins over `config`, `backbone`,
+            `source_dataset`. Local paths never reach the card, with or without a record.
     """
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    run = _config_dict(config)
+    if record is not None:
+        run = record.settings()
+        backbone = record.backbone or backbone
+        backbone_revision = record.backbone_revision or backbone_revision
+        source_dataset = record.source_dataset or source_dataset
+    else:
+        run = portable_config(_config_dict(config))
+    run = _without_paths(run)
+    backbone = portable_name(backbone) or ""
+    source_dataset = portable_name(source_dataset, "dataset")
+    license = license or run.get("dataset_license") or "unknown"
     method = str(run.get("method", "sfm"))
     ipc = run.get("ipc", max(1, num_images // max(1, len(class_names))))
     tags = ["dataset-distillation", "synthetic", "hf_sfm", method.replace("_", "-")]
@@ -187,7 +219,7 @@ def dataset_card(
         task_categories=["image-classification"],
         size_categories=[size_category(num_images)],
         source_datasets=[source_dataset] if _is_hub_id(source_dataset) else None,  # prose names any other
-        pretty_name=pretty_name or _pretty_name(source_dataset, method, ipc),
+        pretty_name=pretty_name or _pretty_name(_pretty_source(source_dataset), method, ipc),
         tags=tags,
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
     )
@@ -213,7 +245,8 @@ def dataset_card(
         backbone_revision=backbone_revision or "",
         source_dataset=source_dataset or "",
         source_is_hub_id=_is_hub_id(source_dataset),
-        results=rows,
+        results=[_portable_row(row) for row in rows],
+        **_record_fields(record, license),
         grid_file=grid_file,
         recipe_yaml=_yaml_block(run) if run else "",
         preprocessing_yaml=_yaml_block(preprocessing) if preprocessing else "",
@@ -224,6 +257,22 @@ def dataset_card(
     )
     validate_card_metadata(card, "dataset")
     return card
+
+
+def _record_fields(record: RunRecord | None, license: str) -> dict[str, Any]:
+    """What both cards say from the run record: where the eval images came from, why there was no evaluation,
+    the probe settings, the run's warnings, and whether a licence was given."""
+    eval_split = record.eval_split if record is not None else None
+    probe = _without_paths(record.probe) if record is not None and record.probe else None
+    return {
+        "eval_text": eval_split.description if eval_split is not None else "the real evaluation split",
+        "not_evaluated": (record.not_evaluated if record is not None else None) or "",
+        "probe_yaml": _yaml_block(probe) if probe else "",
+        "data_yaml": _yaml_block(_without_paths(record.data)) if record is not None and record.data else "",
+        "run_warnings": list(record.warnings) if record is not None else [],
+        "license_given": license != "unknown",
+        "license_id": license,
+    }
 
 
 def _pretty_name(source_dataset: str | None, method: str, ipc: Any) -> str:
@@ -238,19 +287,28 @@ def model_card(
     repo_id: str | None = None,
     distilled_repo_id: str | None = None,
     source_dataset: str | None = None,
-    license: str = "unknown",
+    license: str | None = None,
     files: Iterable[str] = (),
     endpoint: str | None = None,
     method: str | None = None,
     template_path: str | Path | None = None,
+    record: RunRecord | None = None,
 ):
     """The model card (a `huggingface_hub.ModelCard`) of an inherited classifier (or any image classifier).
 
     Its `model-index` carries the classifier's accuracy from `metrics` (`{prefix}_inherited_accuracy`, see
     `hf_sfm.evaluation.results`) on the source dataset's test split, naming the eval backbone; without such a row the
-    card has no `model-index` and says so.
+    card has no `model-index` and says so. `record` (the run's `RunRecord`) gives the licence (`license`, else
+    "unknown"), the source, where the eval images came from (the `model-index` split) and the run's warnings.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
+
+    if record is not None:
+        source_dataset = record.source_dataset or source_dataset
+        license = license or record.license
+    source_dataset = portable_name(source_dataset, "dataset")
+    license = license or "unknown"
+    eval_split = record.eval_split.name if record is not None and record.eval_split is not None else "test"
 
     config = model.config
     inheritance = dict(getattr(config, "inheritance", None) or {})
@@ -264,7 +322,8 @@ def model_card(
         or getattr(config, "_name_or_path", "")
         or ""
     )
-    distill_backbone = getattr(config, "distill_backbone_name_or_path", None) or ""
+    backbone = portable_name(backbone) or ""
+    distill_backbone = portable_name(getattr(config, "distill_backbone_name_or_path", None)) or ""
     class_names = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
     row = inherited_row(metrics)
     name = (repo_id or "").split("/")[-1] or f"{method}-inherited-classifier"
@@ -277,10 +336,10 @@ def model_card(
                 task_name="Image Classification",
                 dataset_type=dataset_id,
                 dataset_name=source_dataset or dataset_id,
-                dataset_split="test",
+                dataset_split=eval_split,
                 metric_type="accuracy",
                 metric_value=round(row.accuracy, 4),
-                metric_name=f"Top-1 accuracy ({row.eval_backbone or backbone or 'eval backbone'})",
+                metric_name=f"Top-1 accuracy ({portable_name(row.eval_backbone) or backbone or 'eval backbone'})",
             )
         ]
     else:
@@ -321,15 +380,24 @@ def model_card(
         class_names=class_names[:50],
         more_classes=max(0, len(class_names) - 50),
         source_dataset=source_dataset or "",
-        classifier_row=row.as_row() if row else None,
-        results=[r.as_row() for r in result_rows(metrics)],
-        inheritance_yaml=_yaml_block(inheritance) if inheritance else "",
+        classifier_row=_portable_row(row.as_row()) if row else None,
+        results=[_portable_row(r.as_row()) for r in result_rows(metrics)],
+        **_record_fields(record, license),
+        inheritance_yaml=_yaml_block(_without_paths(inheritance)) if inheritance else "",
         files=_file_rows(files, MODEL_FILE_DESCRIPTIONS),
         citation=SFM_CITATION,
         paper_url=SFM_PAPER_URL,
     )
     validate_card_metadata(card, "model")
     return card
+
+
+def _portable_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A results-table row whose eval backbone is named portably (it is a local path when given as one)."""
+    row = dict(row)
+    if isinstance(row.get("eval_backbone"), str) and is_local_path(row["eval_backbone"]):
+        row["eval_backbone"] = portable_name(row["eval_backbone"])
+    return row
 
 
 REQUIRED_METADATA = {

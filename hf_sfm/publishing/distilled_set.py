@@ -153,7 +153,8 @@ class HubTarget:
                 repo_id=self.classifier_repo_id,
                 distilled_repo_id=self.dataset_repo_id,
                 source_dataset=card_kwargs.get("source_dataset"),
-                license=card_kwargs.get("license", "unknown"),
+                license=card_kwargs.get("license"),
+                record=card_kwargs.get("record"),
                 overwrite=overwrite,
                 flag=flag,
             )

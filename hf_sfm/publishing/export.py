@@ -29,6 +29,7 @@ from ..utils.io_utils import atomic_path
 from ..utils.versions import library_versions, provenance_metadata
 from .cards import Metrics, dataset_card, model_card
 from .hub import folder_files
+from .run_record import portable_config, portable_name
 from .visualization import save_image_grid, to_pil_images
 
 PARQUET_FILE = "data/train-00000-of-00001.parquet"
@@ -100,15 +101,17 @@ def save_distilled(
         )
         if statistics is not None:
             statistics.save(staged / "statistics.safetensors")
-        run = {
-            "config": config.to_dict() if hasattr(config, "to_dict") else config,
+        run = {  # published with the set: no local paths (`run_record.portable_name`)
+            "config": portable_config(config.to_dict() if hasattr(config, "to_dict") else config or {}),
             "preprocessing": preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else preprocessing,
-            "backbone": backbone,
+            "backbone": portable_name(backbone),
             "backbone_revision": backbone_revision,
             "class_names": list(class_names),
             "seed": seed,
             "versions": library_versions(),
         }
+        if card_kwargs.get("record") is not None:  # the run record the card is written from (`run_record.py`)
+            run["run"] = card_kwargs["record"].to_dict()
         (staged / CONFIG_FILE).write_text(json.dumps(run, indent=2, sort_keys=True))
         save_image_grid(images, labels, class_names, staged / "grid.png")
         card = dataset_card(
@@ -137,11 +140,12 @@ def save_classifier(
     repo_id: str | None = None,
     distilled_repo_id: str | None = None,
     source_dataset: str | None = None,
-    license: str = "unknown",
+    license: str | None = None,
     endpoint: str | None = None,
     template_path: str | Path | None = None,
     overwrite: bool = False,
     flag: str = "overwrite=True",
+    record: Any = None,
 ) -> Path:
     """Write a classifier folder, atomically: `save_pretrained` files + image processor + README.md model card.
 
@@ -169,6 +173,7 @@ def save_classifier(
             files=[*folder_files(staged), "README.md"],
             endpoint=endpoint,
             template_path=template_path,
+            record=record,
         )
         (staged / "README.md").write_text(str(card), encoding="utf-8")
     return Path(path)

@@ -63,9 +63,11 @@ def run_fingerprint(
 
 
 def train_metrics(runtime: float, losses: list[float], first_step: int) -> tuple[float, dict[str, float]]:
-    """`(training_loss, metrics)` of `train()`: the mean loss of the steps run since `first_step`, and speed."""
+    """`(training_loss, metrics)` of `train()`: the mean loss over every step of the run (a resumed run's curve
+    holds the steps before the resume too, so it reports what an uninterrupted run would), and the speed of the
+    steps run since `first_step`."""
     steps_run = len(losses) - first_step
-    training_loss = float(np.mean(losses[first_step:])) if steps_run else math.nan
+    training_loss = float(np.mean(losses)) if losses else math.nan
     return training_loss, {
         "train_runtime": round(runtime, 4),
         "train_steps_per_second": round(steps_run / runtime, 4) if runtime > 0 else math.nan,

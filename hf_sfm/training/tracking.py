@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,14 @@ def write_metrics(
 ) -> Path:
     """`<output_dir>/<split>_results.json`, merged into `all_results.json` when `combined` (atomic writes)."""
     path = Path(output_dir) / f"{split}_results.json"
+    metrics = finite_or_null(metrics)
     write_json(path, metrics, overwrite)
     if combined:
         combined_path = Path(output_dir) / "all_results.json"
         merged = read_results(combined_path, overwrite)
-        write_json(combined_path, {**merged, **metrics}, overwrite)
+        # A missing number (null) never replaces a recorded one.
+        new = {key: value for key, value in metrics.items() if value is not None or merged.get(key) is None}
+        write_json(combined_path, {**merged, **new}, overwrite)
     return path
 
 
@@ -101,5 +105,18 @@ def read_results(path: Path, overwrite: bool = False) -> dict[str, Any]:
 
 
 def write_json(path: Path, value: Any, overwrite: bool = False) -> None:
+    """`value` as strict JSON: a non-finite number (a NaN loss of a run with no steps) is written as `null`, since
+    `NaN` is not JSON and other readers (`jq`, browsers, `JSON.parse`) reject the whole file."""
     with atomic_path(path, overwrite, "overwrite_output_dir=True") as staged:
-        staged.write_text(json.dumps(value, indent=2, sort_keys=True))
+        staged.write_text(json.dumps(finite_or_null(value), indent=2, sort_keys=True, allow_nan=False))
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinity (also inside dicts and lists) replaced by `None`."""
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
