@@ -217,7 +217,9 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
                         column = f"{dataset}|{distill}|ipc{ipc}|{name}"
                         for row, scores in report.scores.items():
                             record(column, row, scores.mean())
-                            per_run.setdefault(column, {}).setdefault(row, []).append([dict(run) for run in scores.per_run])
+                            per_run.setdefault(column, {}).setdefault(row, []).append(
+                                [dict(run) for run in scores.per_run]
+                            )
                         summary = ", ".join(f"{row} {100 * s.mean():.1f}" for row, s in report.scores.items())
                         print(f"[accuracy]   {column} seed {seed}: {summary}", flush=True)
                     timings[f"{dataset} {distill} ipc{ipc} seed{seed} probes"] = time.perf_counter() - mark
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     name = "accuracy" + (f"-{options.tag}" if options.tag else "")
     title = "Accuracy" + (f" ({options.tag})" if options.tag else " on the embedded default")
-    if options.render and argv_has_only_render(options):
+    if options.render and common.render_only(argv):
         common.render_results()
         return
     plan = quick_plan() if options.quick else full_plan()
@@ -353,13 +355,6 @@ def main(argv: list[str] | None = None) -> None:
         common.save_json(report, path, record)
     if options.render:
         common.render_results()
-
-
-def argv_has_only_render(options) -> bool:
-    """`--render` alone re-renders the page; with a plan (`--datasets`, ...) it runs first."""
-    return not any(
-        getattr(options, key) for key in ("quick", "datasets", "distill", "eval", "ipcs", "seeds", "methods", "tag")
-    )
 
 
 if __name__ == "__main__":

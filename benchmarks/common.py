@@ -172,6 +172,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def settings_config(settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The full `DistillationConfig` (as `to_dict()`) that `settings` plus `extra` give, for `provenance(configs=)`
+    in scripts that build their configs inside a loop."""
+    from hf_sfm import DistillationConfig
+
+    fields = {field.name for field in dataclasses.fields(DistillationConfig)}
+    return DistillationConfig(**{key: value for key, value in {**settings, **extra}.items() if key in fields}).to_dict()
+
+
+def apply_quick(options) -> None:
+    """`--quick` on the lever scripts: one seed, one probe run, a few steps (a smoke run of the whole script)."""
+    if options.quick:
+        options.seeds = [0]
+        for name, value in (("runs", 1), ("steps", 5), ("probe_views", 2)):
+            if hasattr(options, name):
+                setattr(options, name, value)
+
+
 def split_sizes(name: str, **splits) -> dict[str, Any]:
     """`{"name": name, "train": len(train), ...}` for `provenance(data=...)`."""
     return {"name": name, **{split: len(rows) for split, rows in splits.items()}}
@@ -209,16 +227,23 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 # ---------------------------------------------------------------------------------------------- files and flags
 
 
-def add_harness_arguments(parser, name: str) -> None:
+def add_harness_arguments(parser, name: str, seeds: bool = True) -> None:
     """The flags every benchmark script takes, with one meaning: `--quick` (a smoke run of minutes, no JSON
     written unless `--output` names one), `--seeds`, `--output` (the JSON; default `results/<name>.json`) and
-    `--render` (after the run, or alone without running, re-render RESULTS.md from every committed JSON)."""
+    `--render` (after the run, or alone without running, re-render RESULTS.md from every committed JSON).
+    `seeds=False` for a script whose own settings already define `--seeds` with that meaning."""
     parser.add_argument("--quick", action="store_true", help="A smoke run of a few minutes; writes no JSON by default.")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Distillation / measurement seeds.")
+    if seeds:
+        parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Distillation / measurement seeds.")
     parser.add_argument("--output", default=None, help=f"The JSON to write (default benchmarks/results/{name}.json).")
     parser.add_argument(
         "--render", action="store_true", help="Re-render benchmarks/RESULTS.md from the JSONs (alone: without a run)."
     )
+
+
+def render_only(argv: list[str] | None) -> bool:
+    """`--render` alone on the command line: re-render the page without running anything."""
+    return [arg for arg in (sys.argv[1:] if argv is None else argv) if arg != "--render"] == []
 
 
 def output_path(options, name: str) -> Path | None:
@@ -367,6 +392,7 @@ def distillation_worker(spec: dict[str, Any]) -> dict[str, Any]:
         model=model, args=one_step, train_dataset=train, image_processor=processor, statistics=distiller.statistics
     )
     result["saved_activations_mib"] = saved_activation_mib(measured.train, exclude=measured.feature_extractor)
+    result["config"] = args.to_dict()  # moved into the JSON's provenance by the caller
     return result
 
 
