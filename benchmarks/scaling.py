@@ -6,7 +6,7 @@ backwards the `C · ipc` synthetic images once, so time and graph memory should 
 nothing else should (the real statistics are a `(C, D)` matrix). Each point runs in a fresh process with one
 torch thread; the class statistics come from one shared embedding pass (not timed here; see the cost section).
 
-Run: `python benchmarks/scaling.py [--quick]`; writes the `scaling` section of benchmarks/RESULTS.md.
+Run: `python benchmarks/scaling.py [--quick] [--render]`; writes `results/scaling.json` (or `--output`).
 """
 
 from __future__ import annotations
