@@ -154,6 +154,33 @@ def goal_rows(table: GoalTable) -> dict[str, list[Cell]]:
     return found
 
 
+def data_sizes(table: GoalTable) -> list[str]:
+    """`"emoji categories: 748 train / 252 test"` for every dataset whose JSONs record their split sizes."""
+    found = {}
+    for dataset, names in table.files.items():
+        for name in names:
+            data = ((load(name) or {}).get("provenance") or {}).get("data", {}).get(dataset)
+            if data:
+                order = ["train", "validation", "test"]
+                present = sorted((split for split in data if split in order), key=order.index)
+                splits = " / ".join(f"{data[split]} {split}" for split in present)
+                found[DATASET_LABELS.get(dataset, dataset)] = splits
+    return [f"{label}: {splits}" for label, splits in found.items()]
+
+
+def partial_datasets(table: GoalTable) -> list[str]:
+    """Datasets with some but not all nine ordered Lite pairs, and the distillation backbones they have."""
+    found = []
+    for dataset, dataset_cells in goal_rows(table).items():
+        if len(dataset_cells) < len(LITES) ** 2:
+            distilled = sorted({cell.distill for cell in dataset_cells})
+            found.append(
+                f"{DATASET_LABELS.get(dataset, dataset)}, {len(dataset_cells)} of {len(LITES) ** 2} ordered pairs "
+                f"(distilled on {', '.join(distilled)} only)"
+            )
+    return found
+
+
 def counts(verdicts: list[str]) -> str:
     return ", ".join(f"{verdicts.count(kind)} {kind}" for kind in ("met", "within noise", "missed"))
 
@@ -181,8 +208,14 @@ def render_goal_table(table: GoalTable) -> list[str]:
     headers += ["goal ≥ 0", "SFM − random", "seeds"]
     missing = [DATASET_LABELS[dataset] for dataset in table.files if dataset not in goal_rows(table)]
     lines += [common.markdown_table(headers, rows)]
+    sizes = data_sizes(table)
+    if sizes:
+        lines += ["", "Split sizes recorded in the JSONs' provenance: " + "; ".join(sizes) + "."]
     if missing:
         lines += ["", "Not measured yet (no JSON): " + "; ".join(missing) + "."]
+    partial = partial_datasets(table)
+    if partial:
+        lines += ["", "Partly measured: " + "; ".join(partial) + "."]
     return [*lines, ""]
 
 
@@ -365,6 +398,7 @@ def summary_lines() -> list[str]:
         "- **Not measured yet**: "
         + "; ".join(
             [f"{DATASET_LABELS[d]} at ipc 1" for d in IPC1.files if d not in goal_rows(IPC1)]
+            + [f"the rest of {text}" for text in partial_datasets(IPC1)]
             + [
                 "the native resolutions (224/240/260 px)",
                 "LGM at its own validated settings and at equal wall-clock time",
