@@ -13,11 +13,12 @@ fresh flip + random-resized-crop view per image and epoch, resize at test). `--p
 views for a bank of V views embedded once (a labelled approximation, stated in the table). The full-data probe
 uses the deterministic view of every training image.
 
-Datasets: `mnist` (the embedded default: 4000 train / 1000 test, or train / validation with `--split validation`)
-and any other offline dataset registered in `DATASETS`. Never tune on `test`: `--split validation` exists for that.
+Datasets (`dataset_loaders`): `mnist` (4000 train / 1000 test, or train / validation with `--split validation`),
+`texture-instances` (an instance task, splits from disjoint regions of each photograph) and `emoji-categories` (a
+category task, splits by emoji). Never tune on `test`: `--split validation` exists for that.
 
-Run: `python benchmarks/accuracy.py [--quick]`; the full mode writes the `accuracy` section of RESULTS.md (or
-`accuracy-<tag>` with `--tag`) and `results/accuracy[-<tag>].json`.
+Run: `python benchmarks/accuracy.py [--quick]`; a full run writes `results/accuracy[-<tag>].json` (or `--output`)
+with its provenance and every probe run's score; `--render` re-renders RESULTS.md from the JSONs.
 """
 
 from __future__ import annotations
@@ -106,17 +107,21 @@ def full_plan() -> Plan:
     )
 
 
+def dataset_loaders(split: str) -> dict:
+    """The offline datasets by name. `texture-instances` is an instance task (which photograph is a crop from,
+    splits from disjoint regions); `emoji-categories` is the category task (unseen members of a category)."""
+    from hf_sfm.assets import load_emoji_categories, load_mnist, load_texture_instances
+
+    return {
+        "mnist": lambda: load_mnist(validation_size=500) if split == "validation" else load_mnist(),
+        "texture-instances": load_texture_instances,
+        "emoji-categories": load_emoji_categories,
+    }
+
+
 def load_dataset_splits(name: str, split: str, plan: Plan):
     """`(train, evaluation)` of an offline dataset; `split` picks `test` or `validation` for evaluation."""
-    from hf_sfm.assets import load_mnist
-
-    loaders = {"mnist": lambda: load_mnist(validation_size=500) if split == "validation" else load_mnist()}
-    try:
-        from hf_sfm.assets import load_textures
-
-        loaders["textures"] = load_textures
-    except ImportError:
-        pass
+    loaders = dataset_loaders(split)
     if name not in loaders:
         raise SystemExit(f"Unknown dataset {name!r}; available: {sorted(loaders)}.")
     splits = loaders[name]()
@@ -140,7 +145,10 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     cells: dict[str, dict[str, list[float]]] = {}  # column → row → per-seed means
+    per_run: dict[str, dict[str, list[list[float]]]] = {}  # column → row → per seed, every probe run's score
     distillations: dict[str, dict] = {}
+    configs: dict[str, Any] = {}
+    data_sizes: dict[str, Any] = {}
 
     def record(column: str, row: str, value: float) -> None:
         cells.setdefault(column, {}).setdefault(row, []).append(value)
@@ -149,6 +157,7 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
     crop = settings["crop_size"]
     for dataset in plan.datasets:
         train, evaluation = load_dataset_splits(dataset, plan.split, plan)
+        data_sizes[dataset] = common.split_sizes(dataset, train=train, **{plan.split: evaluation})
         evaluators = common.probe_evaluators(backbones, plan.eval_backbones, evaluation, crop)
         for name, evaluator in evaluators.items():
             mark = time.perf_counter()
@@ -180,6 +189,7 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
                             statistics_path=str(statistics_path),
                             seed=seed,
                         )
+                        configs.setdefault(f"{method} ipc{ipc}", args)
                         distiller = Distiller(model=model, args=args, train_dataset=train, image_processor=processor)
                         print(f"[accuracy] {dataset} {distill} {method} ipc={ipc} seed={seed} ...", flush=True)
                         output = distiller.train()
@@ -208,6 +218,9 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
                         column = f"{dataset}|{distill}|ipc{ipc}|{name}"
                         for row, scores in report.scores.items():
                             record(column, row, scores.mean())
+                            per_run.setdefault(column, {}).setdefault(row, []).append(
+                                [dict(run) for run in scores.per_run]
+                            )
                         summary = ", ".join(f"{row} {100 * s.mean():.1f}" for row, s in report.scores.items())
                         print(f"[accuracy]   {column} seed {seed}: {summary}", flush=True)
                     timings[f"{dataset} {distill} ipc{ipc} seed{seed} probes"] = time.perf_counter() - mark
@@ -221,10 +234,17 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
         "settings": settings,
         "cells": table,
         "per_seed": cells,
+        "per_run": per_run,
         "distillation": distillations,
         "timings_seconds": timings,
         "machine": common.machine_description(),
         "torch_threads": torch.get_num_threads(),
+        "_provenance": common.provenance(
+            configs=configs,
+            probe={str(i): ProbeConfig(epochs=plan.probe_epochs, views=plan.probe_views.get(i)) for i in plan.ipcs},
+            data=data_sizes,
+            seeds=plan.seeds,
+        ),
     }
 
 
@@ -288,29 +308,26 @@ def format_section(report: dict, title: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="A smoke run of a few minutes; RESULTS.md untouched.")
-    parser.add_argument("--datasets", nargs="+")
+    common.add_harness_arguments(parser, "accuracy[-<tag>]")
+    parser.add_argument("--datasets", nargs="+", help="mnist, texture-instances, emoji-categories.")
     parser.add_argument("--distill", nargs="+", help="Distillation backbones (lite0 lite1 lite2).")
     parser.add_argument("--eval", nargs="+", help="Eval backbones.")
     parser.add_argument("--ipcs", nargs="+", type=int)
-    parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--methods", nargs="+")
     parser.add_argument("--steps", nargs="+", type=int, help="Steps per ipc, in the order of --ipcs.")
     parser.add_argument("--runs", type=int)
     parser.add_argument("--probe-views", type=int, default=None, help="A bank of V views instead of fresh views.")
     parser.add_argument("--split", choices=["test", "validation"], default=None)
-    parser.add_argument("--tag", default=None, help="Write section accuracy-<tag> and results/accuracy-<tag>.json.")
+    parser.add_argument("--tag", default=None, help="Write results/accuracy-<tag>.json.")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="Override distillation settings (DistillationConfig fields)."
     )
-    parser.add_argument("--no-results", action="store_true", help="Write the JSON only, not benchmarks/RESULTS.md.")
-    parser.add_argument("--render", action="store_true", help="Only re-render the section from its JSON.")
     options = parser.parse_args(argv)
     name = "accuracy" + (f"-{options.tag}" if options.tag else "")
     title = "Accuracy" + (f" ({options.tag})" if options.tag else " on the embedded default")
-    if options.render:
-        common.write_results_section(name, format_section(common.load_json(name), title))
+    if options.render and common.render_only(argv):
+        common.render_results()
         return
     plan = quick_plan() if options.quick else full_plan()
     for field, value in (
@@ -332,12 +349,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = common.apply_overrides(options.set)
     work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="hf_sfm_accuracy_"))
     report = run(plan, work_dir, settings)
-    section = format_section(report, title + (" (quick run)" if options.quick else ""))
-    print(section)
-    if not options.quick:
-        common.save_json(report, name)
-        if not options.no_results:
-            common.write_results_section(name, section)
+    record = report.pop("_provenance")
+    print(format_section({**report, "provenance": record}, title + (" (quick run)" if options.quick else "")))
+    path = common.output_path(options, name)
+    if path is not None:
+        common.save_json(report, path, record)
+    if options.render:
+        common.render_results()
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ It also checks the packaged model: `save_pretrained → from_pretrained` bit-ide
 the real test images, and the size on disk of projector + head against the distilled images.
 
 Run: `HF_HUB_OFFLINE=1 python benchmarks/bench_inheritance.py` (CPU; about 15 minutes on 2 shared cores
-with the defaults; `--quick` for a smoke run). Prints a markdown table, replaces the section between
-`<!-- inheritance:start -->` and `<!-- inheritance:end -->` in `benchmarks/RESULTS.md` and writes the raw numbers
-to `benchmarks/results/inheritance.json` (`--from-json` re-renders the section from them).
+with the defaults; `--quick` for a smoke run). Prints a markdown table and writes the raw numbers with their
+provenance to `benchmarks/results/inheritance.json` (`--output`); `--render` re-renders RESULTS.md from the JSONs.
 
 `--speed [MODE ...]` only times inheritance (head + projector) on the small case of issue 15 (head on 300 real images,
 ipc-1 projector lite0 → lite1), the reference fits (every epoch, fresh views) against the current defaults
@@ -37,7 +36,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
 
+import common
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -63,11 +64,6 @@ from hf_sfm.inheritance import (
 )
 from hf_sfm.publishing.export import distilled_dataset
 from hf_sfm.utils.io_utils import atomic_path
-
-RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
-JSON_PATH = Path(__file__).parent / "results" / "inheritance.json"  # re-render with --from-json
-START_MARKER = "<!-- inheritance:start -->"
-END_MARKER = "<!-- inheritance:end -->"
 
 
 @dataclasses.dataclass
@@ -220,10 +216,11 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
     eval_backbones = {
         variant: _load_backbone(variant) for variant in settings.eval_variants if variant != settings.distill_variant
     }
-    rows, timings, package = [], {}, None
+    rows, timings, package, configs = [], {}, None, {}
     head, head_record, full_probe, test_features_of = None, None, {}, {}
     for position, ipc in enumerate(settings.ipcs):
         args = DistillationConfig(**distill_arguments(settings, ipc, position, work_dir))
+        configs[f"ipc{ipc}"] = args
         distiller = Distiller(model=distill_model, args=args, train_dataset=train, image_processor=distill_processor)
         images, timings[f"distill_ipc{ipc}"] = _distilled_images(distiller, work_dir / f"distilled_ipc{ipc}")
         labels = distiller.labels
@@ -364,12 +361,19 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
                     f"distill {settings.distill_variant} → eval {variant}, ipc {ipc}, seed {settings.seeds[0]}"
                 )
                 print(json.dumps(package), flush=True)
+    record = common.provenance(
+        configs=configs,
+        probe=ProbeConfig(epochs=settings.probe_epochs),
+        data=common.split_sizes("mnist", train=train, test=test),
+        seeds=list(settings.seeds),
+    )
     return {
         "rows": rows,
         "head": head_record["head"],
         "package": package,
         "timings": timings,
         "settings": dataclasses.asdict(settings),
+        "provenance": record,
     }
 
 
@@ -401,14 +405,14 @@ def markdown(result: dict) -> str:
         f"ipc {ipc}: {steps} steps, {views} views"
         for ipc, steps, views in zip(settings["ipcs"], settings["distill_steps"], settings["views"])
     )
-    distill = DistillationConfig(**DEMO_DEFAULTS)
-    keys = ("crop_size", "image_size", "learning_rate", "init", "parameterization")
-    demo = {key: getattr(distill, key) for key in keys}
+    keys = ("crop_size", "image_size", "learning_rate", "init", "parameterization", "crop_scale_min")
+    recorded = ((result.get("provenance") or {}).get("configs") or {}).get("ipc1")
+    demo = {key: recorded[key] for key in keys} if recorded else "of its commit (not recorded in this JSON)"
     lines = [
         "## Classifier inheritance (MNIST 4000/1000, EfficientNet-Lite, CPU)",
         "",
         f"Distilled with SFM on `{settings['distill_variant']}` with the embedded default's settings {demo}, "
-        f"crop scale {distill.crop_scale_min}–1, seed {settings['seed']} ({steps}). **Inherited head**: "
+        f"seed {settings['seed']} ({steps}). **Inherited head**: "
         f"`InheritedHeadConfig()` defaults: full real features, Adam 5e-4, batch 128, cosine, {head_epochs} epochs "
         "(the reference's 10 raised to reach 3000 steps on 4000 images), features cached once (no augmentation). "
         f"**Full-data probe**: §6 protocol on all real training features of the eval backbone, deterministic view, "
@@ -473,22 +477,6 @@ def markdown(result: dict) -> str:
 def _write_json(path: Path, result: dict) -> None:
     with atomic_path(path, overwrite=True) as staged:  # an interrupted run leaves the previous numbers
         staged.write_text(json.dumps(result, indent=2, default=str))
-
-
-def write_results_section(section: str, path: Path = RESULTS_PATH) -> Path:
-    """Put `section` between the inheritance markers of `path`, leaving everything else untouched."""
-    block = f"{START_MARKER}\n{section.rstrip()}\n{END_MARKER}\n"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if START_MARKER in text and END_MARKER in text:
-        before, rest = text.split(START_MARKER, 1)
-        after = rest.split(END_MARKER, 1)[1].lstrip("\n")
-        text = before + block + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    temporary = path.with_suffix(".md.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- --speed
@@ -587,12 +575,10 @@ def speed_markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_harness_arguments(parser, "inheritance", seeds=False)  # --seeds comes from BenchSettings.seeds
     parser.add_argument("--work-dir", default="outputs/bench_inheritance")
-    parser.add_argument("--quick", action="store_true", help="Tiny settings: a smoke run of the whole script.")
-    parser.add_argument("--no-results", action="store_true", help="Do not write benchmarks/RESULTS.md.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine).")
     parser.add_argument("--no-kd", action="store_true")
-    parser.add_argument("--from-json", help="Only re-render the table from a result.json of an earlier run.")
     parser.add_argument(
         "--speed",
         nargs="*",
@@ -610,20 +596,19 @@ def main(argv: list[str] | None = None) -> dict:
             nargs = "+" if field.type.startswith("tuple") else None
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=types[field.type], nargs=nargs)
     options = parser.parse_args(argv)
+    if options.render and common.render_only(argv):
+        common.render_results()
+        return {}
     if options.speed is not None:
         torch.set_num_threads(options.threads)
         modes = options.speed or ["default", "reference", "default"]
         steps = 5 if options.quick else options.speed_distill_steps
         result = speed_run(options.speed_train_images, steps, options.speed_eval_variant, modes, Path(options.work_dir))
         print(speed_markdown(result))
-        _write_json(Path(options.work_dir) / "speed.json", result)
-        return result
-    if options.from_json:
-        result = json.loads(Path(options.from_json).read_text())
-        section = markdown(result)
-        print(section)
-        if not options.no_results:
-            write_results_section(section)
+        result["provenance"] = common.provenance(data={"name": "mnist", "train": options.speed_train_images})
+        _write_json(Path(options.output or Path(options.work_dir) / "speed.json"), result)
+        if options.render:
+            common.render_results()
         return result
     settings = BenchSettings()
     if options.quick:
@@ -641,12 +626,13 @@ def main(argv: list[str] | None = None) -> dict:
     settings = dataclasses.replace(settings, **overrides)
     torch.set_num_threads(options.threads)
     result = run(settings, Path(options.work_dir))
-    section = markdown(result)
-    print(section)
+    print(markdown(result))
     _write_json(Path(options.work_dir) / "result.json", result)
-    if not options.no_results and not options.quick:
-        write_results_section(section)
-        _write_json(JSON_PATH, result)
+    path = common.output_path(options, "inheritance")
+    if path is not None:
+        _write_json(path, result)
+    if options.render:
+        common.render_results()
     return result
 
 

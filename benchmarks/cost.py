@@ -14,7 +14,7 @@ SFM's one-off statistics pass (a no-grad forward over the training set, done onc
 measured separately in its own process. Ratios LGM/SFM are from one run of this script (same machine, same
 moment); the machine's other jobs make absolute times noisy.
 
-Run: `python benchmarks/cost.py [--quick]`; writes the `cost` section of benchmarks/RESULTS.md.
+Run: `python benchmarks/cost.py [--quick] [--render]`; writes `results/cost.json` (or `--output`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _first_images(num_images: int) -> None:
     common.load_data = first_images
 
 
-def run(quick: bool, ipc: int, steps: int | None, work_dir: Path, write: bool) -> dict:
+def run(quick: bool, ipc: int, steps: int | None, work_dir: Path, output: Path | None, seed: int = 0) -> dict:
     steps = steps or (3 if quick else 20)
     script = Path(__file__)
     logs = work_dir / "logs"
@@ -87,6 +87,7 @@ def run(quick: bool, ipc: int, steps: int | None, work_dir: Path, write: bool) -
             "num_steps": steps,
             "output_dir": str(work_dir / name[:6]),
             "settings": common.DISTILL_SETTINGS,
+            "seed": seed,
         }
         print(f"[cost] {name} ...", flush=True)
         results[name] = common.run_worker_subprocess(
@@ -103,11 +104,15 @@ def run(quick: bool, ipc: int, steps: int | None, work_dir: Path, write: bool) -
         "wall_seconds": time.perf_counter() - started,
         "quick": quick,
     }
-    section = format_section(report)
-    print(section)
-    if write:
-        common.write_results_section("cost", section)
-        common.save_json(report, "cost")
+    print(format_section(report))
+    if output is not None:
+        configs = {name: result.pop("config") for name, result in results.items()}
+        record = common.provenance(
+            configs=configs,
+            data=common.split_sizes("mnist", train=common.load_data()["train"]),
+            seeds=[seed],
+        )
+        common.save_json(report, output, record)
     return report
 
 
@@ -168,23 +173,17 @@ def format_section(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="3 steps, a smoke run of a few minutes; RESULTS.md is not touched."
-    )
+    common.add_harness_arguments(parser, "cost")
     parser.add_argument("--ipc", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="Distillation steps (default 20; quick 3).")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="Override distillation settings (DistillationConfig fields)."
     )
-    parser.add_argument("--no-results", action="store_true", help="Do not write benchmarks/RESULTS.md.")
-    parser.add_argument(
-        "--render", action="store_true", help="Only re-render the RESULTS.md section from results/cost.json."
-    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.render:
-        common.write_results_section("cost", format_section(common.load_json("cost")))
+    if args.render and common.render_only(argv):
+        common.render_results()
         return
     if args.worker:
         spec = json.loads(args.worker)
@@ -195,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     common.apply_overrides(args.set)
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="hf_sfm_cost_"))
-    run(args.quick, args.ipc, args.steps, work_dir, write=not (args.no_results or args.quick))
+    seed = (args.seeds or [0])[0]
+    run(args.quick, args.ipc, args.steps, work_dir, common.output_path(args, "cost"), seed)
+    if args.render:
+        common.render_results()
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Run on a CUDA machine (offline: the EfficientNet-Lite assets and MNIST come from `hf_sfm.assets`):
 
-    bash benchmarks/gpu_check.sh                       # CUDA; writes the gpu_check section of benchmarks/RESULTS.md
-    bash benchmarks/gpu_check.sh --quick --device cpu --results /tmp/RESULTS.md   # the test suite's smoke run
+    bash benchmarks/gpu_check.sh --render              # CUDA; writes results/gpu_check.json, re-renders RESULTS.md
+    bash benchmarks/gpu_check.sh --quick --device cpu --output /tmp/gpu_check.json   # the test suite's smoke run
 
 What it runs, each distillation in a fresh process (so `torch.cuda.max_memory_allocated` is that run's own):
 
@@ -13,9 +13,9 @@ What it runs, each distillation in a fresh process (so `torch.cuda.max_memory_al
 2. **statistics pass** (`benchmarks/statistics_pass.py`, one process): images/s of hf_sfm's pass against a plain
    `DataLoader` loop, sums checked against each other, with `max_memory_allocated` per pipeline (and a bf16 run).
 
-The section between `<!-- gpu_check:start -->` and `<!-- gpu_check:end -->` of `--results` (default
-`benchmarks/RESULTS.md`) is rewritten after each stage, so a run cut short still leaves what it measured; the raw
-numbers go to `gpu_check.json` next to that file (`benchmarks/results/gpu_check.json` for the default). Sized for
+The JSON (`--output`, default `benchmarks/results/gpu_check.json`; a `--quick` run writes one only when `--output`
+names it) is rewritten after each stage, so a run cut short still leaves what it measured; `render_results.py`
+renders its section of RESULTS.md from it (`--render` does that after the run). Sized for
 under 8 minutes on one H200 (about 3 there: most of it is process start-up and the CPU rows of the statistics pass).
 """
 
@@ -49,10 +49,7 @@ STATISTICS_SCRIPT = BENCHMARKS_DIR / "statistics_pass.py"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the smoke run (no GPU).")
-    parser.add_argument(
-        "--quick", action="store_true", help="ipc 1, 1 step, LGM K=1, 64 images: a smoke run (~1 min on a CPU)."
-    )
-    parser.add_argument("--results", type=Path, default=common.RESULTS_PATH, help="The RESULTS.md to fill.")
+    common.add_harness_arguments(parser, SECTION, seeds=False)  # --quick: ipc 1, 1 step, LGM K=1, 64 images
     parser.add_argument("--ipcs", default="1,10", help="Comma-separated ipcs of the cost runs.")
     parser.add_argument("--steps", type=int, default=50, help="Distillation steps per cost run.")
     parser.add_argument("--num-images", type=int, default=None, help="Real training images (default: all 4000).")
@@ -121,8 +118,8 @@ def statistics_stage(options: argparse.Namespace, work_dir: Path, env: dict[str,
         path = work_dir / f"statistics_pass{'_bf16' if extra else ''}.json"
         command = [
             sys.executable, str(STATISTICS_SCRIPT), "--processes", "1", "--num-images", str(options.stat_images),
-            "--repeats", str(options.repeats), "--workers", "0" if options.quick else "0,2", "--no-record",
-            "--json", str(path), *extra,
+            "--repeats", str(options.repeats), "--workers", "0" if options.quick else "0,2",
+            "--output", str(path), *extra,
         ]  # fmt: skip
         if options.quick:
             command += ["--batch-size", "16", "--plain-workers", "0"]
@@ -210,22 +207,20 @@ def render(report: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def record(report: dict, results: Path) -> None:
-    """Rewrite the section of `results` and the JSON next to it (for the real RESULTS.md: `results/`)."""
-    common.write_results_section(SECTION, render(report), results)
-    json_path = (
-        BENCHMARKS_DIR / "results" / f"{SECTION}.json"
-        if results.resolve() == common.RESULTS_PATH.resolve()
-        else results.with_name(f"{SECTION}.json")
-    )
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2, sort_keys=True))
+def record(report: dict, output: Path | None) -> None:
+    """Rewrite the JSON (with its provenance) after a stage; nothing for a `--quick` run without `--output`."""
+    if output is not None:
+        common.save_json(report, output, common.provenance(data={"name": "mnist", "train": report.get("num_images")}))
 
 
 def main(argv: list[str] | None = None) -> dict:
     options = parse_args(argv)
+    if options.render and common.render_only(argv):
+        common.render_results()
+        return {}
     if options.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here; use `--device cpu --quick` for the smoke run.")
+    output = common.output_path(options, SECTION)
     work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="hf_sfm_gpu_check_"))
     env = worker_env(options.device)
     started = time.perf_counter()
@@ -246,19 +241,21 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             report["cost"] = cost_stage(options, work_dir, env, pool)
             report["wall_seconds"] = time.perf_counter() - started
-            record(report, options.results)
+            record(report, output)
             report["statistics_pass"] = (
                 statistics_pass.result() if statistics_pass else statistics_stage(options, work_dir, env)
             )
         except Exception as error:  # keep what was measured, say where it stopped, fail the run
             report["error"] = f"{type(error).__name__}: {str(error)[-500:]}"
             report["wall_seconds"] = time.perf_counter() - started
-            record(report, options.results)
+            record(report, output)
             raise
     report["wall_seconds"] = time.perf_counter() - started
-    record(report, options.results)
+    record(report, output)
     print(render(report))
-    print(f"[gpu_check] done in {report['wall_seconds']:.0f} s; section '{SECTION}' of {options.results}")
+    print(f"[gpu_check] done in {report['wall_seconds']:.0f} s; raw numbers in {output or 'no file (--quick)'}")
+    if options.render:
+        common.render_results()
     return report
 
 

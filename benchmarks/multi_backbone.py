@@ -12,7 +12,7 @@ both from the same Lite0 centroids, evaluated with the library's one evaluation 
 Lite2, beside the centroids they started from. The loop is the `Distiller`'s (same init, parameterisation,
 augmentation, optimiser), not a new method: a `Distiller` per backbone supplies its statistics and feature extractor.
 
-Run: `python benchmarks/multi_backbone.py [--dataset mnist|textures] [--seeds 0 1 2]` (validation split; prints a
+Run: `python benchmarks/multi_backbone.py [--dataset NAME] [--seeds 0 1 2]` (validation split; prints a
 table and writes `benchmarks/results/multi-backbone-<dataset>.json`).
 """
 
@@ -61,11 +61,16 @@ def distil(distillers, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tenso
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="Default: DistillationConfig().num_steps.")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--probe-views", type=int, default=32)
+    common.add_harness_arguments(parser, "multi-backbone-<dataset>")
     options = parser.parse_args(argv)
+    if options.render and common.render_only(argv):
+        common.render_results()
+        return {}
+    options.seeds = options.seeds or [0, 1, 2]
+    common.apply_quick(options)
 
     from hf_sfm import DistillationConfig, Distiller
     from hf_sfm.evaluation.probe import ProbeConfig, evaluate_training_sets
@@ -135,7 +140,17 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": common.machine_description(),
     }
     work_dir.cleanup()
-    common.save_json(result, f"multi-backbone-{options.dataset}")
+    path = common.output_path(options, f"multi-backbone-{options.dataset}")
+    if path is not None:
+        record = common.provenance(
+            configs={"sfm": common.settings_config(settings, num_steps=options.steps or 300)},
+            probe=ProbeConfig(views=options.probe_views),
+            data=common.split_sizes(options.dataset, train=train, validation=validation),
+            seeds=options.seeds,
+        )
+        common.save_json(result, path, record)
+    if options.render:
+        common.render_results()
     return result
 
 

@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--probe-views", type=int, default=32)
     parser.add_argument("--tag", default=None)
+    common.add_harness_arguments(parser, "near-mean-sets[-<tag>]")
     options = parser.parse_args(argv)
+    if options.render and common.render_only(argv):
+        common.render_results()
+        return {}
+    options.seeds = options.seeds or [0]
+    common.apply_quick(options)
 
     from hf_sfm import DistillationConfig, Distiller
     from hf_sfm.evaluation.baselines import nearest_to_mean_indices
@@ -155,7 +161,17 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": common.machine_description(),
     }
     work_dir.cleanup()
-    common.save_json(result, "near-mean-sets" + (f"-{options.tag}" if options.tag else ""))
+    path = common.output_path(options, "near-mean-sets" + (f"-{options.tag}" if options.tag else ""))
+    if path is not None:
+        record = common.provenance(
+            configs={"sfm": common.settings_config(common.DISTILL_SETTINGS)},
+            probe=probe,
+            data={dataset: {"name": dataset, "split": options.split} for dataset in options.datasets},
+            seeds=options.seeds,
+        )
+        common.save_json(result, path, record)
+    if options.render:
+        common.render_results()
     return result
 
 

@@ -6,7 +6,7 @@ backwards the `C · ipc` synthetic images once, so time and graph memory should 
 nothing else should (the real statistics are a `(C, D)` matrix). Each point runs in a fresh process with one
 torch thread; the class statistics come from one shared embedding pass (not timed here; see the cost section).
 
-Run: `python benchmarks/scaling.py [--quick]`; writes the `scaling` section of benchmarks/RESULTS.md.
+Run: `python benchmarks/scaling.py [--quick] [--render]`; writes `results/scaling.json` (or `--output`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def write_statistics(work_dir: Path, class_counts: list[int]) -> dict[int, str]:
     return paths
 
 
-def run(quick: bool, steps: int | None, work_dir: Path, write: bool) -> dict:
+def run(quick: bool, steps: int | None, work_dir: Path, output: Path | None, seed: int = 0) -> dict:
     steps = steps or (2 if quick else 6)
     grid = [(10, 1), (10, 10), (100, 1)] + ([] if quick else [(100, 10)])  # quick skips the 1000-image point
     class_counts = sorted({num_classes for num_classes, _ in grid})
@@ -67,6 +67,7 @@ def run(quick: bool, steps: int | None, work_dir: Path, write: bool) -> dict:
             "statistics": statistics[num_classes],
             "output_dir": str(work_dir / f"c{num_classes}_ipc{ipc}"),
             "settings": common.DISTILL_SETTINGS,
+            "seed": seed,
         }
         print(f"[scaling] C={num_classes} ipc={ipc} ...", flush=True)
         result = common.run_worker_subprocess(Path(__file__), spec, work_dir / "logs" / f"c{num_classes}_ipc{ipc}.log")
@@ -80,11 +81,11 @@ def run(quick: bool, steps: int | None, work_dir: Path, write: bool) -> dict:
         "wall_seconds": time.perf_counter() - started,
         "quick": quick,
     }
-    section = format_section(report)
-    print(section)
-    if write:
-        common.write_results_section("scaling", section)
-        common.save_json(report, "scaling")
+    print(format_section(report))
+    if output is not None:
+        configs = {f"C={p['num_classes']} ipc={p['ipc']}": p.pop("config") for p in points}
+        data = common.split_sizes("mnist (classes split into synthetic sub-classes)", train=common.load_data()["train"])
+        common.save_json(report, output, common.provenance(configs=configs, data=data, seeds=[seed]))
     return report
 
 
@@ -139,31 +140,25 @@ def format_section(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="2 steps per point, without the C=100, ipc=10 point: a smoke run; RESULTS.md is not touched.",
-    )
+    common.add_harness_arguments(parser, "scaling")  # --quick: 2 steps per point, without C=100, ipc=10
     parser.add_argument("--steps", type=int, default=None, help="Steps per point (default 6; quick 2).")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="Override distillation settings (DistillationConfig fields)."
     )
-    parser.add_argument("--no-results", action="store_true", help="Do not write benchmarks/RESULTS.md.")
-    parser.add_argument(
-        "--render", action="store_true", help="Only re-render the RESULTS.md section from results/scaling.json."
-    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.render:
-        common.write_results_section("scaling", format_section(common.load_json("scaling")))
+    if args.render and common.render_only(argv):
+        common.render_results()
         return
     if args.worker:
         print(json.dumps(common.distillation_worker(json.loads(args.worker))), flush=True)
         return
     common.apply_overrides(args.set)
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="hf_sfm_scaling_"))
-    run(args.quick, args.steps, work_dir, write=not (args.no_results or args.quick))
+    run(args.quick, args.steps, work_dir, common.output_path(args, "scaling"), (args.seeds or [0])[0])
+    if args.render:
+        common.render_results()
 
 
 if __name__ == "__main__":

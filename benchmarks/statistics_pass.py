@@ -19,7 +19,7 @@ one (images/s and `torch.cuda.max_memory_allocated`). Each timed run is repeated
 the best and median images/s are reported: other jobs share this machine's cores.
 
     python benchmarks/statistics_pass.py            # full: 2000 images, 3 repeats, 1 and 2 processes
-    python benchmarks/statistics_pass.py --quick    # smoke run (< 60 s on CPU); writes nothing unless --json
+    python benchmarks/statistics_pass.py --quick    # smoke run (< 60 s on CPU); writes nothing unless --output
 
 The full run writes `results/statistics_pass.json` and its section of `RESULTS.md`.
 """
@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import statistics as stats
 import subprocess
 import sys
@@ -44,13 +42,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # time this checkout's hf_sfm (here and launched)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 import datasets
 import torch
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO = BENCHMARKS_DIR.parent
-RESULTS_PATH = BENCHMARKS_DIR / "RESULTS.md"
 NAME = "statistics_pass"
 LAUNCH = [
     sys.executable, "-m", "accelerate.commands.launch",
@@ -58,39 +57,8 @@ LAUNCH = [
 ]  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------- helpers (as common.py)
-
-
-def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_results_section(name: str, section: str, path: Path = RESULTS_PATH) -> Path:
-    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in RESULTS.md (append if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{section.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
-    _atomic_write(path, text)
-    return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def machine_description() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), GPU: "
-        f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}, datasets {datasets.__version__}"
-    )
+    return f"{common.machine_description()}, datasets {datasets.__version__}"
 
 
 def load_default(num_images: int, crop_size: int):
@@ -356,7 +324,7 @@ def distributed_worker(spec: dict) -> None:
             )
             for name in pipelines
         ]
-        _atomic_write(Path(spec["result_path"]), json.dumps(rows))
+        common.write_atomic(Path(spec["result_path"]), json.dumps(rows))
     accelerator.wait_for_everyone()
 
 
@@ -420,7 +388,7 @@ def render(record: dict) -> str:
         f"runs. Machine: {record['machine']}. Load average (1 min) before / after: {record['load_before']} / "
         f"{record['load_after']}.",
         "",
-        markdown_table(headers, rows),
+        common.markdown_table(headers, rows),
     ]
     return "\n".join(lines)
 
@@ -434,9 +402,7 @@ def _load_average() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="Smoke run: 128 images, batch 32, 1 process, 1 repeat, 0/2 workers."
-    )
+    common.add_harness_arguments(parser, NAME, seeds=False)  # --quick: 128 images, batch 32, 1 process, 1 repeat
     parser.add_argument("--num-images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--crop-size", type=int, default=64)
@@ -445,12 +411,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plain-workers", type=int, default=2, help="Decoding workers of the plain loop.")
     parser.add_argument("--processes", default="1,2", help="Process counts to run on CPU, comma-separated.")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in both pipelines (CUDA runs).")
-    parser.add_argument("--json", type=Path, help="Also write the raw results here.")
-    parser.add_argument(
-        "--no-record", action="store_true", help="Leave results/ and RESULTS.md untouched (as --quick does)."
-    )
     parser.add_argument("--distributed-worker", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
+    if options.render and common.render_only(argv):
+        common.render_results()
+        return
     if options.distributed_worker:
         distributed_worker(json.loads(options.distributed_worker))
         return
@@ -478,13 +443,14 @@ def main(argv: list[str] | None = None) -> None:
         "load_after": _load_average(),
         "rows": rows,
     }
-    table = render(record)
-    print(table)
-    if options.json:
-        _atomic_write(options.json, json.dumps(record, indent=2, sort_keys=True))
-    if not (options.quick or options.no_record):
-        _atomic_write(BENCHMARKS_DIR / "results" / f"{NAME}.json", json.dumps(record, indent=2, sort_keys=True))
-        write_results_section(NAME, table)
+    print(render(record))
+    path = common.output_path(options, NAME)
+    if path is not None:
+        data = {"name": "mnist", "train": record["num_images"]}
+        probe = {"batch_size": options.batch_size, "crop_size": options.crop_size}
+        common.save_json(record, path, common.provenance(probe=probe, data=data))
+    if options.render:
+        common.render_results()
     if not all(row["sums_vs_plain_loop"]["agree"] for row in rows):
         raise SystemExit("The pipelines' class sums disagree (see the table).")
 

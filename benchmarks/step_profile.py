@@ -193,9 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-loop", action="store_true", help="Skip the Distiller.train() cross-check.")
     parser.add_argument("--torch-profiler", action="store_true", help="Also print torch.profiler's top operators.")
-    parser.add_argument("--json", type=Path, help="Write the raw numbers here.")
-    parser.add_argument("--quick", action="store_true", help="ipc 1, 2 steps, no LGM, 200 images: a smoke run.")
+    common.add_harness_arguments(parser, "step_profile", seeds=False)  # --quick: ipc 1, 2 steps, no LGM, 200 images
     options = parser.parse_args(argv)
+    if options.render and common.render_only(argv):
+        common.render_results()
+        return {}
     if options.quick:
         options.ipcs, options.steps, options.lgm_ipcs, options.statistics_images = "1", 2, "", 200
     common.set_threads(options.threads)
@@ -243,8 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
         distiller = build_distiller(model, processor, train, ipcs[0], "sfm", 1, statistics, work_dir)
         set_memory_format(distiller.feature_extractor.model, formats[-1])
         print(torch_profile(distiller))
-    if options.json:
-        options.json.write_text(json.dumps(report, indent=2))
+    path = common.output_path(options, "step_profile")
+    if path is not None:
+        common.save_json(report, path, common.provenance(data={"name": "mnist", "train": options.statistics_images}))
+    if options.render:
+        common.render_results()
     return report
 
 

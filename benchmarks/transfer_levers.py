@@ -161,12 +161,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--arm", action="append", required=True, help="default | sgm:γ | skip:τ | dropout:p | depths:i+j"
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=None, help="Default: DistillationConfig().num_steps.")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--probe-views", type=int, default=32)
     parser.add_argument("--tag", default=None)
+    common.add_harness_arguments(parser, "transfer-levers[-<tag>]")
     options = parser.parse_args(argv)
+    if options.render and common.render_only(argv):
+        common.render_results()
+        return {}
+    options.seeds = options.seeds or [0]
+    common.apply_quick(options)
 
     from hf_sfm import DistillationConfig
     from hf_sfm.evaluation.probe import ProbeConfig, evaluate_training_sets
@@ -221,7 +226,17 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": common.machine_description(),
     }
     work_dir.cleanup()
-    common.save_json(result, "transfer-levers" + (f"-{options.tag}" if options.tag else ""))
+    path = common.output_path(options, "transfer-levers" + (f"-{options.tag}" if options.tag else ""))
+    if path is not None:
+        record = common.provenance(
+            configs={"sfm": common.settings_config(common.DISTILL_SETTINGS)},
+            probe=ProbeConfig(views=options.probe_views),
+            data=common.split_sizes(options.dataset, train=train, validation=validation),
+            seeds=options.seeds,
+        )
+        common.save_json(result, path, record)
+    if options.render:
+        common.render_results()
     return result
 
 

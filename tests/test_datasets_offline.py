@@ -1,4 +1,4 @@
-"""The offline datasets: MNIST's opt-in validation split and the texture crops of bundled photographs.
+"""The offline datasets: MNIST's opt-in validation split and the texture-instance crops of bundled photographs.
 
 Both must build with the Hub off, give disjoint stratified splits, and be deterministic; MNIST's default call must
 keep returning the rows the published numbers were measured on.
@@ -12,9 +12,10 @@ import sys
 
 import datasets
 import numpy as np
+import PIL.Image
 import pytest
 
-from hf_sfm.assets import load_mnist, load_textures
+from hf_sfm.assets import load_mnist, load_texture_instances
 from hf_sfm.assets import mnist as mnist_module
 from hf_sfm.assets import textures as textures_module
 
@@ -50,7 +51,7 @@ def mnist_reference_rows():
 
 @pytest.fixture(scope="module")
 def textures():
-    return load_textures(**SMALL)
+    return load_texture_instances(**SMALL)
 
 
 def pixel_digests(split: datasets.Dataset) -> list[str]:
@@ -115,8 +116,36 @@ def test_textures_have_image_and_named_class_label_features(textures):
 def test_textures_are_64px_rgb_by_default_and_follow_image_size(textures):
     for split in textures.values():
         assert {(image.mode, image.size) for image in split["image"]} == {("RGB", (64, 64))}
-    larger = load_textures(train_per_class=1, validation_per_class=1, test_per_class=1, image_size=72)
+    larger = load_texture_instances(train_per_class=1, validation_per_class=1, test_per_class=1, image_size=72)
     assert {image.size for image in larger["train"]["image"]} == {(72, 72)}
+
+
+def test_texture_splits_come_from_disjoint_tiles_of_each_photograph():
+    """The instance task's promise: no test (or validation) crop can overlap a training crop of the same photo."""
+    dealt = textures_module.texture_tiles(seed=0)
+
+    def overlap(a, b):
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    for name in textures_module.CLASS_NAMES:
+        for first, second in (("train", "validation"), ("train", "test"), ("validation", "test")):
+            for file_a, box_a in dealt[first][name]:
+                for file_b, box_b in dealt[second][name]:
+                    assert file_a != file_b or not overlap(box_a, box_b), (name, first, second)
+        assert all(dealt[split][name] for split in textures_module.SPLITS)
+        counts = {split: len(dealt[split][name]) for split in textures_module.SPLITS}
+        files = len(next(s for s in textures_module.SOURCES if s.name == name).files)
+        assert counts == {"train": 5 * files, "validation": 2 * files, "test": 2 * files}
+    assert textures_module.texture_tiles(seed=1) != dealt  # the deal follows the seed
+
+
+def test_crops_stay_inside_their_tile():
+    rng = np.random.default_rng(0)
+    photo = PIL.Image.new("RGB", (300, 300), (0, 0, 0))
+    photo.paste((255, 255, 255), (100, 100, 200, 200))  # the tile is white, everything around it black
+    for _ in range(20):
+        crop = np.asarray(textures_module._random_crop(photo, (100, 100, 200, 200), 32, rng))
+        assert crop.min() > 200  # no black pixel from outside the tile (bilinear edges included)
 
 
 def test_texture_splits_are_stratified_and_disjoint(textures):
@@ -131,27 +160,27 @@ def test_texture_splits_are_stratified_and_disjoint(textures):
 
 
 def test_textures_are_deterministic_given_the_seed(textures):
-    again = load_textures(**SMALL)
+    again = load_texture_instances(**SMALL)
     for name in textures:
         assert pixel_digests(again[name]) == pixel_digests(textures[name])
         assert again[name]["label"] == textures[name]["label"]
     # The crops themselves, rebuilt without the in-process cache, are the same for a seed and differ across seeds.
     build = textures_module._texture_arrays.__wrapped__
-    first, labels = build(2, 64, 0)
-    rebuilt, rebuilt_labels = build(2, 64, 0)
+    first, labels = build("train", 2, 64, 0)
+    rebuilt, rebuilt_labels = build("train", 2, 64, 0)
     np.testing.assert_array_equal(first, rebuilt)
     np.testing.assert_array_equal(labels, rebuilt_labels)
-    other, _ = build(2, 64, 1)
+    other, _ = build("train", 2, 64, 1)
     assert not np.array_equal(first, other)
     # Each class has its own generator: asking for more crops per class keeps every class's first crops.
-    more, more_labels = build(3, 64, 0)
+    more, more_labels = build("train", 3, 64, 0)
     np.testing.assert_array_equal(more[np.arange(len(more_labels)) % 3 < 2], first)
-    assert pixel_digests(load_textures(**SMALL, seed=1)["test"]) != pixel_digests(textures["test"])
+    assert pixel_digests(load_texture_instances(**SMALL, seed=1)["test"]) != pixel_digests(textures["test"])
 
 
 def test_texture_classes_are_not_named_by_their_mean_colour():
     """Colour jitter is the same law for every class: a nearest-class-mean rule on mean RGB stays far from 100%."""
-    pixels, labels = textures_module._texture_arrays(10, 32, 0)
+    pixels, labels = textures_module._texture_arrays("train", 10, 32, 0)
     mean_colour = pixels.reshape(len(pixels), -1, 3).mean(axis=1)
     train = np.arange(len(labels)) % 10 < 5
     class_means = np.stack([mean_colour[train & (labels == c)].mean(axis=0) for c in range(labels.max() + 1)])
@@ -173,4 +202,4 @@ def test_missing_wheel_names_the_install_command(monkeypatch):
 
 def test_textures_refuse_empty_splits():
     with pytest.raises(ValueError, match="at least one image per class"):
-        load_textures(validation_per_class=0)
+        load_texture_instances(validation_per_class=0)

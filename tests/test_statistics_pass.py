@@ -257,7 +257,7 @@ def test_throughput_benchmark_quick_run_agrees_with_the_plain_loop(tmp_path):
         sys.executable,
         str(REPO / "benchmarks" / "statistics_pass.py"),
         "--quick",
-        "--json",
+        "--output",
         str(tmp_path / "r.json"),
     ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

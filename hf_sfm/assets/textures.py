@@ -1,4 +1,4 @@
-"""A second offline dataset with natural-image statistics: random crops of real photographs shipped in PyPI wheels.
+"""An offline *instance* dataset with natural-image statistics: crops of real photographs shipped in PyPI wheels.
 
 MNIST digits are the only real images the demo had, and the library's defaults were tuned on them. Validating
 those defaults needs a dataset nobody tuned on, with natural-image statistics (colour, texture, clutter) rather
@@ -13,9 +13,13 @@ pixel statistic (mean colour, grayscale or not) names the class; the crops are `
 otherwise. The jitter strengths below were set once so that a linear probe on ImageNet EfficientNet-Lite features
 at 64 px is far from saturated with one image per class (on the validation split) and then frozen.
 
+The task is recognising *which photograph* a crop comes from (an instance task, not a category task: for that,
+see `emoji_categories`). So that test measures that on content the training split never showed, each photo (or
+its `region`) is cut into a `GRID × GRID` grid of tiles, and each class's tiles are dealt to train, validation and
+test (`SPLIT_TILES`, shuffled by `(seed, class)`): the three splits' crops come from disjoint regions of each
+photograph. Crop sizes are fractions of a tile's short side, the same law in every split.
+
 The files are read with PIL from where the wheels installed them: `scikit-image` itself is never imported.
-Crops of one photo share its content, so a test crop may overlap a training crop of the same photo; the splits
-are i.i.d. draws from each class's crop distribution, stratified, and deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ import PIL.ImageFilter
 INSTALL_HINT = 'pip install "hf_sfm[demo]"'
 IMAGE_SIDE = 64
 
-# Crop geometry, as fractions of the short side of the photo (or of its `region`): sampled log-uniformly.
-CROP_FRACTION = (0.12, 0.6)
+# Each photo (or region) is cut into GRID × GRID tiles; per photo, this many tiles go to validation and test
+# (train keeps the rest). Crop geometry: fractions of the short side of a tile, sampled log-uniformly.
+GRID = 3
+SPLIT_TILES = {"validation": 2, "test": 2}
+SPLITS = ("train", "validation", "test")
+CROP_FRACTION = (0.4, 1.0)
 MAX_ROTATION_DEGREES = 45.0
 # Colour jitter, applied in this order to every crop (the same law for every class).
 GRAYSCALE_PROBABILITY = 0.3
@@ -173,22 +181,57 @@ def _jitter(image: PIL.Image.Image, rng) -> np.ndarray:
     return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
 
 
-@functools.cache
-def _texture_arrays(per_class: int, image_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`(C · per_class, S, S, 3)` uint8 crops and `(C · per_class,)` labels, class-major; read-only, kept for the
-    process (building takes seconds).
+Tile = tuple[int, tuple[float, float, float, float]]  # (file index, (left, top, right, bottom))
 
-    Each class draws from its own generator, seeded by `(seed, class index)`, so a class's first `n` crops are
-    the same whatever `per_class` is and whichever classes come before it.
+
+def texture_tiles(seed: int = 0) -> dict[str, dict[str, list[Tile]]]:
+    """`{split: {class: [(file index, box), ...]}}`: every photo's grid of tiles, dealt to the splits.
+
+    Per class, the tiles of each photo are shuffled by `(seed, class, file)`; the first go to test, the next to
+    validation, the rest to train. The boxes of a class in different splits never overlap.
     """
+    dealt: dict[str, dict[str, list[Tile]]] = {split: {} for split in SPLITS}
+    for label, source in enumerate(SOURCES):
+        for split in SPLITS:
+            dealt[split][source.name] = []
+        for file_index, file in enumerate(source.files):
+            photo = _photo(source.package, file)
+            left, top, right, bottom = source.region or (0, 0, photo.width, photo.height)
+            width, height = (right - left) / GRID, (bottom - top) / GRID
+            tiles = [
+                (
+                    file_index,
+                    (left + column * width, top + row * height, left + (column + 1) * width, top + (row + 1) * height),
+                )
+                for row in range(GRID)
+                for column in range(GRID)
+            ]
+            order = np.random.default_rng((seed, label, file_index)).permutation(len(tiles))
+            tiles = [tiles[index] for index in order]
+            test, validation = SPLIT_TILES["test"], SPLIT_TILES["validation"]
+            dealt["test"][source.name] += tiles[:test]
+            dealt["validation"][source.name] += tiles[test : test + validation]
+            dealt["train"][source.name] += tiles[test + validation :]
+    return dealt
+
+
+@functools.cache
+def _texture_arrays(split: str, per_class: int, image_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(C · per_class, S, S, 3)` uint8 crops of one split and `(C · per_class,)` labels, class-major; read-only,
+    kept for the process (building takes seconds).
+
+    Each class and split draws from its own generator, seeded by `(seed, class index, split index)`, so a class's
+    first `n` crops are the same whatever `per_class` is and whichever classes come before it.
+    """
+    tiles = texture_tiles(seed)[split]
     crops, labels = [], []
     for label, source in enumerate(SOURCES):
-        rng = np.random.default_rng((seed, label))
+        rng = np.random.default_rng((seed, label, SPLITS.index(split)))
         photos = [_photo(source.package, file) for file in source.files]
+        class_tiles = tiles[source.name]
         for _ in range(per_class):
-            photo = photos[rng.integers(len(photos))]
-            region = source.region or (0, 0, photo.width, photo.height)
-            crops.append(_jitter(_random_crop(photo, region, image_size, rng), rng))
+            file_index, box = class_tiles[rng.integers(len(class_tiles))]
+            crops.append(_jitter(_random_crop(photos[file_index], box, image_size, rng), rng))
             labels.append(label)
     pixels, labels = np.stack(crops), np.asarray(labels, dtype=np.int64)
     pixels.flags.writeable = False
@@ -197,47 +240,39 @@ def _texture_arrays(per_class: int, image_size: int, seed: int) -> tuple[np.ndar
 
 
 def texture_features() -> datasets.Features:
-    """The schema of `load_textures`: `image` (`datasets.Image`) and `label` (`ClassLabel` named by subject)."""
+    """The schema of `load_texture_instances`: `image` (`datasets.Image`) and `label` (`ClassLabel` by subject)."""
     return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
 
 
-def load_textures(
+def load_texture_instances(
     train_per_class: int = TRAIN_PER_CLASS,
     validation_per_class: int = VALIDATION_PER_CLASS,
     test_per_class: int = TEST_PER_CLASS,
     image_size: int = IMAGE_SIDE,
     seed: int = 0,
 ) -> datasets.DatasetDict:
-    """Random crops of 16 photographed subjects as a `DatasetDict` with stratified `train`/`validation`/`test`.
+    """Crops of 16 photographed subjects as a `DatasetDict`; `train`/`validation`/`test` from disjoint regions.
 
-    Why: the library's defaults were tuned on MNIST digits; this is a second real-image dataset, with natural-image
-    statistics, that nobody tuned on, built offline from photographs bundled in the `scikit-image` and
-    `scikit-learn` wheels.
+    An instance task: the class is the photograph (brick, grass, gravel, coins, moon, text, cat, coffee, astronaut,
+    galaxies, tissue, motorcycle, retina, rocket, temple, flower; `CLASS_NAMES`), and a test crop comes from a
+    region of it no training crop touched. Every image is an `image_size × image_size` RGB crop under a random
+    position, scale, rotation, flip, colour jitter, blur and noise (see the module docstring). With the defaults:
+    1920/640/640 rows (120/40/40 per class).
 
-    Classes (`CLASS_NAMES`): brick, grass, gravel, coins, moon, text, cat, coffee, astronaut, galaxies, tissue,
-    motorcycle, retina, rocket, temple, flower. Every image is an `image_size × image_size` RGB crop of that
-    subject's photo(s) under a random position, scale, rotation, flip, colour jitter, blur and noise (see the
-    module docstring). With the defaults: 16 × 200 crops, 1920/640/640 rows (120/40/40 per class).
-
-    Deterministic given `seed` (the crops and the split both follow it). Tune on `validation`, report on `test`.
-    Everything stays in memory: nothing is read from or written to the `datasets` cache.
+    Deterministic given `seed` (the tiles, the crops and their jitter all follow it). Tune on `validation`, report
+    on `test`. Everything stays in memory: nothing is read from or written to the `datasets` cache.
     """
     counts = {"train": train_per_class, "validation": validation_per_class, "test": test_per_class}
     if any(count < 1 for count in counts.values()) or image_size < 8:
         raise ValueError(
-            f"load_textures needs at least one image per class in every split and image_size >= 8, "
+            f"load_texture_instances needs at least one image per class in every split and image_size >= 8, "
             f"got {counts} and image_size={image_size}."
         )
-    num_classes = len(SOURCES)
-    pixels, labels = _texture_arrays(sum(counts.values()), image_size, seed)
-    dataset = datasets.Dataset.from_dict(
-        {"image": [PIL.Image.fromarray(array) for array in pixels], "label": labels.tolist()},
-        features=texture_features(),
-    )
-    rest_test = dataset.train_test_split(test_size=test_per_class * num_classes, stratify_by_column="label", seed=seed)
-    train_validation = rest_test["train"].train_test_split(
-        test_size=validation_per_class * num_classes, stratify_by_column="label", seed=seed
-    )
-    return datasets.DatasetDict(
-        {"train": train_validation["train"], "validation": train_validation["test"], "test": rest_test["test"]}
-    )
+    splits = {}
+    for split, count in counts.items():
+        pixels, labels = _texture_arrays(split, count, image_size, seed)
+        splits[split] = datasets.Dataset.from_dict(
+            {"image": [PIL.Image.fromarray(array) for array in pixels], "label": labels.tolist()},
+            features=texture_features(),
+        )
+    return datasets.DatasetDict(splits)

