@@ -531,8 +531,9 @@ def test_a_loss_that_becomes_nan_names_the_step_and_the_cause(tmp_path):
 def test_mismatched_statistics_name_the_flag_that_recomputes_them(tmp_path):
     _distiller(tmp_path).compute_statistics()
     path = tmp_path / "out" / "statistics.safetensors"
-    other = _distiller(tmp_path, model=_vit(seed=0, hidden_size=48), processor=_processor())
-    other.feature_extractor.model.config._name_or_path = "another-backbone"
+    model = _vit(seed=0, hidden_size=48)
+    model.config._name_or_path = "another-backbone"  # the backbone's identity is read when the Distiller is built
+    other = _distiller(tmp_path, model=model, processor=_processor())
     with pytest.raises(
         ValueError, match=r"backbone: saved 'ViTModel' vs current 'another-backbone'.*recompute_statistics=True"
     ):
@@ -561,9 +562,9 @@ def test_rerunning_into_its_own_output_dir_reuses_the_statistics(tmp_path, monke
     first.save_distilled()
     (tmp_path / "out" / ".statistics.safetensors.x.tmp").mkdir()  # what a kill during a save leaves behind
     second = _distiller(tmp_path)  # no overwrite_output_dir needed: everything there is hf_sfm's own
-    import hf_sfm.distiller as distiller_module
+    import hf_sfm.training.statistics_cache as statistics_cache_module
 
-    monkeypatch.setattr(distiller_module, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(statistics_cache_module, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
     assert torch.equal(second.compute_statistics().feature_sums, first.statistics.feature_sums)
 
 
