@@ -21,6 +21,7 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list, set_seed
 from transformers import TrainerCallback, TrainerControl
 from transformers.trainer_utils import TrainOutput
@@ -38,6 +39,8 @@ from .training.run_state import RunCheckpointer, run_fingerprint, train_metrics
 from .training.statistics_cache import ClassStatistics, StatisticsCache
 from .training.synthetic_run import SyntheticRun, create_method, method_context, new_synthetic_images, reduce_sum_of
 from .utils.distributed import cpu_only
+
+logger = get_logger(__name__)
 
 
 class Distiller:
@@ -175,7 +178,8 @@ class Distiller:
 
     def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
         """Log `metrics` of `split` ("train", "eval") as a table, on the main process (as `Trainer.log_metrics`)."""
-        self.outputs.log_metrics(split, metrics)
+        if self.is_world_process_zero():
+            logger.info(self.outputs.format_metrics(split, metrics), main_process_only=True)
 
     def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> Path | None:
         """Write `<output_dir>/<split>_results.json` (and merge into `all_results.json`), atomically, main process."""

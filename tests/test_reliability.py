@@ -521,8 +521,9 @@ def test_a_loss_that_becomes_nan_names_the_step_and_the_cause(tmp_path):
 def test_mismatched_statistics_name_the_flag_that_recomputes_them(tmp_path):
     _distiller(tmp_path / "out").compute_statistics()
     path = tmp_path / "out" / "statistics.safetensors"
-    other = _distiller(tmp_path / "out", model=_vit(seed=0, hidden_size=48), processor=tiny_image_processor())
-    other.feature_extractor.model.config._name_or_path = "another-backbone"
+    model = _vit(seed=0, hidden_size=48)
+    model.config._name_or_path = "another-backbone"  # the backbone's identity is read when the Distiller is built
+    other = _distiller(tmp_path / "out", model=model, processor=tiny_image_processor())
     with pytest.raises(
         ValueError, match=r"backbone: saved 'ViTModel' vs current 'another-backbone'.*recompute_statistics=True"
     ):

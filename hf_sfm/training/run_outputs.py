@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
-from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list
 from transformers import TrainerState
 
@@ -28,8 +27,6 @@ from .outputs import (
     warn_if_beside_training_images,
 )
 from .tracking import format_metrics, write_metrics
-
-logger = get_logger(__name__)
 
 
 class RunOutputs:
@@ -83,9 +80,9 @@ class RunOutputs:
             raise OutputDirectoryBusy(failure[0])
         self.locked = True
 
-    def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
-        if self.accelerator.is_main_process:
-            logger.info(format_metrics(split, metrics), main_process_only=True)
+    def format_metrics(self, split: str, metrics: dict[str, Any]) -> str:
+        """The table `Trainer.log_metrics` prints (the caller logs it, under its own logger's name)."""
+        return format_metrics(split, metrics)
 
     def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> Path | None:
         if not self.accelerator.is_main_process:
