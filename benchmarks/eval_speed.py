@@ -138,7 +138,7 @@ def forward_table(feature_extractor, size: int, count: int) -> str:
         return frozen_features(feature_extractor, images)
 
     torch.testing.assert_close(new(), old(), rtol=1e-4, atol=1e-4)  # warm-up, and the same features
-    rows = {"eager, no_grad, batch 256 (before)": [], "frozen_features (after)": []}
+    rows = {"before: FeatureExtractor under no_grad, batch 256": [], "after: frozen_features": []}
     for _ in range(2):
         for label, forward in zip(rows, (old, new)):
             before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

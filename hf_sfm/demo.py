@@ -93,9 +93,10 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[DistillationConfig, 
 
 
 def run_demo(args: DistillationConfig, demo: DemoArguments) -> dict:
-    """Distil, evaluate against random real images and class centroids (the §6 protocol), save everything.
+    """Distil, evaluate against random real images and class centroids (the §6 probe, `args.probe_protocol`) on the
+    distillation backbone and on `demo.eval_backbone`, save everything.
 
-    Returns `results.json`'s content: the `evaluate()` metrics, the training metrics and the run's settings.
+    Returns `results.json`'s content: both `evaluate()` metrics, the training metrics and the run's settings.
     """
     from .assets import load_mnist
     from .distiller import Distiller

@@ -16,6 +16,10 @@ a maximum. After every epoch the mean loss of the last `patience` epochs is comp
 before; once it improves by less than `tolerance` (relative), the learning rate, wherever the cosine had brought it,
 decays linearly to zero over `cooldown` more epochs and the fit ends. The inheritance fits (head, projector, KD) use
 it: whatever the data, they stop when their loss has flattened instead of after a fixed 1000 epochs or 3000 steps.
+
+Many fits of the same size (the probe's runs and training sets) train as one: `fit_linear_stack` stacks their layers
+into one `(R, C, D)` parameter, so a step serves all `R` fits, each drawing from its own generator as it would alone.
+Every backbone pass here is `backbone.features.frozen_features`, the one frozen forward.
 """
 
 from __future__ import annotations
@@ -310,6 +314,8 @@ class ViewFeatures:
             `lookahead // N` epochs are drawn and embedded together, in batches of `batch_size` (a backbone runs far
             faster on 256 images at once than on 10 a thousand times). Each image still gets a new view in every
             epoch; only the order in which `generator` is drawn differs from one view per call.
+        epochs: the fit's length, when known: the last look-ahead block stops there instead of embedding views of
+            epochs that never run.
     """
 
     def __init__(
@@ -321,6 +327,7 @@ class ViewFeatures:
         views: int | None = None,
         batch_size: int = 256,
         lookahead: int = 4096,
+        epochs: int | None = None,
     ):
         self.images = images
         self.extractors = list(extractors)
@@ -330,6 +337,7 @@ class ViewFeatures:
         self.device = self.extractors[0].mean.device
         self.bank = self._embed_bank(views) if views else None
         self.epochs_ahead = max(1, lookahead // max(1, len(images)))
+        self.epochs = epochs
         self._ahead: tuple[int, tuple[torch.Tensor, ...]] | None = None  # (first epoch, (E, N, D_k) per extractor)
 
     @torch.no_grad()
@@ -354,14 +362,15 @@ class ViewFeatures:
         return tuple(torch.stack(per_extractor) for per_extractor in bank)
 
     def _embed_ahead(self, first_epoch: int) -> None:
-        """Fresh views of every image for epochs `first_epoch …` (`epochs_ahead` of them), embedded in big batches."""
-        total = self.epochs_ahead * len(self.images)  # the images repeated per epoch, gathered chunk by chunk
+        """Fresh views of every image for epochs `first_epoch …` (`epochs_ahead`, or up to `epochs`)."""
+        ahead = self.epochs_ahead if self.epochs is None else max(1, min(self.epochs_ahead, self.epochs - first_epoch))
+        total = ahead * len(self.images)  # the images repeated per epoch, gathered chunk by chunk
         chunks = [
             self._features(self.images[torch.arange(i, min(i + self.batch_size, total)) % len(self.images)])
             for i in range(0, total, self.batch_size)
         ]
         per_extractor = tuple(
-            torch.cat([chunk[k] for chunk in chunks]).view(self.epochs_ahead, len(self.images), -1)
+            torch.cat([chunk[k] for chunk in chunks]).view(ahead, len(self.images), -1)
             for k in range(len(self.extractors))
         )
         self._ahead = (first_epoch, per_extractor)
@@ -374,7 +383,7 @@ class ViewFeatures:
             return tuple(bank[view.to(bank.device), index.to(bank.device)] for bank in self.bank)
         if epoch is None:
             return self._features(self.images[index])
-        if self._ahead is None or not 0 <= epoch - self._ahead[0] < self.epochs_ahead:
+        if self._ahead is None or not 0 <= epoch - self._ahead[0] < len(self._ahead[1][0]):
             self._embed_ahead(epoch)
         first, features = self._ahead
         return tuple(per_extractor[epoch - first, index.to(per_extractor.device)] for per_extractor in features)

@@ -8,6 +8,9 @@ mean ± population std. Cross-model evaluation is the same call with another eva
 
 Two labelled reductions make it affordable on a CPU: `views=V` draws each epoch's view from `V` views embedded
 once (`linear_fit.ViewFeatures`), and `augment=False` trains on one deterministic resized view.
+`DistillationConfig.probe_protocol` picks between the papers' fresh views ("paper") and a `FAST_PROBE_VIEWS` bank
+("fast", the default); `evaluate_training_sets` logs which protocol ran (`protocol_description`). All runs of all
+training sets of one call train together (`train_linear_probes`), each run as it would alone.
 
 `ProbeEvaluator` caches the test split's features once per eval backbone; `evaluate_training_sets` probes any
 number of training sets (the distilled set, real-image baselines from `hf_sfm.evaluation.baselines`) into one typed
@@ -166,7 +169,8 @@ def _probe_features(
         augmentation = Augmentation(
             feature_extractor.input_size, flip=True, crop=True, crop_scale=config.crop_scale, noise=False
         )
-        views = ViewFeatures(images, [feature_extractor], augmentation, generator, config.views)
+        epochs = config.num_epochs(len(images))
+        views = ViewFeatures(images, [feature_extractor], augmentation, generator, config.views, epochs=epochs)
 
         def features_of(index: torch.Tensor, epoch: int) -> torch.Tensor:
             return views(index, epoch)[0]
@@ -221,7 +225,10 @@ def train_linear_probes(
             heads[position] = _probe_head(dim, num_classes, config, seeds[position], device)
             generators.append(generator)
             batches.append(_labelled_batches(features_of, probe_labels))
-        fit_linear_stack([heads[p] for p in positions], batches, stacked_cross_entropy, num_images, config, generators)
+        progress = f"Probing ({len(positions)} runs of {num_images} images together)"
+        fit_linear_stack(
+            [heads[p] for p in positions], batches, stacked_cross_entropy, num_images, config, generators, progress
+        )
     return heads
 
 
