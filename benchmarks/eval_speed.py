@@ -51,11 +51,11 @@ def full_datasets(names: list[str]) -> dict:
 
 
 def quick_datasets() -> dict:
-    """Two tiny colour datasets and a tiny random EfficientNet: the same code path in seconds."""
+    """Two tiny colour datasets and a tiny random ResNet: the same code path in seconds."""
     import datasets
     import numpy as np
     import PIL.Image
-    from transformers import EfficientNetConfig, EfficientNetModel, ViTImageProcessor
+    from transformers import ResNetConfig, ResNetModel, ViTImageProcessor
 
     def colours(per_class: int, seed: int, shift: int) -> datasets.Dataset:
         rng = np.random.default_rng(seed)
@@ -71,9 +71,9 @@ def quick_datasets() -> dict:
 
     def backbone():
         torch.manual_seed(0)
-        config = EfficientNetConfig(width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=64, image_size=32)
+        config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
         processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-        return EfficientNetModel(config).eval(), processor
+        return ResNetModel(config).eval(), processor
 
     return {
         f"colours-{shift}": (colours(4, shift, shift), colours(3, 10 + shift, shift), backbone()) for shift in (0, 1)
@@ -164,14 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="Tiny backbone and data, few epochs: seconds.")
     parser.add_argument("--datasets", nargs="+", default=["mnist", "textures"], choices=["mnist", "textures"])
     parser.add_argument("--runs", type=int, default=None, help=f"Probe runs (default {PAPER_RUNS}; quick: 2).")
-    parser.add_argument("--epochs", type=int, default=None, help=f"Probe epochs (default {PAPER_EPOCHS}; quick: 70).")
+    parser.add_argument("--epochs", type=int, default=None, help=f"Probe epochs (default {PAPER_EPOCHS}; quick: 66).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="outputs/eval_speed")
     options = parser.parse_args(argv)
     torch.set_num_threads(options.threads)
     runs = options.runs or (2 if options.quick else PAPER_RUNS)
-    epochs = options.epochs or (70 if options.quick else PAPER_EPOCHS)
+    epochs = options.epochs or (66 if options.quick else PAPER_EPOCHS)
     data = quick_datasets() if options.quick else full_datasets(options.datasets)
     settings = {
         "crop_size": 32 if options.quick else 64,
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "save_grid": False,
         "logging_steps": 0,
         "overwrite_output_dir": True,
+        "recompute_statistics": True,  # a rerun distils afresh, whatever an earlier run left in output_dir
         "seed": options.seed,
     }
     if options.quick:
