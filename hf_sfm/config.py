@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .evaluation.probe import PROBE_PROTOCOLS, protocol_views
 from .evaluation.results import BASELINES
 from .methods import METHODS, get_method
 from .utils.io_utils import is_regular_file
@@ -63,8 +64,9 @@ class DistillationConfig:
 
     > Evaluation (`Distiller.evaluate()`, the §6 linear-probe protocol)
         eval_steps: also evaluate every this many steps during training (0: only when asked).
-        eval_runs, probe_epochs, probe_views: probe runs (seeds), epochs, and `None` for a fresh augmented view per
-            epoch (the papers) or `V` for a bank of `V` views embedded once (faster, labelled as such).
+        eval_runs, probe_epochs, probe_views: probe runs (seeds), epochs, and `V` for a bank of `V` views embedded
+            once (faster, labelled as such) or `None` for the protocol's choice.
+        probe_protocol: "fast" (default: a 64-view bank) or "paper" (a fresh augmented view per epoch, the papers').
         eval_baselines: real-image baselines probed beside the distilled set (`random_real`, `centroids`,
             `near_mean`, `neighbors`, `full_dataset`).
         probe_learning_rate: a fixed probe rate for short probes (None: the papers' `1e-3 · batch / 256`).
@@ -173,8 +175,15 @@ class DistillationConfig:
     probe_views: int | None = field(
         default=None,
         metadata={
-            "help": "None: a fresh flip + random-resized-crop view per image and epoch (the papers). V: draw from V "
-            "views per image embedded once (V backbone passes instead of one per epoch; an approximation)."
+            "help": "None: the view bank of probe_protocol. V: draw each epoch's flip + random-resized-crop view from "
+            "V views per image embedded once (V backbone passes instead of one per epoch; an approximation)."
+        },
+    )
+    probe_protocol: str = field(
+        default="fast",
+        metadata={
+            "help": "'fast': the papers' runs and epochs with each epoch's view drawn from a bank of 64 views per "
+            "image (benchmarks/eval_speed.py compares it with the papers'). 'paper': a fresh view per image and epoch."
         },
     )
     eval_baselines: list[str] = field(
@@ -291,6 +300,7 @@ class DistillationConfig:
         self._check_choice("parameterization", PARAMETERIZATIONS)
         self._check_choice("init", INITIALIZATIONS)
         self._check_choice("mixed_precision", MIXED_PRECISION)
+        self._check_choice("probe_protocol", tuple(PROBE_PROTOCOLS))
         positive = ("ipc", "num_steps", "statistics_batch_size", "pyramid_level_every", "eval_runs", "probe_epochs")
         for name in positive:
             self._check_int(name, minimum=1)
@@ -306,6 +316,13 @@ class DistillationConfig:
         ):
             if getattr(self, name) is not None:
                 self._check_int(name, minimum=8 if name in ("image_size", "crop_size") else 1, optional=True)
+        if self.probe_views is None:  # the protocol's views (after probe_epochs is checked)
+            self.probe_views = protocol_views(self.probe_protocol, self.probe_epochs)
+        elif self.probe_protocol == "paper":
+            raise ValueError(
+                f"DistillationConfig.probe_protocol='paper' draws a fresh view per epoch, but probe_views="
+                f"{self.probe_views} asks for a view bank: drop probe_views, or use probe_protocol='fast'."
+            )
         # `bool` or "bool": HfArgumentParser replaces the string annotations with the types they name.
         for switch in (f.name for f in dataclasses.fields(self) if f.type in (bool, "bool")):
             self._check_bool(switch)

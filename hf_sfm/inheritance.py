@@ -46,7 +46,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from .backbone.embedding import embed_dataset, embedded_rows, features_and_labels
-from .backbone.features import FeatureExtractor, FeatureFn
+from .backbone.features import FeatureExtractor, FeatureFn, frozen_features
 from .data.preprocessing import ImagePreprocessing
 from .data.real_data import RealData
 from .data.real_images import square_preprocessing
@@ -432,7 +432,7 @@ class ClassifierInheritance:
         @torch.no_grad()
         def features_of(index: torch.Tensor) -> torch.Tensor:
             images = source(self.train_dataset[rows[index].tolist()][image_column]).to(self.device)
-            return self.feature_extractor(augmentation(images, generator))
+            return frozen_features(self.feature_extractor, augmentation(images, generator))
 
         return features_of
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..data.columns import decode_images, find_image_column, find_label_column, undecoded
 from ..data.preprocessing import ImagePreprocessing
-from .features import FeatureExtractor
+from .features import FeatureExtractor, frozen_features
 
 FEATURES_COLUMN = "features"
 ROW_COLUMN = "row"  # each example's row in the source dataset (undecodable images are left out)
@@ -66,7 +66,6 @@ def embed_dataset(
     label_column = find_label_column(dataset, label_column)
     label_feature = dataset.features[label_column]
     source, image_feature = undecoded(dataset, image_column)
-    device = feature_extractor.mean.device
     fingerprint = Hasher.hash(
         [
             "hf_sfm.backbone.embedding.embed_dataset",
@@ -93,8 +92,9 @@ def embed_dataset(
                 logger.warning(f"Skipping the image in row {row} of column {image_column!r}: {reason}.")
         features: Any = []
         if decoded.images:
-            with torch.no_grad():
-                features = feature_extractor(preprocessing(decoded.images).to(device)).cpu().numpy().astype(np.float32)
+            features = (
+                frozen_features(feature_extractor, preprocessing(decoded.images)).cpu().numpy().astype(np.float32)
+            )
         return {
             FEATURES_COLUMN: features,
             label_column: [batch[label_column][position] for position in decoded.kept],

@@ -283,6 +283,45 @@ class FeatureExtractor(nn.Module):
         )
 
 
+# Images per chunk of a frozen forward, by device type. On a CPU, a chunk whose activations stay small reuses the
+# heap memory the previous chunk freed; a large one (256 images of a conv net at 64 px) makes glibc map fresh pages
+# from the kernel at every layer, and the forward becomes page-fault bound (more system than user CPU time). CUDA's
+# caching allocator reuses memory at any size, so there a big chunk only fills the device better.
+FROZEN_CHUNK_SIZES = {"cpu": 32}
+DEFAULT_FROZEN_CHUNK_SIZE = 256
+
+
+def frozen_chunk_size(device: torch.device | str) -> int:
+    """Images per backbone call for a frozen forward on `device` (`FROZEN_CHUNK_SIZES`, else the default)."""
+    return FROZEN_CHUNK_SIZES.get(torch.device(device).type, DEFAULT_FROZEN_CHUNK_SIZE)
+
+
+def frozen_features(
+    feature_extractor: FeatureExtractor, images: torch.Tensor, chunk_size: int | None = None
+) -> torch.Tensor:
+    """The one frozen, no-grad forward: `(N, 3, S, S)` images in `[0, 1]` → `(N, D)` float32 features on the
+    extractor's device, equal to `feature_extractor(images)` up to float rounding.
+
+    Every path that only reads features (statistics, test/train feature columns, probe views and view banks, the
+    projector's bank, baselines) goes through here, so they all run at the backbone's best speed: under
+    `torch.inference_mode` (no version counters or autograd bookkeeping), in chunks of `frozen_chunk_size` images
+    (see `FROZEN_CHUNK_SIZES`), written into one output tensor. The model is already channels-last
+    (`FeatureExtractor`). The result is an ordinary tensor, usable as the input of a trained layer.
+    """
+    device = feature_extractor.mean.device
+    chunk_size = chunk_size or frozen_chunk_size(device)
+    output: torch.Tensor | None = None
+    for start in range(0, len(images), chunk_size):
+        with torch.inference_mode():
+            features = feature_extractor(images[start : start + chunk_size].to(device, non_blocking=True))
+        if output is None:  # allocated outside inference mode: autograd may read it later
+            output = torch.empty(len(images), features.shape[1], device=features.device)
+        output[start : start + len(features)].copy_(features)
+    if output is None:
+        output = torch.empty(0, feature_extractor.feature_dim(), device=device)
+    return output
+
+
 def check_image_processor(model: nn.Module, image_processor: Any) -> None:
     """Refuse a backbone hf_sfm cannot feed, and warn when the image processor is not its family's.
 

@@ -17,7 +17,7 @@ from torch import nn
 from ..data.preprocessing import ImagePreprocessing
 from ..utils.precision import Precision
 from .embedding import weights_digest
-from .features import FeatureExtractor, FeatureFn, check_image_processor
+from .features import FeatureExtractor, FeatureFn, check_image_processor, frozen_features
 from .memory import enable_gradient_checkpointing
 
 __all__ = ["FeatureFn", "FrozenBackbone", "identity_of"]
@@ -88,7 +88,7 @@ class FrozenBackbone:
         """A preprocessed `(B, 3, S, S)` uint8 batch (pinned on CUDA) → `(B, D)` features (the statistics pass)."""
         pixels = pixels.to(self.feature_extractor.mean.device, non_blocking=True)
         with self.precision.autocast():
-            return self.feature_extractor(self.preprocessing.to_unit_range(pixels))
+            return frozen_features(self.feature_extractor, self.preprocessing.to_unit_range(pixels))
 
 
 def identity_of(feature_extractor: FeatureExtractor) -> dict[str, str]:

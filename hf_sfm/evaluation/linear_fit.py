@@ -16,6 +16,10 @@ a maximum. After every epoch the mean loss of the last `patience` epochs is comp
 before; once it improves by less than `tolerance` (relative), the learning rate, wherever the cosine had brought it,
 decays linearly to zero over `cooldown` more epochs and the fit ends. The inheritance fits (head, projector, KD) use
 it: whatever the data, they stop when their loss has flattened instead of after a fixed 1000 epochs or 3000 steps.
+
+Many fits of the same size (the probe's runs and training sets) train as one: `fit_linear_stack` stacks their layers
+into one `(R, C, D)` parameter, so a step serves all `R` fits, each drawing from its own generator as it would alone.
+Every backbone pass here is `backbone.features.frozen_features`, the one frozen forward.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbone.features import FeatureExtractor
+from ..backbone.features import FeatureExtractor, frozen_features
 from ..synthesis.augment import Augmentation, resize
 
 # index (B,) of the examples, epoch → (inputs (B, D_in), targets): what one mini-batch of a fit sees.
@@ -158,6 +162,73 @@ def fit_linear(
     return (epoch_losses / num_examples).tolist()
 
 
+# logits (R, B, C), targets of each run → (R,) losses, each the mean over its run's mini-batch.
+StackedLoss = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+def fit_linear_stack(
+    layers: Sequence[nn.Linear],
+    batches: Sequence[Batches],
+    loss_fn: StackedLoss,
+    num_examples: int,
+    config: LinearFitConfig,
+    generators: Sequence[torch.Generator],
+    progress_desc: str | None = None,
+) -> list[list[float]]:
+    """`R` independent `fit_linear` runs (same `config`, same `num_examples`) trained as one stacked layer.
+
+    Run `r` draws from `generators[r]` exactly what `fit_linear(layers[r], batches[r], ...)` would, in the same
+    order (its shuffle each epoch, then its mini-batches' draws), and its layer gets the same Adam updates: the
+    weights are one `(R, C, D)` parameter, the loss is the sum of the runs' losses (so each run's gradient is its
+    own), and Adam is elementwise. What differs is float rounding: one batched matmul instead of `R` small ones.
+    So one step (and one host loop) serves all runs instead of `R`. Returns each run's epoch losses.
+    With `config.tolerance` (early stop per run) the runs are fitted one by one.
+    """
+    if len(layers) != len(batches) or len(layers) != len(generators):
+        raise ValueError("fit_linear_stack needs one batch source and one generator per layer.")
+    if num_examples < 1:
+        raise ValueError("Cannot fit a linear layer on zero examples.")
+    if config.tolerance is not None:
+        return [
+            fit_linear(
+                layer,
+                batch_fn,
+                lambda logits, targets: loss_fn(logits[None], [targets])[0],
+                num_examples,
+                config,
+                generator,
+                progress_desc,
+            )
+            for layer, batch_fn, generator in zip(layers, batches, generators)
+        ]
+    batch_size = config.batch_for(num_examples)
+    epochs = config.num_epochs(num_examples)
+    steps = epochs * math.ceil(num_examples / batch_size)
+    device = layers[0].weight.device
+    weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))  # (R, C, D)
+    bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))  # (R, C)
+    optimizer = torch.optim.Adam([weight, bias], lr=config.learning_rate_for(num_examples))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    epoch_losses = torch.zeros(len(layers), epochs, device=device)
+    for epoch in tqdm(range(epochs), desc=progress_desc, disable=progress_desc is None, leave=False):
+        orders = [torch.randperm(num_examples, generator=generator) for generator in generators]
+        for start in range(0, num_examples, batch_size):
+            drawn = [batch_fn(order[start : start + batch_size], epoch) for batch_fn, order in zip(batches, orders)]
+            inputs = torch.stack([run_inputs.to(device) for run_inputs, _ in drawn])  # (R, B, D)
+            losses = loss_fn(torch.baddbmm(bias.unsqueeze(1), inputs, weight.transpose(1, 2)), [t for _, t in drawn])
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+            scheduler.step()
+            epoch_losses[:, epoch] += losses.detach() * inputs.shape[1]
+    with torch.no_grad():
+        for run, layer in enumerate(layers):
+            layer.weight.copy_(weight[run])
+            layer.bias.copy_(bias[run])
+            layer.eval()
+    return (epoch_losses / num_examples).tolist()
+
+
 def has_flattened(epoch_losses: Sequence[float], patience: int, tolerance: float) -> bool:
     """True when the mean of the last `patience` losses is less than `tolerance` (relative) below the `patience`
     before: `mean(L[-2p:-p]) - mean(L[-p:]) <= tolerance · |mean(L[-2p:-p])|`. Windows, not single epochs, so that
@@ -244,6 +315,8 @@ class ViewFeatures:
             `lookahead // N` epochs are drawn and embedded together, in batches of `batch_size` (a backbone runs far
             faster on 256 images at once than on 10 a thousand times). Each image still gets a new view in every
             epoch; only the order in which `generator` is drawn differs from one view per call.
+        epochs: the fit's length, when known: the last look-ahead block stops there instead of embedding views of
+            epochs that never run.
     """
 
     def __init__(
@@ -255,6 +328,7 @@ class ViewFeatures:
         views: int | None = None,
         batch_size: int = 256,
         lookahead: int = 4096,
+        epochs: int | None = None,
     ):
         self.images = images
         self.extractors = list(extractors)
@@ -264,6 +338,7 @@ class ViewFeatures:
         self.device = self.extractors[0].mean.device
         self.bank = self._embed_bank(views) if views else None
         self.epochs_ahead = max(1, lookahead // max(1, len(images)))
+        self.epochs = epochs
         self._ahead: tuple[int, tuple[torch.Tensor, ...]] | None = None  # (first epoch, (E, N, D_k) per extractor)
 
     @torch.no_grad()
@@ -272,7 +347,7 @@ class ViewFeatures:
         seen: dict[int, torch.Tensor] = {}
         for extractor in self.extractors:
             if id(extractor) not in seen:
-                seen[id(extractor)] = extractor(resize(view, extractor.input_size))
+                seen[id(extractor)] = frozen_features(extractor, resize(view, extractor.input_size))
         return tuple(seen[id(extractor)] for extractor in self.extractors)
 
     def _embed_bank(self, views: int) -> tuple[torch.Tensor, ...]:
@@ -288,11 +363,15 @@ class ViewFeatures:
         return tuple(torch.stack(per_extractor) for per_extractor in bank)
 
     def _embed_ahead(self, first_epoch: int) -> None:
-        """Fresh views of every image for epochs `first_epoch …` (`epochs_ahead` of them), embedded in big batches."""
-        repeated = self.images.repeat(self.epochs_ahead, 1, 1, 1)
-        chunks = [self._features(repeated[i : i + self.batch_size]) for i in range(0, len(repeated), self.batch_size)]
+        """Fresh views of every image for epochs `first_epoch …` (`epochs_ahead`, or up to `epochs`)."""
+        ahead = self.epochs_ahead if self.epochs is None else max(1, min(self.epochs_ahead, self.epochs - first_epoch))
+        total = ahead * len(self.images)  # the images repeated per epoch, gathered chunk by chunk
+        chunks = [
+            self._features(self.images[torch.arange(i, min(i + self.batch_size, total)) % len(self.images)])
+            for i in range(0, total, self.batch_size)
+        ]
         per_extractor = tuple(
-            torch.cat([chunk[k] for chunk in chunks]).view(self.epochs_ahead, len(self.images), -1)
+            torch.cat([chunk[k] for chunk in chunks]).view(ahead, len(self.images), -1)
             for k in range(len(self.extractors))
         )
         self._ahead = (first_epoch, per_extractor)
@@ -305,7 +384,7 @@ class ViewFeatures:
             return tuple(bank[view.to(bank.device), index.to(bank.device)] for bank in self.bank)
         if epoch is None:
             return self._features(self.images[index])
-        if self._ahead is None or not 0 <= epoch - self._ahead[0] < self.epochs_ahead:
+        if self._ahead is None or not 0 <= epoch - self._ahead[0] < len(self._ahead[1][0]):
             self._embed_ahead(epoch)
         first, features = self._ahead
         return tuple(per_extractor[epoch - first, index.to(per_extractor.device)] for per_extractor in features)
@@ -315,12 +394,13 @@ class ViewFeatures:
 def embed_resized(feature_extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """`(N, 3, S, S)` in `[0, 1]` at any `S` → `(N, D)` features of their deterministic resize to the backbone's
     input: how a synthetic image is seen at evaluation time (and how the no-augmentation probe sees it)."""
-    device = feature_extractor.mean.device
     if len(images) == 0:
         return torch.zeros(0, feature_extractor.feature_dim())
     return torch.cat(
         [
-            feature_extractor(resize(images[i : i + batch_size].float(), feature_extractor.input_size).to(device)).cpu()
+            frozen_features(
+                feature_extractor, resize(images[i : i + batch_size].float(), feature_extractor.input_size)
+            ).cpu()
             for i in range(0, len(images), batch_size)
         ]
     )

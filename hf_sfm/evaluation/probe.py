@@ -8,6 +8,9 @@ mean ± population std. Cross-model evaluation is the same call with another eva
 
 Two labelled reductions make it affordable on a CPU: `views=V` draws each epoch's view from `V` views embedded
 once (`linear_fit.ViewFeatures`), and `augment=False` trains on one deterministic resized view.
+`DistillationConfig.probe_protocol` picks between the papers' fresh views ("paper") and a `FAST_PROBE_VIEWS` bank
+("fast", the default); `evaluate_training_sets` logs which protocol ran (`protocol_description`). All runs of all
+training sets of one call train together (`train_linear_probes`), each run as it would alone.
 
 `ProbeEvaluator` caches the test split's features once per eval backbone; `evaluate_training_sets` probes any
 number of training sets (the distilled set, real-image baselines from `hf_sfm.evaluation.baselines`) into one typed
@@ -24,7 +27,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import EvalPrediction
 
 from ..backbone.embedding import embed_dataset, features_and_labels
@@ -45,7 +47,7 @@ from ..data.real_data import RealData
 from ..data.real_images import RealImages, square_preprocessing
 from ..synthesis.augment import Augmentation
 from .baselines import RealBaselines
-from .linear_fit import LinearFitConfig, ViewFeatures, embed_resized, fit_linear
+from .linear_fit import LinearFitConfig, ViewFeatures, embed_resized, fit_linear, fit_linear_stack
 from .results import EvaluationReport, ProbeScores
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,42 @@ class ProbeConfig(LinearFitConfig):
 MIN_PROBE_STEP_BUDGET = 0.01
 
 
+# The protocols `DistillationConfig.probe_protocol` names, as the view bank each uses (`None`: fresh views).
+# "paper": the SFM/LGM papers' (a fresh view per image and epoch). "fast": the same runs and epochs, each epoch's view
+# drawn from a bank of `FAST_PROBE_VIEWS` views per image embedded once: `V · N` backbone passes instead of
+# `epochs · N`. benchmarks/eval_speed.py measures both side by side, in stds of the papers' protocol.
+FAST_PROBE_VIEWS = 64
+PROBE_PROTOCOLS: dict[str, int | None] = {"fast": FAST_PROBE_VIEWS, "paper": None}
+PAPER_EPOCHS, PAPER_RUNS = 1000, 5
+
+
+def protocol_views(protocol: str, epochs: int) -> int | None:
+    """`ProbeConfig.views` of `protocol` for `epochs` epochs. With at most `FAST_PROBE_VIEWS` epochs a fresh view per
+    epoch costs no more than the bank, so "fast" is then the papers' fresh views."""
+    if protocol not in PROBE_PROTOCOLS:
+        raise ValueError(f"Unknown probe protocol {protocol!r}; choose one of {tuple(PROBE_PROTOCOLS)}.")
+    views = PROBE_PROTOCOLS[protocol]
+    return views if views is not None and epochs > views else None
+
+
+def protocol_description(config: ProbeConfig, runs: int) -> str:
+    """Which protocol a probe ran, in words: the papers' (fresh views), the fast one (the bank), or another, with its
+    runs, epochs and views."""
+    if not config.augment:
+        kind, views = "a custom probe protocol", "one deterministic resized view (no augmentation)"
+    elif config.views is None:
+        kind, views = "the papers' probe protocol", "a fresh augmented view per image and epoch"
+    else:
+        kind = "the fast probe protocol" if config.views == FAST_PROBE_VIEWS else "a custom probe protocol"
+        views = f"each epoch's view drawn from a bank of {config.views} augmented views per image"
+    shape = f"{runs} runs x {config.epochs} epochs, {views}"
+    if (runs, config.epochs) != (PAPER_RUNS, PAPER_EPOCHS):
+        shape += f"; the papers run {PAPER_RUNS} x {PAPER_EPOCHS}"
+    if config.augment and config.views is not None:
+        shape += "; probe_protocol='paper' for fresh views"
+    return f"{kind} ({shape})"
+
+
 # ---------------------------------------------------------------------------------------------------- the probe
 
 
@@ -113,17 +151,27 @@ def train_linear_probe(
 
     With `config.augment`, every epoch sees a flip + random-resized-crop view at the backbone's input resolution
     (fresh each epoch, or one of `config.views` embedded views); without it, the resized images' features are
-    computed once. Deterministic given `seed`.
+    computed once. Deterministic given `seed`. `train_linear_probes` trains many of these at once.
     """
     config = config or ProbeConfig()
     if len(images) == 0:
         raise ValueError("Cannot train a linear probe on zero images.")
     generator = torch.Generator().manual_seed(seed)
+    features_of = _probe_features(feature_extractor, images, config, generator)
+    device = feature_extractor.mean.device
+    return fit_probe(features_of, feature_extractor.feature_dim(), labels, num_classes, config, seed, generator, device)
+
+
+def _probe_features(
+    feature_extractor: FeatureExtractor, images: torch.Tensor, config: ProbeConfig, generator: torch.Generator
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """`(index, epoch) → (B, D)`: augmented views (fresh or from a bank, drawn from `generator`) or fixed features."""
     if config.augment:
         augmentation = Augmentation(
             feature_extractor.input_size, flip=True, crop=True, crop_scale=config.crop_scale, noise=False
         )
-        views = ViewFeatures(images, [feature_extractor], augmentation, generator, config.views)
+        epochs = config.num_epochs(len(images))
+        views = ViewFeatures(images, [feature_extractor], augmentation, generator, config.views, epochs=epochs)
 
         def features_of(index: torch.Tensor, epoch: int) -> torch.Tensor:
             return views(index, epoch)[0]
@@ -133,8 +181,70 @@ def train_linear_probe(
         def features_of(index: torch.Tensor, epoch: int) -> torch.Tensor:
             return fixed[index.to(fixed.device)]
 
+    return features_of
+
+
+def train_linear_probes(
+    feature_extractor: FeatureExtractor,
+    training_sets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    config: ProbeConfig | None = None,
+    seeds: Sequence[int] = (),
+) -> list[nn.Linear]:
+    """`train_linear_probe(feature_extractor, images, labels, num_classes, config, seed)` for every
+    `(images, labels)` of `training_sets` with its seed, trained together: the sets of the same size are one stacked
+    linear fit (`linear_fit.fit_linear_stack`), one optimiser step per mini-batch for all of them.
+
+    Each run draws its views and shuffles from its own generator in the order the one-by-one probe does, so each
+    head equals `train_linear_probe`'s up to float rounding (the batched matmul). Views are embedded per run, each
+    look-ahead block of fresh views (or bank) in one `frozen_features` call: already the backbone's full batch.
+    """
+    config = config or ProbeConfig()
+    if len(seeds) != len(training_sets):
+        raise ValueError(
+            f"train_linear_probes needs one seed per training set, got {len(seeds)} for {len(training_sets)}."
+        )
+    by_size: dict[int, list[int]] = {}
+    for position, (images, labels) in enumerate(training_sets):
+        if len(images) == 0:
+            raise ValueError("Cannot train a linear probe on zero images.")
+        if len(labels) != len(images):
+            raise ValueError(f"A training set has {len(images)} images but {len(labels)} labels.")
+        by_size.setdefault(len(images), []).append(position)
     device = feature_extractor.mean.device
-    return fit_probe(features_of, feature_extractor.feature_dim(), labels, num_classes, config, seed, generator, device)
+    dim = feature_extractor.feature_dim()
+    heads: list[nn.Linear | None] = [None] * len(training_sets)
+    for num_images, positions in by_size.items():
+        if reason := config.too_short(num_images):
+            _warn_once(reason)
+        generators, batches = [], []
+        for position in positions:
+            images, labels = training_sets[position]
+            generator = torch.Generator().manual_seed(seeds[position])
+            features_of = _probe_features(feature_extractor, images, config, generator)
+            probe_labels = torch.as_tensor(labels).to(device)
+            heads[position] = _probe_head(dim, num_classes, config, seeds[position], device)
+            generators.append(generator)
+            batches.append(_labelled_batches(features_of, probe_labels))
+        progress = f"Probing ({len(positions)} runs of {num_images} images together)"
+        fit_linear_stack(
+            [heads[p] for p in positions], batches, stacked_cross_entropy, num_images, config, generators, progress
+        )
+    return heads
+
+
+def _labelled_batches(features_of: Callable[[torch.Tensor, int], torch.Tensor], labels: torch.Tensor):
+    def batches(index: torch.Tensor, epoch: int):
+        return features_of(index, epoch), labels[index.to(labels.device)]
+
+    return batches
+
+
+def stacked_cross_entropy(logits: torch.Tensor, targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`(R, B, C)` logits and `R` target vectors `(B,)` → `(R,)`: each run's mean cross-entropy."""
+    runs, batch = logits.shape[:2]
+    flat = F.cross_entropy(logits.flatten(0, 1), torch.cat(list(targets)), reduction="none")
+    return flat.view(runs, batch).mean(dim=1)
 
 
 def fit_probe(
@@ -321,15 +431,24 @@ class ProbeEvaluator:
         self, name: str, training_set: TrainingSet, runs: int = 5, config: ProbeConfig | None = None, seed: int = 0
     ) -> ProbeScores:
         """Train `runs` probes (seeds `seed, seed + 1, …`) on `training_set(run)` and score each."""
+        return self.probe_together({name: training_set}, runs, config, seed)[0]
+
+    def probe_together(
+        self, training_sets: Mapping[str, TrainingSet], runs: int = 5, config: ProbeConfig | None = None, seed: int = 0
+    ) -> list[ProbeScores]:
+        """`probe(name, training_set, runs, config, seed)` for every named training set, all runs of all sets trained
+        together (`train_linear_probes`); each run's head is the one `probe` alone would train."""
         if runs < 1:
             raise ValueError(f"A probe needs runs >= 1, got {runs}.")
-        per_run, num_train = [], 0
-        for run in tqdm(range(runs), desc=f"Probing {name} ({self.name})", leave=False):
-            images, labels = training_set(run)
-            num_train = len(images)
-            head = train_linear_probe(self.feature_extractor, images, labels, self.num_classes, config, seed + run)
-            per_run.append(self.score(head))
-        return ProbeScores(name, tuple(per_run), tuple(range(seed, seed + runs)), num_train)
+        drawn = {name: [training_set(run) for run in range(runs)] for name, training_set in training_sets.items()}
+        flat = [run_set for run_sets in drawn.values() for run_set in run_sets]
+        seeds = [seed + run for _ in drawn for run in range(runs)]
+        heads = iter(train_linear_probes(self.feature_extractor, flat, self.num_classes, config, seeds))
+        scores = []
+        for name, run_sets in drawn.items():
+            per_run = tuple(self.score(next(heads)) for _ in run_sets)
+            scores.append(ProbeScores(name, per_run, tuple(range(seed, seed + runs)), len(run_sets[-1][0])))
+        return scores
 
     def probe_full_dataset(
         self,
@@ -402,8 +521,11 @@ def evaluate_training_sets(
     report.probe_epochs = config.epochs
     report.probe_views = config.views or 0
     report.probe_augment = config.augment
-    for name, training_set in training_sets.items():
-        report.add(evaluator.probe(name, training_set, runs, config, seed))
+    _warn_once(
+        f"Linear probes of {', '.join(training_sets)} on {evaluator.name}: {protocol_description(config, runs)}."
+    )
+    for scores in evaluator.probe_together(training_sets, runs, config, seed):
+        report.add(scores)
     if full_dataset is not None:
         full_config = dataclasses.replace(config, augment=False, views=None)
         report.add(evaluator.probe_full_dataset(full_dataset, runs, full_config, seed))
