@@ -4,15 +4,13 @@ It works like `transformers.Trainer`: the constructor wires backbone, data, imag
 `Accelerator`; `compute_statistics()`, `train()` and `evaluate()` do the work; `log_metrics` / `save_metrics` /
 `save_state` record it; `distilled_dataset()` / `save_distilled()` / `push_to_hub()` hand out the result.
 
-It orchestrates; each job is another module's (docs/DESIGN.md §9): the real data is a `RealData` resolved once,
-the backbone a `FrozenBackbone`, the statistics a `StatisticsCache`'s, the loss a method's, a step and the run's
-health a `SyntheticRun`'s, checkpoints a `RunCheckpointer`'s, trackers and grids callbacks', the probe protocol
-`hf_sfm.evaluation.probe`'s, export and push a `DistilledSet`'s. Nothing below this module imports it.
+It orchestrates (docs/DESIGN.md §9): the data is a `RealData`, the backbone a `FrozenBackbone`, the statistics a
+`StatisticsCache`'s, the loss a method's, a step a `SyntheticRun`'s, checkpoints a `RunCheckpointer`'s, trackers
+and grids callbacks', the probe `hf_sfm.evaluation.probe`'s, export and push a `DistilledSet`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -128,8 +126,7 @@ class Distiller:
         from .publishing.reopen import load_finished_run
 
         run = load_finished_run(output_dir)
-        fields = [field.name for field in dataclasses.fields(DistillationConfig)]
-        args = DistillationConfig(**run.config_values(output_dir, fields))
+        args = run.config(DistillationConfig, output_dir)
         distiller = cls(model, args, train_dataset, image_processor=image_processor, **kwargs)
         distiller.compute_statistics()  # the run's own; refused if backbone, preprocessing or data differ
         distiller.synthetic = run.synthetic(distiller.labels).to(distiller.accelerator.device)
@@ -315,9 +312,8 @@ class Distiller:
         eval_feature_fn: FeatureFn | None = None,
         baselines: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Linear-probe the distilled set (docs/DESIGN.md §6: `eval_runs` runs, `probe_epochs`,
-        fresh views) on the real `eval_dataset`; returns the flat metrics dict (`eval_accuracy`,
-        `eval_accuracy_std`, …; `hf_sfm.evaluation.results`).
+        """Linear-probe the distilled set on the real `eval_dataset` (docs/DESIGN.md §6; `args.probe_protocol`
+        says which protocol, and the run logs it); returns the flat metrics dict (`eval_accuracy`, …).
 
         `eval_model` (+ its processor) evaluates on another backbone (cross-model). `baselines` (default
         `args.eval_baselines`) adds real-image training sets: `random_real`, `centroids`, `near_mean` (another set
@@ -351,11 +347,8 @@ class Distiller:
     # ------------------------------------------------------------------ results
 
     def synthetic_images(self) -> torch.Tensor:
-        """The current synthetic images, `(C · ipc, 3, S, S)` in `[0, 1]`, on the CPU.
-
-        After `train()` every process holds the whole set. While a multi-process run is still sharded (e.g. from a
-        callback), this gathers the shards: a collective that every process must call.
-        """
+        """The current synthetic images, `(C · ipc, 3, S, S)` in `[0, 1]`, on the CPU. While a multi-process run
+        is still sharded (e.g. from a callback) this gathers the shards: a collective every process must call."""
         if self.synthetic is None:
             raise RuntimeError("There are no synthetic images yet: call `train()` first.")
         if self._run is not None:
@@ -373,20 +366,11 @@ class Distiller:
         """The synthetic set as a `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""
         return self.distilled_set().dataset()
 
-    def save_distilled(
-        self,
-        path: str | Path | None = None,
-        metrics: dict[str, Any] | None = None,
-        overwrite: bool = False,
-        **card_kwargs: Any,
-    ) -> Path:
-        """Write the distilled set so `load_dataset(path)` and `load_from_disk(path)` both read it back.
-
-        The folder is exactly what `push_to_hub` uploads. `metrics` (what `evaluate()` returned, or several such
-        dicts) fill the card's results table; `card_kwargs` (`repo_id`, `source_dataset`, `license`, ...) go to
-        `hf_sfm.publishing.cards.dataset_card`. A folder there that hf_sfm did not write is replaced only with
-        `overwrite=True`, or inside output_dir with `overwrite_output_dir`.
-        """
+    def save_distilled(self, path=None, metrics: dict | None = None, overwrite: bool = False, **card_kwargs) -> Path:
+        """Write the distilled set so `load_dataset(path)` and `load_from_disk(path)` both read it back: exactly what
+        `push_to_hub` uploads. `metrics` (from `evaluate()`) fill the card; `card_kwargs` go to
+        `hf_sfm.publishing.cards.dataset_card`. A folder hf_sfm did not write is replaced only with `overwrite=True`,
+        or inside output_dir with `overwrite_output_dir`."""
         path = Path(path) if path is not None else self.output_dir / "distilled"
         replace, flag = self.outputs.overwrite_for(path, overwrite)
         distilled = self.distilled_set()
@@ -438,12 +422,9 @@ class Distiller:
     ) -> dict[str, Any]:
         """Publish the distilled set as a dataset repo and, if given, a classifier as a model repo. Trains nothing.
 
-        Repos default to `args.hub_dataset_id` / `args.hub_model_id`; `private`, `token`, `revision` to
-        `args.hub_private_repo` / `hub_token` / `hub_revision`. Each repo gets one commit. The folders are written
-        first (`local_dir`, default `<output_dir>/hub/`), so a failed push (`hf_sfm.publishing.hub.HubPushError`)
-        keeps them and can be retried with `hf_sfm.publishing.hub.push_distilled` / `push_classifier`. `metrics`
-        (from `evaluate()`) fill the cards and the classifier's `model-index`. Returns
-        `{"dataset": CommitInfo, "classifier": ...}`.
+        Repos and options default to `args.hub_*`; one commit per repo. The folders are written first (`local_dir`,
+        default `<output_dir>/hub/`), so a failed push keeps them for `hf_sfm.publishing.hub.push_distilled` /
+        `push_classifier`. `metrics` fill the cards. Returns `{"dataset": CommitInfo, "classifier": ...}`.
         """
         if self.synthetic is None:
             raise RuntimeError("There is no distilled set to push yet: call `train()` before `push_to_hub()`.")

@@ -8,6 +8,7 @@ a recipe run can be evaluated again or given its inherited classifier from Pytho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ class FinishedRun:
     class_names: list[str]
     config: dict[str, Any]
     statistics_path: Path | None
+
+    def config(self, config_class: type, output_dir: str | Path, **overrides: Any) -> Any:
+        """The reopened run's `config_class` (a `DistillationConfig`) from `config_values`."""
+        fields = [field.name for field in dataclasses.fields(config_class)]
+        return config_class(**self.config_values(output_dir, fields, **overrides))
 
     def config_values(self, output_dir: str | Path, fields: Iterable[str], **overrides: Any) -> dict[str, Any]:
         """Keyword arguments of a `DistillationConfig` (whose field names are `fields`) for the reopened run: the
