@@ -1,6 +1,6 @@
 """What the fast probe protocol costs and changes: both protocols side by side, in one run (issue 23).
 
-    python benchmarks/eval_speed.py            # MNIST + textures, Lite0 at 64 px, the demo's distillation
+    python benchmarks/eval_speed.py            # MNIST + emoji categories, Lite0 at 64 px, the demo's distillation
     python benchmarks/eval_speed.py --quick    # a tiny random backbone on tiny colour data: seconds, for the tests
 
 For each dataset: distil once with the demo's settings, then probe the distilled set, random real images (a new draw
@@ -35,18 +35,19 @@ PROTOCOLS = ("paper", "fast")
 
 
 def full_datasets(names: list[str]) -> dict:
-    """`name → (train, test, backbone (model, processor))` of the real data and the demo's Lite0."""
+    """`name → (train, validation, backbone (model, processor))` of the real data and the demo's Lite0."""
     from transformers import AutoImageProcessor, AutoModel
 
-    from hf_sfm.assets import efficientnet_lite_path, load_mnist, load_textures
+    from hf_sfm.assets import efficientnet_lite_path, load_emoji_categories, load_mnist
 
     path = efficientnet_lite_path("lite0")
-    loaders = {"mnist": load_mnist, "textures": load_textures}
+    # Validation splits: the protocol comparison decides a default, and no default is chosen on a test split.
+    loaders = {"mnist": lambda: load_mnist(validation_size=1000), "emoji": load_emoji_categories}
     result = {}
     for name in names:
         splits = loaders[name]()
         backbone = (AutoModel.from_pretrained(path), AutoImageProcessor.from_pretrained(path))
-        result[name] = (splits["train"], splits["test"], backbone)
+        result[name] = (splits["train"], splits["validation"], backbone)
     return result
 
 
@@ -162,7 +163,7 @@ def forward_table(feature_extractor, size: int, count: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Tiny backbone and data, few epochs: seconds.")
-    parser.add_argument("--datasets", nargs="+", default=["mnist", "textures"], choices=["mnist", "textures"])
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "emoji"], choices=["mnist", "emoji"])
     parser.add_argument("--runs", type=int, default=None, help=f"Probe runs (default {PAPER_RUNS}; quick: 2).")
     parser.add_argument("--epochs", type=int, default=None, help=f"Probe epochs (default {PAPER_EPOCHS}; quick: 66).")
     parser.add_argument("--threads", type=int, default=2)
