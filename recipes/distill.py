@@ -493,7 +493,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
         config,
         probe=distiller.evaluator.probe if metrics is not None else None,
         backbone=model_args.model_name_or_path or "hf_sfm's embedded EfficientNet-Lite0",
-        backbone_revision=distiller.statistics_metadata()["backbone_revision"],
+        backbone_revision=distiller.backbone.identity["revision"],
         image_size=distiller.image_size,
         crop_size=distiller.preprocessing.crop_size,
         source_dataset=source or ("hf_sfm's embedded MNIST" if data_args.dataset_name is None else None),
