@@ -126,7 +126,7 @@ class Distiller:
         from .publishing.reopen import load_finished_run
 
         run = load_finished_run(output_dir)
-        args = run.config(DistillationConfig, output_dir)
+        args = run.distillation_config(DistillationConfig, output_dir)
         distiller = cls(model, args, train_dataset, image_processor=image_processor, **kwargs)
         distiller.compute_statistics()  # the run's own; refused if backbone, preprocessing or data differ
         distiller.synthetic = run.synthetic(distiller.labels).to(distiller.accelerator.device)

@@ -6,6 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from accelerate import PartialState
 from conftest import build_backbone, color_dataset
 
 from hf_sfm import DistillationConfig, Distiller
@@ -86,6 +87,7 @@ def test_real_data_refuses_a_single_class_and_streaming_real_init():
 def test_the_run_health_checks_name_the_step_and_warn_once(caplog):
     from hf_sfm.training.health import RunHealth
 
+    PartialState()  # the health warnings go through accelerate's logger (main process only), as in a run
     health = RunHealth(method="sfm", learning_rate=0.1, effective_learning_rate=0.1, ipc=1, backbone="TinyNet")
     losses = torch.tensor([1.0, 0.5, float("nan"), 0.2])
     with pytest.raises(FloatingPointError, match="step 2"):

@@ -288,7 +288,7 @@ def test_recompute_statistics_recomputes_even_with_a_datasets_cache(tmp_path, ca
 
     color_dataset(3, 2).save_to_disk(str(tmp_path / "data"))
     on_disk = datasets.load_from_disk(str(tmp_path / "data"))  # file-backed: `datasets` caches the pass
-    distiller = _distiller(tmp_path / "out", on_disk, statistics_batch_size=2)
+    distiller = _distiller(tmp_path / "out", dataset=on_disk, statistics_batch_size=2)
     distiller.compute_statistics()
     (tmp_path / "out" / "statistics.safetensors").unlink()
     with caplog.at_level("INFO", logger="hf_sfm.data.statistics"):

@@ -47,7 +47,7 @@ class FinishedRun:
     config: dict[str, Any]
     statistics_path: Path | None
 
-    def config(self, config_class: type, output_dir: str | Path, **overrides: Any) -> Any:
+    def distillation_config(self, config_class: type, output_dir: str | Path, **overrides: Any) -> Any:
         """The reopened run's `config_class` (a `DistillationConfig`) from `config_values`."""
         fields = [field.name for field in dataclasses.fields(config_class)]
         return config_class(**self.config_values(output_dir, fields, **overrides))
