@@ -25,7 +25,22 @@ REFUSED = {
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet():
+    """The benchmark's quiet mode for this module only: the levels it sets would hide later tests' warnings."""
+    import logging
+
+    import datasets
+    import transformers
+
+    names = ("hf_sfm", "accelerate")
+    levels = {name: logging.getLogger(name).level for name in names}
+    verbosity, bars = transformers.logging.get_verbosity(), datasets.is_progress_bar_enabled()
     family_matrix.quiet()
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    transformers.logging.set_verbosity(verbosity)
+    if bars:
+        datasets.enable_progress_bars()
 
 
 @pytest.mark.parametrize("family", sorted(family_matrix.FAMILIES))
