@@ -35,8 +35,14 @@ from .training.callbacks import CallbackHandler, GridCallback, TrackersCallback,
 from .training.run_outputs import RunOutputs
 from .training.run_state import RunCheckpointer, run_fingerprint, train_metrics
 from .training.statistics_cache import ClassStatistics, StatisticsCache
-from .training.synthetic_run import SyntheticRun, create_method, method_context, new_synthetic_images, reduce_sum_of
-from .utils.distributed import cpu_only
+from .training.synthetic_run import (
+    SyntheticRun,
+    create_method,
+    method_context,
+    new_synthetic_images,
+    reduce_sum_of,
+    run_accelerator,
+)
 
 logger = get_logger(__name__)
 
@@ -71,12 +77,7 @@ class Distiller:
         compute_metrics: ComputeMetrics | None = None,
     ):
         self.args = args
-        self.accelerator = accelerator or Accelerator(
-            cpu=cpu_only(),  # several CPU processes form one gloo group (see `cpu_only`)
-            mixed_precision=None,  # the run's precision is its own (see `hf_sfm.utils.precision`), not the process's
-            log_with=(args.report_to if args.report_to != ["all"] else "all") or None,
-            project_dir=args.output_dir,
-        )
+        self.accelerator = accelerator or run_accelerator(args)
         set_seed(args.seed)
         self.real_data = RealData.from_config(train_dataset, args)
         self.real_data.check_distillable(args.init)

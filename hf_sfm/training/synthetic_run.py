@@ -20,8 +20,20 @@ from ..backbone.memory import embed_in_chunks
 from ..methods import DistillationMethod, MethodContext
 from ..synthesis.augment import Augmentation
 from ..synthesis.synthetic import SyntheticImages
-from ..utils.distributed import all_reduce_sum, gather_parameters, gather_shards, shard_parameters
+from ..utils.distributed import all_reduce_sum, cpu_only, gather_parameters, gather_shards, shard_parameters
 from .health import RunHealth, warn_if_pyramid_incomplete
+
+
+def run_accelerator(args) -> Accelerator:
+    """The `Accelerator` a run shards its synthetic images over when the user passes none: several CPU processes
+    form one gloo group (`cpu_only`), and the run's precision is its own (`hf_sfm.utils.precision`), not the
+    process's."""
+    return Accelerator(
+        cpu=cpu_only(),
+        mixed_precision=None,
+        log_with=(args.report_to if args.report_to != ["all"] else "all") or None,
+        project_dir=args.output_dir,
+    )
 
 
 def reduce_sum_of(accelerator: Accelerator):
