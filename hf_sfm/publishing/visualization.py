@@ -49,8 +49,13 @@ def save_image_grid(
     **kwargs,
 ) -> Path:
     """Save the labelled grid as a PNG at `path`; an existing file hf_sfm did not write is refused (see `io_utils`)."""
+    return save_png(image_grid(images, labels, class_names, **kwargs), path, overwrite, flag)
+
+
+def save_png(picture, path: str | Path, overwrite: bool = False, flag: str = "overwrite=True") -> Path:
+    """Write a PIL picture as a PNG at `path`, atomically; an existing file hf_sfm did not write is refused."""
     with atomic_path(path, overwrite, flag) as staged:
-        image_grid(images, labels, class_names, **kwargs).save(staged, format="PNG")
+        picture.save(staged, format="PNG")
     return Path(path)
 
 
@@ -111,6 +116,5 @@ def save_comparison_grid(
     **kwargs,
 ) -> Path:
     """Save `comparison_grid` as a PNG at `path`; an existing file hf_sfm did not write is refused (see `io_utils`)."""
-    with atomic_path(path, overwrite, flag) as staged:
-        comparison_grid(starting_images, distilled_images, labels, class_names, **kwargs).save(staged, format="PNG")
-    return Path(path)
+    picture = comparison_grid(starting_images, distilled_images, labels, class_names, **kwargs)
+    return save_png(picture, path, overwrite, flag)
