@@ -51,6 +51,8 @@ class DistillationConfig:
             `"sfm_decouple"` (class-mean matching) or `"lgm"` (the peer).
         method_kwargs: the method's own settings (its `config_class`), e.g. `{"rounds": 3}` for LGM.
         ipc: synthetic images per class.
+        backbone_weights: with several backbones (`Distiller(model=[...])`), the weight of each one's loss in the
+            step's weighted mean (None: equal).
 
     > Images
         image_size: resolution of the synthetic images; crop_size: resolution the backbone sees.
@@ -129,6 +131,10 @@ class DistillationConfig:
         metadata={"help": "The method's own settings as a dict (or JSON string), e.g. '{\"rounds\": 3}' for lgm."},
     )
     ipc: int = field(default=1, metadata={"help": "Synthetic images per class."})
+    backbone_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Several backbones: each one's loss weight, in model order (None: equal)."},
+    )
 
     # Optimisation
     num_steps: int = field(default=300, metadata={"help": "Optimisation steps on the synthetic images."})
@@ -356,6 +362,10 @@ class DistillationConfig:
         if self.method_kwargs is not None and not isinstance(self.method_kwargs, dict):
             raise ValueError(f"DistillationConfig.method_kwargs must be a dict, got {self.method_kwargs!r}.")
         self.method_config()  # unknown or invalid method settings fail here, before any work
+        if self.backbone_weights is not None:  # the length is checked against the models by the Distiller
+            from .backbone.group import loss_weights
+
+            loss_weights(self.backbone_weights, len(self.backbone_weights))
         self.report_to = self._trackers(self.report_to)
         if isinstance(self.eval_baselines, str):
             self.eval_baselines = [name.strip() for name in self.eval_baselines.split(",") if name.strip()]

@@ -24,7 +24,8 @@ from accelerate.utils import broadcast_object_list, set_seed
 from transformers import TrainerCallback, TrainerControl
 from transformers.trainer_utils import TrainOutput
 
-from .backbone.frozen import FeatureFn, FrozenBackbone
+from .backbone.frozen import FeatureFn
+from .backbone.group import FrozenBackbones, as_list
 from .config import DistillationConfig
 from .data.real_data import RealData
 from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator
@@ -34,7 +35,7 @@ from .synthesis.synthetic import SyntheticImages, synthetic_labels
 from .training.callbacks import CallbackHandler, GridCallback, TrackersCallback, new_state
 from .training.run_outputs import RunOutputs
 from .training.run_state import RunCheckpointer, run_fingerprint, train_metrics
-from .training.statistics_cache import ClassStatistics, StatisticsCache
+from .training.statistics_cache import ClassStatistics, StatisticsCaches
 from .training.synthetic_run import (
     SyntheticRun,
     create_method,
@@ -51,7 +52,9 @@ class Distiller:
     """Distil `train_dataset` into `ipc` synthetic images per class for the frozen `model`.
 
     Args:
-        model: any Hugging Face vision model (or `*ForImageClassification`; its head is ignored). Never trained.
+        model: any Hugging Face vision model (or `*ForImageClassification`; its head is ignored). Never trained. A
+            list distils against every one at once (the first is the primary: evaluation default, sizes, init;
+            `image_processor`, `feature_fn` and `statistics` then take a list too; docs/DESIGN.md).
         args: the [`DistillationConfig`].
         train_dataset: a `datasets.Dataset` (or `IterableDataset`) with an image and a label column.
         image_processor: the backbone's image processor; defines input size and normalisation.
@@ -65,13 +68,13 @@ class Distiller:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | list[torch.nn.Module],
         args: DistillationConfig,
         train_dataset: datasets.Dataset | datasets.IterableDataset,
         image_processor: Any = None,
         eval_dataset: datasets.Dataset | None = None,
-        feature_fn: FeatureFn | None = None,
-        statistics: ClassStatistics | None = None,
+        feature_fn: FeatureFn | list[FeatureFn | None] | None = None,
+        statistics: ClassStatistics | list[ClassStatistics] | None = None,
         accelerator: Accelerator | None = None,
         callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None,
         compute_metrics: ComputeMetrics | None = None,
@@ -87,16 +90,21 @@ class Distiller:
         self.outputs = RunOutputs(self.accelerator, args, self.real_data)
         self.output_dir, self.output_lock = self.outputs.output_dir, self.outputs.lock
         self.outputs.acquire()  # a second run in this output_dir is refused now, not after its statistics pass
-        self.model, self.image_processor = model, image_processor
-        self.backbone = FrozenBackbone.from_config(model, image_processor, feature_fn, args, self.accelerator.device)
+        self.backbones = FrozenBackbones.from_config(model, image_processor, feature_fn, args, self.accelerator.device)
+        self.model, self.image_processor, self.backbone = (
+            as_list(model)[0],
+            as_list(image_processor)[0],
+            self.backbones[0],
+        )
         self.feature_extractor, self.preprocessing = self.backbone.feature_extractor, self.backbone.preprocessing
         self.precision = self.backbone.precision
         self.image_size = args.image_size or round(self.preprocessing.crop_size * 8 / 7)
         self.augmentation = Augmentation.from_config(args, output_size=self.preprocessing.crop_size)
-        self.statistics_cache = StatisticsCache.from_config(args, self.accelerator, self.real_data, self.backbone)
-        if statistics is not None:  # checked now: a mismatch would otherwise fail deep inside the loss
-            self.statistics_cache.check(statistics)
-        self.statistics = statistics
+        self.statistics_cache = StatisticsCaches.from_config(args, self.accelerator, self.real_data, self.backbones)
+        self.backbone_statistics = as_list(statistics) if statistics is not None else None  # one per backbone
+        if self.backbone_statistics is not None:  # checked now: a mismatch would otherwise fail deep inside the loss
+            self.statistics_cache.check(self.backbone_statistics)
+        self.statistics = statistics if statistics is None else self.backbone_statistics[0]
         self.synthetic: SyntheticImages | None = None
         self.labels = synthetic_labels(self.num_classes, args.ipc)
         self.losses: list[float] = []
@@ -196,7 +204,8 @@ class Distiller:
         with the same backbone, preprocessing and dataset; refuses a mismatched file with a clear error.
         """
         self.outputs.acquire()
-        self.statistics = self.statistics_cache.load_or_compute(self.args.recompute_statistics)
+        self.backbone_statistics = self.statistics_cache.load_or_compute(self.args.recompute_statistics)
+        self.statistics = self.backbone_statistics[0]  # each backbone's in `backbone_statistics`, the primary's first
         return self.statistics
 
     def init_synthetic(self) -> SyntheticImages:
@@ -215,16 +224,27 @@ class Distiller:
         """`ipc` random real training images per class, class-major, `(C · ipc, 3, S, S)` in `[0, 1]`."""
         return self.real_data.sample_images(self.preprocessing, size or self.image_size, ipc, seed)
 
-    def method_context(self):
-        """The small, typed `MethodContext` of this run a method is built from (never the Distiller itself)."""
+    def method_context(self, class_means: torch.Tensor | None = None):
+        """The small, typed `MethodContext` of this run a method is built from (never the Distiller itself);
+        `class_means` default to the primary backbone's."""
         real_batches = functools.partial(self.real_data.batch_stream, self.preprocessing, self.image_size)
-        return method_context(self.args, self.num_classes, self._means(), real_batches, self.accelerator)
+        means = self._means() if class_means is None else class_means
+        return method_context(self.args, self.num_classes, means, real_batches, self.accelerator)
 
     def create_method(self):
         return create_method(self.args, self.method_context(), self.accelerator)
 
+    def create_methods(self) -> list:
+        """One method per backbone, each built from that backbone's own class means (the primary's first)."""
+        return [create_method(self.args, self.method_context(means), self.accelerator) for means in self._all_means()]
+
     def _means(self) -> torch.Tensor | None:
         return self.statistics.class_means if self.statistics is not None else None
+
+    def _all_means(self) -> list[torch.Tensor | None]:
+        if len(self.backbones) == 1 or self.backbone_statistics is None:
+            return [self._means()]
+        return [self._means(), *(statistics.class_means for statistics in self.backbone_statistics[1:])]
 
     # ------------------------------------------------------------------ the loop
 
@@ -244,9 +264,9 @@ class Distiller:
             self.compute_statistics()
         synthetic = self.init_synthetic()
         self.state = new_state(args, self.accelerator)  # `max_steps`: the run's one source of num_steps
-        method, max_steps = self.create_method(), self.state.max_steps
+        methods, max_steps = self.create_methods(), self.state.max_steps
         run = self._run = SyntheticRun(
-            synthetic, method, self.labels, self.backbone, self.augmentation, self.accelerator, args, max_steps
+            synthetic, methods, self.labels, self.backbones, self.augmentation, self.accelerator, args, max_steps
         )
         self.checkpointer.start(self.checkpoint_fingerprint(), run.generators(), checkpoint)
         if checkpoint is not None:
@@ -295,8 +315,8 @@ class Distiller:
             class_names=self.class_names,
             image_size=self.image_size,
             crop_size=self.preprocessing.crop_size,
-            backbone=self.backbone.identity,
-            class_means=self._means(),
+            backbone=self.backbones.identity,  # every backbone's, and every backbone's class means
+            class_means=FrozenBackbones.joint_means(self._all_means()),
             augmentation=self.augmentation,
             num_processes=self.accelerator.num_processes,
         )
@@ -361,7 +381,7 @@ class Distiller:
         """The synthetic set with what produced it: what export, cards and the Hub take (a collective when sharded)."""
         images, source = self.synthetic_images(), self.source_dataset
         parts = (self.args, self.statistics, self.preprocessing, self.backbone.identity, source)
-        return DistilledSet(images, self.labels, self.class_names, *parts)
+        return DistilledSet(images, self.labels, self.class_names, *parts, backbones=self.backbones.descriptions())
 
     def distilled_dataset(self) -> datasets.Dataset:
         """The synthetic set as a `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""

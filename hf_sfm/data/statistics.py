@@ -279,7 +279,7 @@ def batch_class_sums(
     finite = torch.isfinite(features).all(dim=1)
     if not bool(finite.all()):
         raise FloatingPointError(
-            f"The backbone returned NaN/Inf features for {int((~finite).sum())} of {len(images)} images"
+            f"The backbone returned NaN/Inf features for {int((~finite).sum())} of {len(features)} images"
             + (f" in {rows}" if rows else "")
             + " of the statistics pass. Likely causes: float16 overflow (mixed_precision='fp16'; use 'bf16' or "
             "'no'), a feature_fn that divides by zero, or backbone weights that hold NaN."
@@ -513,8 +513,10 @@ def compute_class_statistics(
 
     What `embed` receives: with `preprocessing`, the batch preprocessed, `(B, 3, S, S)` uint8 on the CPU
     (`ImagePreprocessing.pixels`; `ImagePreprocessing.to_unit_range` gives the `[0, 1]` floats, best after the
-    move to the device); without, `B` RGB `PIL.Image`s. `device` is where `embed` runs: on CUDA, prefetched
-    batches come in pinned memory, so `embed` can move them with `.to(device, non_blocking=True)`.
+    move to the device); without, `B` RGB `PIL.Image`s. Any object with `pixels` serves as `preprocessing`: several
+    backbones' pass (`hf_sfm.backbone.group.JointPreprocessing`) gets one batch per backbone from one decode.
+    `device` is where `embed` runs: on CUDA, prefetched batches come in pinned memory, so `embed` can move them
+    with `.to(device, non_blocking=True)`.
 
     `new_fingerprint` should identify backbone + preprocessing + dataset, so `datasets` caches the pass without
     hashing the model (which would give a new hash every run). The pass is one `datasets.map` whose fingerprint is

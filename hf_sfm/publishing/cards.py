@@ -176,6 +176,7 @@ def dataset_card(
     versions: Mapping[str, str] | None = None,
     template_path: str | Path | None = None,
     record: RunRecord | None = None,
+    backbones: Sequence[Mapping[str, Any]] | None = None,
 ):
     """The dataset card (a `huggingface_hub.DatasetCard`) of a distilled set.
 
@@ -197,6 +198,9 @@ def dataset_card(
         record: the run's `RunRecord`: backbone, source, settings (with the sizes used), probe, where the eval
             images came from, why the run was not evaluated, its warnings. It wins over `config`, `backbone`,
             `source_dataset`. Local paths never reach the card, with or without a record.
+        backbones: every backbone a set distilled against several was made for (`FrozenBackbones.descriptions`:
+            `name`, `revision`, `short_name`, `weight`; the primary first), listed with its accuracy from `metrics`
+            (`eval_accuracy` for the primary, `eval_<short_name>_accuracy` for the others). A record's win.
     """
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -205,6 +209,7 @@ def dataset_card(
         backbone = record.backbone or backbone
         backbone_revision = record.backbone_revision or backbone_revision
         source_dataset = record.source_dataset or source_dataset
+        backbones = record.backbones or backbones
     else:
         run = portable_config(_config_dict(config))
     run = _without_paths(run)
@@ -243,6 +248,7 @@ def dataset_card(
         more_classes=max(0, len(class_names) - 50),
         backbone=backbone or "unknown",
         backbone_revision=backbone_revision or "",
+        distill_backbones=distill_backbone_rows(backbones, metrics),
         source_dataset=source_dataset or "",
         source_is_hub_id=_is_hub_id(source_dataset),
         results=[_portable_row(row) for row in rows],
@@ -257,6 +263,27 @@ def dataset_card(
     )
     validate_card_metadata(card, "dataset")
     return card
+
+
+def distill_backbone_rows(backbones: Sequence[Mapping[str, Any]] | None, metrics: Metrics | None) -> list[dict]:
+    """The card's rows of the backbones a set was distilled for: portable name, revision, loss weight, and the
+    distilled set's accuracy on it where `metrics` have it (`eval_accuracy` for the primary, else
+    `eval_<short_name>_accuracy`; "not evaluated" otherwise)."""
+    dicts = [] if metrics is None else [metrics] if isinstance(metrics, Mapping) else list(metrics)
+    rows = []
+    for index, backbone in enumerate(backbones or []):
+        key = "eval_accuracy" if index == 0 else f"eval_{backbone.get('short_name')}_accuracy"
+        value = next((flat[key] for flat in dicts if isinstance(flat.get(key), int | float)), None)
+        weight = backbone.get("weight")
+        rows.append(
+            {
+                "name": portable_name(str(backbone.get("name") or "")) or "unknown",
+                "revision": backbone.get("revision") or "",
+                "weight": f"{float(weight):.3g}" if weight is not None else "",
+                "accuracy": f"{100 * float(value):.2f}" if value is not None else "not evaluated",
+            }
+        )
+    return rows
 
 
 def _record_fields(record: RunRecord | None, license: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class DistilledSet:
     preprocessing: Any = None
     backbone: dict[str, str] | None = None  # `name` and `revision` (a `FrozenBackbone.identity`)
     source_dataset: str | None = None
+    backbones: list[dict[str, Any]] | None = None  # several distillation backbones (`FrozenBackbones.descriptions`)
 
     def dataset(self) -> datasets.Dataset:
         """A `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""
@@ -42,6 +43,8 @@ class DistilledSet:
     ) -> Path:
         """The folder `load_dataset(path)` and `load_from_disk(path)` read back, with its card (see `export`)."""
         card_kwargs.setdefault("source_dataset", self.source_dataset)
+        if self.backbones and len(self.backbones) > 1:  # the card lists every backbone the set was made for
+            card_kwargs.setdefault("backbones", self.backbones)
         return save_distilled(
             path,
             images=self.images,

@@ -99,6 +99,8 @@ class RunRecord:
         not_evaluated: why the run was not evaluated, when it was not.
         warnings: what the run warned about (`WarningRecorder`), in order, each once.
         data: data settings that change a number (e.g. `max_train_samples`), as given.
+        backbones: with several distillation backbones, each one's `name` (portable), `revision`, `short_name` and
+            loss `weight`, the primary first (empty with one: `backbone` says it).
     """
 
     config: dict[str, Any]
@@ -112,6 +114,7 @@ class RunRecord:
     not_evaluated: str | None = None
     warnings: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    backbones: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -128,6 +131,7 @@ class RunRecord:
         not_evaluated: str | None = None,
         warnings: Iterable[str] = (),
         data: Mapping[str, Any] | None = None,
+        backbones: Iterable[Mapping[str, Any]] = (),
     ) -> RunRecord:
         """The record from the run's parts (a `DistillationConfig` or its dict, a `ProbeConfig` or its dict)."""
         values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -145,6 +149,7 @@ class RunRecord:
             not_evaluated=not_evaluated,
             warnings=list(dict.fromkeys(without_local_paths(message) for message in warnings)),
             data={key: value for key, value in (data or {}).items() if value is not None},
+            backbones=[{**b, "name": portable_name(str(b.get("name") or ""))} for b in backbones],
         )
 
     @property

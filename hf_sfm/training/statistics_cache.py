@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -21,13 +23,14 @@ from accelerate.utils import gather_object
 from datasets.fingerprint import Hasher
 
 from ..backbone.frozen import FrozenBackbone
+from ..backbone.group import FrozenBackbones
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_data import RealData
 from ..data.statistics import ClassStatistics, combine_data_digests, compute_class_statistics, expected_metadata
 from ..utils.versions import library_versions
 from .outputs import STATISTICS_FILE, statistics_lock
 
-__all__ = ["ClassStatistics", "StatisticsCache", "check_statistics_usable", "statistics_key"]
+__all__ = ["ClassStatistics", "StatisticsCache", "StatisticsCaches", "check_statistics_usable", "statistics_key"]
 
 logger = get_logger(__name__)
 
@@ -115,6 +118,15 @@ class StatisticsCache:
         return statistics
 
     def _load_or_compute(self) -> ClassStatistics:
+        statistics = self.load_saved()
+        if statistics is None:
+            statistics = self.compute(self.backbone.embed_pixels)
+            self.save(statistics)
+        return statistics
+
+    def load_saved(self) -> ClassStatistics | None:
+        """The saved statistics when the file exists and matches the key (a mismatch raises); `None` when they
+        must be computed (no file, or `recompute`)."""
         path, real_data = self.path, self.real_data
         if path.exists() and not self.recompute:
             statistics = ClassStatistics.load(path)
@@ -123,19 +135,30 @@ class StatisticsCache:
             statistics.check_compatible(expected, path)
             statistics.check_matches(self.real_data.class_names, self.feature_dim, f"The statistics in {path}")
             logger.info(f"Loaded class statistics from {path}", main_process_only=True)
-        else:
-            if path.exists():
-                logger.info(f"recompute_statistics=True: recomputing {path}.", main_process_only=True)
-            elif self.announce_path:
-                logger.info(f"{path} does not exist yet; computing class statistics into it.", main_process_only=True)
-            statistics = self.compute(self.backbone.embed_pixels)
-            if self.accelerator.is_main_process:
-                statistics.save(path, self.overwrite, "overwrite_output_dir=True")
-            self.accelerator.wait_for_everyone()
-        return statistics
+            return statistics
+        if path.exists():
+            logger.info(f"recompute_statistics=True: recomputing {path}.", main_process_only=True)
+        elif self.announce_path:
+            logger.info(f"{path} does not exist yet; computing class statistics into it.", main_process_only=True)
+        return None
 
-    def compute(self, embed: Callable[[torch.Tensor], torch.Tensor]) -> ClassStatistics:
-        """One pass over this process's shard of the set, the per-class sums all-reduced across processes."""
+    def save(self, statistics: ClassStatistics) -> None:
+        """Write `statistics` to the file (main process), then wait for every process."""
+        if self.accelerator.is_main_process:
+            statistics.save(self.path, self.overwrite, "overwrite_output_dir=True")
+        self.accelerator.wait_for_everyone()
+
+    def compute(
+        self,
+        embed: Callable[[torch.Tensor], torch.Tensor],
+        preprocessing: Any = None,
+        key: Any = None,
+        metadata: dict[str, str] | None = None,
+    ) -> ClassStatistics:
+        """One pass over this process's shard of the set, the per-class sums all-reduced across processes.
+
+        `preprocessing`, `key` and `metadata` default to this cache's (a joint pass of several backbones passes
+        its own: `StatisticsCaches`)."""
         accelerator, real_data = self.accelerator, self.real_data
         dataset = real_data.dataset
         if accelerator.num_processes > 1:
@@ -146,7 +169,8 @@ class StatisticsCache:
             )
         # Each process maps its own shard under its own fingerprint, so no cache file is shared and the passes run
         # side by side (`main_process_first` would only serialise them).
-        fingerprint = Hasher.hash([STATISTICS_FORMAT, self.key, accelerator.process_index, accelerator.num_processes])
+        key = self.key if key is None else key
+        fingerprint = Hasher.hash([STATISTICS_FORMAT, key, accelerator.process_index, accelerator.num_processes])
         quiet = not accelerator.is_local_main_process and datasets.is_progress_bar_enabled()
         if quiet:  # one progress bar per machine
             datasets.disable_progress_bars()
@@ -160,10 +184,11 @@ class StatisticsCache:
                 batch_size=real_data.batch_size,
                 num_proc=real_data.num_proc,
                 new_fingerprint=fingerprint,
-                metadata=self.key,
+                metadata=self.key if metadata is None else metadata,
                 skip_corrupt_images=real_data.skip_corrupt_images,
                 load_from_cache_file=not self.recompute,  # recompute means recompute, not a cache hit
-                preprocessing=self.preprocessing,  # decoded and preprocessed in worker processes on a GPU
+                # decoded and preprocessed in worker processes on a GPU
+                preprocessing=preprocessing or self.preprocessing,
                 device=accelerator.device,
             )
         finally:
@@ -176,6 +201,87 @@ class StatisticsCache:
             if "data_digest" in statistics.metadata:  # a streamed pass: the digest of every process's shard
                 digests = gather_object([statistics.metadata["data_digest"]])
                 statistics.metadata["data_digest"] = combine_data_digests(digests)
+        return statistics
+
+
+class StatisticsCaches:
+    """The statistics of every backbone of a run (`FrozenBackbones`): one `StatisticsCache` (file, key) each.
+
+    Files that exist and match are reused (a mismatch is refused per backbone, as with one); the others are
+    computed together in ONE pass over the data that decodes each image once (`JointPreprocessing`), their
+    features side by side, then split per backbone and saved to each one's own file. The primary's file is
+    `statistics_path` (default `<output_dir>/statistics.safetensors`); backbone `k > 0`'s sits beside it as
+    `<stem>-<short_name>.safetensors`. With one backbone this is exactly its `StatisticsCache`.
+    """
+
+    def __init__(self, caches: list[StatisticsCache], backbones: FrozenBackbones):
+        self.caches, self.backbones = caches, backbones
+
+    @classmethod
+    def from_config(cls, args, accelerator: Accelerator, real_data: RealData, backbones: FrozenBackbones):
+        primary = StatisticsCache.from_config(args, accelerator, real_data, backbones.primary)
+        caches = [primary]
+        for backbone in backbones.members[1:]:
+            path = primary.path.with_name(f"{primary.path.stem}-{backbone.short_name}{primary.path.suffix}")
+            cache = StatisticsCache.from_config(args, accelerator, real_data, backbone)
+            cache.path = path
+            if path.is_dir():
+                raise ValueError(f"{path} (the statistics of {backbone.short_name}) is a folder; move it away.")
+            caches.append(cache)
+        return cls(caches, backbones)
+
+    # The primary's, for callers that know one backbone.
+    real_data = property(lambda self: self.caches[0].real_data)
+    key = property(lambda self: self.caches[0].key)
+    path = property(lambda self: self.caches[0].path)
+
+    def check(self, statistics: list[ClassStatistics]) -> None:
+        """Refuse given statistics (one per backbone, in order) that do not fit their backbone."""
+        if len(statistics) != len(self.caches):
+            raise ValueError(
+                f"statistics= holds {len(statistics)} ClassStatistics for {len(self.caches)} backbones: pass one "
+                "per backbone, in the order of `model=[...]`, or none."
+            )
+        for cache, each in zip(self.caches, statistics, strict=True):
+            cache.check(each, f"The given statistics of {cache.backbone.short_name}")
+
+    def load_or_compute(self, recompute: bool | None = None) -> list[ClassStatistics]:
+        """Every backbone's statistics, in order: reused where they match, the rest computed in one pass."""
+        if len(self.caches) == 1:
+            return [self.caches[0].load_or_compute(recompute)]
+        main = self.caches[0].accelerator.is_main_process
+        with ExitStack() as locks:
+            for cache in self.caches:
+                if recompute is not None:
+                    cache.recompute = recompute
+                locks.enter_context(statistics_lock(cache.path, main))
+            statistics = [cache.load_saved() for cache in self.caches]
+            missing = [index for index, each in enumerate(statistics) if each is None]
+            if missing:
+                for index, computed in zip(missing, self.compute_jointly(missing), strict=True):
+                    self.caches[index].save(computed)
+                    statistics[index] = computed
+        for cache, each in zip(self.caches, statistics, strict=True):
+            if cache.usable is not None:
+                check_statistics_usable(each, cache.real_data, backbone=cache.backbone.class_name, **cache.usable)
+        return statistics
+
+    def compute_jointly(self, indices: list[int]) -> list[ClassStatistics]:
+        """One pass for backbones `indices`: features side by side, each image decoded once, split per backbone."""
+        caches = [self.caches[index] for index in indices]
+        backbones = FrozenBackbones([self.backbones[index] for index in indices], [1.0] * len(indices))
+        joint = caches[0].compute(
+            backbones.embed_pixels,
+            preprocessing=backbones.joint_preprocessing(),
+            key=[cache.key for cache in caches],
+            metadata={},
+        )
+        statistics, start = [], 0
+        for cache in caches:
+            sums = joint.feature_sums[:, start : start + cache.feature_dim].clone()
+            start += cache.feature_dim
+            metadata = {**cache.key, **joint.metadata}
+            statistics.append(ClassStatistics(sums, joint.counts.clone(), list(joint.class_names), metadata))
         return statistics
 
 

@@ -6,19 +6,28 @@ sums, so the result equals a one-process run), the optimiser (rebuilt when a pyr
 moments of the old levels no longer describe the new parameters), the augmentation's generator (which a
 checkpoint saves, so a resumed run draws the same views), and the loss curve, kept on the device and read only
 at logging and saving steps.
+
+Several backbones (`FrozenBackbones`, issue 28): one method per backbone, each with that backbone's own class
+means; the step's loss is their weighted mean. The augmentation runs once per step (`SharedViews`): every backbone
+sees the same views, so the backbones disagree only about what they read, never about which crop they were shown.
+With one backbone the step is exactly the one-backbone step (same draws, same loss, same images).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
 
+from ..backbone.features import FeatureExtractor
 from ..backbone.frozen import FrozenBackbone
+from ..backbone.group import FrozenBackbones
 from ..backbone.memory import embed_in_chunks
 from ..methods import DistillationMethod, MethodContext
-from ..synthesis.augment import Augmentation
+from ..synthesis.augment import Augmentation, resize
 from ..synthesis.synthetic import SyntheticImages
 from ..utils.distributed import all_reduce_sum, cpu_only, gather_parameters, gather_shards, shard_parameters
 from .health import RunHealth, warn_if_pyramid_incomplete
@@ -73,14 +82,49 @@ def create_method(args, context: MethodContext, accelerator: Accelerator) -> Dis
     return args.method_class.from_context(context, args.method_config()).to(accelerator.device)
 
 
+class SharedViews:
+    """The views of one step, drawn once and shared by every backbone.
+
+    The first backbone's method draws (`draw(images)`, the run's augmentation at the largest input size) at each of
+    its `embed` calls; every other backbone's method replays those views in the same order, resampled to its own
+    input size. A method that asks another backbone for other images than the first one did is refused: its
+    backbones would no longer see the same views.
+    """
+
+    def __init__(self, draw: Callable[[torch.Tensor], torch.Tensor], chunk_size: int | None):
+        self.draw, self.chunk_size = draw, chunk_size
+        self.drawn: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def embed_for(self, index: int, feature_extractor: FeatureExtractor, size: int) -> Callable:
+        """The `embed` of backbone `index` (0 draws, the others replay) at input size `size`."""
+        calls = iter(range(1 << 62))
+
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            if index == 0:
+                views = self.draw(images)
+                self.drawn.append((images, views))
+            else:
+                call = next(calls)
+                if call >= len(self.drawn) or self.drawn[call][0] is not images:
+                    raise RuntimeError(
+                        f"Backbone {index}'s method embedded other images than the first backbone's at its call "
+                        f"{call}: the shared views of a step need every method to embed the same images in order."
+                    )
+                views = self.drawn[call][1]
+            return embed_in_chunks(feature_extractor, resize(views, size), self.chunk_size)
+
+        return embed
+
+
 class SyntheticRun:
     """This process's part of a run over `synthetic` (`num_steps` steps of `method`).
 
     Args:
         synthetic: the synthetic images, identical on every process before sharding.
-        method: the loss, called as `method(images, labels, embed)`.
+        method: the loss, called as `method(images, labels, embed)`; with several backbones, one per backbone.
         labels: `(N,)` labels of the whole set.
-        backbone, augmentation: the frozen backbone (with the run's precision) and the views.
+        backbone, augmentation: the frozen backbone (with the run's precision), or `FrozenBackbones` (the first
+            one's precision; the loss weights), and the views.
         accelerator: the processes sharing the set.
         args: the `DistillationConfig` (learning rate, pyramid schedule, chunking, seed, health messages).
         num_steps: the run's length (the loss curve's size).
@@ -89,16 +133,24 @@ class SyntheticRun:
     def __init__(
         self,
         synthetic: SyntheticImages,
-        method: DistillationMethod,
+        method: DistillationMethod | Sequence[DistillationMethod],
         labels: torch.Tensor,
-        backbone: FrozenBackbone,
+        backbone: FrozenBackbone | FrozenBackbones,
         augmentation: Augmentation,
         accelerator: Accelerator,
         args,
         num_steps: int,
     ):
-        self.synthetic, self.method, self.accelerator = synthetic, method, accelerator
+        backbones = backbone if isinstance(backbone, FrozenBackbones) else FrozenBackbones([backbone], [1.0])
+        self.methods = list(method) if isinstance(method, list | tuple) else [method]
+        if len(self.methods) != len(backbones):
+            raise ValueError(f"{len(self.methods)} methods for {len(backbones)} backbones: give one per backbone.")
+        self.synthetic, self.method, self.accelerator = synthetic, self.methods[0], accelerator
+        self.backbones, backbone = backbones, backbones.primary
         self.feature_extractor, self.precision = backbone.feature_extractor, backbone.precision
+        self.input_sizes = [member.preprocessing.crop_size for member in backbones]
+        if len(set(self.input_sizes)) > 1:  # views drawn at the largest input size, resampled down for the others
+            augmentation = dataclasses.replace(augmentation, output_size=max(self.input_sizes))
         self.augmentation = augmentation
         self.num_images = synthetic.num_images
         self.sharded = accelerator.num_processes > 1
@@ -115,6 +167,7 @@ class SyntheticRun:
         )
         self.health.start(synthetic)
         self.losses = torch.zeros(num_steps, device=accelerator.device)
+        self.backbone_losses = torch.zeros(num_steps, len(backbones), device=accelerator.device)
         self._logged_step, self._logged_time = 0, time.perf_counter()
 
     def start_logging(self, step: int) -> None:
@@ -122,8 +175,12 @@ class SyntheticRun:
         self._logged_step, self._logged_time = step, time.perf_counter()
 
     def generators(self) -> dict[str, torch.Generator]:
-        """The generators a checkpoint must save: the augmentation's and the method's own."""
-        return {"augmentation": self.generator, **{f"method.{n}": g for n, g in self.method.generators().items()}}
+        """The generators a checkpoint must save: the augmentation's and the methods' own."""
+        generators = {"augmentation": self.generator}
+        for index, method in enumerate(self.methods):
+            prefix = "method" if index == 0 else f"method{index}"
+            generators.update({f"{prefix}.{n}": g for n, g in method.generators().items()})
+        return generators
 
     def new_optimizer(self, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, lr=self.learning_rate)
@@ -134,11 +191,26 @@ class SyntheticRun:
         With several processes the synthetic shard draws the views of all `num_images` images and keeps its own,
         so every image gets the view it would get in one process; other images (LGM's real batches) draw for
         themselves."""
+        return embed_in_chunks(self.feature_extractor, self.views(images), self.embed_chunk_size)
+
+    def views(self, images: torch.Tensor) -> torch.Tensor:
+        """One augmented view per image (see `embed`)."""
         if self.sharded and images is self._current:
-            views = self.augmentation(images, self.generator, shard=slice(*self.shard), total=self.num_images)
-        else:
-            views = self.augmentation(images, self.generator)
-        return embed_in_chunks(self.feature_extractor, views, self.embed_chunk_size)
+            return self.augmentation(images, self.generator, shard=slice(*self.shard), total=self.num_images)
+        return self.augmentation(images, self.generator)
+
+    def loss(self, images: torch.Tensor, step: int) -> torch.Tensor:
+        """The step's loss on the decoded shard `images`: the method's, or the weighted mean of every backbone's
+        method on the same views (each backbone's own loss is kept for the logs)."""
+        if len(self.methods) == 1:
+            return self.method(images, self.labels, self.embed)
+        views = SharedViews(self.views, self.embed_chunk_size)
+        losses = [
+            method(images, self.labels, views.embed_for(index, member.feature_extractor, size))
+            for index, (method, member, size) in enumerate(zip(self.methods, self.backbones, self.input_sizes))
+        ]
+        self.backbone_losses[step] = torch.stack([loss.detach().float() for loss in losses])
+        return sum(weight * loss for weight, loss in zip(self.backbones.weights, losses, strict=True))
 
     def step(self, step: int) -> None:
         """Run step `step` (0-based): its loss joins the curve on the device (no host sync)."""
@@ -147,7 +219,7 @@ class SyntheticRun:
             self.optimizer = self.new_optimizer(synthetic.active_parameters())
         with self.precision.autocast():
             self._current = synthetic.decode()
-            loss = self.method(self._current, self.labels, self.embed)
+            loss = self.loss(self._current, step)
         self._current = None
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)
@@ -173,6 +245,9 @@ class SyntheticRun:
             "seconds_per_step": (now - self._logged_time) / (steps - self._logged_step),
             "pyramid_levels": int(self.synthetic.num_active_levels),
         }
+        if len(self.backbones) > 1:  # each backbone's own loss, by its short name
+            window = self.backbone_losses[self._logged_step : steps].mean(dim=0).tolist()
+            logs.update({f"loss_{name}": value for name, value in zip(self.backbones.short_names, window)})
         self._logged_step, self._logged_time = steps, now
         return logs
 
