@@ -91,11 +91,8 @@ class Distiller:
         self.output_dir, self.output_lock = self.outputs.output_dir, self.outputs.lock
         self.outputs.acquire()  # a second run in this output_dir is refused now, not after its statistics pass
         self.backbones = FrozenBackbones.from_config(model, image_processor, feature_fn, args, self.accelerator.device)
-        self.model, self.image_processor, self.backbone = (
-            as_list(model)[0],
-            as_list(image_processor)[0],
-            self.backbones[0],
-        )
+        self.model, self.image_processor = as_list(model)[0], as_list(image_processor)[0]  # the primary's
+        self.backbone = self.backbones.primary
         self.feature_extractor, self.preprocessing = self.backbone.feature_extractor, self.backbone.preprocessing
         self.precision = self.backbone.precision
         self.image_size = args.image_size or round(self.preprocessing.crop_size * 8 / 7)
@@ -118,7 +115,7 @@ class Distiller:
         self._run: SyntheticRun | None = None
         self.evaluator = DistilledSetEvaluator(
             self.feature_extractor,
-            image_processor,
+            self.image_processor,
             self.real_data,
             image_size=self.image_size,
             crop_size=args.crop_size,

