@@ -46,9 +46,12 @@ logger = logging.getLogger("recipes.distill")
 class ModelArguments:
     """The frozen backbone."""
 
-    model_name_or_path: str | None = field(
+    model_name_or_path: list[str] | None = field(
         default=None,
-        metadata={"help": "Hub id or local folder of any vision backbone (default: the embedded EfficientNet-Lite0)."},
+        metadata={
+            "help": "Hub id or local folder of any vision backbone (default: the embedded EfficientNet-Lite0). "
+            "Several distil against all of them at once, the first the primary (see --backbone_weights)."
+        },
     )
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the backbone."})
     model_class: str | None = field(
@@ -227,6 +230,7 @@ def parse_all_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, Distil
             parser.error(f"{known.config} sets unknown arguments {unknown}; see `python recipes/distill.py --help`.")
         parser.set_defaults(**values)
     *arguments, spellings = parser.parse_args_into_dataclasses(args=argv)
+    arguments[0].model_name_or_path = single_or_list(arguments[0].model_name_or_path)  # several backbones
     apply_trainer_spellings(spellings, arguments[3], [*argv, *(f"--{key}" for key in values)] if known.config else argv)
     return (*arguments, spellings)
 
@@ -262,6 +266,48 @@ def load_backbone(model_args) -> tuple[torch.nn.Module, Any]:
         logger.info(f"Unused checkpoint weights (e.g. a classification head): {len(loading['unexpected_keys'])}.")
     processor = AutoImageProcessor.from_pretrained(path, **kwargs)
     return model, processor
+
+
+# ---------------------------------------------------------------------------------------------- several backbones
+
+
+def single_or_list(names: str | list[str] | None) -> str | list[str] | None:
+    """`--model_name_or_path a` is one backbone, as before (a str); `a b` distils against both (a list)."""
+    if isinstance(names, list | tuple):
+        return names[0] if len(names) == 1 else list(names) or None
+    return names
+
+
+def primary(value: Any) -> Any:
+    """The primary backbone's entry of a per-backbone list (a single value is its own)."""
+    return value[0] if isinstance(value, list | tuple) else value
+
+
+def load_backbones(model_args) -> tuple[Any, Any]:
+    """`load_backbone` for each `model_name_or_path` (same revision and class): a model and a processor, or a
+    list of each for several backbones, which `Distiller` takes as they are."""
+    names = model_args.model_name_or_path
+    if not isinstance(names, list | tuple):
+        return load_backbone(model_args)
+    loaded = [load_backbone(dataclasses.replace(model_args, model_name_or_path=name)) for name in names]
+    return [model for model, _ in loaded], [processor for _, processor in loaded]
+
+
+def evaluate_other_backbones(distiller: Distiller, processors: Any, feature_pooling: str | None) -> dict[str, Any]:
+    """The distilled set probed on every distillation backbone after the primary, under `eval_<short_name>_*`
+    keys (the card reads `eval_<short_name>_accuracy`); empty with one backbone."""
+    metrics: dict[str, Any] = {}
+    others = list(zip(distiller.backbones.members, processors, strict=True))[1:] if len(distiller.backbones) > 1 else []
+    for backbone, processor in others:
+        metrics.update(
+            distiller.evaluate(
+                metric_key_prefix=f"eval_{backbone.short_name}",
+                eval_model=backbone.feature_extractor.model,
+                eval_image_processor=processor,
+                eval_feature_fn=feature_pooling,
+            )
+        )
+    return metrics
 
 
 def is_saved_dataset(path: str | Path) -> bool:
@@ -453,12 +499,12 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
         logger.warning(warning)
     transformers.set_seed(config.seed)
     with state.main_process_first():  # one download per machine
-        model, processor = load_backbone(model_args)
+        model, processor = load_backbones(model_args)
         train, evaluation = load_data(data_args, config.seed)
     not_evaluated = why_not_evaluated(data_args, run_args, evaluation)
     if not_evaluated and state.is_main_process and run_args.do_eval:  # said now, not after the distillation
         logger.warning(f"This run will not be evaluated: {not_evaluated}.")
-    if state.is_main_process and (warning := check_image_sizes(train, config, processor)):
+    if state.is_main_process and (warning := check_image_sizes(train, config, primary(processor))):
         logger.warning(warning)
     finished_before = _finished_step(config)
     distiller = Distiller(
@@ -477,6 +523,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
     metrics = None
     if not not_evaluated:
         metrics = distiller.evaluate()
+        metrics.update(evaluate_other_backbones(distiller, processor, model_args.feature_pooling))
         distiller.log_metrics("eval", metrics)
         distiller.save_metrics("eval", metrics)
     classifier = None
@@ -492,7 +539,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
     record = RunRecord.build(
         config,
         probe=distiller.evaluator.probe if metrics is not None else None,
-        backbone=model_args.model_name_or_path or "hf_sfm's embedded EfficientNet-Lite0",
+        backbone=primary(model_args.model_name_or_path) or "hf_sfm's embedded EfficientNet-Lite0",
         backbone_revision=distiller.backbone.identity["revision"],
         image_size=distiller.image_size,
         crop_size=distiller.preprocessing.crop_size,
@@ -500,6 +547,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
         eval_split=eval_split_of(data_args, evaluation, config.seed) if metrics is not None else None,
         not_evaluated=not_evaluated,
         warnings=warnings.messages,
+        backbones=distiller.backbones.descriptions() if len(distiller.backbones) > 1 else (),
         data={
             "train_split": data_args.train_split,
             "max_train_samples": data_args.max_train_samples,

@@ -1,8 +1,12 @@
 """Distilling against several backbones at once (issue 28): the loss, the shared views, the one-pass statistics,
 resume, the card. Tiny random backbones: a ViT at 32 px (the primary) and a ResNet at 24 px."""
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
@@ -15,6 +19,8 @@ from hf_sfm.backbone.memory import embed_in_chunks
 from hf_sfm.synthesis.augment import resize
 from hf_sfm.training.checkpointing import RUN_STATE_FILE
 from hf_sfm.training.synthetic_run import SyntheticRun
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "distill.py"
 
 SETTINGS = dict(
     ipc=2,
@@ -279,3 +285,45 @@ def test_a_one_backbone_card_has_no_backbone_list(tmp_path):
 )
 def test_short_names_are_path_free_slugs(name, short):
     assert short_name_of(name) == short
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("distill_recipe_multi", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the annotations through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recipe_takes_a_list_of_backbones_and_its_card_lists_them(tmp_path):
+    recipe = load_recipe()
+    model_args = recipe.parse_args(["--model_name_or_path", "some/backbone"])[0]
+    assert model_args.model_name_or_path == "some/backbone"  # one value: today's behaviour
+    model_args, _, _, config = recipe.parse_args(["--model_name_or_path", "a/x", "b/y", "--backbone_weights", "1", "3"])
+    assert model_args.model_name_or_path == ["a/x", "b/y"] and config.backbone_weights == [1.0, 3.0]
+    vit().save_pretrained(tmp_path / "vit-a")
+    tiny_image_processor(32).save_pretrained(tmp_path / "vit-a")
+    resnet().save_pretrained(tmp_path / "resnet-b")
+    tiny_image_processor(24).save_pretrained(tmp_path / "resnet-b")
+    splits = {"train": color_dataset(3, 6), "test": color_dataset(3, 4, seed=1)}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "data"))
+    output_dir = tmp_path / "run"
+    result = recipe.main(
+        [
+            "--model_name_or_path", str(tmp_path / "vit-a"), str(tmp_path / "resnet-b"), "--backbone_weights", "1", "3",
+            "--dataset_name", str(tmp_path / "data"), "--output_dir", str(output_dir), "--num_steps", "2",
+            "--probe_epochs", "2", "--eval_runs", "1", "--eval_baselines", "centroids", "--save_grid", "false",
+        ]
+    )  # fmt: skip
+    metrics = result["eval"]
+    assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_resnet-b_accuracy"] <= 1
+    assert "eval_resnet-b_centroids_accuracy" in metrics
+    saved = json.loads((output_dir / "eval_results.json").read_text())
+    assert saved["eval_resnet-b_accuracy"] == metrics["eval_resnet-b_accuracy"]
+    assert (output_dir / "statistics-resnet-b.safetensors").is_file()
+    card = (output_dir / "distilled" / "README.md").read_text()
+    rows = [line for line in card.splitlines() if line.startswith("| `") and "(a local checkpoint)" in line]
+    assert [row.split("`")[1] for row in rows] == ["vit-a (a local checkpoint)", "resnet-b (a local checkpoint)"]
+    assert f"| 0.25 | {100 * metrics['eval_accuracy']:.2f} |" in rows[0]
+    assert f"| 0.75 | {100 * metrics['eval_resnet-b_accuracy']:.2f} |" in rows[1]
+    assert str(tmp_path) not in card
