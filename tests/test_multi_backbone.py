@@ -327,3 +327,26 @@ def test_the_recipe_takes_a_list_of_backbones_and_its_card_lists_them(tmp_path):
     assert f"| 0.25 | {100 * metrics['eval_accuracy']:.2f} |" in rows[0]
     assert f"| 0.75 | {100 * metrics['eval_resnet-b_accuracy']:.2f} |" in rows[1]
     assert str(tmp_path) not in card
+
+
+def test_the_joint_pass_through_decoding_workers_equals_the_in_process_pass(tmp_path):
+    """On a GPU the statistics pass decodes in `DataLoader` workers; the joint preprocessing must survive them."""
+    distiller = two_backbones(tmp_path)
+    backbones = distiller.backbones
+    dataset = color_dataset()
+    sums = []
+    for workers in (0, 1):
+        statistics = statistics_module.compute_class_statistics(
+            dataset,
+            backbones.embed_pixels,
+            image_column="image",
+            label_column="label",
+            class_names=distiller.class_names,
+            batch_size=5,
+            preprocessing=backbones.joint_preprocessing(),
+            num_workers=workers,
+            load_from_cache_file=False,
+        )
+        sums.append(statistics.feature_sums)
+    assert sums[0].shape == (3, 32 + 16)
+    torch.testing.assert_close(sums[0], sums[1], rtol=0, atol=1e-9)
