@@ -3,6 +3,8 @@ resume, the card. Tiny random backbones: a ViT at 32 px (the primary) and a ResN
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import datasets
 import pytest
 import torch
 from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
+from safetensors.torch import load_file
 
 import hf_sfm.data.statistics as statistics_module
 import hf_sfm.training.statistics_cache as statistics_cache
@@ -350,3 +353,49 @@ def test_the_joint_pass_through_decoding_workers_equals_the_in_process_pass(tmp_
         sums.append(statistics.feature_sums)
     assert sums[0].shape == (3, 32 + 16)
     torch.testing.assert_close(sums[0], sums[1], rtol=0, atol=1e-9)
+
+
+LAUNCH = [
+    sys.executable, "-m", "accelerate.commands.launch",
+    "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+]  # fmt: skip
+# 3 classes x ipc 3 = 9 images: uneven shards (5 + 4).
+SHARDED_RUN = [
+    "--ipc",
+    "3",
+    "--num_steps",
+    "4",
+    "--learning_rate",
+    "0.05",
+    "--init",
+    "noise",
+    "--augment_noise",
+    "true",
+]
+SHARDED_RUN += ["--statistics_batch_size", "4", "--do_eval", "false", "--save_grid", "false"]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_statistics_and_images_of_one_with_two_backbones(tmp_path):
+    for name, model, size in (("vit-a", vit(), 32), ("resnet-b", resnet(), 24)):
+        model.save_pretrained(tmp_path / name)
+        tiny_image_processor(size).save_pretrained(tmp_path / name)
+    datasets.DatasetDict({"train": color_dataset(3, 7)}).save_to_disk(str(tmp_path / "data"))
+    argv = ["--model_name_or_path", str(tmp_path / "vit-a"), str(tmp_path / "resnet-b")]
+    argv += ["--dataset_name", str(tmp_path / "data"), *SHARDED_RUN]
+    load_recipe().main([*argv, "--output_dir", str(tmp_path / "one")])
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1", PYTHONPATH=str(RECIPE.parents[1]))
+    command = [*LAUNCH, str(RECIPE), *argv, "--output_dir", str(tmp_path / "two")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert '"num_processes": 2' in (tmp_path / "two" / "train_results.json").read_text()
+    for file in ("statistics.safetensors", "statistics-resnet-b.safetensors"):
+        one, two = load_file(str(tmp_path / "one" / file)), load_file(str(tmp_path / "two" / file))
+        assert torch.equal(one["counts"], two["counts"])
+        # Another split of the data gives other batches: a convolution's float32 rounding may differ in the last bit.
+        torch.testing.assert_close(one["feature_sums"], two["feature_sums"], rtol=1e-6, atol=1e-6)
+    images = [
+        load_file(str(tmp_path / run / "distilled" / "synthetic.safetensors"))["images"] for run in ("one", "two")
+    ]
+    torch.testing.assert_close(images[1], images[0], rtol=0, atol=1e-5)
+    assert (images[1] - images[0]).abs().max() < 1e-5 < (images[1] - images[1].roll(1, 0)).abs().max()
