@@ -401,12 +401,20 @@ class Distiller:
         or inside output_dir with `overwrite_output_dir`."""
         path = Path(path) if path is not None else self.output_dir / "distilled"
         replace, flag = self.outputs.overwrite_for(path, overwrite)
+        card_kwargs.setdefault("selection", self.selection_record())
         distilled = self.distilled_set()
         self.outputs.acquire()
         if self.accelerator.is_main_process:
             distilled.save(path, metrics, overwrite=replace, flag=flag, **card_kwargs)
         self.accelerator.wait_for_everyone()
         return path
+
+    def selection_record(self, split: str | None = None) -> dict[str, Any] | None:
+        """Which step was kept and why (metric, value, evaluated steps, the split it was chosen on: `split` in words,
+        else the carved validation split or "the eval_dataset given"); None without best-step selection."""
+        if self.best_step is None:
+            return None
+        return self.best_step.selection_record(self.args, self.state.max_steps, self.validation_split, split)
 
     def save_grid(self, path: str | Path, overwrite: bool = False) -> Path:
         """The labelled PNG grid of the synthetic images at `path` (a file: an existing one must be hf_sfm's, or

@@ -156,6 +156,26 @@ class BestStep:
         self.levels = [tensors[f"best.level.{i}"].clone() for i in range(count)]
         self.record(state)
 
+    def selection_record(
+        self, args, num_steps: int, validation_split: Any = None, split: str | None = None
+    ) -> dict[str, Any] | None:
+        """The run record's and the card's account of the selection (`cards.selection_text`): the summary, whether
+        the kept step is what the run hands out, and the split it was chosen on (a carved `ValidationSplit`, or
+        `split` in words)."""
+        summary = self.summary()
+        if summary is None:
+            return None
+        carved = None
+        if validation_split is not None:
+            carved = {**validation_split.to_dict(), "description": validation_split.description()}
+        return {
+            **summary,
+            "load_best_model_at_end": bool(args.load_best_model_at_end),
+            "num_steps": num_steps,
+            "validation_split": carved,
+            "selection_split": split or ("the carved validation split" if carved else "the eval_dataset given"),
+        }
+
     def summary(self) -> dict[str, Any] | None:
         """What the card says about the kept step: metric, value, and the evaluated steps it was chosen among."""
         if not self.has_best:
