@@ -352,3 +352,30 @@ def test_the_recipe_selects_on_validation_and_reports_on_test(tmp_path):
     run = json.loads((output_dir / "distilled" / "distillation_config.json").read_text())
     assert run["selection"]["selection_split"] == "the dataset's real `validation` split"
     assert run["run"]["data"].get("validation_split") is None  # nothing carved: the dataset had one
+
+
+@pytest.mark.slow
+def test_two_processes_keep_the_best_step_of_one(tmp_path):
+    """Sharded parameters: the copy gathers every process's rows. `num_test_images` is the same at every
+    evaluation, so the first evaluated step (2) wins every tie: the kept set is the 2-step run's, made by one
+    process, while the pyramid grows to more levels afterwards."""
+    from test_distributed import RUN, launch_two_processes, load_recipe
+
+    root = tmp_path / "assets"
+    build_backbone("vit").save_pretrained(root / "vit")
+    tiny_image_processor().save_pretrained(root / "vit")
+    datasets.DatasetDict({"train": color_dataset(3, 7)}).save_to_disk(str(root / "data"))
+    select = ["--eval_steps", "2", "--metric_for_best_model", "num_test_images", "--load_best_model_at_end", "true"]
+    select += ["--eval_runs", "1", "--probe_epochs", "2"]
+    launch_two_processes(root, tmp_path / "two", *select)
+    argv = ["--model_name_or_path", str(root / "vit"), "--dataset_name", str(root / "data")]
+    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}
+    try:
+        load_recipe().main([*argv, "--output_dir", str(tmp_path / "one"), *RUN, *select, "--num_steps", "2"])
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    state = json.loads((tmp_path / "two" / "trainer_state.json").read_text())
+    assert state["best_global_step"] == 2 and state["global_step"] == 6
+    two, one = (load_file(str(tmp_path / d / "distilled" / "synthetic.safetensors"))["images"] for d in ("two", "one"))
+    torch.testing.assert_close(two, one, rtol=0, atol=1e-5)

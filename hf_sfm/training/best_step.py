@@ -21,6 +21,7 @@ from ..synthesis.synthetic import SyntheticImages
 from ..utils.distributed import gather_shards
 
 DEFAULT_METRICS = ("accuracy", "accuracy_std", "top5_accuracy", "top5_accuracy_std")
+REPORT_NUMBERS = ("runs", "num_test_images", "probe_epochs", "probe_views", "runtime")  # also in every report
 
 
 def check_best_metric(metric: str | None, eval_models: list, custom_metrics: bool = False) -> None:
@@ -28,8 +29,9 @@ def check_best_metric(metric: str | None, eval_models: list, custom_metrics: boo
     `compute_metrics` the names are known only at the first evaluation, where `BestStep.value_of` checks them)."""
     if metric is None or custom_metrics:
         return
-    names = [f"eval_{name}" for name in DEFAULT_METRICS]
-    names += [f"eval_{model.name}_{name}" for model in eval_models for name in DEFAULT_METRICS]
+    produced = (*DEFAULT_METRICS, *REPORT_NUMBERS)
+    names = [f"eval_{name}" for name in produced]
+    names += [f"eval_{model.name}_{name}" for model in eval_models for name in produced]
     names += ["eval_mean_accuracy"] if eval_models else []
     if metric not in names:
         hint = " (eval_mean_accuracy needs eval_models=)" if metric == "eval_mean_accuracy" else ""
