@@ -379,3 +379,16 @@ def test_two_processes_keep_the_best_step_of_one(tmp_path):
     assert state["best_global_step"] == 2 and state["global_step"] == 6
     two, one = (load_file(str(tmp_path / d / "distilled" / "synthetic.safetensors"))["images"] for d in ("two", "one"))
     torch.testing.assert_close(two, one, rtol=0, atol=1e-5)
+
+
+def test_a_resume_that_changes_the_metric_starts_the_selection_over(tmp_path, caplog):
+    first, _ = scripted(tmp_path / "b", {2: 0.9, 4: 0.3, 6: 0.5}, save_steps=2)
+    first.add_callback(StopAt(4))
+    first.train()
+    resumed, _ = scripted(
+        tmp_path / "b", {6: 0.5}, greater_is_better=False, save_steps=2, resume_from_checkpoint="latest"
+    )
+    with caplog.at_level(logging.WARNING, logger="hf_sfm"):
+        resumed.train()
+    assert "starts over" in caplog.text
+    assert resumed.state.best_global_step == 6 and resumed.best_step.evaluated_steps == [6]

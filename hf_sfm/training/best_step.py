@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from transformers import TrainerState
 
 from ..synthesis.synthetic import SyntheticImages
 from ..utils.distributed import gather_shards
+
+logger = get_logger(__name__)
 
 DEFAULT_METRICS = ("accuracy", "accuracy_std", "top5_accuracy", "top5_accuracy_std")
 REPORT_NUMBERS = ("runs", "num_test_images", "probe_epochs", "probe_views", "runtime")  # also in every report
@@ -111,6 +114,7 @@ class BestStep:
         self.num_active_levels, self.decode_all_levels = int(synthetic.num_active_levels), synthetic.decode_all_levels
         self.step, self.value = step, value
         self.record(state)
+        logger.info(f"Best step so far: {step} ({self.metric} = {value:.4g})")
         return True
 
     def record(self, state: TrainerState) -> None:
@@ -133,7 +137,11 @@ class BestStep:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The best step as plain tensors (a checkpoint's loop state saves them; never pickled)."""
-        evaluated = {"best.evaluated_steps": torch.tensor(self.evaluated_steps, dtype=torch.int64)}
+        evaluated = {
+            "best.evaluated_steps": torch.tensor(self.evaluated_steps, dtype=torch.int64),
+            "best.metric": torch.tensor(list(self.metric.encode()), dtype=torch.uint8),
+            "best.greater_is_better": torch.tensor([int(self.greater_is_better)]),
+        }
         if not self.has_best:
             return evaluated if self.evaluated_steps else {}
         return {
@@ -146,7 +154,16 @@ class BestStep:
         }
 
     def load(self, tensors: dict[str, torch.Tensor], state: TrainerState) -> None:
-        """Take back what `tensors()` saved (nothing saved: no best step yet)."""
+        """Take back what `tensors()` saved (nothing saved: no best step yet). A best step chosen on another metric
+        or direction is not comparable: the resumed run starts the selection over, and says so."""
+        if "best.metric" in tensors:
+            saved = (bytes(tensors["best.metric"].tolist()).decode(), bool(tensors["best.greater_is_better"][0]))
+            if saved != (self.metric, self.greater_is_better):
+                logger.warning(
+                    f"The checkpoint's best step was chosen on {saved[0]} (greater_is_better={saved[1]}); this run "
+                    f"selects on {self.metric} (greater_is_better={self.greater_is_better}), so it starts over."
+                )
+                return
         if "best.evaluated_steps" in tensors:
             self.evaluated_steps = [int(step) for step in tensors["best.evaluated_steps"].tolist()]
         if "best.step" not in tensors:
