@@ -279,7 +279,8 @@ def selection_text(selection: Mapping[str, Any] | None) -> str:
         f"{kept} the synthetic set at step {selection['step']} of {selection.get('num_steps', '?')}: its "
         f"`{selection['metric']}` = {float(selection['value']):.4g} was the {direction} of the {len(steps)} "
         f"evaluated steps ({', '.join(str(step) for step in steps)}). The step was chosen on {where}, with the "
-        "fast probe protocol; the results above are on the evaluation images named there, not on this split."
+        f"`{selection.get('probe_protocol', 'fast')}` probe protocol; the results table above is on the evaluation "
+        "images it names, not on this split."
     )
 
 

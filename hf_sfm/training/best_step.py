@@ -191,6 +191,7 @@ class BestStep:
             **summary,
             "load_best_model_at_end": bool(args.load_best_model_at_end),
             "num_steps": num_steps,
+            "probe_protocol": args.probe_protocol,
             "validation_split": carved,
             "selection_split": split or ("the carved validation split" if carved else "the eval_dataset given"),
         }
