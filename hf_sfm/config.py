@@ -73,6 +73,12 @@ class DistillationConfig:
             `near_mean`, `neighbors`, `full_dataset`).
         probe_learning_rate: a fixed probe rate for short probes (None: the papers' `1e-3 · batch / 256`).
 
+    > Best step (as in `TrainingArguments`; docs/DESIGN.md "Best-step selection")
+        metric_for_best_model, greater_is_better, load_best_model_at_end: compare every in-training evaluation on
+            this metric and hand out the best step's images at the end.
+        validation_split_size, validation_split_seed: the split carved out of the training set for the selection
+            when no eval_dataset is given (stratified by label; removed from what the statistics and init read).
+
     > Logging and saving
         output_dir, overwrite_output_dir, logging_steps, save_steps, save_grid.
         save_total_limit, resume_from_checkpoint: checkpoints `<output_dir>/checkpoint-<step>` and resuming from them.
@@ -203,6 +209,33 @@ class DistillationConfig:
             "cannot move the head in a short probe on few images (the run warns then): e.g. 1e-2 with probe_epochs "
             "50. None: the papers' protocol."
         },
+    )
+
+    # Best step (Trainer's spellings)
+    metric_for_best_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The evaluation metric that picks the best step, e.g. 'accuracy' or 'mean_accuracy' ('eval_' is "
+            "added as Trainer does). Default with load_best_model_at_end: 'accuracy'."
+        },
+    )
+    greater_is_better: bool | None = field(
+        default=None,
+        metadata={"help": "Whether a larger metric is better (default: False only for names ending in 'loss')."},
+    )
+    load_best_model_at_end: bool = field(
+        default=False,
+        metadata={"help": "End with the best evaluated step's images (needs eval_steps); the last step competes."},
+    )
+    validation_split_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "Best-step selection without an eval_dataset carves this share (0 < f < 1) or number of training "
+            "images into a stratified validation split (default 0.1), and distils from the rest."
+        },
+    )
+    validation_split_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the carved validation split (default: seed)."}
     )
 
     # Images
@@ -373,11 +406,48 @@ class DistillationConfig:
         unknown = sorted(set(self.eval_baselines) - set(BASELINES))
         if unknown:
             raise ValueError(f"DistillationConfig.eval_baselines has unknown baselines {unknown}; use {BASELINES}.")
+        self._check_best_step()
         if self.push_to_hub and not self.hub_dataset_id:
             raise ValueError(
                 "DistillationConfig.push_to_hub=True needs hub_dataset_id ('namespace/name' of the dataset repo that "
                 "receives the distilled set); set it, or push_to_hub=False."
             )
+
+    def _check_best_step(self) -> None:
+        """Trainer's best-model flags, refused up front when no evaluation could ever pick a step."""
+        if self.load_best_model_at_end and self.metric_for_best_model is None:
+            self.metric_for_best_model = "accuracy"
+        metric = self.metric_for_best_model
+        if metric is not None and (not isinstance(metric, str) or not metric.strip()):
+            raise ValueError(f"DistillationConfig.metric_for_best_model must be a metric name, got {metric!r}.")
+        if metric is not None and not self.eval_steps:
+            flag = "load_best_model_at_end=True" if self.load_best_model_at_end else f"metric_for_best_model={metric!r}"
+            raise ValueError(
+                f"DistillationConfig.{flag} compares in-training evaluations, but eval_steps=0 never evaluates: set "
+                "eval_steps (e.g. 50), or drop it."
+            )
+        if self.greater_is_better is None and metric is not None:
+            self.greater_is_better = not metric.endswith("loss")
+        if self.greater_is_better is not None:
+            self._check_bool("greater_is_better")
+        size = self.validation_split_size
+        if size is not None and (
+            isinstance(size, bool)
+            or not isinstance(size, numbers.Real)
+            or not (0 < size < 1 or (size >= 1 and float(size).is_integer()))
+        ):
+            raise ValueError(
+                f"DistillationConfig.validation_split_size={size!r} must be a fraction in (0, 1) or a whole number of "
+                "images (>= 1)."
+            )
+        if self.validation_split_seed is not None:
+            self._check_int("validation_split_seed", minimum=0, optional=True)
+
+    @property
+    def best_metric_key(self) -> str | None:
+        """`metric_for_best_model` as `evaluate()` names it (`eval_` added, as Trainer does)."""
+        metric = self.metric_for_best_model
+        return metric if metric is None or metric.startswith("eval_") else f"eval_{metric}"
 
     @property
     def effective_learning_rate(self) -> float:

@@ -28,10 +28,12 @@ from .backbone.frozen import FeatureFn
 from .backbone.group import FrozenBackbones, as_list
 from .config import DistillationConfig
 from .data.real_data import RealData
-from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator
+from .data.validation_split import ValidationSplit, validation_split_for
+from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator, named_eval_models
 from .publishing.distilled_set import DistilledSet, HubTarget
 from .synthesis.augment import Augmentation
 from .synthesis.synthetic import SyntheticImages, synthetic_labels
+from .training.best_step import BestStep, check_best_metric
 from .training.callbacks import CallbackHandler, GridCallback, TrackersCallback, new_state
 from .training.run_outputs import RunOutputs
 from .training.run_state import RunCheckpointer, run_fingerprint, train_metrics
@@ -64,6 +66,8 @@ class Distiller:
         accelerator: optional `Accelerator` (default: one built from `args`).
         callbacks: `transformers.TrainerCallback` instances or classes (see `hf_sfm.training.callbacks`).
         compute_metrics: `EvalPrediction → {name: value}` for every probe run of `evaluate()` (default: top-1/top-5).
+        eval_models: `{name: model | (model, processor) | (model, processor, feature_fn)}`: more eval backbones;
+            `evaluate()` adds `eval_<name>_accuracy` and `eval_mean_accuracy` (docs/DESIGN.md "Best-step selection").
     """
 
     def __init__(
@@ -78,10 +82,14 @@ class Distiller:
         accelerator: Accelerator | None = None,
         callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None,
         compute_metrics: ComputeMetrics | None = None,
+        eval_models: dict[str, Any] | None = None,
     ):
         self.args = args
         self.accelerator = accelerator or run_accelerator(args)
         set_seed(args.seed)
+        self.validation_split: ValidationSplit | None = None  # carved out of train_dataset for best-step selection
+        if args.best_metric_key is not None and eval_dataset is None:
+            train_dataset, eval_dataset, self.validation_split = validation_split_for(train_dataset, args)
         self.real_data = RealData.from_config(train_dataset, args)
         self.real_data.check_distillable(args.init)
         if eval_dataset is not None:
@@ -91,6 +99,9 @@ class Distiller:
         self.output_dir, self.output_lock = self.outputs.output_dir, self.outputs.lock
         self.outputs.acquire()  # a second run in this output_dir is refused now, not after its statistics pass
         self.backbones = FrozenBackbones.from_config(model, image_processor, feature_fn, args, self.accelerator.device)
+        distillation_models = self.backbones.eval_models(image_processor, feature_fn)  # evaluated on each as well
+        self.eval_models = named_eval_models(distillation_models, eval_models)
+        check_best_metric(args.best_metric_key, self.eval_models, custom_metrics=compute_metrics is not None)
         self.model, self.image_processor = as_list(model)[0], as_list(image_processor)[0]  # the primary's
         self.backbone = self.backbones.primary
         self.feature_extractor, self.preprocessing = self.backbone.feature_extractor, self.backbone.preprocessing
@@ -103,6 +114,7 @@ class Distiller:
             self.statistics_cache.check(self.backbone_statistics)
         self.statistics = statistics if statistics is None else self.backbone_statistics[0]
         self.synthetic: SyntheticImages | None = None
+        self.best_step: BestStep | None = None
         self.labels = synthetic_labels(self.num_classes, args.ipc)
         self.losses: list[float] = []
         grids = GridCallback(self.accelerator, self.synthetic_images, self.labels, self.class_names)
@@ -266,8 +278,11 @@ class Distiller:
             synthetic, methods, self.labels, self.backbones, self.augmentation, self.accelerator, args, max_steps
         )
         self.checkpointer.start(self.checkpoint_fingerprint(), run.generators(), checkpoint)
+        self.best_step = BestStep.from_config(args)
         if checkpoint is not None:
             self.checkpointer.restore(checkpoint, run, self.state)
+            if self.best_step is not None:
+                self.best_step.load(self.checkpointer.loop_state.kept, self.state)
         first_step = self.state.global_step
         self._event("on_train_begin", optimizer=run.optimizer)
         start = time.perf_counter()
@@ -282,6 +297,9 @@ class Distiller:
                 break
         runtime = time.perf_counter() - start
         self.losses = run.finish(self.state.global_step)
+        if args.load_best_model_at_end and self.best_step is not None and self.best_step.has_best:
+            self.best_step.restore(synthetic)
+            logger.info(f"Loaded the best step {self.best_step.step} ({self.best_step.metric}={self.best_step.value})")
         if args.save_grid and self.accelerator.is_main_process:
             self.save_grid(self.outputs.grid_path)
         self._event("on_train_end", optimizer=run.optimizer)
@@ -298,10 +316,15 @@ class Distiller:
             control.should_log = False
         if control.should_evaluate:
             control.should_evaluate = False
-            self.evaluate()
+            metrics = self.evaluate(baselines=[])  # in training: cheap, on the validation split
+            if self.best_step is not None:
+                self.best_step.update(
+                    metrics, step, run.synthetic, self.accelerator, run.num_images, run.sharded, self.state
+                )
         if control.should_save:
             control.should_save = False
             run.check_finite(step)
+            self.checkpointer.loop_state.kept = self.best_step.tensors() if self.best_step is not None else {}
             target = self.checkpointer.save_progress(run, self.state, self.args.to_dict())
             self._event("on_save", checkpoint=target)
 
@@ -355,6 +378,11 @@ class Distiller:
                 dataset, images, self.labels, baselines, class_means=means, seed=seed, **backbone
             )
             holder[0] = report.metrics(metric_key_prefix)
+            if eval_model is None and self.eval_models:
+                extra = self.evaluator.eval_model_metrics(
+                    dataset, images, self.labels, self.eval_models, holder[0], metric_key_prefix
+                )
+                holder[0].update(extra)
         if self.accelerator.num_processes > 1:
             broadcast_object_list(holder, from_process=0)
         metrics = holder[0]
@@ -391,12 +419,20 @@ class Distiller:
         or inside output_dir with `overwrite_output_dir`."""
         path = Path(path) if path is not None else self.output_dir / "distilled"
         replace, flag = self.outputs.overwrite_for(path, overwrite)
+        card_kwargs.setdefault("selection", self.selection_record())
         distilled = self.distilled_set()
         self.outputs.acquire()
         if self.accelerator.is_main_process:
             distilled.save(path, metrics, overwrite=replace, flag=flag, **card_kwargs)
         self.accelerator.wait_for_everyone()
         return path
+
+    def selection_record(self, split: str | None = None) -> dict[str, Any] | None:
+        """Which step was kept and why (metric, value, evaluated steps, the split it was chosen on: `split` in words,
+        else the carved validation split or "the eval_dataset given"); None without best-step selection."""
+        if self.best_step is None:
+            return None
+        return self.best_step.selection_record(self.args, self.state.max_steps, self.validation_split, split)
 
     def save_grid(self, path: str | Path, overwrite: bool = False) -> Path:
         """The labelled PNG grid of the synthetic images at `path` (a file: an existing one must be hf_sfm's, or

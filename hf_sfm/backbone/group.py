@@ -149,6 +149,16 @@ class FrozenBackbones:
             for m, weight in zip(self.members, self.weights, strict=True)
         ]
 
+    def eval_models(self, image_processors: Any, feature_fns: Any) -> dict[str, tuple]:
+        """Every backbone after the primary as a named eval model, `{short_name: (model, processor, feature_fn)}`,
+        so `evaluate()` probes the set on each backbone it was made for (`eval_<short_name>_accuracy`)."""
+        processors = as_list(image_processors, len(self.members), "image_processor")
+        feature_fns = as_list(feature_fns, len(self.members), "feature_fn")
+        return {
+            member.short_name: (member.feature_extractor.model, processor, feature_fn)
+            for member, processor, feature_fn in list(zip(self.members, processors, feature_fns, strict=True))[1:]
+        }
+
     @staticmethod
     def joint_means(class_means: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
         """The class means a checkpoint's digest covers: the primary's alone, or every backbone's, flattened."""

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from ..data.real_images import RealImages, square_preprocessing
 from ..synthesis.augment import Augmentation
 from .baselines import RealBaselines
 from .linear_fit import LinearFitConfig, ViewFeatures, embed_resized, fit_linear, fit_linear_stack
-from .results import EvaluationReport, ProbeScores
+from .results import INHERITED, TRAINING_SETS, EvaluationReport, ProbeScores
 
 logger = logging.getLogger(__name__)
 METRICS_DIR = Path(__file__).parent / "metrics"
@@ -565,6 +566,71 @@ def classifier_accuracy(
     return correct / total
 
 
+EVAL_MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Words the metric keys of `EvaluationReport.metrics` already use after the prefix: an eval model named so would
+# write `eval_<word>_…` over (or be read back as) another entry.
+RESERVED_EVAL_MODEL_NAMES = frozenset(
+    {"mean", "backbone", "runs", "num", "probe", "runtime", "top5", INHERITED, *TRAINING_SETS}
+)
+
+
+@dataclass(frozen=True)
+class EvalModel:
+    """A named extra eval backbone of `Distiller(eval_models=...)`: its metrics read `eval_<name>_accuracy`."""
+
+    name: str
+    model: nn.Module
+    image_processor: Any = None  # None: the distillation backbone's processor
+    feature_fn: FeatureFn | None = None
+
+
+def named_eval_models(
+    distillation_models: Mapping[str, Any] | None, eval_models: Mapping[str, Any] | None = None
+) -> list[EvalModel]:
+    """`{"lite1": model | (model, processor) | (model, processor, feature_fn)}` as `EvalModel`s, names checked
+    (lowercase slugs, unique, not a word the metric keys already use) before any work. `distillation_models` are
+    the run's other distillation backbones (named by their short names), evaluated first; a user's eval model
+    under one of their names is refused rather than silently replacing it."""
+    distillation_models = dict(distillation_models or {})
+    if eval_models is not None and isinstance(eval_models, Mapping):
+        clash = sorted(set(distillation_models) & set(eval_models))
+        if clash:
+            raise ValueError(
+                f"eval_models names {clash} are already the names of distillation backbones, which evaluate() probes "
+                "anyway (eval_<name>_accuracy); drop them from eval_models or rename them."
+            )
+        eval_models = {**distillation_models, **eval_models}
+    elif eval_models is None:
+        eval_models = distillation_models or None
+    if eval_models is None:
+        return []
+    if not isinstance(eval_models, Mapping):
+        raise TypeError(
+            f"eval_models must be a dict {{name: model or (model, processor[, feature_fn])}}, got "
+            f"{type(eval_models).__name__}."
+        )
+    named = []
+    for name, value in eval_models.items():
+        if not isinstance(name, str) or not EVAL_MODEL_NAME.match(name):
+            raise ValueError(
+                f"eval_models name {name!r} must be a lowercase slug (letters, digits, '_', starting with a letter), "
+                "e.g. 'lite1': it becomes the metric key eval_<name>_accuracy."
+            )
+        if name in RESERVED_EVAL_MODEL_NAMES or any(name.startswith(f"{word}_") for word in TRAINING_SETS):
+            raise ValueError(
+                f"eval_models name {name!r} clashes with the metric keys evaluate() already writes "
+                f"(eval_{name}_…); choose another, e.g. 'eval_{name}'."
+            )
+        parts = value if isinstance(value, tuple | list) else (value,)
+        if not 1 <= len(parts) <= 3 or not isinstance(parts[0], nn.Module):
+            raise ValueError(
+                f"eval_models[{name!r}] must be a model, (model, processor) or (model, processor, feature_fn), got "
+                f"{type(value).__name__}."
+            )
+        named.append(EvalModel(name, *parts))
+    return named
+
+
 class DistilledSetEvaluator:
     """`Distiller.evaluate()`'s work, from explicit parts: the distilled set and its real-image baselines, probed on
     any eval split and backbone. Keeps one `ProbeEvaluator` (test features) per split and backbone, and the
@@ -636,6 +702,35 @@ class DistilledSetEvaluator:
             training_sets["neighbors"] = lambda run: neighbors
         full = self.real_data if "full_dataset" in baselines else None
         return evaluate_training_sets(evaluator, training_sets, self.runs, self.probe, full_dataset=full)
+
+    def eval_model_metrics(
+        self,
+        eval_dataset: datasets.Dataset,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        eval_models: Sequence[EvalModel],
+        metrics: Mapping[str, Any],
+        prefix: str = "eval",
+    ) -> dict[str, Any]:
+        """The distilled set probed on each named eval model (`{prefix}_<name>_accuracy`, …) and
+        `{prefix}_mean_accuracy`, the mean over `metrics`' own accuracy (the default backbone) and theirs."""
+        flat: dict[str, Any] = {}
+        for eval_model in eval_models:
+            processor = eval_model.image_processor or self.image_processor
+            report = self.report(
+                eval_dataset,
+                images,
+                labels,
+                eval_model=eval_model.model,
+                eval_image_processor=processor,
+                eval_feature_fn=eval_model.feature_fn,
+            )
+            flat.update(report.metrics(f"{prefix}_{eval_model.name}"))
+        keys = [f"{prefix}_accuracy", *(f"{prefix}_{m.name}_accuracy" for m in eval_models)]
+        values = [({**metrics, **flat}).get(key) for key in keys]
+        if eval_models and all(isinstance(value, int | float) for value in values):
+            flat[f"{prefix}_mean_accuracy"] = float(np.mean(values))
+        return flat
 
     def evaluator(self, dataset, eval_model=None, eval_image_processor=None, eval_feature_fn=None) -> ProbeEvaluator:
         """The cached `ProbeEvaluator` of `dataset` on `eval_model` (default: the distillation backbone)."""

@@ -177,6 +177,7 @@ def dataset_card(
     template_path: str | Path | None = None,
     record: RunRecord | None = None,
     backbones: Sequence[Mapping[str, Any]] | None = None,
+    selection: Mapping[str, Any] | None = None,
 ):
     """The dataset card (a `huggingface_hub.DatasetCard`) of a distilled set.
 
@@ -201,6 +202,7 @@ def dataset_card(
         backbones: every backbone a set distilled against several was made for (`FrozenBackbones.descriptions`:
             `name`, `revision`, `short_name`, `weight`; the primary first), listed with its accuracy from `metrics`
             (`eval_accuracy` for the primary, `eval_<short_name>_accuracy` for the others). A record's win.
+        selection: the best-step selection (`Distiller.selection_record()`): which step was kept and why.
     """
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -253,6 +255,7 @@ def dataset_card(
         source_is_hub_id=_is_hub_id(source_dataset),
         results=[_portable_row(row) for row in rows],
         **_record_fields(record, license),
+        selection_text=selection_text(selection),
         grid_file=grid_file,
         recipe_yaml=_yaml_block(run) if run else "",
         preprocessing_yaml=_yaml_block(preprocessing) if preprocessing else "",
@@ -284,6 +287,31 @@ def distill_backbone_rows(backbones: Sequence[Mapping[str, Any]] | None, metrics
             }
         )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------- best-step selection
+
+
+def selection_text(selection: Mapping[str, Any] | None) -> str:
+    """The card's paragraph on the kept step: the metric, its value, the evaluated steps it was chosen among, and
+    the split it was chosen on (never the split the results table reports)."""
+    if not selection or selection.get("step") is None:
+        return ""
+    steps = list(selection.get("evaluated_steps") or [])
+    direction = "highest" if selection.get("greater_is_better", True) else "lowest"
+    kept = "These images are" if selection.get("load_best_model_at_end") else "The run tracked, but did not keep,"
+    split = selection.get("validation_split")
+    where = split["description"] if isinstance(split, Mapping) else selection.get("selection_split") or "eval_dataset"
+    return (
+        f"{kept} the synthetic set at step {selection['step']} of {selection.get('num_steps', '?')}: its "
+        f"`{selection['metric']}` = {float(selection['value']):.4g} was the {direction} of the {len(steps)} "
+        f"evaluated steps ({', '.join(str(step) for step in steps)}). The step was chosen on {where}, with the "
+        f"`{selection.get('probe_protocol', 'fast')}` probe protocol; the results table above is on the evaluation "
+        "images it names, not on this split."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- run record
 
 
 def _record_fields(record: RunRecord | None, license: str) -> dict[str, Any]:

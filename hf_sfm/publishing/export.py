@@ -112,6 +112,8 @@ def save_distilled(
         }
         if card_kwargs.get("record") is not None:  # the run record the card is written from (`run_record.py`)
             run["run"] = card_kwargs["record"].to_dict()
+        if card_kwargs.get("selection"):  # the kept step and the split it was chosen on (`cards.selection_text`)
+            run["selection"] = dict(card_kwargs["selection"])
         (staged / CONFIG_FILE).write_text(json.dumps(run, indent=2, sort_keys=True))
         save_image_grid(images, labels, class_names, staged / "grid.png")
         card = dataset_card(

@@ -118,3 +118,63 @@ def save_comparison_grid(
     """Save `comparison_grid` as a PNG at `path`; an existing file hf_sfm did not write is refused (see `io_utils`)."""
     picture = comparison_grid(starting_images, distilled_images, labels, class_names, **kwargs)
     return save_png(picture, path, overwrite, flag)
+
+
+# ---------------------------------------------------------------------------------------------- the step curve
+
+
+def step_curves(log_history: list[dict], steps: list[int] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """`{metric: [(step, value), …]}` of every `eval_*accuracy` (not `_std`) in a `TrainerState.log_history`.
+
+    `steps`: only these steps (the in-training evaluations); at a step evaluated twice (the final evaluation of a
+    recipe on its test split runs at the last step too) the first entry, the in-training one, counts."""
+    curves: dict[str, dict[int, float]] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        if step is None or (steps is not None and step not in steps):
+            continue
+        for key, value in entry.items():
+            if key.startswith("eval_") and key.endswith("accuracy") and isinstance(value, int | float):
+                curves.setdefault(key, {}).setdefault(int(step), float(value))
+    return {key: sorted(points.items()) for key, points in curves.items()}
+
+
+def save_step_curve(
+    log_history: list[dict],
+    path: str | Path,
+    *,
+    steps: list[int] | None = None,
+    kept_step: int | None = None,
+    title: str = "Accuracy of the synthetic set against steps",
+    overwrite: bool = False,
+    flag: str = "overwrite=True",
+) -> Path:
+    """Plot each `eval_*accuracy` curve of `log_history` (the distillation backbone's and every eval model's)
+    against steps, mark `kept_step`, and save the PNG at `path` atomically. Needs matplotlib (an optional extra)."""
+    curves = step_curves(log_history, steps)
+    if not curves:
+        raise ValueError("The log history holds no eval_*accuracy values: the run had no in-training evaluations.")
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
+    except ImportError as error:
+        raise ImportError(
+            "The step curve is drawn with matplotlib, which hf_sfm does not require: `pip install matplotlib`."
+        ) from error
+    import io
+
+    figure = Figure(figsize=(6.4, 4.0), dpi=120)
+    axes = figure.subplots()
+    for key, points in curves.items():
+        axes.plot([s for s, _ in points], [100 * v for _, v in points], marker="o", label=key)
+    if kept_step is not None:
+        axes.axvline(kept_step, color="black", linestyle="--", linewidth=1, label=f"kept step {kept_step}")
+    axes.set_xlabel("step")
+    axes.set_ylabel("top-1 accuracy (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    buffer.seek(0)
+    with PIL.Image.open(buffer) as picture:
+        return save_png(picture.convert("RGB"), path, overwrite, flag)

@@ -63,7 +63,8 @@ def new_state(args, accelerator: Accelerator) -> TrainerState:
 
 
 class DistillerFlowCallback(TrainerCallback):
-    """Sets `should_log` / `should_save` / `should_evaluate` every `logging_steps` / `save_steps` / `eval_steps`."""
+    """Sets `should_log` / `should_save` / `should_evaluate` every `logging_steps` / `save_steps` / `eval_steps`
+    (and evaluates the last step when a best step is selected, so it competes)."""
 
     def on_step_end(self, args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         step, last = state.global_step, state.global_step == state.max_steps
@@ -71,8 +72,8 @@ class DistillerFlowCallback(TrainerCallback):
             control.should_log = True
         if args.save_steps and (step % args.save_steps == 0 or last):
             control.should_save = True
-        if getattr(args, "eval_steps", 0) and step % args.eval_steps == 0:
-            control.should_evaluate = True
+        if getattr(args, "eval_steps", 0) and (step % args.eval_steps == 0 or (last and _selects_best(args))):
+            control.should_evaluate = True  # the last step competes for the best step too
         return control
 
 
@@ -136,6 +137,10 @@ class CallbackHandler:
             if result is not None:
                 control = result
         return control
+
+
+def _selects_best(args) -> bool:
+    return getattr(args, "metric_for_best_model", None) is not None
 
 
 def _short(value: Any) -> Any:

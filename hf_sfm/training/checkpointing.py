@@ -99,11 +99,13 @@ class LoopState:
     def __init__(self, generators: dict[str, torch.Generator]):
         self.step = 0
         self.generators = generators
+        self.kept: dict[str, torch.Tensor] = {}  # what the loop keeps besides (the best step's parameters)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {
             "step": torch.tensor([self.step]),
             **{f"generator.{n}": g.get_state() for n, g in self.generators.items()},
+            **{f"kept.{n}": tensor for n, tensor in self.kept.items()},
         }
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -116,6 +118,7 @@ class LoopState:
         if step is None or step.dtype.is_floating_point or step.numel() != 1 or int(step.reshape(-1)[0]) < 0:
             raise CorruptCheckpointError(f"The loop state holds no valid step ({step!r}).")
         self.step = int(step.reshape(-1)[0])
+        self.kept = {name.removeprefix("kept."): t for name, t in tensors.items() if name.startswith("kept.")}
         for name, generator in self.generators.items():
             generator.set_state(tensors[f"generator.{name}"])
 
