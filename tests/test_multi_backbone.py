@@ -154,8 +154,8 @@ def test_two_backbones_train_and_log_each_backbones_loss(tmp_path):
     distiller = two_backbones(tmp_path, logging_steps=2)
     output = distiller.train()
     assert output.global_step == 4 and len(distiller.losses) == 4
-    logged = [entry for entry in distiller.state.log_history if "loss_vit-a" in entry]
-    assert logged and all("loss_resnet-b" in entry for entry in logged)
+    logged = [entry for entry in distiller.state.log_history if "loss_vit_a" in entry]
+    assert logged and all("loss_resnet_b" in entry for entry in logged)
     assert distiller.synthetic_images().shape == (6, 3, 32, 32)
 
 
@@ -194,14 +194,14 @@ def test_one_statistics_pass_equals_separate_passes_and_decodes_each_image_once(
         for key in statistics_module.COMPATIBILITY_KEYS:
             assert each.metadata.get(key) == alone.metadata.get(key), key
     files = sorted(path.name for path in (tmp_path / "joint").glob("statistics*.safetensors"))
-    assert files == ["statistics-resnet-b.safetensors", "statistics.safetensors"]
+    assert files == ["statistics-resnet_b.safetensors", "statistics.safetensors"]
 
 
 def test_saved_statistics_are_reused_per_backbone_and_a_mismatch_is_refused(tmp_path, monkeypatch):
     shared = tmp_path / "stats" / "statistics.safetensors"
     first = two_backbones(tmp_path / "a", statistics_path=str(shared))
     first.compute_statistics()
-    (tmp_path / "stats" / "statistics-resnet-b.safetensors").unlink()
+    (tmp_path / "stats" / "statistics-resnet_b.safetensors").unlink()
     decoded = counting_decodes(monkeypatch)
     primary_bytes = shared.read_bytes()
     second = two_backbones(tmp_path / "b", statistics_path=str(shared))
@@ -211,7 +211,7 @@ def test_saved_statistics_are_reused_per_backbone_and_a_mismatch_is_refused(tmp_
     assert torch.equal(second.backbone_statistics[1].feature_sums, first.backbone_statistics[1].feature_sums)
     monkeypatch.setattr(statistics_cache, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
     other = two_backbones(tmp_path / "c", models=[vit(), resnet(seed=1)], statistics_path=str(shared))
-    with pytest.raises(ValueError, match=r"statistics-resnet-b\.safetensors were computed under other conditions"):
+    with pytest.raises(ValueError, match=r"statistics-resnet_b\.safetensors were computed under other conditions"):
         other.compute_statistics()
 
 
@@ -252,21 +252,24 @@ def test_the_card_lists_every_backbone_with_its_accuracy(tmp_path):
     )
     distiller.train()
     test = color_dataset(per_class=4, seed=1)
-    primary = distiller.evaluate(test)
-    second = distiller.evaluate(
+    metrics = distiller.evaluate(test)  # the second distillation backbone is probed too, under its short name
+    alone = distiller.evaluate(
         test,
-        metric_key_prefix="eval_resnet-b",
+        metric_key_prefix="eval_resnet_b",
         eval_model=distiller.backbones[1].feature_extractor.model,
         eval_image_processor=tiny_image_processor(24),
     )
-    assert "eval_resnet-b_accuracy" in second
-    folder = distiller.save_distilled(metrics=[primary, second])
+    assert metrics["eval_resnet_b_accuracy"] == alone["eval_resnet_b_accuracy"]
+    mean = (metrics["eval_accuracy"] + metrics["eval_resnet_b_accuracy"]) / 2
+    assert metrics["eval_mean_accuracy"] == pytest.approx(mean)
+    primary, second = metrics, metrics
+    folder = distiller.save_distilled(metrics=metrics)
     card = (folder / "README.md").read_text()
     assert "Distilled for 2 backbones at once" in card
     rows = [line for line in card.splitlines() if line.startswith("| `tiny/")]
     assert [row.split("`")[1] for row in rows] == ["tiny/vit-a", "tiny/resnet-b"]
     assert f"{100 * primary['eval_accuracy']:.2f} |" in rows[0]
-    assert f"{100 * second['eval_resnet-b_accuracy']:.2f} |" in rows[1]
+    assert f"{100 * second['eval_resnet_b_accuracy']:.2f} |" in rows[1]
     assert "0.5 |" in rows[0] and "0.5 |" in rows[1]
 
 
@@ -320,16 +323,16 @@ def test_the_recipe_takes_a_list_of_backbones_and_its_card_lists_them(tmp_path):
         ]
     )  # fmt: skip
     metrics = result["eval"]
-    assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_resnet-b_accuracy"] <= 1
-    assert "eval_resnet-b_centroids_accuracy" in metrics
+    assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_resnet_b_accuracy"] <= 1
+    assert "eval_resnet_b_centroids_accuracy" in metrics
     saved = json.loads((output_dir / "eval_results.json").read_text())
-    assert saved["eval_resnet-b_accuracy"] == metrics["eval_resnet-b_accuracy"]
-    assert (output_dir / "statistics-resnet-b.safetensors").is_file()
+    assert saved["eval_resnet_b_accuracy"] == metrics["eval_resnet_b_accuracy"]
+    assert (output_dir / "statistics-resnet_b.safetensors").is_file()
     card = (output_dir / "distilled" / "README.md").read_text()
     rows = [line for line in card.splitlines() if line.startswith("| `") and "(a local checkpoint)" in line]
     assert [row.split("`")[1] for row in rows] == ["vit-a (a local checkpoint)", "resnet-b (a local checkpoint)"]
     assert f"| 0.25 | {100 * metrics['eval_accuracy']:.2f} |" in rows[0]
-    assert f"| 0.75 | {100 * metrics['eval_resnet-b_accuracy']:.2f} |" in rows[1]
+    assert f"| 0.75 | {100 * metrics['eval_resnet_b_accuracy']:.2f} |" in rows[1]
     assert str(tmp_path) not in card
 
 
@@ -390,7 +393,7 @@ def test_two_processes_give_the_statistics_and_images_of_one_with_two_backbones(
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert '"num_processes": 2' in (tmp_path / "two" / "train_results.json").read_text()
-    for file in ("statistics.safetensors", "statistics-resnet-b.safetensors"):
+    for file in ("statistics.safetensors", "statistics-resnet_b.safetensors"):
         one, two = load_file(str(tmp_path / "one" / file)), load_file(str(tmp_path / "two" / file))
         assert torch.equal(one["counts"], two["counts"])
         # Another split of the data gives other batches: a convolution's float32 rounding may differ in the last bit.
