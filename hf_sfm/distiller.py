@@ -380,7 +380,7 @@ class Distiller:
             holder[0] = report.metrics(metric_key_prefix)
             if eval_model is None and self.eval_models:
                 extra = self.evaluator.eval_model_metrics(
-                    dataset, images, self.labels, self.eval_models, holder[0], metric_key_prefix
+                    dataset, images, self.labels, self.eval_models, holder[0], metric_key_prefix, baselines, means, seed
                 )
                 holder[0].update(extra)
         if self.accelerator.num_processes > 1:

@@ -711,8 +711,12 @@ class DistilledSetEvaluator:
         eval_models: Sequence[EvalModel],
         metrics: Mapping[str, Any],
         prefix: str = "eval",
+        baselines: Sequence[str] = (),
+        class_means: torch.Tensor | None = None,
+        seed: int = 0,
     ) -> dict[str, Any]:
-        """The distilled set probed on each named eval model (`{prefix}_<name>_accuracy`, …) and
+        """The distilled set (and the asked `baselines`, chosen in the distillation backbone's feature space as for
+        the default backbone) probed on each named eval model (`{prefix}_<name>_accuracy`, …) and
         `{prefix}_mean_accuracy`, the mean over `metrics`' own accuracy (the default backbone) and theirs."""
         flat: dict[str, Any] = {}
         for eval_model in eval_models:
@@ -721,6 +725,9 @@ class DistilledSetEvaluator:
                 eval_dataset,
                 images,
                 labels,
+                list(baselines),
+                class_means=class_means,
+                seed=seed,
                 eval_model=eval_model.model,
                 eval_image_processor=processor,
                 eval_feature_fn=eval_model.feature_fn,
