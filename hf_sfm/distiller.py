@@ -118,6 +118,7 @@ class Distiller:
             runs=args.eval_runs,
             name=self.backbone.name,
             compute_metrics=compute_metrics,
+            train_features=self.statistics_cache.feature_source(exact_for=self.preprocessing),  # no second pass
         )
 
     @classmethod
@@ -206,7 +207,8 @@ class Distiller:
         if args.init == "real":
             synthetic.set_images(self.sample_real_images(args.ipc, seed=args.seed))
         elif args.init == "centroid":
-            centroids, _ = self.evaluator.baselines().centroids(args.ipc, seed=args.seed, class_means=self._means())
+            baselines = self.evaluator.baselines().using(self.statistics_cache.feature_source())  # the pass's features
+            centroids, _ = baselines.centroids(args.ipc, seed=args.seed, class_means=self._means())
             synthetic.set_images(centroids)
         self.synthetic, self._run = synthetic.to(self.accelerator.device), None
         return self.synthetic

@@ -21,6 +21,7 @@ from accelerate.utils import gather_object
 from datasets.fingerprint import Hasher
 
 from ..backbone.frozen import FrozenBackbone
+from ..data.pass_features import PassFeatures
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_data import RealData
 from ..data.statistics import ClassStatistics, combine_data_digests, compute_class_statistics, expected_metadata
@@ -64,6 +65,8 @@ class StatisticsCache:
         recompute: compute anew even when a matching file (or `datasets` cache) exists.
         overwrite: replace an existing file (else only one hf_sfm wrote).
         usable: keyword arguments of `check_statistics_usable` (what the run needs of the statistics).
+        keep_features: the pass keeps every image's feature (`features()`: the centroid init and baselines choose
+            from them, so the training set is embedded once).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class StatisticsCache:
         recompute: bool = False,
         overwrite: bool = False,
         usable: dict | None = None,
+        keep_features: bool = False,
     ):
         if path.is_dir():
             raise ValueError(
@@ -87,13 +91,20 @@ class StatisticsCache:
         self.feature_dim = backbone.feature_extractor.feature_dim()
         self.recompute, self.overwrite, self.usable = recompute, overwrite, usable
         self.announce_path = False  # the user named the file: say when it is created
+        self.keep_features, self._features = keep_features, None
 
     @classmethod
     def from_config(cls, args, accelerator: Accelerator, real_data: RealData, backbone: FrozenBackbone):
         """`args.statistics_path` (default `<output_dir>/statistics.safetensors`), recomputed if asked."""
         path = Path(args.statistics_path) if args.statistics_path else Path(args.output_dir) / STATISTICS_FILE
         needs = dict(needs_flow=args.method_class.needs_statistics, init=args.init, ipc=args.ipc)
-        cache = cls(accelerator, real_data, backbone, path, args.recompute_statistics, args.overwrite_output_dir, needs)
+        choose_real = args.init == "centroid" or bool(
+            set(args.eval_baselines) & {"centroids", "near_mean", "neighbors"}
+        )
+        cache = cls(
+            accelerator, real_data, backbone, path, args.recompute_statistics, args.overwrite_output_dir, needs,
+            keep_features=choose_real,
+        )  # fmt: skip
         cache.announce_path = bool(args.statistics_path)
         return cache
 
@@ -128,13 +139,35 @@ class StatisticsCache:
                 logger.info(f"recompute_statistics=True: recomputing {path}.", main_process_only=True)
             elif self.announce_path:
                 logger.info(f"{path} does not exist yet; computing class statistics into it.", main_process_only=True)
-            statistics = self.compute(self.backbone.embed_pixels)
+            statistics = self.compute(self.backbone.embed_pixels, self.keep_features and self.can_keep_features)
+            self._features = statistics.features
             if self.accelerator.is_main_process:
                 statistics.save(path, self.overwrite, "overwrite_output_dir=True")
             self.accelerator.wait_for_everyone()
         return statistics
 
-    def compute(self, embed: Callable[[torch.Tensor], torch.Tensor]) -> ClassStatistics:
+    @property
+    def can_keep_features(self) -> bool:
+        """One process's pass covers the whole map-style set (with several, each keeps only its shard's)."""
+        return self.accelerator.num_processes == 1 and not self.real_data.is_streaming
+
+    def features(self) -> PassFeatures:
+        """Every training image's feature as the statistics pass computed it: kept by this run's pass, else read
+        from the `datasets` cache of an identical pass (same key as the statistics), else computed by one."""
+        if self._features is None:
+            self._features = self.compute(self.backbone.embed_pixels, keep_features=True).features
+        return self._features
+
+    def feature_source(self, exact_for: ImagePreprocessing | None = None) -> Callable[[], PassFeatures] | None:
+        """`features` where the pass can give them (one process, map-style), else `None`. With `exact_for`, only
+        where they equal a float32 embedding under that preprocessing (no autocast), as baselines need."""
+        if not self.can_keep_features:
+            return None
+        if exact_for is not None and (exact_for != self.preprocessing or self.backbone.precision.dtype is not None):
+            return None
+        return self.features
+
+    def compute(self, embed: Callable[[torch.Tensor], torch.Tensor], keep_features: bool = False) -> ClassStatistics:
         """One pass over this process's shard of the set, the per-class sums all-reduced across processes."""
         accelerator, real_data = self.accelerator, self.real_data
         dataset = real_data.dataset
@@ -165,6 +198,7 @@ class StatisticsCache:
                 load_from_cache_file=not self.recompute,  # recompute means recompute, not a cache hit
                 preprocessing=self.preprocessing,  # decoded and preprocessed in worker processes on a GPU
                 device=accelerator.device,
+                keep_features=keep_features,
             )
         finally:
             if quiet:
