@@ -148,10 +148,10 @@ class StatisticsCache:
 
     @property
     def can_keep_features(self) -> bool:
-        """One process's pass covers the whole map-style set (with several, each keeps only its shard's)."""
-        return self.accelerator.num_processes == 1 and not self.real_data.is_streaming
+        """A map-style set: its pass can keep the features and select from them (a stream is read once, in order)."""
+        return not self.real_data.is_streaming
 
-    def features(self) -> PassFeatures:
+    def features(self) -> PassFeatures | GatheredFeatures:
         """Every training image's feature as the statistics pass computed it: kept by this run's pass, else read
         from the `datasets` cache of an identical pass (same key as the statistics), else computed by one."""
         if self._features is None:
@@ -159,11 +159,16 @@ class StatisticsCache:
         return self._features
 
     def feature_source(self, exact_for: ImagePreprocessing | None = None) -> Callable[[], PassFeatures] | None:
-        """`features` where the pass can give them (one process, map-style), else `None`. With `exact_for`, only
-        where they equal a float32 embedding under that preprocessing (no autocast), as baselines need."""
+        """`features` where the pass can give them (map-style), else `None`. With `exact_for` (the baselines, which
+        run on the main process alone), only in one process and where they equal a float32 embedding under that
+        preprocessing (no autocast)."""
         if not self.can_keep_features:
             return None
-        if exact_for is not None and (exact_for != self.preprocessing or self.backbone.precision.dtype is not None):
+        if exact_for is not None and (
+            exact_for != self.preprocessing
+            or self.backbone.precision.dtype is not None
+            or self.accelerator.num_processes > 1  # with several, reading them is a collective
+        ):
             return None
         return self.features
 
@@ -210,7 +215,28 @@ class StatisticsCache:
             if "data_digest" in statistics.metadata:  # a streamed pass: the digest of every process's shard
                 digests = gather_object([statistics.metadata["data_digest"]])
                 statistics.metadata["data_digest"] = combine_data_digests(digests)
+            if statistics.features is not None:  # each kept its contiguous shard (rank 0 first): rows from there
+                offset = sum(gather_object([len(dataset)])[: accelerator.process_index])
+                statistics.features = GatheredFeatures(statistics.features, offset)
         return statistics
+
+
+class GatheredFeatures:
+    """The features every process's pass kept of its shard, read as one set: `class_members(c)` gathers class `c`'s
+    from all processes (one class in memory at a time), so it is a collective that every process calls in the same
+    order, as the centroid init does. `row_offset`: where this process's contiguous shard starts in the dataset."""
+
+    def __init__(self, local: PassFeatures, row_offset: int):
+        self.local, self.row_offset = local, row_offset
+
+    def class_members(self, label: int) -> tuple[torch.Tensor, torch.Tensor]:
+        features, rows = self.local.class_members(label)
+        parts = [part for part in gather_object([(features, rows + self.row_offset)]) if len(part[1])]
+        if not parts:
+            return features, rows
+        features, rows = torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
+        order = rows.argsort()
+        return features[order], rows[order]
 
 
 def check_statistics_usable(
