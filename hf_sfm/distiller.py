@@ -92,6 +92,10 @@ class Distiller:
         self.feature_extractor, self.preprocessing = self.backbone.feature_extractor, self.backbone.preprocessing
         self.precision = self.backbone.precision
         self.image_size = args.image_size or round(self.preprocessing.crop_size * 8 / 7)
+        if args.crop_size is None and (
+            small := self.real_data.upsampling_warning(self.preprocessing.crop_size, self.image_size)
+        ):
+            logger.warning(small, main_process_only=True)  # sizes the user did not choose, said before any work
         self.augmentation = Augmentation.from_config(args, output_size=self.preprocessing.crop_size)
         self.statistics_cache = StatisticsCache.from_config(args, self.accelerator, self.real_data, self.backbone)
         if statistics is not None:  # checked now: a mismatch would otherwise fail deep inside the loss
@@ -362,7 +366,8 @@ class Distiller:
     def distilled_set(self) -> DistilledSet:
         """The synthetic set with what produced it: what export, cards and the Hub take (a collective when sharded)."""
         images, source = self.synthetic_images(), self.source_dataset
-        parts = (self.args, self.statistics, self.preprocessing, self.backbone.identity, source)
+        config = dict(self.args.to_dict(), image_size=self.image_size, crop_size=self.preprocessing.crop_size)
+        parts = (config, self.statistics, self.preprocessing, self.backbone.identity, source)  # with the sizes used
         return DistilledSet(images, self.labels, self.class_names, *parts)
 
     def distilled_dataset(self) -> datasets.Dataset:
