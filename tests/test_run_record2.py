@@ -315,3 +315,27 @@ def test_two_processes_choose_the_centroids_of_one_from_their_shards_features(tm
     one, two = (load_file(str(outputs[n] / "distilled" / "synthetic.safetensors"))["images"] for n in ("one", "two"))
     torch.testing.assert_close(two, one, rtol=0, atol=1e-5)
     assert (two - two.roll(2, 0)).abs().max() > 1e-2  # the classes' images differ: a wrong row would show
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_kept_features_are_each_images_own_with_or_without_decoding_workers(num_workers):
+    """The pass keeps exactly the features `embed` gave each row (the GPU path decodes in workers), skipping none
+    but the undecodable, with the sums unchanged by keeping them."""
+    from hf_sfm.data.preprocessing import ImagePreprocessing
+    from hf_sfm.data.statistics import compute_class_statistics
+
+    preprocessing = ImagePreprocessing(crop_size=16, resize_size=20, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+
+    def embed(pixels):
+        images = ImagePreprocessing.to_unit_range(pixels)
+        return torch.cat([images.mean((2, 3)), images.std((2, 3))], dim=1)
+
+    dataset = color_dataset(3, 5)
+    kwargs = dict(image_column="image", label_column="label", class_names=["a", "b", "c"], batch_size=4)
+    kwargs.update(preprocessing=preprocessing, num_workers=num_workers)
+    kept = compute_class_statistics(dataset, embed, keep_features=True, **kwargs)
+    plain = compute_class_statistics(dataset, embed, **kwargs)
+    assert plain.features is None and torch.equal(kept.feature_sums, plain.feature_sums)
+    features, labels, rows = kept.features.all(3)
+    assert rows.tolist() == list(range(len(dataset))) and labels.tolist() == dataset["label"]
+    assert torch.equal(features, embed(preprocessing.pixels(dataset["image"])))
