@@ -107,6 +107,10 @@ class Distiller:
         self.feature_extractor, self.preprocessing = self.backbone.feature_extractor, self.backbone.preprocessing
         self.precision = self.backbone.precision
         self.image_size = args.image_size or round(self.preprocessing.crop_size * 8 / 7)
+        if args.crop_size is None and (
+            small := self.real_data.upsampling_warning(self.preprocessing.crop_size, self.image_size)
+        ):
+            logger.warning(small, main_process_only=True)  # sizes the user did not choose, said before any work
         self.augmentation = Augmentation.from_config(args, output_size=self.preprocessing.crop_size)
         self.statistics_cache = StatisticsCaches.from_config(args, self.accelerator, self.real_data, self.backbones)
         self.backbone_statistics = as_list(statistics) if statistics is not None else None  # one per backbone
@@ -135,6 +139,7 @@ class Distiller:
             runs=args.eval_runs,
             name=self.backbone.name,
             compute_metrics=compute_metrics,
+            train_features=self.statistics_cache.feature_source(exact_for=self.preprocessing),  # no second pass
         )
 
     @classmethod
@@ -224,7 +229,8 @@ class Distiller:
         if args.init == "real":
             synthetic.set_images(self.sample_real_images(args.ipc, seed=args.seed))
         elif args.init == "centroid":
-            centroids, _ = self.evaluator.baselines().centroids(args.ipc, seed=args.seed, class_means=self._means())
+            baselines = self.evaluator.baselines().using(self.statistics_cache.feature_source())  # the pass's features
+            centroids, _ = baselines.centroids(args.ipc, seed=args.seed, class_means=self._means())
             synthetic.set_images(centroids)
         self.synthetic, self._run = synthetic.to(self.accelerator.device), None
         return self.synthetic
@@ -405,7 +411,8 @@ class Distiller:
     def distilled_set(self) -> DistilledSet:
         """The synthetic set with what produced it: what export, cards and the Hub take (a collective when sharded)."""
         images, source = self.synthetic_images(), self.source_dataset
-        parts = (self.args, self.statistics, self.preprocessing, self.backbone.identity, source)
+        config = dict(self.args.to_dict(), image_size=self.image_size, crop_size=self.preprocessing.crop_size)
+        parts = (config, self.statistics, self.preprocessing, self.backbone.identity, source)  # with the sizes used
         return DistilledSet(images, self.labels, self.class_names, *parts, backbones=self.backbones.descriptions())
 
     def distilled_dataset(self) -> datasets.Dataset:

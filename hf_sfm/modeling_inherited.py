@@ -40,6 +40,8 @@ from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import ImageClassifierOutput
 
+logger = transformers.logging.get_logger(__name__)
+
 MODEL_TYPE = "hf_sfm_inherited"
 # How a backbone's output becomes one `(B, D)` feature. The names are what `config.feature_pooling` records (a
 # callable cannot be serialised); `hf_sfm.backbone.features` maps its per-family adapters onto these names.
@@ -355,9 +357,18 @@ class SFMInheritedClassifier(SFMInheritedPreTrainedModel):
         backbone_class = vision_backbone_class(self.config.backbone_class) or AutoModel
         init_kwargs = check_backbone_init_kwargs(self.config.backbone_init_kwargs)
         revision = self.config.backbone_revision or None
+        # A referenced classifier checkpoint (most Hub backbones) holds a head the backbone drops on purpose: its
+        # LOAD REPORT is noise, as for the recipe's backbone. Weights the backbone lacks are refused below.
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
         try:
-            source = backbone_class.from_pretrained(
-                reference, revision=revision, trust_remote_code=bool(trust_remote_code), **init_kwargs, **hub_kwargs
+            source, loading = backbone_class.from_pretrained(
+                reference,
+                revision=revision,
+                trust_remote_code=bool(trust_remote_code),
+                output_loading_info=True,
+                **init_kwargs,
+                **hub_kwargs,
             )
         except OSError as error:
             raise OSError(
@@ -365,6 +376,14 @@ class SFMInheritedClassifier(SFMInheritedPreTrainedModel):
                 f"{f' at revision {revision!r}' if revision else ''} and could not be loaded from there ({error}). "
                 "Make it available (download it, or fix `backbone_name_or_path` in config.json)."
             ) from error
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        absent = sorted(loading.get("missing_keys") or []) + [str(k) for k in loading.get("mismatched_keys") or []]
+        if absent:  # they start at random (harmless only where the pooled feature does not read them)
+            logger.warning(
+                f"The referenced backbone {reference!r} lacks {len(absent)} weight(s) of {backbone_class.__name__}, "
+                f"which start at random: {absent[:8]}{' ...' if len(absent) > 8 else ''}"
+            )
         state = source.state_dict()
         missing, unexpected = self.backbone.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -407,27 +407,6 @@ def why_not_evaluated(data_args, run_args, evaluation) -> str | None:
     )
 
 
-def check_image_sizes(train, config: DistillationConfig, processor) -> str | None:
-    """A warning when the backbone's input size (what `crop_size` defaults to) is far above the data's own
-    resolution: the images would be upsampled and the synthetic set made at a size no real image has."""
-    if config.crop_size is not None or not isinstance(train, datasets.Dataset) or len(train) == 0:
-        return None
-    from hf_sfm.data.columns import find_image_column
-    from hf_sfm.data.preprocessing import ImagePreprocessing
-
-    image = train[0][find_image_column(train, config.image_column)]
-    side = min(getattr(image, "size", (0, 0)))
-    crop = ImagePreprocessing.from_image_processor(processor).crop_size
-    if not side or side * 2 > crop:
-        return None
-    return (
-        f"The training images are {side} px but the backbone's image processor asks for {crop} px, so crop_size "
-        f"defaults to {crop} and the synthetic images to {round(config.image_size or crop * 8 / 7)} px: each "
-        f"real image is upsampled {crop / side:.1f}x. For images this small set --crop_size {side} --image_size "
-        f"{side} (as recipes/configs/default.yaml does for MNIST)."
-    )
-
-
 def source_name(data_args) -> str | None:
     """The source dataset as the user named it, for the cards: the Hub id or folder, or the builder's data."""
     if data_args.data_dir:
@@ -502,8 +481,6 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
     not_evaluated = why_not_evaluated(data_args, run_args, evaluation)
     if not_evaluated and state.is_main_process and run_args.do_eval:  # said now, not after the distillation
         logger.warning(f"This run will not be evaluated: {not_evaluated}.")
-    if state.is_main_process and (warning := check_image_sizes(train, config, primary(processor))):
-        logger.warning(warning)
     finished_before = _finished_step(config)
     select_best = config.metric_for_best_model is not None  # on a validation split, never the test split
     distiller = Distiller(

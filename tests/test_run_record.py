@@ -312,15 +312,14 @@ def test_a_fit_that_converges_early_ends_its_progress_bar_at_100_percent(monkeyp
     assert bars[-1].n == bars[-1].total == len(losses)
 
 
-def test_data_far_smaller_than_the_backbone_input_is_reported_with_the_flags_that_fix_it(recipe):
-    small = color_dataset(2, 2)  # 32 px images
-    side = min(small[0]["image"].size)
-    processor = ViTImageProcessor(size={"height": 224, "width": 224})
-    warning = recipe.check_image_sizes(small, DistillationConfig(output_dir="unused"), processor)
+def test_data_far_smaller_than_the_backbone_input_is_reported_with_the_flags_that_fix_it():
+    from hf_sfm.data.real_data import RealData  # the check moved into the library (tests/test_run_record2.py)
+
+    small = RealData.from_dataset(color_dataset(2, 2))  # 32 px images
+    side = min(small.dataset[0]["image"].size)
+    warning = small.upsampling_warning(224, 256)
     assert f"--crop_size {side} --image_size {side}" in warning and "224 px" in warning
-    assert recipe.check_image_sizes(small, DistillationConfig(output_dir="unused", crop_size=64), processor) is None
-    matched = ViTImageProcessor(size={"height": side, "width": side})
-    assert recipe.check_image_sizes(small, DistillationConfig(output_dir="unused"), matched) is None
+    assert small.upsampling_warning(side, side) is None
 
 
 def test_loading_a_backbone_from_a_classifier_checkpoint_prints_no_load_report(recipe, tmp_path, capfd, caplog):

@@ -103,6 +103,27 @@ class RealData:
         """Refuse an eval split whose class ids mean other classes (`label_column`: the user's, or detected)."""
         check_eval_classes(self.class_names, eval_dataset, label_column)
 
+    def upsampling_warning(self, crop_size: int, image_size: int) -> str | None:
+        """A warning when the backbone's input size (`crop_size`, what a processor's crop gives when the user set
+        none) is at least twice the data's own resolution (the first image's shorter side): every real image would
+        be upsampled and the synthetic images made at a size no real image has. `None` when the sizes fit."""
+        if self.is_streaming or len(self.dataset) == 0:
+            return None
+        try:
+            size = getattr(self.dataset[0][self.image_column], "size", None)
+        except (OSError, ValueError, TypeError):  # an undecodable first image: the statistics pass reports it
+            return None
+        side = min(size) if isinstance(size, tuple) and size else 0
+        if not side or side * 2 > crop_size:
+            return None
+        return (
+            f"The training images are {side} px but the backbone's image processor asks for {crop_size} px, so "
+            f"crop_size defaults to {crop_size} and image_size (the synthetic images) to {image_size} px: each real "
+            f"image is upsampled {crop_size / side:.1f}x. For images this small set crop_size={side} and "
+            f"image_size={side} (recipe: --crop_size {side} --image_size {side}, as recipes/configs/default.yaml "
+            "does for MNIST)."
+        )
+
     def sample_images(self, preprocessing: ImagePreprocessing, size: int, ipc: int, seed: int = 0) -> torch.Tensor:
         """`ipc` random real images per class at `size`, class-major, `(C · ipc, 3, size, size)` in `[0, 1]`."""
         return sample_real_images(

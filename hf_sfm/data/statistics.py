@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from ..utils.io_utils import atomic_path, check_regular_file, is_regular_file
 from .columns import DecodeFailure, corrupt_image_error, decode_images, undecoded
+from .pass_features import MEMBER_COLUMNS, MEMBER_FEATURES, MEMBER_ROWS, PassFeatures
 from .preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class ClassStatistics:
     counts: torch.Tensor
     class_names: list[str]
     metadata: dict[str, str] = field(default_factory=dict)
+    # The per-image features of the pass that computed these (`keep_features=True`); never saved, `None` when loaded.
+    features: PassFeatures | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         sums, counts = self.feature_sums, self.counts
@@ -269,8 +272,10 @@ def batch_class_sums(
     labels: list[int],
     embed: Callable[[Any], torch.Tensor],
     rows: str = "",
+    member_rows: Sequence[int] | None = None,
 ) -> dict[str, list]:
-    """One batch → one row per class present: `label`, `feature_sum` (float64) and `count`.
+    """One batch → one row per class present: `label`, `feature_sum` (float64) and `count`; with `member_rows`
+    (each image's dataset row) also that class's rows and float32 features (`pass_features.MEMBER_COLUMNS`).
 
     Non-finite features raise `FloatingPointError` (`rows` names the batch in the message): a NaN here would
     silently poison a class mean, and through it every flow.
@@ -288,7 +293,12 @@ def batch_class_sums(
     present, inverse = torch.unique(labels, return_inverse=True)
     sums = torch.zeros(len(present), features.shape[1], dtype=torch.float64).index_add_(0, inverse, features)
     counts = torch.bincount(inverse, minlength=len(present))
-    return {"label": present.tolist(), "feature_sum": sums.numpy(), "count": counts.tolist()}
+    result = {"label": present.tolist(), "feature_sum": sums.numpy(), "count": counts.tolist()}
+    if member_rows is not None:  # float32 → float64 → float32 is exact: these are the features as computed
+        members = torch.as_tensor(list(member_rows), dtype=torch.long)
+        result[MEMBER_ROWS] = [members[inverse == k].tolist() for k in range(len(present))]
+        result[MEMBER_FEATURES] = [features[inverse == k].float().numpy() for k in range(len(present))]
+    return result
 
 
 def reduce_class_sums(
@@ -508,6 +518,7 @@ def compute_class_statistics(
     preprocessing: ImagePreprocessing | None = None,
     num_workers: int | None = None,
     device: torch.device | str = "cpu",
+    keep_features: bool = False,
 ) -> ClassStatistics:
     """Per-class feature sums and counts of `dataset` through `embed` (a batch of images → `(B, D)` features).
 
@@ -535,8 +546,12 @@ def compute_class_statistics(
     `skip_corrupt_images` it is left out of the statistics, counted in `metadata["skipped_images"]` (its row
     numbers in `metadata["skipped_rows"]`) and reported by a warning with the reasons; without, the first one
     raises a `ValueError` naming its row and why.
+
+    `keep_features` (a map-style dataset) keeps every image's feature in the map's output, returned as the
+    statistics' `features` (`PassFeatures`): the centroid init and baselines then need no second pass.
     """
     num_classes = len(class_names)
+    keep_features = keep_features and isinstance(dataset, datasets.Dataset)
     dataset, image_feature = undecoded(dataset, image_column)
     if preprocessing is not None and image_feature is None:
         raise ValueError(
@@ -586,10 +601,12 @@ def compute_class_statistics(
                 "skipped_rows": [skipped],
                 "skipped_reasons": [reasons],
                 "skipped_labels": [skipped_labels],
+                **({name: [[]] for name in MEMBER_COLUMNS} if keep_features else {}),
             }
         kept_labels = [labels[position] for position in prepared.kept]
         rows = f"rows {indices[0]}..{indices[-1]}" if indices else ""
-        result = batch_class_sums(prepared.images, kept_labels, embed, rows=rows)
+        kept_rows = [indices[position] for position in prepared.kept] if keep_features else None
+        result = batch_class_sums(prepared.images, kept_labels, embed, rows=rows, member_rows=kept_rows)
         empty: list[list] = [[] for _ in result["label"][1:]]
         result["skipped_rows"] = [skipped, *empty]
         result["skipped_reasons"] = [reasons, *empty]
@@ -624,6 +641,7 @@ def compute_class_statistics(
             "skipped_rows": datasets.List(datasets.Value("int64")),
             "skipped_reasons": datasets.List(datasets.Value("string")),
             "skipped_labels": datasets.List(datasets.Value("int64")),
+            **(MEMBER_COLUMNS if keep_features else {}),
         }
     )
     # With a prefetcher the map reads only the labels: the workers read the image bytes themselves.
@@ -684,7 +702,8 @@ def compute_class_statistics(
         metadata["skipped_per_class"] = json.dumps({i: int(n) for i, n in enumerate(per_class.tolist()) if n})
     if streamed:
         metadata["data_digest"] = digest.hexdigest()
-    return ClassStatistics(feature_sums, counts, list(class_names), metadata)
+    pass_features = PassFeatures(partial) if keep_features else None
+    return ClassStatistics(feature_sums, counts, list(class_names), metadata, features=pass_features)
 
 
 def _reasons_text(rows: list[int], reasons: list[str], shown: int = 3) -> str:

@@ -8,7 +8,9 @@ publishing only if it beats them — on its own backbone and on others.
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 
 import datasets
 import torch
@@ -16,9 +18,23 @@ import torch
 from ..backbone.embedding import embed_dataset, embedded_rows, features_and_labels
 from ..backbone.features import FeatureExtractor
 from ..data.columns import class_names_of, find_image_column, find_label_column
+from ..data.pass_features import PassFeatures
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_images import check_enough_images, sample_real_images, square_preprocessing
 from .linear_fit import embed_resized
+
+# class c → its images' `(n, D)` features and `(n,)` ids (positions or dataset rows), in dataset order.
+ClassMembers = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def members_of(features: torch.Tensor, labels: torch.Tensor) -> ClassMembers:
+    """`ClassMembers` of `(N, D)` features and `(N,)` labels held in memory (ids: positions in them)."""
+
+    def members(label: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = (labels == label).nonzero().flatten()
+        return features[positions], positions
+
+    return members
 
 
 def centroid_indices(
@@ -36,16 +52,27 @@ def centroid_indices(
     else the mean of `features`). ipc > 1: `ipc` k-means centroids per class (k-means++ seeding, Lloyd
     iterations), each replaced by its nearest not-yet-chosen image, so the ipc images are distinct.
     """
+    return class_centroids(members_of(features, labels), num_classes, ipc, seed, class_means, kmeans_iterations)
+
+
+def class_centroids(
+    members: ClassMembers,
+    num_classes: int,
+    ipc: int = 1,
+    seed: int = 0,
+    class_means: torch.Tensor | None = None,
+    kmeans_iterations: int = 50,
+) -> torch.Tensor:
+    """`centroid_indices` reading one class at a time from `members` (so the features need not fit in memory)."""
     if ipc == 1:
-        return nearest_to_mean_indices(features, labels, num_classes, 1, class_means)
+        return class_nearest_to_mean(members, num_classes, 1, class_means)
     generator = torch.Generator().manual_seed(seed)
-    features = features.double()
     chosen = []
     for c in range(num_classes):
-        members = (labels == c).nonzero().flatten()
-        check_enough_images(members, ipc, c)
-        points = features[members]
-        chosen.append(members[_nearest_distinct(points, kmeans(points, ipc, generator, kmeans_iterations))])
+        points, ids = members(c)
+        check_enough_images(ids, ipc, c)
+        points = points.double()
+        chosen.append(ids[_nearest_distinct(points, kmeans(points, ipc, generator, kmeans_iterations))])
     return torch.cat(chosen)
 
 
@@ -57,14 +84,21 @@ def nearest_to_mean_indices(
     class_means: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per class, the `rank`-th nearest image to its mean (rank 1: the centroid set at ipc 1), class-major `(C,)`."""
+    return class_nearest_to_mean(members_of(features, labels), num_classes, rank, class_means)
+
+
+def class_nearest_to_mean(
+    members: ClassMembers, num_classes: int, rank: int, class_means: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`nearest_to_mean_indices` reading one class at a time from `members`."""
     chosen = []
     for c in range(num_classes):
-        members = (labels == c).nonzero().flatten()
-        check_enough_images(members, rank, c)
-        points = features[members].double()
+        points, ids = members(c)
+        check_enough_images(ids, rank, c)
+        points = points.double()
         center = class_means[c : c + 1].double() if class_means is not None else points.mean(0, keepdim=True)
         distances = torch.cdist(center, points)[0]
-        chosen.append(members[distances.argsort(stable=True)[rank - 1]])
+        chosen.append(ids[distances.argsort(stable=True)[rank - 1]])
     return torch.stack(chosen)
 
 
@@ -84,9 +118,21 @@ def near_mean_indices(
     `C · ipc` images, and on a backbone it was not chosen on, its score carries that draw's luck (up to ±5 points
     at 10 images, benchmarks/RESULTS.md); a new draw per probe run puts that spread in the baseline's ±.
     """
+    return class_near_mean(members_of(features, labels), num_classes, ipc, draw, seed, class_means)
+
+
+def class_near_mean(
+    members: ClassMembers,
+    num_classes: int,
+    ipc: int = 1,
+    draw: int = 0,
+    seed: int = 0,
+    class_means: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`near_mean_indices` reading one class at a time from `members`."""
     if ipc > 1:
-        return centroid_indices(features, labels, num_classes, ipc, seed + 1 + draw, class_means)
-    return nearest_to_mean_indices(features, labels, num_classes, draw + 2, class_means)
+        return class_centroids(members, num_classes, ipc, seed + 1 + draw, class_means)
+    return class_nearest_to_mean(members, num_classes, draw + 2, class_means)
 
 
 def neighbor_indices(
@@ -97,13 +143,18 @@ def neighbor_indices(
     Within a class, queries take their nearest image not already taken by an earlier query, so ipc > 1 yields
     ipc distinct real images (with ipc = 1 this is plainly the nearest neighbour).
     """
+    return class_neighbors(members_of(real_features, real_labels), query_features, query_labels)
+
+
+def class_neighbors(members: ClassMembers, query_features: torch.Tensor, query_labels: torch.Tensor) -> torch.Tensor:
+    """`neighbor_indices` reading one class at a time from `members`."""
     chosen = torch.empty(len(query_features), dtype=torch.long)
-    real_features, query_features = real_features.double(), query_features.double()
+    query_features = query_features.double()
     for c in torch.unique(query_labels).tolist():
         queries = (query_labels == c).nonzero().flatten()
-        members = (real_labels == c).nonzero().flatten()
-        check_enough_images(members, len(queries), c)
-        chosen[queries] = members[_nearest_distinct(real_features[members], query_features[queries])]
+        points, ids = members(c)
+        check_enough_images(ids, len(queries), c)
+        chosen[queries] = ids[_nearest_distinct(points.double(), query_features[queries])]
     return chosen
 
 
@@ -147,10 +198,11 @@ class RealBaselines:
     """The real-image baselines of one training set, chosen in the distillation backbone's feature space.
 
     Features are the backbone's view of every training image under its deterministic preprocessing (the view the
-    class statistics were computed from), computed once as a cached `datasets` column (`embedding.embed_dataset`);
-    only the chosen images are decoded, at the synthetic resolution `S`, so a baseline is trained exactly as a
-    distilled set is (same size, same probe augmentation). Scales to any map-style dataset the statistics pass can
-    read.
+    class statistics were computed from): those the statistics pass kept (`pass_features`, a `PassFeatures` read a
+    class at a time from its memory-mapped `datasets` cache file) when they are exactly what this backbone and
+    preprocessing give, else computed once as a cached `datasets` column (`embedding.embed_dataset`). Only the
+    chosen images are decoded, at the synthetic resolution `S`, so a baseline is trained exactly as a distilled set
+    is (same size, same probe augmentation). Scales to any map-style dataset the statistics pass can read.
 
     Every baseline returns `(images (C · ipc, 3, S, S) in [0, 1], labels (C · ipc,))`, class-major.
     """
@@ -168,6 +220,7 @@ class RealBaselines:
         batch_size: int = 64,
         num_proc: int | None = None,
         skip_corrupt_images: bool = True,
+        pass_features: Callable[[], PassFeatures] | None = None,
     ):
         if not isinstance(dataset, datasets.Dataset):
             raise ValueError("Real-image baselines need a map-style `datasets.Dataset`, not a streaming one.")
@@ -181,7 +234,16 @@ class RealBaselines:
         self.batch_size = batch_size
         self.num_proc = num_proc
         self.skip_corrupt_images = skip_corrupt_images
+        self.pass_features = pass_features
         self._features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def using(self, pass_features: Callable[[], PassFeatures] | None) -> RealBaselines:
+        """These baselines choosing from `pass_features` (a statistics pass's own; `None`: unchanged)."""
+        if pass_features is None:
+            return self
+        chosen = copy.copy(self)
+        chosen.pass_features, chosen._features = pass_features, None
+        return chosen
 
     @property
     def num_classes(self) -> int:
@@ -189,6 +251,8 @@ class RealBaselines:
 
     def features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(N, D)` features, `(N,)` labels and `(N,)` dataset rows of every decodable training image (cached)."""
+        if self._features is None and self.pass_features is not None:
+            self._features = self.pass_features().all(self.num_classes)
         if self._features is None:
             embedded = embed_dataset(
                 self.feature_extractor,
@@ -205,13 +269,21 @@ class RealBaselines:
             self._features = (features, labels, embedded_rows(embedded))
         return self._features
 
+    def class_members(self, label: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class `label`'s `(n, D)` features and `(n,)` dataset rows (`ClassMembers`), one class in memory at a time
+        when they come from the statistics pass."""
+        if self.pass_features is not None and self._features is None:
+            return self.pass_features().class_members(label)
+        features, labels, rows = self.features()
+        positions = (labels == label).nonzero().flatten()
+        return features[positions], rows[positions]
+
     def images(self, rows: torch.Tensor) -> torch.Tensor:
         """The training images at dataset `rows`, at the synthetic resolution: `(B, 3, S, S)` in `[0, 1]`."""
         return self.image_preprocessing(self.dataset[[int(row) for row in rows]][self.image_column])
 
-    def _select(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _, labels, rows = self.features()
-        return self.images(rows[positions]), labels[positions]
+    def _class_major(self, rows: torch.Tensor, ipc: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images(rows), torch.arange(self.num_classes).repeat_interleave(ipc)
 
     def random(self, ipc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         images = sample_real_images(
@@ -226,25 +298,28 @@ class RealBaselines:
         )
         return images, torch.arange(self.num_classes).repeat_interleave(ipc)
 
+    def centroid_rows(self, ipc: int = 1, seed: int = 0, class_means: torch.Tensor | None = None) -> torch.Tensor:
+        """The dataset rows of `centroids`, class-major `(C · ipc,)`."""
+        return class_centroids(self.class_members, self.num_classes, ipc, seed, class_means)
+
     def centroids(
         self, ipc: int = 1, seed: int = 0, class_means: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per class, the image nearest its mean (`class_means` `(C, D)`, e.g. the run's statistics), or the images
         nearest `ipc` k-means centroids."""
-        features, labels, _ = self.features()
-        return self._select(centroid_indices(features, labels, self.num_classes, ipc, seed, class_means))
+        return self._class_major(self.centroid_rows(ipc, seed, class_means), ipc)
 
     def near_mean(
         self, ipc: int = 1, draw: int = 0, seed: int = 0, class_means: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw `draw` of a set chosen like the centroids, other than the centroid set (`near_mean_indices`)."""
-        features, labels, _ = self.features()
-        return self._select(near_mean_indices(features, labels, self.num_classes, ipc, draw, seed, class_means))
+        rows = class_near_mean(self.class_members, self.num_classes, ipc, draw, seed, class_means)
+        return self._class_major(rows, ipc)
 
     def neighbors(
         self, distilled_images: torch.Tensor, distilled_labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The real image nearest each distilled image `(N, 3, S, S)` (seen as at evaluation), same class."""
-        features, labels, _ = self.features()
         query = embed_resized(self.feature_extractor, distilled_images)
-        return self._select(neighbor_indices(features, labels, query, torch.as_tensor(distilled_labels)))
+        labels = torch.as_tensor(distilled_labels)
+        return self.images(class_neighbors(self.class_members, query, labels)), labels

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 
 from ..backbone.features import FeatureExtractor, frozen_features
 from ..synthesis.augment import Augmentation, resize
@@ -39,6 +40,13 @@ from ..synthesis.augment import Augmentation, resize
 # index (B,) of the examples, epoch → (inputs (B, D_in), targets): what one mini-batch of a fit sees.
 Batches = Callable[[torch.Tensor, int], tuple[torch.Tensor, Any]]
 Loss = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+def progress_bar(iterable: Any = None, *, desc: str | None, disable: bool = False, **kwargs: Any) -> tqdm:
+    """A transient tqdm bar that is off where the ecosystem's switch is (`transformers.utils.logging.
+    disable_progress_bar()`, which the recipe's `--disable_tqdm` sets): the probe's and inheritance's bars too."""
+    disable = disable or not transformers_logging.is_progress_bar_enabled()
+    return tqdm(iterable, desc=desc, disable=disable, leave=False, **kwargs)
 
 
 @dataclass
@@ -147,7 +155,7 @@ def fit_linear(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     device = layer.weight.device
     epoch_losses = torch.zeros(epochs, device=device)
-    for epoch in tqdm(range(epochs), desc=progress_desc, disable=progress_desc is None, leave=False):
+    for epoch in progress_bar(range(epochs), desc=progress_desc, disable=progress_desc is None):
         order = torch.randperm(num_examples, generator=generator)
         for start in range(0, num_examples, batch_size):
             index = order[start : start + batch_size]
@@ -210,7 +218,7 @@ def fit_linear_stack(
     optimizer = torch.optim.Adam([weight, bias], lr=config.learning_rate_for(num_examples))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     epoch_losses = torch.zeros(len(layers), epochs, device=device)
-    for epoch in tqdm(range(epochs), desc=progress_desc, disable=progress_desc is None, leave=False):
+    for epoch in progress_bar(range(epochs), desc=progress_desc, disable=progress_desc is None):
         orders = [torch.randperm(num_examples, generator=generator) for generator in generators]
         for start in range(0, num_examples, batch_size):
             drawn = [batch_fn(order[start : start + batch_size], epoch) for batch_fn, order in zip(batches, orders)]
@@ -265,7 +273,7 @@ def _fit_until_flat(
 
     step, cooldown_from, cooldown_steps, last_epoch = 0, None, 0, max_epochs - 1
     epoch_losses: list[float] = []
-    progress = tqdm(total=max_epochs, desc=progress_desc, disable=progress_desc is None, leave=False)
+    progress = progress_bar(total=max_epochs, desc=progress_desc, disable=progress_desc is None)
     for epoch in range(max_epochs):
         order = torch.randperm(num_examples, generator=generator)
         loss_sum = torch.zeros((), device=device)
@@ -353,7 +361,7 @@ class ViewFeatures:
     def _embed_bank(self, views: int) -> tuple[torch.Tensor, ...]:
         """`(V, N, D_k)` per extractor: `V` augmented views of every image, embedded once."""
         bank: list[list[torch.Tensor]] = [[] for _ in self.extractors]
-        for _ in tqdm(range(views), desc="View bank", leave=False, disable=views < 20):
+        for _ in progress_bar(range(views), desc="View bank", disable=views < 20):
             chunks = [
                 self._features(self.images[i : i + self.batch_size])
                 for i in range(0, len(self.images), self.batch_size)

@@ -645,6 +645,8 @@ class DistilledSetEvaluator:
         probe, runs: the protocol (`ProbeConfig`, probe runs per training set).
         name: how reports name the distillation backbone.
         compute_metrics: as in `Trainer`, applied to every probe run.
+        train_features: the statistics pass's per-image features, where they equal what the baselines would
+            compute (same backbone, preprocessing, float32): the baselines choose from them instead of a new pass.
     """
 
     def __init__(
@@ -659,8 +661,10 @@ class DistilledSetEvaluator:
         runs: int = 5,
         name: str | None = None,
         compute_metrics: ComputeMetrics | None = None,
+        train_features: Callable[[], Any] | None = None,
     ):
         self.feature_extractor = feature_extractor
+        self.train_features = train_features
         self.image_processor = image_processor
         self.real_data = real_data
         self.label_column, self.class_names = real_data.label_column, real_data.class_names
@@ -777,5 +781,6 @@ class DistilledSetEvaluator:
                 batch_size=real.batch_size,
                 num_proc=real.num_proc,
                 skip_corrupt_images=real.skip_corrupt_images,
+                pass_features=self.train_features,
             )
         return self._baselines

@@ -24,6 +24,7 @@ from datasets.fingerprint import Hasher
 
 from ..backbone.frozen import FrozenBackbone
 from ..backbone.group import FrozenBackbones
+from ..data.pass_features import PassFeatures
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_data import RealData
 from ..data.statistics import ClassStatistics, combine_data_digests, compute_class_statistics, expected_metadata
@@ -67,6 +68,8 @@ class StatisticsCache:
         recompute: compute anew even when a matching file (or `datasets` cache) exists.
         overwrite: replace an existing file (else only one hf_sfm wrote).
         usable: keyword arguments of `check_statistics_usable` (what the run needs of the statistics).
+        keep_features: the pass keeps every image's feature (`features()`: the centroid init and baselines choose
+            from them, so the training set is embedded once).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class StatisticsCache:
         recompute: bool = False,
         overwrite: bool = False,
         usable: dict | None = None,
+        keep_features: bool = False,
     ):
         if path.is_dir():
             raise ValueError(
@@ -90,13 +94,20 @@ class StatisticsCache:
         self.feature_dim = backbone.feature_extractor.feature_dim()
         self.recompute, self.overwrite, self.usable = recompute, overwrite, usable
         self.announce_path = False  # the user named the file: say when it is created
+        self.keep_features, self._features = keep_features, None
 
     @classmethod
     def from_config(cls, args, accelerator: Accelerator, real_data: RealData, backbone: FrozenBackbone):
         """`args.statistics_path` (default `<output_dir>/statistics.safetensors`), recomputed if asked."""
         path = Path(args.statistics_path) if args.statistics_path else Path(args.output_dir) / STATISTICS_FILE
         needs = dict(needs_flow=args.method_class.needs_statistics, init=args.init, ipc=args.ipc)
-        cache = cls(accelerator, real_data, backbone, path, args.recompute_statistics, args.overwrite_output_dir, needs)
+        choose_real = args.init == "centroid" or bool(
+            set(args.eval_baselines) & {"centroids", "near_mean", "neighbors"}
+        )
+        cache = cls(
+            accelerator, real_data, backbone, path, args.recompute_statistics, args.overwrite_output_dir, needs,
+            keep_features=choose_real,
+        )  # fmt: skip
         cache.announce_path = bool(args.statistics_path)
         return cache
 
@@ -148,17 +159,44 @@ class StatisticsCache:
             statistics.save(self.path, self.overwrite, "overwrite_output_dir=True")
         self.accelerator.wait_for_everyone()
 
+    @property
+    def can_keep_features(self) -> bool:
+        """A map-style set: its pass can keep the features and select from them (a stream is read once, in order)."""
+        return not self.real_data.is_streaming
+
+    def features(self) -> PassFeatures | GatheredFeatures:
+        """Every training image's feature as the statistics pass computed it: kept by this run's pass, else read
+        from the `datasets` cache of an identical pass (same key as the statistics), else computed by one."""
+        if self._features is None:
+            self._features = self.compute(self.backbone.embed_pixels, keep_features=True).features
+        return self._features
+
+    def feature_source(self, exact_for: ImagePreprocessing | None = None) -> Callable[[], PassFeatures] | None:
+        """`features` where the pass can give them (map-style), else `None`. With `exact_for` (the baselines, which
+        run on the main process alone), only in one process and where they equal a float32 embedding under that
+        preprocessing (no autocast)."""
+        if not self.can_keep_features:
+            return None
+        if exact_for is not None and (
+            exact_for != self.preprocessing
+            or self.backbone.precision.dtype is not None
+            or self.accelerator.num_processes > 1  # with several, reading them is a collective
+        ):
+            return None
+        return self.features
+
     def compute(
         self,
         embed: Callable[[torch.Tensor], torch.Tensor],
         preprocessing: Any = None,
         key: Any = None,
         metadata: dict[str, str] | None = None,
+        keep_features: bool = False,
     ) -> ClassStatistics:
         """One pass over this process's shard of the set, the per-class sums all-reduced across processes.
 
         `preprocessing`, `key` and `metadata` default to this cache's (a joint pass of several backbones passes
-        its own: `StatisticsCaches`)."""
+        its own: `StatisticsCaches`). `keep_features`: the pass also keeps every image's feature (`features()`)."""
         accelerator, real_data = self.accelerator, self.real_data
         dataset = real_data.dataset
         if accelerator.num_processes > 1:
@@ -190,6 +228,7 @@ class StatisticsCache:
                 # decoded and preprocessed in worker processes on a GPU
                 preprocessing=preprocessing or self.preprocessing,
                 device=accelerator.device,
+                keep_features=keep_features,
             )
         finally:
             if quiet:
@@ -201,7 +240,28 @@ class StatisticsCache:
             if "data_digest" in statistics.metadata:  # a streamed pass: the digest of every process's shard
                 digests = gather_object([statistics.metadata["data_digest"]])
                 statistics.metadata["data_digest"] = combine_data_digests(digests)
+            if statistics.features is not None:  # each kept its contiguous shard (rank 0 first): rows from there
+                offset = sum(gather_object([len(dataset)])[: accelerator.process_index])
+                statistics.features = GatheredFeatures(statistics.features, offset)
         return statistics
+
+
+class GatheredFeatures:
+    """The features every process's pass kept of its shard, read as one set: `class_members(c)` gathers class `c`'s
+    from all processes (one class in memory at a time), so it is a collective that every process calls in the same
+    order, as the centroid init does. `row_offset`: where this process's contiguous shard starts in the dataset."""
+
+    def __init__(self, local: PassFeatures, row_offset: int):
+        self.local, self.row_offset = local, row_offset
+
+    def class_members(self, label: int) -> tuple[torch.Tensor, torch.Tensor]:
+        features, rows = self.local.class_members(label)
+        parts = [part for part in gather_object([(features, rows + self.row_offset)]) if len(part[1])]
+        if not parts:
+            return features, rows
+        features, rows = torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
+        order = rows.argsort()
+        return features[order], rows[order]
 
 
 class StatisticsCaches:
@@ -244,6 +304,12 @@ class StatisticsCaches:
             )
         for cache, each in zip(self.caches, statistics, strict=True):
             cache.check(each, f"The given statistics of {cache.backbone.short_name}")
+
+    def feature_source(self, exact_for: ImagePreprocessing | None = None) -> Callable[[], PassFeatures] | None:
+        """The primary's per-image features (`StatisticsCache.feature_source`): the centroid init and baselines
+        choose in the primary's feature space. A joint pass of several backbones keeps none, so with several the
+        primary's are one more pass, made only when something chooses from them."""
+        return self.caches[0].feature_source(exact_for)
 
     def load_or_compute(self, recompute: bool | None = None) -> list[ClassStatistics]:
         """Every backbone's statistics, in order: reused where they match, the rest computed in one pass."""
