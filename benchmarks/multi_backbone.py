@@ -81,6 +81,7 @@ def accuracy_table(options, backbones, train, test, work: Path, settings: dict) 
     evaluators = common.probe_evaluators(backbones, evaluated, test, settings["crop_size"])
     per_seed: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, list[float]] = {}
+    kept: list[dict] = []  # the best-step arm's selection record per seed
     for seed in options.seeds:
         training_sets, distillers = {}, {}
         for arm in sorted(arms, key=len, reverse=True):  # the joint run first: one statistics pass for both
@@ -92,6 +93,16 @@ def accuracy_table(options, backbones, train, test, work: Path, settings: dict) 
             seconds.setdefault(label, []).append(output.metrics["train_runtime"])
             training_sets[label] = fixed(distiller.synthetic_images(), distiller.labels)
             distillers[tuple(arm)] = distiller
+        if options.eval_steps:
+            label = f"SFM on {options.backbones[0]}, best step by mean({', '.join(options.backbones)})"
+            distiller = best_step_distiller(options, backbones, train, work, settings, seed)
+            output = distiller.train()
+            seconds.setdefault(label, []).append(output.metrics["train_runtime"])
+            training_sets[label] = fixed(distiller.synthetic_images(), distiller.labels)
+            kept.append({"seed": seed, **(distiller.selection_record() or {})})
+            if seed == options.seeds[0] and options.step_curve:
+                curve = save_step_curve_plot(distiller, options)
+                print(f"[multi] step curve: {curve}")
         for name in options.backbones:
             alone = distillers[(name,)]
             centroids = alone.evaluator.baselines().centroids(1, seed=seed, class_means=alone.statistics.class_means)
@@ -118,10 +129,66 @@ def accuracy_table(options, backbones, train, test, work: Path, settings: dict) 
         "probe": "fast",
         "per_seed": per_seed,
         "distill_seconds": seconds,
+        "best_step": kept,
         "table": table,
         "_probe": probe,
-        "_configs": {" + ".join(arm): arm_config(settings, num_steps=options.steps) for arm in arms},
+        "_configs": {
+            **{" + ".join(arm): arm_config(settings, num_steps=options.steps) for arm in arms},
+            **(
+                {"best step": arm_config(settings, num_steps=options.steps, **best_step_settings(options))}
+                if options.eval_steps
+                else {}
+            ),
+        },
     }
+
+
+def best_step_settings(options) -> dict:
+    """Trainer's best-model flags: every `eval_steps`, the fast probe on a validation split the Distiller carves out
+    of train (stratified, seeded by the run's seed; never the test split), kept by the mean accuracy over the
+    primary backbone and the other distillation backbones given as `eval_models`."""
+    return dict(
+        eval_steps=options.eval_steps,
+        metric_for_best_model="mean_accuracy",
+        load_best_model_at_end=True,
+        probe_protocol="fast",
+        eval_baselines=[],
+    )
+
+
+def best_step_distiller(options, backbones, train, work: Path, settings: dict, seed: int):
+    """SFM on the first backbone alone, the step kept by `best_step_settings` (its own statistics: the carved
+    validation rows are not in them)."""
+    from hf_sfm import Distiller
+
+    primary, others = options.backbones[0], options.backbones[1:]
+    args = arm_config(
+        settings,
+        **best_step_settings(options),
+        seed=seed,
+        num_steps=options.steps,
+        output_dir=str(work / f"best-step-{primary}" / f"seed{seed}"),
+    )
+    model, processor = backbones[primary]
+    eval_models = {name: backbones[name][:2] for name in others}  # (model, processor)
+    return Distiller(model=model, args=args, train_dataset=train, image_processor=processor, eval_models=eval_models)
+
+
+def save_step_curve_plot(distiller, options) -> Path:
+    """The best-step arm's validation accuracy on each backbone against steps, the kept step marked, as a PNG
+    under `benchmarks/results/` (beside the JSON)."""
+    from hf_sfm.publishing.visualization import save_step_curve
+
+    path = Path(__file__).parent / "results" / f"step-curve-{options.dataset}.png"
+    best = distiller.best_step
+    return save_step_curve(
+        distiller.state.log_history,
+        path,
+        steps=best.evaluated_steps,
+        kept_step=best.step,
+        title=f"{options.dataset}: SFM on {options.backbones[0]}, validation accuracy (seed {options.seeds[0]})",
+        overwrite=True,
+    )
 
 
 def fixed(images: torch.Tensor, labels: torch.Tensor):
@@ -191,6 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=None, help="Probe runs (default: DistillationConfig().eval_runs).")
     parser.add_argument("--train-subset", type=int, default=None, help="Smoke runs only: the first N train images.")
     parser.add_argument("--test-subset", type=int, default=None, help="Smoke runs only: the first N test images.")
+    parser.add_argument(
+        "--eval-steps", type=int, default=50, help="The best-step arm evaluates every this many steps (0: no arm)."
+    )
+    parser.add_argument("--no-step-curve", dest="step_curve", action="store_false", help="Do not save the plot.")
     parser.add_argument("--cost", action="store_true", help="Measure step and statistics cost instead.")
     parser.add_argument("--repeats", type=int, default=3, help="--cost: interleaved repeats of each arm.")
     common.add_harness_arguments(parser, "multi-backbone-test-<dataset>")
@@ -201,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     options.seeds = options.seeds or [0, 1, 2]
     if options.quick:
         options.seeds, options.runs, options.steps = [0], 1, 5
+        options.eval_steps = min(options.eval_steps, 2) if options.eval_steps else 0
     if options.cost and options.steps is None:
         options.steps = 20
     if len(options.backbones) < 2:

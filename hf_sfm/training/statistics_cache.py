@@ -131,7 +131,10 @@ class StatisticsCache:
     def _load_or_compute(self) -> ClassStatistics:
         statistics = self.load_saved()
         if statistics is None:
-            statistics = self.compute(self.backbone.embed_pixels)
+            statistics = self.compute(
+                self.backbone.embed_pixels, keep_features=self.keep_features and self.can_keep_features
+            )
+            self._features = statistics.features
             self.save(statistics)
         return statistics
 
