@@ -1,9 +1,11 @@
 """Subprocess for tests/test_resume.py: one distillation run of a tiny ViT on a toy dataset.
 
     python tests/_resume_worker.py OUTPUT_DIR [--save_steps N] [--resume latest] [--seconds_per_step S]
+                                   [--start_after F]
 
 Writes `OUTPUT_DIR/result.safetensors` (final images and losses) when the run completes. `--seconds_per_step`
-slows every step down so that the test can SIGKILL the process between two checkpoints.
+slows every step down so that the test can SIGKILL the process between two checkpoints. `--start_after` waits,
+imports done, until the file F exists: the test starts the resuming process while the other still runs.
 """
 
 import argparse
@@ -30,7 +32,13 @@ parser.add_argument("--num_steps", type=int, default=8)
 parser.add_argument("--save_steps", type=int, default=0)
 parser.add_argument("--resume", default=None)
 parser.add_argument("--seconds_per_step", type=float, default=0.0)
+parser.add_argument("--start_after", type=Path, default=None)
 options = parser.parse_args()
+
+deadline = time.monotonic() + 240
+while options.start_after is not None and not options.start_after.exists():
+    assert time.monotonic() < deadline, f"no {options.start_after} within 240 s"
+    time.sleep(0.02)
 
 processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 args = DistillationConfig(

@@ -2,6 +2,7 @@
 
 import json
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,27 @@ from hf_sfm.demo import format_results, parse_arguments, run_demo
 from hf_sfm.evaluation.probe import FAST_PROBE_VIEWS
 
 
+def _few_mnist(load_mnist):
+    """The real embedded MNIST, stratified down to 30 train and 10 test images per class: the wiring is the same for
+    300 images as for 5000, and the statistics pass and three probe feature passes are per image."""
+
+    def few(*args, **kwargs):
+        splits = load_mnist(*args, **kwargs)
+        return datasets.DatasetDict(
+            {
+                name: split.train_test_split(train_size=size, stratify_by_column="label", seed=0)["train"]
+                for (name, split), size in zip(splits.items(), (300, 100), strict=True)
+            }
+        )
+
+    return few
+
+
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_saves_its_outputs(tmp_path):
+def test_demo_runs_end_to_end_and_saves_its_outputs(tmp_path, monkeypatch):
+    import hf_sfm.assets as assets
+
+    monkeypatch.setattr(assets, "load_mnist", _few_mnist(assets.load_mnist))
     args, demo = parse_arguments(
         [
             "--output_dir",
@@ -31,6 +51,7 @@ def test_demo_runs_end_to_end_and_saves_its_outputs(tmp_path):
         ]
     )
     results = run_demo(args, demo)
+    assert results["train"]["train_runtime"] > 0 and results["metrics"]["eval_probe_epochs"] == 5
     for key in ("eval_accuracy", "eval_random_real_accuracy", "eval_centroids_accuracy"):
         assert 0.0 <= results["metrics"][key] <= 1.0
         assert 0.0 <= results["cross_metrics"][key.replace("eval", "cross", 1)] <= 1.0

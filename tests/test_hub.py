@@ -118,7 +118,29 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pushed(trained, fake_hub, tmp_path_factory):
+def loader(fake_hub, tmp_path_factory):
+    """The fresh process that loads the pushed repos back, started before the run: its imports overlap the run and
+    the push, and it reads nothing from the endpoint before `pushed` tells it to (the file `go`)."""
+    out = tmp_path_factory.mktemp("loader")
+    (out / "loader.py").write_text(LOADER)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
+    env.update(
+        HF_ENDPOINT=fake_hub.endpoint,
+        HF_HUB_DISABLE_XET="1",
+        HF_TOKEN=TEST_TOKEN,
+        HF_HOME=str(out / "hf_home"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
+    command = [sys.executable, str(out / "loader.py"), str(out), DATASET_REPO, CLASSIFIER_REPO]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield process, out
+    if process.poll() is None:  # `pushed` never told it to go
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module")
+def pushed(loader, trained, fake_hub, tmp_path_factory):
     """One `Distiller.push_to_hub` of both repos, then a fresh process that loads them back from the endpoint."""
     local_dir = tmp_path_factory.mktemp("hub_folders")
     with pytest.MonkeyPatch.context() as patch:
@@ -140,7 +162,7 @@ def pushed(trained, fake_hub, tmp_path_factory):
     pixel_values = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
         logits = classifier(pixel_values=pixel_values).logits
-    loaded = _load_in_fresh_process(fake_hub.endpoint, pixel_values, tmp_path_factory.mktemp("loader"))
+    loaded = _load_in_fresh_process(loader, pixel_values)
     return {
         "commits": commits,
         "dataset_dir": local_dir / DATASET_REPO.split("/")[1],
@@ -154,17 +176,21 @@ def pushed(trained, fake_hub, tmp_path_factory):
 
 LOADER = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
+    from pathlib import Path
     import numpy as np, torch
     import datasets
-    from transformers import AutoModelForImageClassification
+    from huggingface_hub import snapshot_download
+    from transformers import AutoModelForImageClassification, pipeline
 
     out, dataset_repo, classifier_repo = sys.argv[1:4]
+    deadline = time.monotonic() + 240
+    while not Path(out, "go").exists():  # the repos are pushed (imports done meanwhile)
+        assert time.monotonic() < deadline, "never told to go"
+        time.sleep(0.02)
     pixel_values = torch.from_numpy(np.load(f"{out}/pixel_values.npy"))
     distilled = datasets.load_dataset(dataset_repo, split="train")
     np.save(f"{out}/images.npy", np.stack([np.asarray(image) for image in distilled["image"]]))
-    from huggingface_hub import snapshot_download
-
     snapshot = snapshot_download(dataset_repo, repo_type="dataset")  # the whole repo: load_from_disk works on it
     from_disk = datasets.load_from_disk(snapshot)["train"]
     # Without importing hf_sfm: the model code comes from the repo (trust_remote_code), as for a user without it.
@@ -173,8 +199,6 @@ LOADER = textwrap.dedent(
     import hf_sfm  # noqa: F401  registers the model type with the Auto classes
     model = AutoModelForImageClassification.from_pretrained(classifier_repo)
     np.save(f"{out}/logits.npy", model(pixel_values=pixel_values).logits.detach().numpy())
-    from transformers import pipeline
-
     predictions = pipeline("image-classification", model=classifier_repo)(distilled[0]["image"], top_k=2)
     json.dump(
         {
@@ -192,25 +216,12 @@ LOADER = textwrap.dedent(
 )
 
 
-def _load_in_fresh_process(endpoint: str, pixel_values: torch.Tensor, out: Path) -> dict:
+def _load_in_fresh_process(loader, pixel_values: torch.Tensor) -> dict:
+    process, out = loader
     np.save(out / "pixel_values.npy", pixel_values.numpy())
-    (out / "loader.py").write_text(LOADER)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
-    env.update(
-        HF_ENDPOINT=endpoint,
-        HF_HUB_DISABLE_XET="1",
-        HF_TOKEN=TEST_TOKEN,
-        HF_HOME=str(out / "hf_home"),
-        HF_HUB_DISABLE_TELEMETRY="1",
-    )
-    result = subprocess.run(
-        [sys.executable, str(out / "loader.py"), str(out), DATASET_REPO, CLASSIFIER_REPO],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    (out / "go").touch()
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr[-4000:]
     meta = json.loads((out / "meta.json").read_text())
     return {
         **meta,

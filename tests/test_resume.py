@@ -69,20 +69,26 @@ def _cls_token(model, pixel_values):
 def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(tmp_path):
     killed_dir = tmp_path / "killed"
     victim = _worker(killed_dir, "--save_steps", "2", "--seconds_per_step", "0.3")
-    uninterrupted = _reference_run(tmp_path / "reference")  # while the worker starts up
-    deadline = time.monotonic() + 120
-    while not (killed_dir / "checkpoint-4" / RUN_STATE_FILE).exists():
-        assert victim.poll() is None, f"the run ended before it could be killed: {victim.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint-4 within 120 s"
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=30)
-    assert victim.returncode == -signal.SIGKILL
-    assert not (killed_dir / "result.safetensors").exists(), "the run finished before the kill"
-    steps_saved = [int(path.name.split("-")[1]) for path in list_checkpoints(killed_dir)]
-    assert steps_saved[:2] == [2, 4] and max(steps_saved) < 8
-
-    _finish(_worker(killed_dir, "--save_steps", "2", "--resume", "latest"))
+    killed = tmp_path / "killed.marker"  # the resuming process starts now and waits, imports done, for the kill
+    resuming = _worker(killed_dir, "--save_steps", "2", "--resume", "latest", "--start_after", str(killed))
+    try:
+        uninterrupted = _reference_run(tmp_path / "reference")  # while the workers start up
+        deadline = time.monotonic() + 120
+        while not (killed_dir / "checkpoint-4" / RUN_STATE_FILE).exists():
+            assert victim.poll() is None, f"the run ended before it could be killed: {victim.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint-4 within 120 s"
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=30)
+        assert victim.returncode == -signal.SIGKILL
+        assert not (killed_dir / "result.safetensors").exists(), "the run finished before the kill"
+        steps_saved = [int(path.name.split("-")[1]) for path in list_checkpoints(killed_dir)]
+        assert steps_saved[:2] == [2, 4] and max(steps_saved) < 8
+    except BaseException:
+        resuming.kill()
+        raise
+    killed.touch()
+    _finish(resuming)
     resumed = load_file(str(killed_dir / "result.safetensors"))
     assert torch.equal(resumed["images"], uninterrupted["images"])
     assert torch.equal(

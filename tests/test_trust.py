@@ -122,22 +122,35 @@ def test_atomic_path_replaces_its_own_file_and_refuses_a_foreign_one(tmp_path):
 _LOCK_WORKER = textwrap.dedent(
     """
     import sys, time
+    from pathlib import Path
     sys.path.insert(0, sys.argv[3])
     import conftest  # noqa: F401  (offline, temporary HF_HOME)
     from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
     from transformers import ViTImageProcessor
     from hf_sfm import DistillationConfig, Distiller, TrainerCallback
 
-    output_dir, steps = sys.argv[1], int(sys.argv[2])
+    output_dir, steps, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[4])
+    start, resume = Path(sys.argv[5]), Path(sys.argv[6])
 
-    class Slow(TrainerCallback):
+
+    def wait_for(signal):  # the test's go-ahead: a file it creates; a worker left waiting fails, never hangs
+        deadline = time.monotonic() + 240
+        while not signal.exists():
+            assert time.monotonic() < deadline, f"no {signal.name} within 240 s"
+            time.sleep(0.02)
+
+
+    class HoldAfterFirstStep(TrainerCallback):  # the run (and its lock) lives on until the second was refused
         def on_step_end(self, args, state, control, **kwargs):
-            time.sleep(0.5)
+            if state.global_step == 1:
+                wait_for(resume)
 
+    wait_for(start)  # started beside the other worker: its imports overlap the other's
     processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     args = DistillationConfig(output_dir=output_dir, num_steps=steps, save_steps=2, image_size=32, save_grid=False,
-                              logging_steps=0, seed=int(sys.argv[4]))
-    distiller = Distiller(build_backbone("vit"), args, color_dataset(3, 2), image_processor=processor, callbacks=[Slow])
+                              logging_steps=0, seed=seed)
+    distiller = Distiller(build_backbone("vit"), args, color_dataset(3, 2), image_processor=processor,
+                          callbacks=[HoldAfterFirstStep])
     distiller.train()
     distiller.save_distilled()
     print("FINISHED", flush=True)
@@ -147,21 +160,30 @@ _LOCK_WORKER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_a_second_process_on_the_same_output_dir_is_refused_and_the_first_finishes(tmp_path):
+    """The first run holds after its first step (statistics written, lock held) until the second was refused."""
     from hf_sfm.training.checkpointing import list_checkpoints, read_run_state, validate_checkpoint
 
     output_dir = tmp_path / "shared"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     command = [sys.executable, "-c", _LOCK_WORKER, str(output_dir)]
     tests = str(Path(__file__).parent)
-    first = subprocess.Popen([*command, "30", tests, "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (output_dir / ".hf_sfm.lock").exists() or not list(output_dir.glob("statistics.safetensors")):
-        assert first.poll() is None, first.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    second = subprocess.run([*command, "4", tests, "1"], env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode != 0 and "FINISHED" not in second.stdout
-    assert "OutputDirectoryBusy" in second.stderr and "Another hf_sfm run is writing into" in second.stderr
+    go, refused = tmp_path / "second_may_start", tmp_path / "second_was_refused"
+    pipes = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    first = subprocess.Popen([*command, "30", tests, "0", str(tests), str(refused)], **pipes)  # starts at once
+    second = subprocess.Popen([*command, "4", tests, "1", str(go), str(go)], **pipes)
+    try:
+        deadline = time.monotonic() + 240
+        while not (output_dir / ".hf_sfm.lock").exists() or not list(output_dir.glob("statistics.safetensors")):
+            assert first.poll() is None, first.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        go.touch()  # the first run is writing into output_dir now
+        second_stdout, second_stderr = (stream.decode() for stream in second.communicate(timeout=300))
+        assert first.poll() is None, "the first run ended before the second was refused"
+    finally:
+        go.touch(), refused.touch()  # neither worker is left waiting
+    assert second.returncode != 0 and "FINISHED" not in second_stdout
+    assert "OutputDirectoryBusy" in second_stderr and "Another hf_sfm run is writing into" in second_stderr
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0 and b"FINISHED" in stdout, stderr.decode()[-3000:]
     checkpoints = list_checkpoints(output_dir)
