@@ -308,6 +308,10 @@ class StatisticsCaches:
         for cache, each in zip(self.caches, statistics, strict=True):
             cache.check(each, f"The given statistics of {cache.backbone.short_name}")
 
+    def features(self) -> PassFeatures | GatheredFeatures:
+        """The primary's per-image features (`StatisticsCache.features`)."""
+        return self.caches[0].features()
+
     def feature_source(self, exact_for: ImagePreprocessing | None = None) -> Callable[[], PassFeatures] | None:
         """The primary's per-image features (`StatisticsCache.feature_source`): the centroid init and baselines
         choose in the primary's feature space. A joint pass of several backbones keeps none, so with several the
