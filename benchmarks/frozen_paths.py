@@ -46,16 +46,17 @@ class InferenceModeCounter:
     through `frozen_features` has none."""
 
     def __init__(self):
-        self.outside = 0
+        self.forwards = self.outside = 0
 
     def watch(self, feature_extractor: torch.nn.Module) -> None:
         feature_extractor.register_forward_pre_hook(self._hook)
 
     def _hook(self, module, args) -> None:
+        self.forwards += 1
         self.outside += not torch.is_inference_mode_enabled()
 
     def take(self) -> int:
-        """Forwards outside inference mode since the last `take`."""
+        """Forwards outside inference mode since the last `take` (`forwards` counts them all)."""
         outside, self.outside = self.outside, 0
         return outside
 
