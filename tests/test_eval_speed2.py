@@ -211,33 +211,46 @@ def test_eval_speed_records_the_commit_and_full_config_and_renders_its_section(b
     results = tmp_path / "results"
     shutil.copytree(render_results.RESULTS_DIR, results)
     shutil.copy(output, results / "eval_speed.json")
+    (results / "frozen_paths.json").write_text(json.dumps(_frozen_paths_record(num_paths=10)))
     monkeypatch.setattr(render_results, "RESULTS_DIR", results)
     page = render_results.render()
+    assert len(page.splitlines()) <= 250  # test_results_render's limit, with both sections on the page
     assert "### Probe protocols: the papers' fresh views against the fast view bank" in page
     assert "| distilled | 51.0 ± 0.8 | 51.0 ± 0.8 | +0.00 stds |" in page
     assert "| before | 250 | 400 | 0.30 |" in page
 
 
-def test_frozen_paths_renders_ratios_and_flags_slow_or_bypassing_paths(benchmarks, tmp_path, monkeypatch):
-    _, frozen_paths, render_results = benchmarks
+def _frozen_paths_record(num_paths: int = 3) -> dict:
     rows = [
         {"path": "plain loop", "images": 512, "images_per_second": 600.0, "ratio_to_best": 1.0},
         {"path": "view bank", "images": 640, "images_per_second": 570.0, "ratio_to_best": 0.95},
         {"path": "slow path", "images": 512, "images_per_second": 300.0, "ratio_to_best": 0.5},
     ]
-    for row, outside in zip(rows, (0, 0, 3), strict=True):
-        row["forwards_outside_inference_mode"] = outside
+    rows += [dict(rows[1], path=f"path {i}") for i in range(num_paths - 3)]
+    for row in rows:
+        row["forwards_outside_inference_mode"] = 3 if row["path"] == "slow path" else 0
+    lever = {"forward": "bf16", "images_per_second": 300.0, "ratio_to_default": 0.5, "minor_faults_per_image": 2.0}
+    lever.update(system_per_user_cpu=0.1, max_relative_difference=0.08)
     record = {"variant": "lite0", "size": 64, "threads": 2, "repeats": 3, "best_batch": 32, "machine": "m"}
-    record.update(plain_loop_by_batch={"10": 450.0, "32": 600.0}, rows=rows)
+    record.update(plain_loop_by_batch={"10": 450.0, "32": 600.0}, rows=rows, levers=[lever] * 13)
+    return record
+
+
+def test_frozen_paths_renders_ratios_and_flags_slow_or_bypassing_paths(benchmarks, tmp_path, monkeypatch):
+    _, frozen_paths, render_results = benchmarks
+    record = _frozen_paths_record()
     text = frozen_paths.render(record)
     assert "| view bank | 570 | 0.95 | yes |" in text
     assert "| slow path | 300 | 0.50 (below 0.90) | **no** (3) |" in text
+    assert "| bf16 | 300 | 0.50 | 2 | 0.10 | 8e-02 |" in "\n".join(frozen_paths.render_levers(record["levers"]))
 
     results = tmp_path / "results"
     shutil.copytree(render_results.RESULTS_DIR, results)
-    (results / "frozen_paths.json").write_text(json.dumps(record))
+    (results / "frozen_paths.json").write_text(json.dumps(_frozen_paths_record(num_paths=10)))
     monkeypatch.setattr(render_results, "RESULTS_DIR", results)
-    assert "### Every frozen forward path against the best plain loop" in render_results.render()
+    page = render_results.render()
+    assert "### Every frozen forward path against the best plain loop" in page
+    assert "bf16" not in page  # the levers study is printed and kept in the JSON, not put on the page
 
 
 def test_the_benchmarks_take_the_harness_flags(benchmarks, capsys):
