@@ -146,10 +146,10 @@ def protocol_table(name: str, results: dict) -> str:
             mean_std(fast["scores"][training_set]),
         )
         difference = fast_mean - paper_mean
-        in_stds = f"{difference / spread:+.2f}" if spread > 0 else f"{difference:+.4f} (paper std 0)"
+        in_stds = f"{difference / spread:+.2f} stds" if spread > 0 else f"{100 * difference:+.1f} points (paper std 0)"
         lines.append(
             f"| {training_set} | {100 * paper_mean:.1f} ± {100 * spread:.1f} "
-            f"| {100 * fast_mean:.1f} ± {100 * fast_std:.1f} | {in_stds} stds |"
+            f"| {100 * fast_mean:.1f} ± {100 * fast_std:.1f} | {in_stds} |"
         )
     return "\n".join(lines)
 
