@@ -1,6 +1,7 @@
 """What the fast probe protocol costs and changes: both protocols side by side, in one run (issue 23).
 
     python benchmarks/eval_speed.py            # MNIST + emoji categories, Lite0 at 64 px, the demo's distillation
+    python benchmarks/eval_speed.py --dataset emoji --runs 1 --epochs 66 --steps 2   # a smoke run on real data
     python benchmarks/eval_speed.py --quick    # a tiny random backbone on tiny colour data: seconds, for the tests
 
 For each dataset: distil once with the demo's settings, then probe the distilled set, random real images (a new draw
@@ -10,6 +11,9 @@ seeds. Prints each protocol's wall time and accuracy ± std, and how far the fas
 papers' in the papers' stds. Then the frozen forward's throughput: the old eager batch-256 loop against
 `frozen_features`, on the same images in one process (images/s, minor page faults per image, system/user CPU).
 Test features and the baselines' feature column are computed before the clocks start (both protocols share them).
+
+A full run writes `results/eval_speed.json` (every score, the commit, every `DistillationConfig` and probe config)
+and its section of `RESULTS.md` comes from that file; `--quick` writes nothing unless `--output` names a file.
 """
 
 from __future__ import annotations
@@ -24,14 +28,22 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 import torch
 
 from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.evaluation.probe import PAPER_EPOCHS, PAPER_RUNS, ProbeConfig, protocol_views
 
+NAME = "eval_speed"
 TRAINING_SETS = ("distilled", "random_real", "centroids")
 PROTOCOLS = ("paper", "fast")
+
+
+def progress(message: str) -> None:
+    """A stage line, at once: the full run takes hours, and its tqdm bars vanish when each fit ends."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def full_datasets(names: list[str]) -> dict:
@@ -81,52 +93,70 @@ def quick_datasets() -> dict:
     }
 
 
-def compare_protocols(train, test, backbone, settings: dict, runs: int, epochs: int, seed: int) -> dict:
-    """Distil once, then probe the three training sets under each protocol: `{protocol: (seconds, metrics)}`."""
+def compare_protocols(name, train, test, backbone, settings: dict, runs: int, epochs: int, seed: int) -> dict:
+    """Distil once, then probe the three training sets under each protocol: `{protocol: {seconds, scores, probe}}`,
+    each training set's per-run accuracies."""
     model, processor = backbone
     args = DistillationConfig(**settings)
     distiller = Distiller(model=model, args=args, train_dataset=train, image_processor=processor, eval_dataset=test)
+    progress(f"{name}: statistics pass and distillation ({args.num_steps} steps)")
     distiller.compute_statistics()
     distiller.train()
     images, labels = distiller.synthetic_images(), distiller.labels
     evaluator = distiller.evaluator
     evaluator.runs = runs
-    evaluator.evaluator(test).test_features()  # shared by both protocols: not timed
+    progress(f"{name}: test features and the baselines' feature column (shared by both protocols, not timed)")
+    evaluator.evaluator(test).test_features()
     evaluator.baselines().features()
     results = {}
     for protocol in PROTOCOLS:
-        evaluator.probe = ProbeConfig(epochs=epochs, views=protocol_views(protocol, epochs))
+        probe = ProbeConfig(epochs=epochs, views=protocol_views(protocol, epochs))
+        evaluator.probe = probe
+        progress(f"{name}: {protocol} protocol, {len(TRAINING_SETS)} training sets x {runs} runs x {epochs} epochs")
         start = time.perf_counter()
         report = evaluator.report(
             test, images, labels, ["random_real", "centroids"], class_means=distiller.statistics.class_means, seed=seed
         )
-        results[protocol] = (time.perf_counter() - start, report)
+        seconds = time.perf_counter() - start
+        scores = {name: [float(run["accuracy"]) for run in report.scores[name].per_run] for name in TRAINING_SETS}
+        results[protocol] = {"seconds": seconds, "scores": scores, "probe": probe.to_dict()}
+        progress(f"{name}: {protocol} protocol done in {seconds:.1f} s")
     return results
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std (the probe protocol's ± std)."""
+    mean = sum(values) / len(values)
+    return mean, (sum((value - mean) ** 2 for value in values) / len(values)) ** 0.5
+
+
 def protocol_table(name: str, results: dict) -> str:
-    paper_seconds, paper = results["paper"]
-    fast_seconds, fast = results["fast"]
+    paper, fast = results["paper"], results["fast"]
+    paper_seconds, fast_seconds = paper["seconds"], fast["seconds"]
     lines = [
         f"{name}: paper protocol {paper_seconds:.1f} s, fast protocol {fast_seconds:.1f} s "
         f"({paper_seconds / max(fast_seconds, 1e-9):.1f}x) for all three training sets",
+        "",
         "| training set | paper (fresh views) | fast (view bank) | fast - paper, in paper stds |",
         "|---|---|---|---|",
     ]
     for training_set in TRAINING_SETS:
-        paper_scores, fast_scores = paper.scores[training_set], fast.scores[training_set]
-        difference = fast_scores.mean() - paper_scores.mean()
-        spread = paper_scores.std()
-        in_stds = f"{difference / spread:+.2f}" if spread > 0 else f"{difference:+.4f} (paper std 0)"
+        (paper_mean, spread), (fast_mean, fast_std) = (
+            mean_std(paper["scores"][training_set]),
+            mean_std(fast["scores"][training_set]),
+        )
+        difference = fast_mean - paper_mean
+        in_stds = f"{difference / spread:+.2f} stds" if spread > 0 else f"{100 * difference:+.1f} points (paper std 0)"
         lines.append(
-            f"| {training_set} | {100 * paper_scores.mean():.1f} ± {100 * spread:.1f} "
-            f"| {100 * fast_scores.mean():.1f} ± {100 * fast_scores.std():.1f} | {in_stds} stds |"
+            f"| {training_set} | {100 * paper_mean:.1f} ± {100 * spread:.1f} "
+            f"| {100 * fast_mean:.1f} ± {100 * fast_std:.1f} | {in_stds} |"
         )
     return "\n".join(lines)
 
 
-def forward_table(feature_extractor, size: int, count: int) -> str:
-    """The old eager batch-256 frozen loop against `frozen_features`, alternated twice on the same images."""
+def measure_forward(feature_extractor, size: int, count: int) -> dict:
+    """The old eager batch-256 frozen loop against `frozen_features`, alternated twice on the same images:
+    `{label: {images_per_second, minor_faults_per_image, system_per_user_cpu}}`, the best of the two."""
     from hf_sfm.backbone.features import frozen_features
 
     images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -149,30 +179,59 @@ def forward_table(feature_extractor, size: int, count: int) -> str:
             rows[label].append(
                 (count / seconds, (after.ru_minflt - before.ru_minflt) / count, system / max(user, 1e-9))
             )
+    keys = ("images_per_second", "minor_faults_per_image", "system_per_user_cpu")
+    return {label: dict(zip(keys, max(measured))) for label, measured in rows.items()}
+
+
+def forward_table(forward: dict, size: int, count: int, threads: int) -> str:
     lines = [
-        f"frozen forward, {count} images at {size} px, {torch.get_num_threads()} threads (best of 2, alternated):",
+        f"frozen forward, {count} images at {size} px, {threads} threads (best of 2, alternated):",
+        "",
         "| forward | images/s | minor page faults / image | system/user CPU |",
         "|---|---|---|---|",
     ]
-    for label, measured in rows.items():
-        speed, faults, ratio = max(measured)
-        lines.append(f"| {label} | {speed:.0f} | {faults:.0f} | {ratio:.2f} |")
+    for label, row in forward.items():
+        lines.append(
+            f"| {label} | {row['images_per_second']:.0f} | {row['minor_faults_per_image']:.0f} "
+            f"| {row['system_per_user_cpu']:.2f} |"
+        )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def render(record: dict) -> str:
+    """The RESULTS.md section of an `eval_speed.json`: each dataset's protocol table, then the forward table."""
+    lines = [
+        "## Probe protocols: the papers' fresh views against the fast view bank",
+        "",
+        f"`benchmarks/eval_speed.py`: Lite0 at {record['size']} px, the demo's distillation, {record['runs']} probe "
+        f"runs x {record['epochs']} epochs per training set, validation splits, {record['threads']} threads, one "
+        f"process; wall times are of all three training sets together. Machine: {record['machine']}.",
+        "",
+    ]
+    for name, results in record["datasets"].items():
+        lines += [protocol_table(name, results), ""]
+    lines.append(forward_table(record["forward"], record["size"], record["forward_images"], record["threads"]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="Tiny backbone and data, few epochs: seconds.")
-    parser.add_argument("--datasets", nargs="+", default=["mnist", "emoji"], choices=["mnist", "emoji"])
+    common.add_harness_arguments(parser, NAME, seeds=False)
+    parser.add_argument("--datasets", "--dataset", nargs="+", default=["mnist", "emoji"], choices=["mnist", "emoji"])
     parser.add_argument("--runs", type=int, default=None, help=f"Probe runs (default {PAPER_RUNS}; quick: 2).")
     parser.add_argument("--epochs", type=int, default=None, help=f"Probe epochs (default {PAPER_EPOCHS}; quick: 66).")
+    parser.add_argument("--steps", type=int, default=None, help="Distillation steps (default: the demo's; quick: 2).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="outputs/eval_speed")
     options = parser.parse_args(argv)
+    if options.render and common.render_only(argv):
+        common.render_results()
+        return {}
     torch.set_num_threads(options.threads)
     runs = options.runs or (2 if options.quick else PAPER_RUNS)
     epochs = options.epochs or (66 if options.quick else PAPER_EPOCHS)
+    progress("loading data and backbones")
     data = quick_datasets() if options.quick else full_datasets(options.datasets)
     settings = {
         "crop_size": 32 if options.quick else 64,
@@ -183,20 +242,41 @@ def main(argv: list[str] | None = None) -> None:
         "recompute_statistics": True,  # a rerun distils afresh, whatever an earlier run left in output_dir
         "seed": options.seed,
     }
-    if options.quick:
-        settings.update(num_steps=2)
+    steps = options.steps or (2 if options.quick else None)
+    if steps:
+        settings.update(num_steps=steps)
     print(f"probe protocols compared: {runs} runs x {epochs} epochs; paper = fresh views, fast = a view bank")
+    record = {"runs": runs, "epochs": epochs, "threads": options.threads, "size": settings["crop_size"]}
+    record.update(machine=common.machine_description(), datasets={})
+    configs, splits = {}, {}
     for name, (train, test, backbone) in data.items():
         settings["output_dir"] = str(Path(options.output_dir) / name)
-        results = compare_protocols(train, test, backbone, settings, runs, epochs, options.seed)
+        configs[name] = common.settings_config(settings)
+        splits[name] = common.split_sizes(name, train=train, validation=test)
+        results = compare_protocols(name, train, test, backbone, settings, runs, epochs, options.seed)
+        record["datasets"][name] = results
         print(protocol_table(name, results), flush=True)
     from hf_sfm.backbone.features import FeatureExtractor
     from hf_sfm.data.preprocessing import ImagePreprocessing
 
     model, processor = next(iter(data.values()))[2]
-    size = settings["crop_size"]
+    size, count = settings["crop_size"], 64 if options.quick else 1024
+    progress(f"frozen forward: {count} images, before and after")
     feature_extractor = FeatureExtractor(model, ImagePreprocessing.from_image_processor(processor, size))
-    print(forward_table(feature_extractor, size, 64 if options.quick else 1024))
+    record.update(forward=measure_forward(feature_extractor, size, count), forward_images=count)
+    print(forward_table(record["forward"], size, count, options.threads))
+    path = common.output_path(options, NAME)
+    if path is not None:
+        probes = {
+            protocol: ProbeConfig(epochs=epochs, views=protocol_views(protocol, epochs)) for protocol in PROTOCOLS
+        }
+        common.save_json(
+            record, path, common.provenance(configs=configs, probe=probes, data=splits, seeds=[options.seed], argv=argv)
+        )
+        progress(f"wrote {path}")
+    if options.render:
+        common.render_results()
+    return record
 
 
 if __name__ == "__main__":

@@ -426,6 +426,8 @@ def render() -> str:
         *section_from("scaling", "format_section", "scaling"),
         *section_from("bench_inheritance", "markdown", "inheritance"),
         *section_from("statistics_pass", "render", "statistics_pass"),
+        *(section_from("frozen_paths", "render", "frozen_paths") if load("frozen_paths") else []),
+        *(section_from("eval_speed", "render", "eval_speed") if load("eval_speed") else []),
         "### Inheritance time",
         "",
         *section_from("bench_inheritance", "speed_markdown", "inheritance-speed-2threads"),

@@ -209,6 +209,7 @@ def _paired_views(images, eval_extractor, distill_extractor, augmentation, gener
         generator,
         bank_views(config, len(images)),
         lookahead=_lookahead(config),
+        epochs=config.num_epochs(len(images)),  # the last look-ahead block stops where the fit does
     )
 
 

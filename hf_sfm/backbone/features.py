@@ -202,11 +202,10 @@ class FeatureExtractor(nn.Module):
             )
         return features.float()
 
-    @torch.no_grad()
     def feature_dim(self) -> int:
-        """`D`, from one grey image at the input size."""
+        """`D`, from one grey image at the input size (through `frozen_features`, as every read-only forward)."""
         size = self.input_size
-        return int(self(torch.full((1, 3, size, size), 0.5, device=self.mean.device)).shape[1])
+        return int(frozen_features(self, torch.full((1, 3, size, size), 0.5, device=self.mean.device)).shape[1])
 
     @torch.no_grad()
     def check_forward(self, image_processor: Any = None) -> int:

@@ -351,24 +351,39 @@ class ViewFeatures:
 
     @torch.no_grad()
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        view = self.augmentation(images.to(self.device), self.generator)
+        return self._embed(self.augmentation(images.to(self.device), self.generator))
+
+    def _embed(self, view: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`(B, 3, S, S)` augmented views → `(B, D_k)` per extractor (an extractor listed twice runs once)."""
         seen: dict[int, torch.Tensor] = {}
         for extractor in self.extractors:
             if id(extractor) not in seen:
                 seen[id(extractor)] = frozen_features(extractor, resize(view, extractor.input_size))
         return tuple(seen[id(extractor)] for extractor in self.extractors)
 
+    @torch.no_grad()
     def _embed_bank(self, views: int) -> tuple[torch.Tensor, ...]:
-        """`(V, N, D_k)` per extractor: `V` augmented views of every image, embedded once."""
+        """`(V, N, D_k)` per extractor: `V` augmented views of every image, embedded once.
+
+        Views are drawn as one view of every image at a time (`batch_size` images per augmentation call, so
+        `generator` draws what it always drew), but embedded across views in batches of at least `batch_size`: a
+        bank of a few images would otherwise reach the backbone a handful of images per call."""
         bank: list[list[torch.Tensor]] = [[] for _ in self.extractors]
+        pending: list[torch.Tensor] = []
+
+        def embed_pending() -> None:
+            for k, features in enumerate(self._embed(torch.cat(pending))):
+                bank[k].append(features)
+            pending.clear()
+
         for _ in progress_bar(range(views), desc="View bank", disable=views < 20):
-            chunks = [
-                self._features(self.images[i : i + self.batch_size])
-                for i in range(0, len(self.images), self.batch_size)
-            ]
-            for k in range(len(self.extractors)):
-                bank[k].append(torch.cat([chunk[k] for chunk in chunks]))
-        return tuple(torch.stack(per_extractor) for per_extractor in bank)
+            for i in range(0, len(self.images), self.batch_size):
+                pending.append(self.augmentation(self.images[i : i + self.batch_size].to(self.device), self.generator))
+                if sum(len(view) for view in pending) >= self.batch_size:
+                    embed_pending()
+        if pending:
+            embed_pending()
+        return tuple(torch.cat(chunks).view(views, len(self.images), -1) for chunks in bank)
 
     def _embed_ahead(self, first_epoch: int) -> None:
         """Fresh views of every image for epochs `first_epoch …` (`epochs_ahead`, or up to `epochs`)."""
