@@ -169,7 +169,7 @@ def best_step_distiller(options, backbones, train, work: Path, settings: dict, s
         num_steps=options.steps,
         output_dir=str(work / f"best-step-{primary}" / f"seed{seed}"),
     )
-    model, processor = backbones[primary]
+    model, processor = backbones[primary][:2]
     eval_models = {name: backbones[name][:2] for name in others}  # (model, processor)
     return Distiller(model=model, args=args, train_dataset=train, image_processor=processor, eval_models=eval_models)
 
