@@ -68,6 +68,14 @@ class ModelArguments:
         },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
+    eval_model_name_or_path: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "More backbones the set is evaluated on (never distilled on), each `name=path` or a path (named "
+            "by its last component): metrics gain eval_<name>_accuracy and eval_mean_accuracy, which "
+            "--metric_for_best_model mean_accuracy can keep the best step by."
+        },
+    )
 
 
 @dataclass
@@ -279,6 +287,20 @@ def single_or_list(names: str | list[str] | None) -> str | list[str] | None:
     return names
 
 
+def load_eval_models(model_args) -> dict[str, tuple[Any, Any]]:
+    """`--eval_model_name_or_path name=path ...` → `{name: (model, processor)}` for `Distiller(eval_models=)` (a bare
+    path is named by its short name, as a distillation backbone is)."""
+    from hf_sfm.backbone.frozen import short_name_of
+
+    models: dict[str, tuple[Any, Any]] = {}
+    for entry in model_args.eval_model_name_or_path or []:
+        name, _, path = entry.partition("=") if "=" in entry else (short_name_of(entry), "", entry)
+        if name in models:
+            raise ValueError(f"--eval_model_name_or_path names {name!r} twice; give each `name=path` its own name.")
+        models[name] = load_backbone(dataclasses.replace(model_args, model_name_or_path=path, model_revision="main"))
+    return models
+
+
 def primary(value: Any) -> Any:
     """The primary backbone's entry of a per-backbone list (a single value is its own)."""
     return value[0] if isinstance(value, list | tuple) else value
@@ -477,6 +499,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
     transformers.set_seed(config.seed)
     with state.main_process_first():  # one download per machine
         model, processor = load_backbones(model_args)
+        eval_models = load_eval_models(model_args)
         train, evaluation, selection = load_run_data(data_args, config.seed, config.metric_for_best_model is not None)
     not_evaluated = why_not_evaluated(data_args, run_args, evaluation)
     if not_evaluated and state.is_main_process and run_args.do_eval:  # said now, not after the distillation
@@ -490,6 +513,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
         image_processor=processor,
         eval_dataset=selection if select_best else evaluation,
         feature_fn=model_args.feature_pooling,
+        eval_models=eval_models or None,
     )
     if spellings.disable_tqdm:
         distiller.pop_callback(ProgressCallback)

@@ -354,6 +354,40 @@ def test_the_recipe_selects_on_validation_and_reports_on_test(tmp_path):
     assert run["run"]["data"].get("validation_split") is None  # nothing carved: the dataset had one
 
 
+def test_the_recipe_keeps_the_best_step_by_the_mean_over_its_eval_models(tmp_path):
+    from test_recipe import load_recipe
+
+    for family in ("vit", "resnet"):
+        build_backbone(family).save_pretrained(tmp_path / family)
+        tiny_image_processor().save_pretrained(tmp_path / family)
+    splits = {"train": color_dataset(3, 10), "test": color_dataset(3, 4, seed=1)}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "data"))
+    output_dir = tmp_path / "run"
+    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}  # `main` sets them
+    try:
+        result = load_recipe().main(
+            [
+                "--model_name_or_path", str(tmp_path / "vit"), "--dataset_name", str(tmp_path / "data"),
+                "--eval_model_name_or_path", f"other={tmp_path / 'resnet'}", str(tmp_path / "resnet"),
+                "--output_dir", str(output_dir), "--num_steps", "3", "--eval_steps", "2", "--image_size", "32",
+                "--metric_for_best_model", "mean_accuracy", "--load_best_model_at_end", "true",
+                "--validation_split_size", "0.2", "--probe_epochs", "2", "--eval_runs", "1",
+            ]
+        )  # fmt: skip
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    metrics = result["eval"]  # on the test split, every eval model: named, or by its short name
+    mean = (metrics["eval_accuracy"] + metrics["eval_other_accuracy"] + metrics["eval_resnet_accuracy"]) / 3
+    assert metrics["eval_mean_accuracy"] == pytest.approx(mean)
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    in_training = [e for e in state["log_history"] if "eval_mean_accuracy" in e and e["eval_num_test_images"] == 6]
+    assert [e["step"] for e in in_training] == [2, 3]  # chosen on the 6 carved validation images
+    best = max(in_training, key=lambda e: e["eval_mean_accuracy"])  # ties keep the earlier step
+    run = json.loads((output_dir / "distilled" / "distillation_config.json").read_text())
+    assert run["selection"]["metric"] == "eval_mean_accuracy" and run["selection"]["step"] == best["step"]
+
+
 @pytest.mark.slow
 def test_two_processes_keep_the_best_step_of_one(tmp_path):
     """Sharded parameters: the copy gathers every process's rows. `num_test_images` is the same at every
