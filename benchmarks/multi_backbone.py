@@ -249,6 +249,85 @@ def cost(options, backbones, train, work: Path, settings: dict) -> dict:
     return summary
 
 
+# ---------------------------------------------------------------------------------------------- RESULTS.md
+
+
+def goal_rows(result: dict) -> list[list[str]]:
+    """The issue's goals on one dataset, per-seed differences in points, each judged by the counting rule."""
+    per_seed, (first, second), held_out = result["per_seed"], result["backbones"][:2], result["held_out"]
+    joint, single = f"SFM on {first} + {second}", f"SFM on {first}"
+    best = next((row for row in per_seed[first] if "best step" in row), None)
+
+    def difference(eval_name: str, row: str, baseline: str, margin: float = 0.0) -> list[float]:
+        return [a - b - margin for a, b in zip(per_seed[eval_name][row], per_seed[eval_name][baseline], strict=True)]
+
+    goals = [
+        (f"two-backbone set ≥ centroids + 5 on {name}", difference(name, joint, f"centroids ({name})", 5.0))
+        for name in (first, second)
+    ]
+    goals += [(f"two-backbone set ≥ {single} on held-out {name}", difference(name, joint, single)) for name in held_out]
+    if best is not None:
+        goals += [
+            (f"best step ≥ centroids on {name}", difference(name, best, f"centroids ({name})"))
+            for name in (first, second)
+        ]
+        goals.append((f"best step within 2 points of {single} on {first}", difference(first, best, single, -2.0)))
+    rows = []
+    for goal, values in goals:
+        mean = sum(values) / len(values)
+        spread = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        rows.append(
+            [goal, " / ".join(f"{v:+.1f}" for v in values), f"{mean:+.1f} ± {spread:.1f}", common.verdict(values)]
+        )
+    return rows
+
+
+def render(result: dict) -> str:
+    """The RESULTS.md section of one `multi-backbone-test-<dataset>.json`: accuracies, then the goals judged."""
+    first = result["backbones"][0]
+    kept = ", ".join(f"seed {k['seed']}: step {k.get('step')}" for k in result.get("best_step", []))
+    lines = [
+        f"## Several backbones: {result['dataset']} (test split, ipc 1, seeds {', '.join(map(str, result['seeds']))})",
+        "",
+        f"`benchmarks/multi_backbone.py --dataset {result['dataset']}`: SFM with the library's defaults on each "
+        f"backbone alone and on {' + '.join(result['backbones'])} at once (`Distiller(model=[...])`), and on {first} "
+        f"with the best step kept by the mean validation accuracy over {', '.join(result['backbones'])} (a split "
+        f"carved out of train; {kept}). Probed with the fast protocol ({result['runs']} runs per seed), mean ± std "
+        "over seeds of each seed's mean; centroids are chosen in the named backbone's feature space.",
+        "",
+        result["table"],
+        "",
+        common.markdown_table(["goal", "per seed (points)", "mean ± std", "verdict"], goal_rows(result)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_cost(result: dict) -> str:
+    """The RESULTS.md lines of `multi-backbone-cost.json`."""
+    steps = {arm: 1e3 * sum(v) / len(v) for arm, v in result["step_seconds"].items()}
+    passes = result["statistics_passes"]
+    joint = "+".join(result["backbones"])
+    return "\n".join(
+        [
+            "### Cost of several backbones",
+            "",
+            common.markdown_table(
+                ["arm", "ms / step", "statistics pass (s)", "images decoded"],
+                [
+                    [arm, f"{steps[arm]:.0f}", f"{passes[arm]['seconds']:.1f}", passes[arm]["decoded_images"]]
+                    for arm in steps
+                ],
+            ),
+            "",
+            f"Joint step / sum of single steps: **{result['joint_over_sum_of_singles']:.2f}** (goal ≤ 1.10); joint "
+            f"statistics pass / two single passes: {result['joint_pass_over_single_passes']:.2f}, each image decoded "
+            f"once ({passes[joint]['decoded_images']} decodes). One process, interleaved repeats.",
+            "",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))

@@ -357,6 +357,15 @@ def section_from(module_name: str, function: str, json_name: str) -> list[str]:
     return [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in text.splitlines()] + [""]
 
 
+def multi_backbone_sections() -> list[str]:
+    """Issue 28's tables (several distillation backbones, best-step selection), where their JSONs exist."""
+    names = [n for n in ("multi-backbone-test-mnist", "multi-backbone-test-emoji") if load(n)]
+    lines = [line for name in names for line in section_from("multi_backbone", "render", name)]
+    if load("multi-backbone-cost"):
+        lines += section_from("multi_backbone", "render_cost", "multi-backbone-cost")
+    return lines
+
+
 def provenance_lines() -> list[str]:
     names = sorted(path.stem for path in RESULTS_DIR.glob("*.json"))
     recorded = [name for name in names if "provenance" in (load(name) or {})]
@@ -420,6 +429,7 @@ def render() -> str:
         *render_goal_table(IPC1),
         *render_goal_table(IPC10),
         *render_lgm_table(),
+        *multi_backbone_sections(),
         "## Cost, scaling, inheritance, speed",
         "",
         *section_from("cost", "format_section", "cost"),
