@@ -282,49 +282,67 @@ def goal_rows(result: dict) -> list[list[str]]:
     return rows
 
 
-def render(result: dict) -> str:
-    """The RESULTS.md section of one `multi-backbone-test-<dataset>.json`: accuracies, then the goals judged."""
-    first = result["backbones"][0]
-    kept = ", ".join(f"seed {k['seed']}: step {k.get('step')}" for k in result.get("best_step", []))
-    lines = [
-        f"## Several backbones: {result['dataset']} (test split, ipc 1, seeds {', '.join(map(str, result['seeds']))})",
-        "",
-        f"`benchmarks/multi_backbone.py --dataset {result['dataset']}`: SFM with the library's defaults on each "
-        f"backbone alone and on {' + '.join(result['backbones'])} at once (`Distiller(model=[...])`), and on {first} "
-        f"with the best step kept by the mean validation accuracy over {', '.join(result['backbones'])} (a split "
-        f"carved out of train; {kept}). Probed with the fast protocol ({result['runs']} runs per seed), mean ± std "
-        "over seeds of each seed's mean; centroids are chosen in the named backbone's feature space.",
-        "",
-        result["table"],
-        "",
-        common.markdown_table(["goal", "per seed (points)", "mean ± std", "verdict"], goal_rows(result)),
-        "",
-    ]
-    return "\n".join(lines)
+def render(results: list[dict]) -> str:
+    """The RESULTS.md section of the `multi-backbone-test-<dataset>.json` files: one accuracy table and one goal table
+    over every dataset (compact: the page has a length budget)."""
+    first = results[0]
+    names = [*first["backbones"], *first["held_out"]]
+    accuracy, goals = [], []
+    for result in results:
+        per_seed = result["per_seed"]
+        for row in per_seed[names[0]]:
+            cells = ["{:.1f} ± {:.1f}".format(*_mean_std(per_seed[name][row])) for name in names]
+            accuracy.append([result["dataset"], row, *cells])
+        goals += [[result["dataset"], *row] for row in goal_rows(result)]
+    kept = "; ".join(
+        f"{result['dataset']}: " + ", ".join(str(k.get("step")) for k in result.get("best_step", []))
+        for result in results
+    )
+    intro = (
+        "`benchmarks/multi_backbone.py`: SFM (defaults) on each backbone alone, on "
+        + " + ".join(first["backbones"])
+        + " at once (`Distiller(model=[...])`), and on "
+        + first["backbones"][0]
+        + " keeping the step with the best mean validation accuracy over "
+        + ", ".join(first["backbones"])
+        + f" (a split carved out of train; kept steps per seed: {kept}). Seeds "
+        + ", ".join(map(str, first["seeds"]))
+        + f"; fast probe protocol, {first['runs']} runs per seed; mean ± std over seeds; centroids are chosen in the "
+        "named backbone's feature space."
+    )
+    header = ["data", "set", *(f"on {name}" + (" (held out)" if name in first["held_out"] else "") for name in names)]
+    return "\n".join(
+        [
+            "## Several backbones and the best step (test splits, ipc 1)",
+            "",
+            intro,
+            "",
+            common.markdown_table(header, accuracy),
+            "",
+            common.markdown_table(["data", "goal", "per seed (points)", "mean ± std", "verdict"], goals),
+            "",
+        ]
+    )
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
 
 
 def render_cost(result: dict) -> str:
-    """The RESULTS.md lines of `multi-backbone-cost.json`."""
+    """The RESULTS.md lines of `multi-backbone-cost.json` (a paragraph: the page has a length budget)."""
     steps = {arm: 1e3 * sum(v) / len(v) for arm, v in result["step_seconds"].items()}
-    passes = result["statistics_passes"]
-    joint = "+".join(result["backbones"])
-    return "\n".join(
-        [
-            "### Cost of several backbones",
-            "",
-            common.markdown_table(
-                ["arm", "ms / step", "statistics pass (s)", "images decoded"],
-                [
-                    [arm, f"{steps[arm]:.0f}", f"{passes[arm]['seconds']:.1f}", passes[arm]["decoded_images"]]
-                    for arm in steps
-                ],
-            ),
-            "",
-            f"Joint step / sum of single steps: **{result['joint_over_sum_of_singles']:.2f}** (goal ≤ 1.10); joint "
-            f"statistics pass / two single passes: {result['joint_pass_over_single_passes']:.2f}, each image decoded "
-            f"once ({passes[joint]['decoded_images']} decodes). One process, interleaved repeats.",
-            "",
-        ]
+    passes, joint = result["statistics_passes"], "+".join(result["backbones"])
+    singles = [arm for arm in steps if arm != joint]
+    return (
+        f"Cost (`--cost`, one process, interleaved repeats): a step on {joint} takes {steps[joint]:.0f} ms against "
+        + " + ".join(f"{steps[arm]:.0f} ms ({arm})" for arm in singles)
+        + f", ratio **{result['joint_over_sum_of_singles']:.2f}** (goal ≤ 1.10); the joint statistics pass takes "
+        f"{passes[joint]['seconds']:.1f} s and decodes {passes[joint]['decoded_images']} images, the single passes "
+        + " + ".join(f"{passes[arm]['seconds']:.1f} s" for arm in singles)
+        + f" and {sum(passes[arm]['decoded_images'] for arm in singles)} (ratio "
+        f"{result['joint_pass_over_single_passes']:.2f}).\n"
     )
 
 

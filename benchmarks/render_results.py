@@ -359,10 +359,13 @@ def section_from(module_name: str, function: str, json_name: str) -> list[str]:
 
 def multi_backbone_sections() -> list[str]:
     """Issue 28's tables (several distillation backbones, best-step selection), where their JSONs exist."""
-    names = [n for n in ("multi-backbone-test-mnist", "multi-backbone-test-emoji") if load(n)]
-    lines = [line for name in names for line in section_from("multi_backbone", "render", name)]
+    import multi_backbone
+
+    results = [load(n) for n in ("multi-backbone-test-mnist", "multi-backbone-test-emoji") if load(n)]
+    lines = multi_backbone.render(results).splitlines() if results else []
+    lines = [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in lines]
     if load("multi-backbone-cost"):
-        lines += section_from("multi_backbone", "render_cost", "multi-backbone-cost")
+        lines += [multi_backbone.render_cost(load("multi-backbone-cost")), ""]
     return lines
 
 
