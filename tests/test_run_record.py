@@ -96,6 +96,15 @@ def test_the_warning_recorder_keeps_each_warning_of_the_run_once():
     assert recorder.messages == [PROBE_WARNING]
 
 
+def test_which_probe_protocol_ran_is_said_but_kept_out_of_the_cards_warnings(caplog):
+    from hf_sfm.evaluation.probe import say_protocol
+
+    with WarningRecorder() as recorder, caplog.at_level("WARNING", logger="hf_sfm"):
+        say_protocol("Linear probes of distilled on vit: the fast probe protocol (...)")
+    assert "the fast probe protocol" in caplog.text  # the user still reads it
+    assert recorder.messages == []  # the card states the protocol in its own section
+
+
 # ---------------------------------------------------------------------------------------------- the cards
 
 

@@ -52,6 +52,8 @@ from .linear_fit import LinearFitConfig, ViewFeatures, embed_resized, fit_linear
 from .results import INHERITED, TRAINING_SETS, EvaluationReport, ProbeScores
 
 logger = logging.getLogger(__name__)
+# A log record's attribute (`extra=`) marking a message the run record keeps out of the card's "warnings".
+NOT_FOR_CARD = "hf_sfm_not_for_card"
 METRICS_DIR = Path(__file__).parent / "metrics"
 ComputeMetrics = Callable[[EvalPrediction], Mapping[str, float]]
 # run → (images (N, 3, S, S) in [0, 1], labels (N,)): a training set, possibly drawn anew per run (random real).
@@ -298,6 +300,13 @@ def _warn_once(message: str) -> None:
     logger.warning(message)
 
 
+def say_protocol(message: str) -> None:
+    """Say which probe protocol ran, at warning level so a default-configured Python user sees it. It is a
+    statement, not a caveat, and a card gives the protocol in its own section, so the run record keeps it out of
+    the card's warnings (`NOT_FOR_CARD`)."""
+    logger.warning(message, extra={NOT_FOR_CARD: True})
+
+
 def _probe_head(dim: int, num_classes: int, config: ProbeConfig, seed: int, device: torch.device) -> nn.Linear:
     """`N(0, init_std)` weights from the run's own device generator (so the head does not shift the view draws)."""
     head = nn.Linear(dim, num_classes).to(device)
@@ -522,7 +531,7 @@ def evaluate_training_sets(
     report.probe_epochs = config.epochs
     report.probe_views = config.views or 0
     report.probe_augment = config.augment
-    _warn_once(
+    say_protocol(
         f"Linear probes of {', '.join(training_sets)} on {evaluator.name}: {protocol_description(config, runs)}."
     )
     for scores in evaluator.probe_together(training_sets, runs, config, seed):

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.probe import NOT_FOR_CARD
+
 RECORD_KEY = "run"  # where `distillation_config.json` keeps the record
 PATH_FIELDS = ("output_dir", "statistics_path", "resume_from_checkpoint")  # config fields that may hold local paths
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -196,6 +198,8 @@ class WarningRecorder(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, NOT_FOR_CARD, False):  # a statement (which protocol ran), not a caveat
+            return
         message = record.getMessage().strip()
         if message and message not in self.messages:
             self.messages.append(message)
