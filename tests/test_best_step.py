@@ -303,7 +303,13 @@ def test_too_small_a_split_to_stratify_is_refused(tmp_path):
 def test_the_step_curve_plots_every_accuracy_against_steps(tmp_path):
     history = [
         {"loss": 1.0, "step": 2},
-        {"eval_accuracy": 0.4, "eval_lite1_accuracy": 0.3, "eval_accuracy_std": 0.1, "step": 2},
+        {
+            "eval_accuracy": 0.4,
+            "eval_lite1_accuracy": 0.3,
+            "eval_accuracy_std": 0.1,
+            "eval_top5_accuracy": 1,
+            "step": 2,
+        },
         {"eval_accuracy": 0.6, "eval_lite1_accuracy": 0.2, "step": 4},
         {"eval_accuracy": 0.9, "eval_lite1_accuracy": 0.9, "step": 4},  # the final test evaluation, same step
     ]

@@ -124,7 +124,8 @@ def save_comparison_grid(
 
 
 def step_curves(log_history: list[dict], steps: list[int] | None = None) -> dict[str, list[tuple[int, float]]]:
-    """`{metric: [(step, value), …]}` of every `eval_*accuracy` (not `_std`) in a `TrainerState.log_history`.
+    """`{metric: [(step, value), …]}` of every top-1 `eval_*accuracy` (not `_std`, not `top5_`: one scale, the
+    plot's) in a `TrainerState.log_history`.
 
     `steps`: only these steps (the in-training evaluations); at a step evaluated twice (the final evaluation of a
     recipe on its test split runs at the last step too) the first entry, the in-training one, counts."""
@@ -134,7 +135,8 @@ def step_curves(log_history: list[dict], steps: list[int] | None = None) -> dict
         if step is None or (steps is not None and step not in steps):
             continue
         for key, value in entry.items():
-            if key.startswith("eval_") and key.endswith("accuracy") and isinstance(value, int | float):
+            top1 = key.startswith("eval_") and key.endswith("accuracy") and "top5_" not in key
+            if top1 and isinstance(value, int | float):
                 curves.setdefault(key, {}).setdefault(int(step), float(value))
     return {key: sorted(points.items()) for key, points in curves.items()}
 
