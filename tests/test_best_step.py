@@ -311,7 +311,7 @@ def test_the_step_curve_plots_every_accuracy_against_steps(tmp_path):
             "step": 2,
         },
         {"eval_accuracy": 0.6, "eval_lite1_accuracy": 0.2, "step": 4},
-        {"eval_accuracy": 0.9, "eval_lite1_accuracy": 0.9, "step": 4},  # the final test evaluation, same step
+        {"eval_accuracy": 0.9, "eval_lite1_accuracy": 0.9, "eval_centroids_accuracy": 0.5, "step": 4},  # final, test
     ]
     curves = step_curves(history, steps=[2, 4])
     assert curves == {"eval_accuracy": [(2, 0.4), (4, 0.6)], "eval_lite1_accuracy": [(2, 0.3), (4, 0.2)]}

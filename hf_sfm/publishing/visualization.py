@@ -9,6 +9,7 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
+from ..evaluation.results import BASELINES
 from ..utils.io_utils import atomic_path
 
 
@@ -124,8 +125,8 @@ def save_comparison_grid(
 
 
 def step_curves(log_history: list[dict], steps: list[int] | None = None) -> dict[str, list[tuple[int, float]]]:
-    """`{metric: [(step, value), …]}` of every top-1 `eval_*accuracy` (not `_std`, not `top5_`: one scale, the
-    plot's) in a `TrainerState.log_history`.
+    """`{metric: [(step, value), …]}` of the synthetic set's top-1 `eval_*accuracy` on every backbone (not `_std`,
+    `top5_` or a baseline's: one scale, one set) in a `TrainerState.log_history`.
 
     `steps`: only these steps (the in-training evaluations); at a step evaluated twice (the final evaluation of a
     recipe on its test split runs at the last step too) the first entry, the in-training one, counts."""
@@ -136,7 +137,8 @@ def step_curves(log_history: list[dict], steps: list[int] | None = None) -> dict
             continue
         for key, value in entry.items():
             top1 = key.startswith("eval_") and key.endswith("accuracy") and "top5_" not in key
-            if top1 and isinstance(value, int | float):
+            baseline = any(f"_{name}_" in key for name in BASELINES)  # a final evaluation's, not the set's
+            if top1 and not baseline and isinstance(value, int | float):
                 curves.setdefault(key, {}).setdefault(int(step), float(value))
     return {key: sorted(points.items()) for key, points in curves.items()}
 
@@ -164,7 +166,7 @@ def save_step_curve(
         ) from error
     import io
 
-    figure = Figure(figsize=(6.4, 4.0), dpi=120)
+    figure = Figure(figsize=(8.0, 4.0), dpi=120)
     axes = figure.subplots()
     for key, points in curves.items():
         axes.plot([s for s, _ in points], [100 * v for _, v in points], marker="o", label=key)
@@ -174,7 +176,7 @@ def save_step_curve(
     axes.set_ylabel("top-1 accuracy (%)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not on them
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
     buffer.seek(0)
