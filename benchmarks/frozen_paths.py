@@ -340,7 +340,8 @@ def render(record: dict) -> str:
         ]
         for row in record["rows"]
     ]
-    batches = ", ".join(f"{batch}: {speed:.0f}" for batch, speed in record["plain_loop_by_batch"].items())
+    by_batch = sorted(record["plain_loop_by_batch"].items(), key=lambda item: int(item[0]))  # JSON keys are text
+    batches = ", ".join(f"{batch}: {speed:.0f}" for batch, speed in by_batch)
     return "\n".join(
         [
             "## Every frozen forward path against the best plain loop",
