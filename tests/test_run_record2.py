@@ -300,7 +300,10 @@ def test_two_processes_choose_the_centroids_of_one_from_their_shards_features(tm
     datasets.DatasetDict({"train": color_dataset(3, 7)}).save_to_disk(str(tmp_path / "data"))  # shards of 11 + 10
     run = ["--model_name_or_path", str(tmp_path / "vit"), "--dataset_name", str(tmp_path / "data"), "--ipc", "2"]
     run += ["--num_steps", "1", "--learning_rate", "1e-6", "--do_eval", "false", "--save_grid", "false"]
+    # A datasets cache of its own: another test's two-process run of the same data and backbone leaves a statistics
+    # map under the same fingerprint in the session's HF_HOME, and a cache hit would skip the pass this test reads.
     env = dict(os.environ, ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1", PYTHONPATH=str(repo))
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_DATASETS_CACHE=str(tmp_path / "hf_home" / "datasets"))
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     recipe = str(repo / "recipes" / "distill.py")
