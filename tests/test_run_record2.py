@@ -304,6 +304,9 @@ def test_two_processes_choose_the_centroids_of_one_from_their_shards_features(tm
     # map under the same fingerprint in the session's HF_HOME, and a cache hit would skip the pass this test reads.
     env = dict(os.environ, ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1", PYTHONPATH=str(repo))
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_DATASETS_CACHE=str(tmp_path / "hf_home" / "datasets"))
+    # The pass is read from its progress bar: keep it on whatever the session's environment says about bars.
+    env = {k: v for k, v in env.items() if not k.startswith("TQDM_") and "PROGRESS_BAR" not in k}
+    env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "0"  # has priority over any in-process switch
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     recipe = str(repo / "recipes" / "distill.py")
