@@ -22,6 +22,7 @@ from torch import nn
 
 from ..data.preprocessing import ImagePreprocessing
 from ..modeling_inherited import FEATURE_POOLINGS, backbone_outputs, pool_outputs
+from ..utils.cpu_memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +309,8 @@ def frozen_features(
     (`FeatureExtractor`). The result is an ordinary tensor, usable as the input of a trained layer.
     """
     device = feature_extractor.mean.device
+    if device.type == "cpu":
+        keep_freed_memory()
     chunk_size = chunk_size or frozen_chunk_size(device)
     output: torch.Tensor | None = None
     for start in range(0, len(images), chunk_size):

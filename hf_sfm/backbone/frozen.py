@@ -16,6 +16,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from ..data.preprocessing import ImagePreprocessing
+from ..utils.cpu_memory import keep_freed_memory
 from ..utils.precision import Precision
 from .embedding import weights_digest
 from .features import FeatureExtractor, FeatureFn, check_image_processor, frozen_features
@@ -51,6 +52,8 @@ class FrozenBackbone:
         device: torch.device,
     ) -> FrozenBackbone:
         """Build the extractor on `device` and check it runs (a clear error now, not deep in torch later)."""
+        if torch.device(device).type == "cpu":
+            keep_freed_memory()  # the training loop's forwards and backwards reuse memory too
         preprocessing = ImagePreprocessing.from_image_processor(image_processor, crop_size)
         feature_extractor = FeatureExtractor(model, preprocessing, feature_fn).to(device)
         check_image_processor(model, image_processor)
