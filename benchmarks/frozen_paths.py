@@ -1,6 +1,6 @@
 """Every frozen, no-grad forward path of hf_sfm against the best plain loop on the same model, side by side (issue 23).
 
-    python benchmarks/frozen_paths.py              # Lite0 at 64 px, 512 images per path, 3 interleaved repeats
+    python benchmarks/frozen_paths.py              # Lite0 at 64 px, 2048 images per path, 3 interleaved repeats
     python benchmarks/frozen_paths.py --size 128   # another resolution
     python benchmarks/frozen_paths.py --quick      # 64 images, 1 repeat: a smoke run; writes nothing by default
 
@@ -108,7 +108,7 @@ def library_paths(
     second = FeatureExtractor(extractor.model, preprocessing)  # the projector's other backbone (same weights here)
     counter.watch(second)
 
-    def statistics_with_decoding():
+    def statistics_with_decoding():  # with a fingerprint, as the library passes it (else `datasets` pickles the model)
         compute_class_statistics(
             dataset,
             backbone.embed_pixels,
@@ -116,6 +116,7 @@ def library_paths(
             label_column="label",
             class_names=class_names,
             preprocessing=preprocessing,
+            new_fingerprint="frozen_paths-statistics",
             load_from_cache_file=False,
         )
 
@@ -238,6 +239,109 @@ def measure(options) -> tuple[dict, tuple]:
     }, (extractor, images)
 
 
+BEFORE_AFTER = {
+    "before": "the probe's views before: eager NCHW model under no_grad, batch 256, ready tensors, malloc untouched",
+    "after": "the probe's views now: `ViewFeatures` fresh look-ahead (augmentation included), library defaults",
+}
+
+
+def forward_probe(kind: str, options) -> dict:
+    """Inside a fresh process: one kind of `BEFORE_AFTER`'s forwards over `options.num_images` images, timed once
+    after a warm-up: images/s, minor page faults per image, system/user CPU. A fresh process per measurement,
+    because the library's malloc settings (`hf_sfm.utils.cpu_memory`) are process-wide: "before" runs with
+    `HF_SFM_KEEP_FREED_MEMORY=0`, as the library ran before it kept freed memory."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    from hf_sfm.assets import efficientnet_lite_path
+    from hf_sfm.backbone.frozen import FrozenBackbone
+    from hf_sfm.evaluation.linear_fit import ViewFeatures
+    from hf_sfm.synthesis.augment import Augmentation
+
+    path = efficientnet_lite_path(options.variant)
+    model, processor = AutoModel.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+    extractor = FrozenBackbone.prepare(
+        model,
+        processor,
+        crop_size=options.size,
+        feature_fn=None,
+        mixed_precision="no",
+        gradient_checkpointing=False,
+        device=torch.device("cpu"),
+    ).feature_extractor
+    count = options.num_images
+    if kind == "before":
+        nchw = copy.deepcopy(extractor)
+        nchw.model.to(memory_format=torch.contiguous_format)
+        images = torch.rand(count, 3, options.size, options.size, generator=torch.Generator().manual_seed(0))
+
+        def run():
+            with torch.no_grad():
+                for start in range(0, count, 256):
+                    nchw.pool((images[start : start + 256] - nchw.mean) / nchw.std)
+
+    else:
+        probe_images = torch.rand(PROBE_IMAGES, 3, options.size, options.size, generator=torch.Generator())
+        augmentation = Augmentation(options.size, flip=True, crop=True, noise=False)
+        epochs, every = count // PROBE_IMAGES, torch.arange(PROBE_IMAGES)
+
+        def run():
+            generator = torch.Generator().manual_seed(0)
+            views = ViewFeatures(probe_images, [extractor], augmentation, generator, epochs=epochs)
+            for epoch in range(epochs):
+                views(every, epoch)
+
+    run()  # warm-up
+    usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    run()
+    seconds, end = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    user, system = end.ru_utime - usage.ru_utime, end.ru_stime - usage.ru_stime
+    return {
+        "images_per_second": count / seconds,
+        "minor_faults_per_image": (end.ru_minflt - usage.ru_minflt) / count,
+        "system_per_user_cpu": system / max(user, 1e-9),
+    }
+
+
+def before_and_after(options) -> dict:
+    """`BEFORE_AFTER` measured alternately in fresh processes, `options.repeats` rounds, best round of each."""
+    import json
+    import subprocess
+
+    measured: dict[str, list[dict]] = {kind: [] for kind in BEFORE_AFTER}
+    for round_ in range(options.repeats):
+        for kind in BEFORE_AFTER:
+            print(f"before/after round {round_ + 1}: {kind}", flush=True)
+            command = [sys.executable, __file__, "--forward-probe", kind, "--variant", options.variant]
+            command += ["--size", str(options.size), "--num-images", str(options.num_images)]
+            command += ["--threads", str(options.threads)]
+            env = dict(os.environ)
+            if kind == "before":
+                env["HF_SFM_KEEP_FREED_MEMORY"] = "0"
+            else:
+                env.pop("HF_SFM_KEEP_FREED_MEMORY", None)
+            completed = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+            measured[kind].append(json.loads(completed.stdout.strip().splitlines()[-1]))
+    best = {kind: max(rows, key=lambda row: row["images_per_second"]) for kind, rows in measured.items()}
+    best["after"]["ratio_to_before"] = best["after"]["images_per_second"] / best["before"]["images_per_second"]
+    return best
+
+
+def render_before_after(rows: dict) -> list[str]:
+    table = [
+        [
+            BEFORE_AFTER[kind],
+            f"{row['images_per_second']:.0f}",
+            f"{row['minor_faults_per_image']:.0f}",
+            f"{row['system_per_user_cpu']:.2f}",
+        ]
+        for kind, row in rows.items()
+    ]
+    headers = ["probe views (fresh process each, best round)", "images/s", "minor faults / image", "sys/user CPU"]
+    ratio = rows["after"]["ratio_to_before"]
+    intro = f"The probe's views before and after: **{ratio:.2f}x** the images/s."
+    return ["", intro, "", common.markdown_table(headers, table)]
+
+
 def levers(extractor, images: torch.Tensor, repeats: int) -> list[dict]:
     """The issue's forward table re-measured beside the other CPU levers, side by side on the same images: eager
     NCHW weights and input under `no_grad` (before), channels-last under `inference_mode` at several batch sizes,
@@ -352,6 +456,7 @@ def render(record: dict) -> str:
             f"{record['machine']}.",
             "",
             common.markdown_table(["path", "images/s", "ratio to best", "all forwards in inference mode"], rows),
+            *(render_before_after(record["before_after"]) if record.get("before_after") else []),
         ]
     )
 
@@ -361,12 +466,19 @@ def main(argv: list[str] | None = None) -> dict:
     common.add_harness_arguments(parser, NAME, seeds=False)
     parser.add_argument("--variant", default="lite0", choices=["lite0", "lite1", "lite2"])
     parser.add_argument("--size", type=int, default=64, help="Input resolution (the crop) in pixels.")
-    parser.add_argument("--num-images", type=int, default=512, help="Images per path and round.")
+    parser.add_argument("--num-images", type=int, default=2048, help="Images per path and round.")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 32, 64, 128, 256])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levers", action="store_true", help="Also time the forward under the other CPU levers.")
+    parser.add_argument("--forward-probe", choices=list(BEFORE_AFTER), help=argparse.SUPPRESS)  # a child process
     options = parser.parse_args(argv)
+    if options.forward_probe:
+        import json
+
+        common.set_threads(options.threads)
+        print(json.dumps(forward_probe(options.forward_probe, options)))
+        return {}
     if options.render and common.render_only(argv):
         common.render_results()
         return {}
@@ -374,6 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
         options.num_images, options.repeats, options.batch_sizes = min(options.num_images, 64), 1, [10, 32]
     common.set_threads(options.threads)
     record, (extractor, images) = measure(options)
+    record["before_after"] = before_and_after(options)
     if options.levers:
         print("levers: the forward before and after, and other CPU settings", flush=True)
         record["levers"] = levers(extractor, images, options.repeats)
