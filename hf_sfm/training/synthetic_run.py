@@ -190,8 +190,8 @@ class SyntheticRun:
 
     def start_logging(self, step: int) -> None:
         """Start the first logging window, and the run's clock, at `step` (where the loop starts or resumes)."""
-        self.first_step, self.started = step, time.perf_counter()
         self._logged_step, self._logged_time = step, time.perf_counter()
+        self.first_step, self.started = step, self._logged_time
 
     def generators(self) -> dict[str, torch.Generator]:
         """The generators a checkpoint must save: the augmentation's and the methods' own."""
