@@ -12,7 +12,6 @@ and grids callbacks', the probe `hf_sfm.evaluation.probe`'s, export and push a `
 from __future__ import annotations
 
 import functools
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +23,16 @@ from accelerate.utils import broadcast_object_list, set_seed
 from transformers import TrainerCallback, TrainerControl
 from transformers.trainer_utils import TrainOutput
 
-from .backbone.frozen import FeatureFn
-from .backbone.group import FrozenBackbones, as_list
+from .backbone.group import FeatureFn, FrozenBackbones, as_list
 from .config import DistillationConfig
 from .data.real_data import RealData
-from .data.validation_split import ValidationSplit, validation_split_for
 from .evaluation.probe import ComputeMetrics, DistilledSetEvaluator, named_eval_models
 from .publishing.distilled_set import DistilledSet, HubTarget
 from .synthesis.augment import Augmentation
 from .synthesis.synthetic import SyntheticImages, synthetic_labels
-from .training.best_step import BestStep, check_best_metric
+from .training.best_step import BestStep, check_best_metric, selection_split
 from .training.callbacks import CallbackHandler, GridCallback, TrackersCallback, new_state
 from .training.run_outputs import RunOutputs
-from .training.run_state import RunCheckpointer, run_fingerprint, train_metrics
 from .training.statistics_cache import ClassStatistics, StatisticsCaches
 from .training.synthetic_run import (
     SyntheticRun,
@@ -87,9 +83,7 @@ class Distiller:
         self.args = args
         self.accelerator = accelerator or run_accelerator(args)
         set_seed(args.seed)
-        self.validation_split: ValidationSplit | None = None  # carved out of train_dataset for best-step selection
-        if args.best_metric_key is not None and eval_dataset is None:
-            train_dataset, eval_dataset, self.validation_split = validation_split_for(train_dataset, args)
+        train_dataset, eval_dataset, self.validation_split = selection_split(train_dataset, eval_dataset, args)
         self.real_data = RealData.from_config(train_dataset, args)
         self.real_data.check_distillable(args.init)
         if eval_dataset is not None:
@@ -113,31 +107,26 @@ class Distiller:
             logger.warning(small, main_process_only=True)  # sizes the user did not choose, said before any work
         self.augmentation = Augmentation.from_config(args, output_size=self.preprocessing.crop_size)
         self.statistics_cache = StatisticsCaches.from_config(args, self.accelerator, self.real_data, self.backbones)
-        self.backbone_statistics = as_list(statistics) if statistics is not None else None  # one per backbone
-        if self.backbone_statistics is not None:  # checked now: a mismatch would otherwise fail deep inside the loss
-            self.statistics_cache.check(self.backbone_statistics)
+        self.backbone_statistics = self.statistics_cache.given(statistics)  # one per backbone, checked now
         self.statistics = statistics if statistics is None else self.backbone_statistics[0]
         self.synthetic: SyntheticImages | None = None
         self.best_step: BestStep | None = None
         self.labels = synthetic_labels(self.num_classes, args.ipc)
         self.losses: list[float] = []
         grids = GridCallback(self.accelerator, self.synthetic_images, self.labels, self.class_names)
-        self.callback_handler = CallbackHandler([TrackersCallback(self.accelerator), grids, *(callbacks or [])])
+        callbacks = [TrackersCallback(self.accelerator), grids, *(callbacks or [])]
+        self.callback_handler = CallbackHandler(callbacks, self.feature_extractor.model, self.image_processor)
         self.state = new_state(args, self.accelerator)
         self.control = TrainerControl()
-        self.checkpointer = RunCheckpointer(
-            self.accelerator, self.output_dir, args.save_total_limit, overwrite=args.overwrite_output_dir
-        )
+        self.checkpointer = self.outputs.checkpointer()
         self._run: SyntheticRun | None = None
-        self.evaluator = DistilledSetEvaluator(
-            self.feature_extractor,
+        self.evaluator = DistilledSetEvaluator.from_config(
+            args,
+            self.backbone,
             self.image_processor,
             self.real_data,
             image_size=self.image_size,
-            crop_size=args.crop_size,
-            probe=args.probe_config(),
-            runs=args.eval_runs,
-            name=self.backbone.name,
+            eval_models=self.eval_models,
             compute_metrics=compute_metrics,
             train_features=self.statistics_cache.feature_source(exact_for=self.preprocessing),  # no second pass
         )
@@ -180,14 +169,7 @@ class Distiller:
 
     def _event(self, event: str, **kwargs: Any) -> TrainerControl:
         self.control = self.callback_handler.call_event(
-            event,
-            self.args,
-            self.state,
-            self.control,
-            model=self.feature_extractor.model,
-            processing_class=self.image_processor,
-            synthetic=self.synthetic,
-            **kwargs,
+            event, self.args, self.state, self.control, synthetic=self.synthetic, **kwargs
         )
         return self.control
 
@@ -283,15 +265,10 @@ class Distiller:
         run = self._run = SyntheticRun(
             synthetic, methods, self.labels, self.backbones, self.augmentation, self.accelerator, args, max_steps
         )
-        self.checkpointer.start(self.checkpoint_fingerprint(), run.generators(), checkpoint)
         self.best_step = BestStep.from_config(args)
-        if checkpoint is not None:
-            self.checkpointer.restore(checkpoint, run, self.state)
-            if self.best_step is not None:
-                self.best_step.load(self.checkpointer.loop_state.kept, self.state)
+        self.checkpointer.start(self.checkpoint_fingerprint(), run, self.state, checkpoint, self.best_step)
         first_step = self.state.global_step
         self._event("on_train_begin", optimizer=run.optimizer)
-        start = time.perf_counter()
         run.start_logging(first_step)
         for step in range(first_step, self.state.max_steps):
             self._event("on_step_begin", optimizer=run.optimizer)
@@ -301,7 +278,6 @@ class Distiller:
             self._maybe_log_save_evaluate(run)
             if self.control.should_training_stop:
                 break
-        runtime = time.perf_counter() - start
         self.losses = run.finish(self.state.global_step)
         if args.load_best_model_at_end and self.best_step is not None and self.best_step.has_best:
             self.best_step.restore(synthetic)
@@ -309,7 +285,7 @@ class Distiller:
         if args.save_grid and self.accelerator.is_main_process:
             self.save_grid(self.outputs.grid_path)
         self._event("on_train_end", optimizer=run.optimizer)
-        training_loss, metrics = train_metrics(runtime, self.losses, first_step)
+        training_loss, metrics = run.train_metrics(self.losses)
         self.state.log_history.append({**metrics, "step": self.state.global_step})
         return TrainOutput(self.state.global_step, training_loss, metrics)
 
@@ -324,28 +300,17 @@ class Distiller:
             control.should_evaluate = False
             metrics = self.evaluate(baselines=[])  # in training: cheap, on the validation split
             if self.best_step is not None:
-                self.best_step.update(
-                    metrics, step, run.synthetic, self.accelerator, run.num_images, run.sharded, self.state
-                )
+                self.best_step.update(metrics, step, run, self.state)
         if control.should_save:
             control.should_save = False
             run.check_finite(step)
-            self.checkpointer.loop_state.kept = self.best_step.tensors() if self.best_step is not None else {}
-            target = self.checkpointer.save_progress(run, self.state, self.args.to_dict())
+            target = self.checkpointer.save_progress(run, self.state, self.args.to_dict(), self.best_step)
             self._event("on_save", checkpoint=target)
 
     def checkpoint_fingerprint(self) -> dict[str, Any]:
         """What a checkpoint is checked against on resume (see `hf_sfm.training.checkpointing.REQUIRED_KEYS`)."""
-        return run_fingerprint(
-            self.args,
-            class_names=self.class_names,
-            image_size=self.image_size,
-            crop_size=self.preprocessing.crop_size,
-            backbone=self.backbones.identity,  # every backbone's, and every backbone's class means
-            class_means=FrozenBackbones.joint_means(self._all_means()),
-            augmentation=self.augmentation,
-            num_processes=self.accelerator.num_processes,
-        )
+        parts = (self.class_names, self.image_size, self.backbones, self._all_means(), self.augmentation)
+        return self.checkpointer.fingerprint_of(self.args, *parts)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -380,15 +345,9 @@ class Distiller:
                 eval_model=eval_model, eval_image_processor=eval_image_processor, eval_feature_fn=eval_feature_fn
             )
             means, seed = self._means(), self.args.seed
-            report = self.evaluator.report(
-                dataset, images, self.labels, baselines, class_means=means, seed=seed, **backbone
+            holder[0] = self.evaluator.metrics(
+                dataset, images, self.labels, baselines, metric_key_prefix, class_means=means, seed=seed, **backbone
             )
-            holder[0] = report.metrics(metric_key_prefix)
-            if eval_model is None and self.eval_models:
-                extra = self.evaluator.eval_model_metrics(
-                    dataset, images, self.labels, self.eval_models, holder[0], metric_key_prefix, baselines, means, seed
-                )
-                holder[0].update(extra)
         if self.accelerator.num_processes > 1:
             broadcast_object_list(holder, from_process=0)
         metrics = holder[0]
@@ -410,10 +369,8 @@ class Distiller:
 
     def distilled_set(self) -> DistilledSet:
         """The synthetic set with what produced it: what export, cards and the Hub take (a collective when sharded)."""
-        images, source = self.synthetic_images(), self.source_dataset
-        config = dict(self.args.to_dict(), image_size=self.image_size, crop_size=self.preprocessing.crop_size)
-        parts = (config, self.statistics, self.preprocessing, self.backbone.identity, source)  # with the sizes used
-        return DistilledSet(images, self.labels, self.class_names, *parts, backbones=self.backbones.descriptions())
+        images, parts = self.synthetic_images(), (self.real_data, self.backbones, self.statistics, self.image_size)
+        return DistilledSet.from_run(images, self.labels, self.args.to_dict(), *parts)
 
     def distilled_dataset(self) -> datasets.Dataset:
         """The synthetic set as a `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""
@@ -424,15 +381,8 @@ class Distiller:
         `push_to_hub` uploads. `metrics` (from `evaluate()`) fill the card; `card_kwargs` go to
         `hf_sfm.publishing.cards.dataset_card`. A folder hf_sfm did not write is replaced only with `overwrite=True`,
         or inside output_dir with `overwrite_output_dir`."""
-        path = Path(path) if path is not None else self.output_dir / "distilled"
-        replace, flag = self.outputs.overwrite_for(path, overwrite)
         card_kwargs.setdefault("selection", self.selection_record())
-        distilled = self.distilled_set()
-        self.outputs.acquire()
-        if self.accelerator.is_main_process:
-            distilled.save(path, metrics, overwrite=replace, flag=flag, **card_kwargs)
-        self.accelerator.wait_for_everyone()
-        return path
+        return self.outputs.save_distilled(self.distilled_set, path, metrics, overwrite, **card_kwargs)
 
     def selection_record(self, split: str | None = None) -> dict[str, Any] | None:
         """Which step was kept and why (metric, value, evaluated steps, the split it was chosen on: `split` in words,
@@ -455,15 +405,8 @@ class Distiller:
         """
         from .inheritance import ClassifierInheritance
 
-        return ClassifierInheritance(
-            self.feature_extractor,
-            self.preprocessing,
-            self.class_names,
-            real_data=self.real_data,
-            accelerator=self.accelerator,
-            image_size=self.image_size,
-            crop_size=self.args.crop_size,
-            distillation={"method": self.args.method, "ipc": self.args.ipc, "seed": self.args.seed},
+        return ClassifierInheritance.from_config(
+            self.args, self.backbone, self.real_data, self.accelerator, self.image_size
         )
 
     def push_to_hub(
@@ -493,15 +436,5 @@ class Distiller:
             private=private, token=token, revision=revision, create_pr=create_pr, commit_message=commit_message
         )
         target = HubTarget.resolve(self.args, dataset_repo_id, classifier_repo_id, classifier, **options)
-        local_dir = self.outputs.hub_folder(local_dir)
         card_kwargs.setdefault("source_dataset", self.source_dataset)
-        folder, repo_id = target.folder(local_dir, target.dataset_repo_id), target.dataset_repo_id
-        folder = self.save_distilled(
-            folder, metrics=metrics, repo_id=repo_id, classifier_repo_id=target.classifier_repo_id, **card_kwargs
-        )
-        commits: dict[str, Any] = {"dataset": None, "classifier": None}
-        if self.accelerator.is_main_process:
-            replace, flag = self.outputs.overwrite_for(local_dir)
-            commits = target.push(folder, local_dir, classifier, metrics, card_kwargs, replace, flag)
-        self.accelerator.wait_for_everyone()
-        return commits
+        return self.outputs.push_to_hub(target, self.save_distilled, local_dir, classifier, metrics, card_kwargs)

@@ -47,6 +47,7 @@ from torch import nn
 
 from .backbone.embedding import embed_dataset, embedded_rows, features_and_labels
 from .backbone.features import FeatureExtractor, FeatureFn, frozen_features
+from .backbone.frozen import FrozenBackbone
 from .data.preprocessing import ImagePreprocessing
 from .data.real_data import RealData
 from .data.real_images import square_preprocessing
@@ -352,6 +353,23 @@ class ClassifierInheritance:
         self.distillation = dict(distillation or {})
         self.head: InheritedHead | None = None
         self.projector: Projector | None = None
+
+    @classmethod
+    def from_config(
+        cls, args, backbone: FrozenBackbone, real_data: RealData, accelerator: Accelerator, image_size: int
+    ) -> ClassifierInheritance:
+        """The inheritance of a run configured by `args` (a `DistillationConfig`: crop size, and the method, ipc and
+        seed recorded in the classifier) on its distillation `backbone`, from its real data at `image_size`."""
+        return cls(
+            backbone.feature_extractor,
+            backbone.preprocessing,
+            real_data.class_names,
+            real_data=real_data,
+            accelerator=accelerator,
+            image_size=image_size,
+            crop_size=args.crop_size,
+            distillation={"method": args.method, "ipc": args.ipc, "seed": args.seed},
+        )
 
     @property
     def device(self) -> torch.device:

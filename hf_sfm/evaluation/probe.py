@@ -42,6 +42,7 @@ from transformers import EvalPrediction
 
 from ..backbone.embedding import embed_dataset, features_and_labels
 from ..backbone.features import FeatureExtractor, FeatureFn
+from ..backbone.frozen import FrozenBackbone
 from ..data.columns import class_names_of, find_image_column, find_label_column
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_data import RealData
@@ -656,6 +657,7 @@ class DistilledSetEvaluator:
         compute_metrics: as in `Trainer`, applied to every probe run.
         train_features: the statistics pass's per-image features, where they equal what the baselines would
             compute (same backbone, preprocessing, float32): the baselines choose from them instead of a new pass.
+        eval_models: the run's named eval backbones, which `metrics` probes beside the default one.
     """
 
     def __init__(
@@ -671,6 +673,7 @@ class DistilledSetEvaluator:
         name: str | None = None,
         compute_metrics: ComputeMetrics | None = None,
         train_features: Callable[[], Any] | None = None,
+        eval_models: Sequence[EvalModel] = (),
     ):
         self.feature_extractor = feature_extractor
         self.train_features = train_features
@@ -684,6 +687,68 @@ class DistilledSetEvaluator:
         self.preprocessing = ImagePreprocessing.from_image_processor(image_processor, crop_size)
         self._evaluators: list[tuple[Any, Any, ProbeEvaluator]] = []
         self._baselines: RealBaselines | None = None
+        self.eval_models: Sequence[EvalModel] = eval_models
+
+    @classmethod
+    def from_config(
+        cls,
+        args,
+        backbone: FrozenBackbone,
+        image_processor: Any,
+        real_data: RealData,
+        *,
+        image_size: int,
+        eval_models: Sequence[EvalModel] = (),
+        compute_metrics: ComputeMetrics | None = None,
+        train_features: Callable[[], Any] | None = None,
+    ) -> DistilledSetEvaluator:
+        """The evaluator of a run configured by `args` (a `DistillationConfig`: crop size, probe protocol, runs) on
+        its primary `backbone` (read through `image_processor`) and its named `eval_models`."""
+        return cls(
+            backbone.feature_extractor,
+            image_processor,
+            real_data,
+            image_size=image_size,
+            crop_size=args.crop_size,
+            probe=args.probe_config(),
+            runs=args.eval_runs,
+            name=backbone.name,
+            compute_metrics=compute_metrics,
+            train_features=train_features,
+            eval_models=eval_models,
+        )
+
+    def metrics(
+        self,
+        eval_dataset: datasets.Dataset,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        baselines: Sequence[str] = (),
+        prefix: str = "eval",
+        *,
+        class_means: torch.Tensor | None = None,
+        seed: int = 0,
+        eval_model: nn.Module | None = None,
+        eval_image_processor: Any = None,
+        eval_feature_fn: FeatureFn | None = None,
+    ) -> dict[str, Any]:
+        """`Distiller.evaluate()`'s flat metrics: the `report` on `eval_model` (default: the distillation backbone)
+        under `prefix`, and without an `eval_model`, every named eval model's too with their mean
+        (`eval_model_metrics`)."""
+        backbone = dict(
+            eval_model=eval_model, eval_image_processor=eval_image_processor, eval_feature_fn=eval_feature_fn
+        )
+        report = self.report(
+            eval_dataset, images, labels, list(baselines), class_means=class_means, seed=seed, **backbone
+        )
+        metrics = report.metrics(prefix)
+        if eval_model is None and self.eval_models:
+            metrics.update(
+                self.eval_model_metrics(
+                    eval_dataset, images, labels, self.eval_models, metrics, prefix, baselines, class_means, seed
+                )
+            )
+        return metrics
 
     def report(
         self,

@@ -14,6 +14,8 @@ from typing import Any
 import datasets
 import torch
 
+from ..backbone.group import FrozenBackbones
+from ..data.real_data import RealData
 from . import hub
 from .export import distilled_dataset, save_classifier, save_distilled
 
@@ -33,6 +35,24 @@ class DistilledSet:
     backbone: dict[str, str] | None = None  # `name` and `revision` (a `FrozenBackbone.identity`)
     source_dataset: str | None = None
     backbones: list[dict[str, Any]] | None = None  # several distillation backbones (`FrozenBackbones.descriptions`)
+
+    @classmethod
+    def from_run(
+        cls,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        config: dict[str, Any],
+        real_data: RealData,
+        backbones: FrozenBackbones,
+        statistics: Any,
+        image_size: int,
+    ) -> DistilledSet:
+        """The set a run over `real_data` and `backbones` made, its `config` with the sizes it used (`image_size`,
+        the primary's input as `crop_size`), the primary's preprocessing and identity, and every backbone."""
+        primary = backbones.primary
+        config = dict(config, image_size=image_size, crop_size=primary.preprocessing.crop_size)
+        parts = (config, statistics, primary.preprocessing, primary.identity, real_data.source_name)
+        return cls(images, labels, real_data.class_names, *parts, backbones=backbones.descriptions())
 
     def dataset(self) -> datasets.Dataset:
         """A `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""

@@ -14,12 +14,13 @@ import math
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
 from transformers import TrainerState
 
+from ..data.validation_split import ValidationSplit, validation_split_for
 from ..synthesis.synthetic import SyntheticImages
 from ..utils.distributed import gather_shards
+from .synthetic_run import SyntheticRun
 
 logger = get_logger(__name__)
 
@@ -41,6 +42,15 @@ def check_best_metric(metric: str | None, eval_models: list, custom_metrics: boo
         raise ValueError(
             f"metric_for_best_model={metric!r} is not a metric evaluation produces{hint}; it produces {names}."
         )
+
+
+def selection_split(train_dataset, eval_dataset, args) -> tuple[Any, Any, ValidationSplit | None]:
+    """`(train_dataset, eval_dataset, validation_split)` of a run: with `metric_for_best_model` and no eval split,
+    the steps are compared on a validation split carved out of the training set (`validation_split_for`, recorded
+    so the card can say which); otherwise the data as given and `None`."""
+    if args.best_metric_key is None or eval_dataset is not None:
+        return train_dataset, eval_dataset, None
+    return validation_split_for(train_dataset, args)
 
 
 class BestStep:
@@ -89,18 +99,11 @@ class BestStep:
             return True
         return value > self.value if self.greater_is_better else value < self.value
 
-    def update(
-        self,
-        metrics: dict[str, Any],
-        step: int,
-        synthetic: SyntheticImages,
-        accelerator: Accelerator,
-        num_images: int,
-        sharded: bool,
-        state: TrainerState,
-    ) -> bool:
-        """Compare this evaluation with the best so far; keep `synthetic`'s parameters if it wins. Every process
-        calls it with the same (broadcast) metrics, so all agree; returns whether the step is the new best."""
+    def update(self, metrics: dict[str, Any], step: int, run: SyntheticRun, state: TrainerState) -> bool:
+        """Compare this evaluation with the best so far; keep `run`'s synthetic parameters (gathered from every
+        process while sharded) if it wins. Every process calls it with the same (broadcast) metrics, so all agree;
+        returns whether the step is the new best."""
+        synthetic, accelerator, num_images, sharded = run.synthetic, run.accelerator, run.num_images, run.sharded
         value = self.value_of(metrics)
         if step not in self.evaluated_steps:
             self.evaluated_steps.append(step)

@@ -107,9 +107,16 @@ class ProgressCallback(TrainerCallback):
 
 
 class CallbackHandler:
-    """Calls every callback's hook in order; a hook may return a new `TrainerControl` (as in `Trainer`)."""
+    """Calls every callback's hook in order; a hook may return a new `TrainerControl` (as in `Trainer`). Every hook
+    is also given `model` (the frozen backbone) and `processing_class`, as `transformers.CallbackHandler` does."""
 
-    def __init__(self, callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None):
+    def __init__(
+        self,
+        callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None,
+        model: Any = None,
+        processing_class: Any = None,
+    ):
+        self.model, self.processing_class = model, processing_class
         self.callbacks: list[TrainerCallback] = []
         for callback in [DistillerFlowCallback, ProgressCallback, *(callbacks or [])]:
             self.add_callback(callback)
@@ -132,6 +139,7 @@ class CallbackHandler:
     def call_event(self, event: str, args, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if event not in EVENTS:
             raise ValueError(f"Unknown callback event {event!r}; the loop calls {EVENTS}.")
+        kwargs = {"model": self.model, "processing_class": self.processing_class, **kwargs}
         for callback in self.callbacks:
             result = getattr(callback, event)(args, state, control, **kwargs)
             if result is not None:

@@ -7,6 +7,7 @@ collective the others skipped. Metrics and state files are written atomically by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from accelerate.utils import broadcast_object_list
 from transformers import TrainerState
 
 from ..data.columns import image_file_paths
+from ..publishing.distilled_set import DistilledSet, HubTarget
 from ..utils.io_utils import atomic_path, make_owned_dirs
 from .checkpointing import resolve_checkpoint
 from .outputs import (
@@ -26,6 +28,7 @@ from .outputs import (
     scoped_overwrite,
     warn_if_beside_training_images,
 )
+from .run_state import RunCheckpointer
 from .tracking import format_metrics, write_metrics
 
 
@@ -56,6 +59,12 @@ class RunOutputs:
         """`(overwrite, flag)` for writing `path`: `overwrite_output_dir` reaches only inside the output dir; a path
         outside it is replaced only with the call's own `overwrite=True` (`outputs.scoped_overwrite`)."""
         return scoped_overwrite(path, self.output_dir, self.overwrite, overwrite)
+
+    def checkpointer(self) -> RunCheckpointer:
+        """The run's `checkpoint-<step>` folders in this output dir (`save_total_limit` of them kept)."""
+        return RunCheckpointer(
+            self.accelerator, self.output_dir, self.args.save_total_limit, overwrite=self.args.overwrite_output_dir
+        )
 
     def hub_folder(self, local_dir: str | Path | None) -> Path:
         """Where a push's folders are written first (default `<output_dir>/hub/`, recorded as hf_sfm's)."""
@@ -98,3 +107,46 @@ class RunOutputs:
         with atomic_path(path, self.overwrite, "overwrite_output_dir=True") as staged:
             state.save_to_json(str(staged))
         return path
+
+    def save_distilled(
+        self,
+        distilled_set: Callable[[], DistilledSet],
+        path: str | Path | None = None,
+        metrics: dict | None = None,
+        overwrite: bool = False,
+        **card_kwargs: Any,
+    ) -> Path:
+        """Write the set `distilled_set()` gives (a collective when sharded, made only once `path` may be written) to
+        `path` (default `<output_dir>/distilled`) on the main process, under the lock; every process waits for it."""
+        path = Path(path) if path is not None else self.output_dir / "distilled"
+        replace, flag = self.overwrite_for(path, overwrite)
+        distilled = distilled_set()
+        self.acquire()
+        if self.accelerator.is_main_process:
+            distilled.save(path, metrics, overwrite=replace, flag=flag, **card_kwargs)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def push_to_hub(
+        self,
+        target: HubTarget,
+        save_distilled: Callable[..., Path],
+        local_dir: str | Path | None = None,
+        classifier: Any = None,
+        metrics: Any = None,
+        card_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write the folders first (`local_dir`, default `<output_dir>/hub/`; the set's through `save_distilled`),
+        then push them, one commit per repo, from the main process; every process waits for it."""
+        card_kwargs = card_kwargs or {}
+        local_dir = self.hub_folder(local_dir)
+        folder, repo_id = target.folder(local_dir, target.dataset_repo_id), target.dataset_repo_id
+        folder = save_distilled(
+            folder, metrics=metrics, repo_id=repo_id, classifier_repo_id=target.classifier_repo_id, **card_kwargs
+        )
+        commits: dict[str, Any] = {"dataset": None, "classifier": None}
+        if self.accelerator.is_main_process:
+            replace, flag = self.overwrite_for(local_dir)
+            commits = target.push(folder, local_dir, classifier, metrics, card_kwargs, replace, flag)
+        self.accelerator.wait_for_everyone()
+        return commits

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import TrainerState
 
+from ..backbone.group import FrozenBackbones
 from ..utils.versions import library_versions
+from .best_step import BestStep
 from .checkpointing import Checkpointer, resolve_checkpoint, statistics_digest
 from .synthetic_run import SyntheticRun
 
@@ -62,42 +62,61 @@ def run_fingerprint(
     return json.loads(json.dumps(fingerprint))
 
 
-def train_metrics(runtime: float, losses: list[float], first_step: int) -> tuple[float, dict[str, float]]:
-    """`(training_loss, metrics)` of `train()`: the mean loss over every step of the run (a resumed run's curve
-    holds the steps before the resume too, so it reports what an uninterrupted run would), and the speed of the
-    steps run since `first_step`."""
-    steps_run = len(losses) - first_step
-    training_loss = float(np.mean(losses)) if losses else math.nan
-    return training_loss, {
-        "train_runtime": round(runtime, 4),
-        "train_steps_per_second": round(steps_run / runtime, 4) if runtime > 0 else math.nan,
-        "train_seconds_per_step": runtime / max(1, steps_run),
-        "train_loss": training_loss,
-        "final_loss": losses[-1] if losses else math.nan,
-    }
-
-
 class RunCheckpointer(Checkpointer):
     """The `Checkpointer` of one run, owning its fingerprint and turning the loop's progress into run state."""
 
     fingerprint: dict[str, Any] | None = None
+
+    def fingerprint_of(
+        self,
+        args,
+        class_names: list[str],
+        image_size: int,
+        backbones: FrozenBackbones,
+        class_means: list[torch.Tensor | None],
+        augmentation: Any,
+    ) -> dict[str, Any]:
+        """The `run_fingerprint` of a run over `backbones` (every backbone's identity, and every backbone's
+        `class_means`, the primary's first) with this checkpointer's processes."""
+        return run_fingerprint(
+            args,
+            class_names=class_names,
+            image_size=image_size,
+            crop_size=backbones.primary.preprocessing.crop_size,
+            backbone=backbones.identity,
+            class_means=FrozenBackbones.joint_means(class_means),
+            augmentation=augmentation,
+            num_processes=self.accelerator.num_processes,
+        )
 
     def resolve(self, resume_from_checkpoint: str | bool | None) -> Path | None:
         """The checkpoint to resume from (`checkpointing.resolve_checkpoint` in this run's `output_dir`), or None."""
         return resolve_checkpoint(resume_from_checkpoint, self.output_dir)
 
     def start(
-        self, fingerprint: dict[str, Any], generators: dict[str, torch.Generator], checkpoint: Path | None = None
+        self,
+        fingerprint: dict[str, Any],
+        run: SyntheticRun,
+        state: TrainerState,
+        checkpoint: Path | None = None,
+        best_step: BestStep | None = None,
     ) -> None:
-        """Begin a run: what its checkpoints are checked against, the generators they save, and (`begin`) whether
-        it continues `checkpoint`'s run or replaces the previous run's checkpoints and results."""
+        """Begin `run`: what its checkpoints are checked against, the generators they save, and (`begin`) whether
+        it continues `checkpoint`'s run (`restore`d into `run`, `state` and `best_step`) or replaces the previous
+        run's checkpoints and results."""
         self.fingerprint = fingerprint
-        self.track(generators)
+        self.track(run.generators())
         self.begin(checkpoint)
+        if checkpoint is not None:
+            self.restore(checkpoint, run, state, best_step)
 
-    def save_progress(self, run: SyntheticRun, state: TrainerState, config: dict[str, Any]) -> Path:
-        """`checkpoint-<global_step>` of the run: images, optimiser, generators and the run state (a collective)."""
+    def save_progress(
+        self, run: SyntheticRun, state: TrainerState, config: dict[str, Any], best_step: BestStep | None = None
+    ) -> Path:
+        """`checkpoint-<global_step>` of the run: images, optimiser, generators, the best step kept so far and the
+        run state (a collective)."""
         step = state.global_step
+        self.loop_state.kept = best_step.tensors() if best_step is not None else {}
         self.loop_state.step = step
         run_state = {
             "step": step,
@@ -111,9 +130,11 @@ class RunCheckpointer(Checkpointer):
         }
         return self.save(step, run.synthetic, run.optimizer, run.shard, run_state)
 
-    def restore(self, checkpoint: Path, run: SyntheticRun, state: TrainerState) -> None:
-        """Resume `run` from `checkpoint`: images, generators, optimiser, loss curve, and the step and log history
-        into `state`. Refuses the checkpoint of an incompatible run."""
+    def restore(
+        self, checkpoint: Path, run: SyntheticRun, state: TrainerState, best_step: BestStep | None = None
+    ) -> None:
+        """Resume `run` from `checkpoint`: images, generators, optimiser, loss curve, the step and log history into
+        `state`, and the best step it kept into `best_step`. Refuses the checkpoint of an incompatible run."""
         run.optimizer, saved = self.resume(
             checkpoint,
             self.fingerprint,
@@ -127,3 +148,5 @@ class RunCheckpointer(Checkpointer):
         state.global_step = step
         state.log_history = list(saved.get("log_history", []))
         run.losses[:step] = torch.tensor(saved["losses"][:step], device=run.losses.device)
+        if best_step is not None:
+            best_step.load(self.loop_state.kept, state)

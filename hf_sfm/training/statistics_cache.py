@@ -23,7 +23,7 @@ from accelerate.utils import gather_object
 from datasets.fingerprint import Hasher
 
 from ..backbone.frozen import FrozenBackbone
-from ..backbone.group import FrozenBackbones
+from ..backbone.group import FrozenBackbones, as_list
 from ..data.pass_features import PassFeatures
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_data import RealData
@@ -307,6 +307,15 @@ class StatisticsCaches:
             )
         for cache, each in zip(self.caches, statistics, strict=True):
             cache.check(each, f"The given statistics of {cache.backbone.short_name}")
+
+    def given(self, statistics: ClassStatistics | list[ClassStatistics] | None) -> list[ClassStatistics] | None:
+        """A run's `statistics=` as one per backbone, checked now (a mismatch would otherwise fail deep inside the
+        loss); None when none were given."""
+        if statistics is None:
+            return None
+        statistics = as_list(statistics)
+        self.check(statistics)
+        return statistics
 
     def features(self) -> PassFeatures | GatheredFeatures:
         """The primary's per-image features (`StatisticsCache.features`)."""

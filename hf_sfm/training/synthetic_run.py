@@ -16,9 +16,11 @@ With one backbone the step is exactly the one-backbone step (same draws, same lo
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
@@ -61,6 +63,21 @@ def new_synthetic_images(args, num_images: int, image_size: int) -> SyntheticIma
         generator=torch.Generator().manual_seed(args.seed),
         max_trainable_size=args.pyramid_max_resolution,
     )
+
+
+def train_metrics(runtime: float, losses: list[float], first_step: int) -> tuple[float, dict[str, float]]:
+    """`(training_loss, metrics)` of `train()`: the mean loss over every step of the run (a resumed run's curve
+    holds the steps before the resume too, so it reports what an uninterrupted run would), and the speed of the
+    steps run since `first_step`."""
+    steps_run = len(losses) - first_step
+    training_loss = float(np.mean(losses)) if losses else math.nan
+    return training_loss, {
+        "train_runtime": round(runtime, 4),
+        "train_steps_per_second": round(steps_run / runtime, 4) if runtime > 0 else math.nan,
+        "train_seconds_per_step": runtime / max(1, steps_run),
+        "train_loss": training_loss,
+        "final_loss": losses[-1] if losses else math.nan,
+    }
 
 
 def method_context(args, num_classes: int, class_means, real_batches, accelerator: Accelerator) -> MethodContext:
@@ -169,10 +186,12 @@ class SyntheticRun:
         self.losses = torch.zeros(num_steps, device=accelerator.device)
         self.backbone_losses = torch.zeros(num_steps, len(backbones), device=accelerator.device)
         self._logged_step, self._logged_time = 0, time.perf_counter()
+        self.first_step, self.started, self.runtime = 0, self._logged_time, 0.0
 
     def start_logging(self, step: int) -> None:
-        """Start the first logging window at `step` (where the loop starts or resumes)."""
+        """Start the first logging window, and the run's clock, at `step` (where the loop starts or resumes)."""
         self._logged_step, self._logged_time = step, time.perf_counter()
+        self.first_step, self.started = step, self._logged_time
 
     def generators(self) -> dict[str, torch.Generator]:
         """The generators a checkpoint must save: the augmentation's and the methods' own."""
@@ -260,9 +279,15 @@ class SyntheticRun:
         return images.cpu()
 
     def finish(self, steps: int) -> list[float]:
-        """Check the run's health, give every process the whole set again, and return the first `steps` losses."""
+        """Stop the run's clock, check the run's health, give every process the whole set again, and return the
+        first `steps` losses."""
+        self.runtime = time.perf_counter() - self.started
         self.check(steps)
         if self.sharded:
             gather_parameters(self.synthetic.levels, self.accelerator, self.num_images)
             self.sharded = False
         return self.losses[:steps].tolist()
+
+    def train_metrics(self, losses: list[float]) -> tuple[float, dict[str, float]]:
+        """`(training_loss, metrics)` of the finished run whose curve `finish` returned (`train_metrics`)."""
+        return train_metrics(self.runtime, losses, self.first_step)
