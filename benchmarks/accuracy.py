@@ -158,7 +158,7 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
     for dataset in plan.datasets:
         train, evaluation = load_dataset_splits(dataset, plan.split, plan)
         data_sizes[dataset] = common.split_sizes(dataset, train=train, **{plan.split: evaluation})
-        evaluators = common.probe_evaluators(backbones, plan.eval_backbones, evaluation, crop)
+        evaluators = common.probe_evaluators(backbones, plan.eval_backbones, evaluation, crop, native=crop is None)
         for name, evaluator in evaluators.items():
             mark = time.perf_counter()
             evaluator.test_features()
@@ -323,6 +323,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="Override distillation settings (DistillationConfig fields)."
     )
+    parser.add_argument(
+        "--native-resolution",
+        action="store_true",
+        help="Every backbone at its image processor's resolution (crop_size and image_size from the processor).",
+    )
     options = parser.parse_args(argv)
     name = "accuracy" + (f"-{options.tag}" if options.tag else "")
     title = "Accuracy" + (f" ({options.tag})" if options.tag else " on the embedded default")
@@ -347,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     if options.probe_views is not None:
         plan.probe_views = {ipc: options.probe_views or None for ipc in plan.ipcs}
     settings = common.apply_overrides(options.set)
+    if options.native_resolution:  # each backbone at its processor's size: distilled at it, probed at it
+        settings.update(crop_size=None, image_size=None)
     work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="hf_sfm_accuracy_"))
     report = run(plan, work_dir, settings)
     record = report.pop("_provenance")

@@ -71,12 +71,12 @@ def load_backbone(variant: str = "lite0"):
     return AutoModel.from_pretrained(path), AutoImageProcessor.from_pretrained(path), path
 
 
-def probe_evaluators(backbones: dict, names, dataset, crop_size: int | None = None) -> dict:
+def probe_evaluators(backbones: dict, names, dataset, crop_size: int | None = None, native: bool = False) -> dict:
     """`{name: ProbeEvaluator}` of `dataset` on each named backbone of `backbones` (`name → (model, processor, path)`),
-    at the benchmarks' crop (`DISTILL_SETTINGS`) unless given."""
+    at the benchmarks' crop (`DISTILL_SETTINGS`) unless given, or with `native` at each processor's own size."""
     from hf_sfm.evaluation.probe import ProbeEvaluator
 
-    crop = crop_size or DISTILL_SETTINGS["crop_size"]
+    crop = None if native else crop_size or DISTILL_SETTINGS["crop_size"]
     return {
         name: ProbeEvaluator(backbones[name][0], backbones[name][1], dataset, crop_size=crop, name=name)
         for name in names
@@ -128,6 +128,9 @@ def _git(*args: str) -> str | None:
     return completed.stdout.strip()
 
 
+STARTED_FROM = (_git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no"))
+
+
 def provenance(
     *,
     configs: dict[str, Any] | None = None,
@@ -138,10 +141,13 @@ def provenance(
 ) -> dict[str, Any]:
     """What a number depends on, written beside it in every benchmark JSON: the commit (and whether the tree had
     uncommitted changes), the full `DistillationConfig` of each arm (`{arm: config or config.to_dict()}`), the probe
-    config, the dataset and its split sizes, the seeds, the command line, the machine and the date."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    config, the dataset and its split sizes, the seeds, the command line, the machine and the date.
+
+    The commit is the one this process started from (`STARTED_FROM`): a long run's code is what it imported then,
+    whatever was committed while it ran."""
+    commit, status = STARTED_FROM
     return {
-        "commit": _git("rev-parse", "HEAD"),
+        "commit": commit,
         "dirty": bool(status) if status is not None else None,
         "configs": {
             arm: config.to_dict() if hasattr(config, "to_dict") else config for arm, config in (configs or {}).items()
