@@ -221,13 +221,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=None, help=f"Probe runs (default {PAPER_RUNS}; quick: 2).")
     parser.add_argument("--epochs", type=int, default=None, help=f"Probe epochs (default {PAPER_EPOCHS}; quick: 66).")
     parser.add_argument("--steps", type=int, default=None, help="Distillation steps (default: the demo's; quick: 2).")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="Torch threads (default 2; quick: 1).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="outputs/eval_speed")
     options = parser.parse_args(argv)
     if options.render and common.render_only(argv):
         common.render_results()
         return {}
+    options.threads = options.threads or (1 if options.quick else 2)  # quick's tiny ops: a 2nd thread only spins
     torch.set_num_threads(options.threads)
     runs = options.runs or (2 if options.quick else PAPER_RUNS)
     epochs = options.epochs or (66 if options.quick else PAPER_EPOCHS)

@@ -13,6 +13,10 @@ What it runs, each distillation in a fresh process (so `torch.cuda.max_memory_al
 2. **statistics pass** (`benchmarks/statistics_pass.py`, one process): images/s of hf_sfm's pass against a plain
    `DataLoader` loop, sums checked against each other, with `max_memory_allocated` per pipeline (and a bf16 run).
 
+`--quick` (the test suite's smoke run: timings mean nothing there, and a fresh process's imports are most of its
+time) runs the statistics worker, SFM and the statistics-pass stage in this process and only LGM in a worker process
+beside them, so the worker path is still exercised; a real run keeps every stage in its own process, one at a time.
+
 The JSON (`--output`, default `benchmarks/results/gpu_check.json`; a `--quick` run writes one only when `--output`
 names it) is rewritten after each stage, so a run cut short still leaves what it measured; `render_results.py`
 renders its section of RESULTS.md from it (`--render` does that after the run). Sized for
@@ -28,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -87,11 +91,18 @@ def cost_stage(
 ) -> list[dict]:
     """Statistics once, then SFM and LGM (K=10) per ipc, each in a fresh `cost.py --worker` process.
 
-    In `--quick` the LGM workers (which need no statistics) run beside the others: a smoke run's timings mean
-    nothing, and process start-up is most of its time. A real run keeps every worker alone on the machine."""
+    In `--quick` the LGM workers (which need no statistics) run beside the others, and the statistics worker and
+    SFM run in this process (`in_process_worker`): a smoke run's timings mean nothing, and process start-up is most
+    of its time. A real run keeps every worker alone on the machine."""
     base = {"settings": common.DISTILL_SETTINGS, "num_images": options.num_images}
+    if options.quick:  # once (a second selection would change the data's fingerprint), as `cost.py --worker` does
+        import cost
+
+        cost._first_images(options.num_images)
 
     def run_worker(name: str, spec: dict) -> dict:
+        if options.quick and spec.get("method") != "lgm":
+            return in_process_worker({**base, **spec})
         command = [sys.executable, str(COST_SCRIPT), "--worker", json.dumps({**base, **spec})]
         return run_json(command, env, work_dir / "logs" / f"{name}.log")
 
@@ -110,19 +121,43 @@ def cost_stage(
     return [{"statistics_pass": statistics}, *rows]
 
 
+def in_process_worker(spec: dict) -> dict:
+    """What `cost.py --worker SPEC` prints, computed in this process (`--quick` only: see `cost_stage`)."""
+    import cost
+
+    if spec["mode"] == "statistics":
+        return cost.statistics_worker(spec)
+    return common.distillation_worker(spec)
+
+
+def quick_statistics_stage(options: argparse.Namespace, work_dir: Path) -> list[dict]:
+    """`--quick`: `statistics_pass.py`'s `main` in this process, on a few images, batch 16, no decoding workers."""
+    import statistics_pass
+
+    path = work_dir / "statistics_pass.json"
+    argv = ["--processes", "1", "--num-images", str(options.stat_images), "--repeats", str(options.repeats)]
+    argv += ["--workers", "0", "--output", str(path), "--batch-size", "16", "--plain-workers", "0"]
+    print("[gpu_check] statistics pass (in this process) ...", flush=True)
+    try:
+        statistics_pass.main(argv)
+    except SystemExit as refused:  # its sums disagreed: a failed stage, recorded like any other
+        raise RuntimeError(f"statistics_pass.py failed: {refused}") from None
+    return [json.loads(path.read_text())]
+
+
 def statistics_stage(options: argparse.Namespace, work_dir: Path, env: dict[str, str]) -> list[dict]:
     """`statistics_pass.py` in one process on this machine (CPU rows, then CUDA rows when there is a GPU)."""
-    runs = [[]] + ([["--bf16"]] if options.device == "cuda" and not options.quick else [])
+    if options.quick:
+        return quick_statistics_stage(options, work_dir)
+    runs = [[]] + ([["--bf16"]] if options.device == "cuda" else [])
     records = []
     for extra in runs:
         path = work_dir / f"statistics_pass{'_bf16' if extra else ''}.json"
         command = [
             sys.executable, str(STATISTICS_SCRIPT), "--processes", "1", "--num-images", str(options.stat_images),
-            "--repeats", str(options.repeats), "--workers", "0" if options.quick else "0,2",
+            "--repeats", str(options.repeats), "--workers", "0,2",
             "--output", str(path), *extra,
         ]  # fmt: skip
-        if options.quick:
-            command += ["--batch-size", "16", "--plain-workers", "0"]
         print(f"[gpu_check] statistics pass {' '.join(extra)} ...", flush=True)
         completed = subprocess.run(command, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"})
         (work_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -218,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     if options.render and common.render_only(argv):
         common.render_results()
         return {}
+    if options.device == "cpu" and options.quick:  # its in-process stages see no GPU, as its workers (`worker_env`)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     if options.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here; use `--device cpu --quick` for the smoke run.")
     output = common.output_path(options, SECTION)
@@ -233,18 +270,12 @@ def main(argv: list[str] | None = None) -> dict:
         "ipcs": options.ipcs,
         "steps": options.steps,
     }
-    # In `--quick` the statistics stage runs beside the cost stage (see `cost_stage`); otherwise after it.
-    with ThreadPoolExecutor(max_workers=1 + len(options.ipcs)) as pool:
-        statistics_pass: Future | None = None
-        if options.quick:
-            statistics_pass = pool.submit(statistics_stage, options, work_dir, env)
+    with ThreadPoolExecutor(max_workers=len(options.ipcs)) as pool:  # `--quick`'s LGM workers (see `cost_stage`)
         try:
             report["cost"] = cost_stage(options, work_dir, env, pool)
             report["wall_seconds"] = time.perf_counter() - started
             record(report, output)
-            report["statistics_pass"] = (
-                statistics_pass.result() if statistics_pass else statistics_stage(options, work_dir, env)
-            )
+            report["statistics_pass"] = statistics_stage(options, work_dir, env)
         except Exception as error:  # keep what was measured, say where it stopped, fail the run
             report["error"] = f"{type(error).__name__}: {str(error)[-500:]}"
             report["wall_seconds"] = time.perf_counter() - started

@@ -316,15 +316,14 @@ def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(
     # Its own first run: a copy of the module's run would not do, since ownership records are tied to the folders
     # hf_sfm created (a copied record adopts nothing), so the copy would hold foreign content.
     command = [str(output_dir) if part == str(recipe_run["output_dir"]) else part for part in recipe_run["command"]]
-    for _ in range(2):  # the second run replaces its own outputs
-        result = launch(command)
-        assert result.returncode == 0, result.stderr[-4000:]
-    evaluation = json.loads((output_dir / "eval_results.json").read_text())
-    assert evaluation["eval_num_test_images"] == 6 and 0 <= evaluation["eval_inherited_accuracy"] <= 1
-    (output_dir / "classifier" / "README.md").write_text("my notes")
-    # The last two runs in this process (the launch itself was proven above): the same `main` the script calls.
+    # Every run here in this process (`recipe_run` proved the launch itself): the same `main` the script calls.
     levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}  # `main` sets them
     try:
+        for _ in range(2):  # the second run replaces its own outputs
+            recipe.main(command[2:])
+        evaluation = json.loads((output_dir / "eval_results.json").read_text())
+        assert evaluation["eval_num_test_images"] == 6 and 0 <= evaluation["eval_inherited_accuracy"] <= 1
+        (output_dir / "classifier" / "README.md").write_text("my notes")
         with pytest.raises(NotOwnedError, match="overwrite_output_dir=True"):
             recipe.main(command[2:])
         assert (output_dir / "classifier" / "README.md").read_text() == "my notes"
@@ -413,10 +412,14 @@ def test_a_launch_that_runs_fewer_processes_than_asked_is_reported(tmp_path):
     assert num_processes_warning(2, requested=2) is None
     # The real thing: `accelerate launch --cpu --num_processes 2` runs one process, and it says so.
     script = tmp_path / "check.py"
+    # The module is loaded from its file: importing the hf_sfm package would spend seconds on transformers' imports.
     script.write_text(
-        "from accelerate import PartialState\nfrom hf_sfm.utils.distributed import num_processes_warning\n"
+        "import importlib.util, sys\nfrom accelerate import PartialState\n"
+        f"spec = importlib.util.spec_from_file_location('distributed', {str(REPO / 'hf_sfm/utils/distributed.py')!r})\n"
+        "distributed = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(distributed)\n"
+        "assert 'hf_sfm' not in sys.modules and 'transformers' not in sys.modules\n"
         "state = PartialState(cpu=True)\n"
-        "print('PROCESSES', state.num_processes, num_processes_warning(state.num_processes))\n"
+        "print('PROCESSES', state.num_processes, distributed.num_processes_warning(state.num_processes))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("WORLD_SIZE", None)

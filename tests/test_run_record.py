@@ -3,6 +3,7 @@ cards, strict-JSON metrics across resumes, the recipe's start-of-run warnings, T
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import subprocess
@@ -239,14 +240,36 @@ def test_a_run_that_cannot_evaluate_says_so_at_the_start_and_in_its_card(assets,
     assert f"Outputs in {output_dir}" in log
 
 
-def test_a_recipe_run_records_its_probe_split_and_warnings_and_a_finished_resume_keeps_its_metrics(assets, tmp_path):
+def run_recipe_in_process(recipe, *arguments: str) -> None:
+    """`recipe.main` with `run_recipe`'s arguments, in this process: the launch itself is proven by the tests above.
+    The log levels and progress bars `main` sets are put back, so no later test sees them."""
+    import transformers
+
+    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}
+    datasets_bars, transformers_bars = (
+        not datasets.are_progress_bars_disabled(),
+        transformers.utils.logging.is_progress_bar_enabled(),
+    )
+    try:
+        recipe.main(["--disable_tqdm", "true", *arguments])
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if transformers_bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
+def test_a_recipe_run_records_its_probe_split_and_warnings_and_a_finished_resume_keeps_its_metrics(
+    recipe, assets, tmp_path, caplog
+):
     output_dir = tmp_path / "run"
     common = ["--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "train_only"),
               "--output_dir", str(output_dir), "--max_steps", "2", "--save_steps", "1", "--eval_split_size", "3",
               "--probe_epochs", "2", "--eval_runs", "1", "--grid_steps", "0",
               "--dataset_license", "cc-by-4.0"]  # fmt: skip
-    result = run_recipe(*common)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_recipe_in_process(recipe, *common)
     card = (output_dir / "distilled" / "README.md").read_text()
     assert "license: cc-by-4.0" in card and str(assets) not in card
     assert "3 images of the real `train` split, held out before distilling" in card
@@ -257,9 +280,9 @@ def test_a_recipe_run_records_its_probe_split_and_warnings_and_a_finished_resume
     files = ("train_results.json", "eval_results.json", "all_results.json")
     before = {name: strict_json(output_dir / name) for name in files}
 
-    again = run_recipe(*common, "--resume_from_checkpoint", "true", "--do_eval", "false")
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert "already finished at step 2" in again.stderr
+    caplog.clear()
+    run_recipe_in_process(recipe, *common, "--resume_from_checkpoint", "true", "--do_eval", "false")
+    assert "already finished at step 2" in caplog.text
     after = {name: strict_json(output_dir / name) for name in files}
     assert after == before and math.isfinite(after["train_results.json"]["train_loss"])
 
