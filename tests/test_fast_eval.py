@@ -70,9 +70,9 @@ def test_frozen_features_can_feed_a_trained_layer():
 
 
 def test_the_chunk_size_is_chosen_per_device_type():
-    """Small chunks on a CPU (heap reuse, no page-fault regime), large ones elsewhere; a plain function of the
+    """Moderate chunks on a CPU (`frozen_paths.py` measures them), large ones elsewhere; a plain function of the
     device, so the GPU choice is the same code as the CPU one."""
-    assert frozen_chunk_size("cpu") == 32
+    assert frozen_chunk_size("cpu") == 128
     assert frozen_chunk_size(torch.device("cuda")) == 256 and frozen_chunk_size("meta") == 256
 
 

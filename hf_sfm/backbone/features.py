@@ -283,11 +283,12 @@ class FeatureExtractor(nn.Module):
         )
 
 
-# Images per chunk of a frozen forward, by device type. On a CPU, a chunk whose activations stay small reuses the
-# heap memory the previous chunk freed; a large one (256 images of a conv net at 64 px) makes glibc map fresh pages
-# from the kernel at every layer, and the forward becomes page-fault bound (more system than user CPU time). CUDA's
-# caching allocator reuses memory at any size, so there a big chunk only fills the device better.
-FROZEN_CHUNK_SIZES = {"cpu": 32}
+# Images per chunk of a frozen forward, by device type. On a CPU the chunk is moderate: with glibc's defaults a large
+# chunk's activations are mapped fresh from the kernel at every layer (page-fault bound), which
+# `utils.cpu_memory.keep_freed_memory` removes, and beyond that a bigger chunk only spills the caches. CUDA's caching
+# allocator reuses memory at any size, so there a big chunk only fills the device better. `benchmarks/frozen_paths.py`
+# measures the plain loop at several batch sizes.
+FROZEN_CHUNK_SIZES = {"cpu": 128}
 DEFAULT_FROZEN_CHUNK_SIZE = 256
 
 
