@@ -370,3 +370,21 @@ def test_loading_a_backbone_from_a_classifier_checkpoint_prints_no_load_report(r
     printed = capfd.readouterr()
     assert "LOAD REPORT" not in printed.err + printed.out
     assert "pooler" in caplog.text  # the one part the checkpoint lacks: said once, by the recipe
+
+
+def test_each_recorded_run_keeps_its_probe_warning_though_an_earlier_run_in_the_process_gave_it():
+    """The probe warns once, not once per probe run; a second run in the same process (a notebook, the tests) must
+    still get the warning into its own card."""
+    import torch
+
+    from hf_sfm.evaluation.probe import ProbeConfig, fit_probe_on_features
+    from hf_sfm.publishing.run_record import WarningRecorder
+
+    features, labels = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    recorded = []
+    for _ in range(2):
+        with WarningRecorder() as recorder:
+            fit_probe_on_features(features, labels, 2, ProbeConfig(epochs=2))
+            fit_probe_on_features(features, labels, 2, ProbeConfig(epochs=2))
+        recorded.append([message for message in recorder.messages if "can barely move its head" in message])
+    assert [len(messages) for messages in recorded] == [1, 1]

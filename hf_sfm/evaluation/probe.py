@@ -297,8 +297,15 @@ def fit_probe_on_features(
 
 @functools.lru_cache(maxsize=16)
 def _warn_once(message: str) -> None:
-    """Log a warning once per process (a probe runs `eval_runs` times per training set and evaluation)."""
+    """Log a warning once (a probe runs `eval_runs` times per training set and evaluation), until
+    `forget_warnings`: a recorded run starts with it, so its card carries its own warnings even when an earlier run
+    in the same process gave the same one."""
     logger.warning(message)
+
+
+def forget_warnings() -> None:
+    """Let the probe's once-only warnings be logged again (the start of a run whose warnings are recorded)."""
+    _warn_once.cache_clear()
 
 
 def say_protocol(message: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.probe import NOT_FOR_CARD
+from ..evaluation.probe import NOT_FOR_CARD, forget_warnings
 
 RECORD_KEY = "run"  # where `distillation_config.json` keeps the record
 PATH_FIELDS = ("output_dir", "statistics_path", "resume_from_checkpoint")  # config fields that may hold local paths
@@ -205,6 +205,7 @@ class WarningRecorder(logging.Handler):
             self.messages.append(message)
 
     def __enter__(self) -> WarningRecorder:
+        forget_warnings()  # a warning an earlier run in this process gave is this run's too
         for name in self.logger_names:
             logging.getLogger(name).addHandler(self)
         return self
