@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import build_backbone, color_dataset, tiny_image_processor
 
-from hf_sfm.backbone.features import FeatureExtractor
+from hf_sfm.backbone.features import FeatureExtractor, frozen_chunk_size
 from hf_sfm.backbone.frozen import FrozenBackbone
 from hf_sfm.data.preprocessing import ImagePreprocessing
 from hf_sfm.evaluation.linear_fit import ViewFeatures
@@ -76,7 +76,8 @@ def test_the_view_bank_embedded_in_batches_equals_one_view_at_a_time(batch_size,
     assert bank.bank[0].shape == reference.shape == (views, 5, reference.shape[-1])
     torch.testing.assert_close(bank.bank[0], reference, rtol=1e-4, atol=1e-5)
     if batch_size == 256:  # 70 views in one frozen_features call: the backbone sees full chunks, not 5 images
-        assert embedded_sizes == [32, 32, 6]
+        chunk = frozen_chunk_size("cpu")
+        assert embedded_sizes == [min(chunk, 70 - start) for start in range(0, 70, chunk)]
 
 
 def test_the_paired_bank_of_two_backbones_equals_one_view_at_a_time():
