@@ -101,6 +101,7 @@ def library_paths(
     """`{path: (forwards, run)}`: each library path set up to embed `num_images` images (forwards) once per run."""
     from hf_sfm.backbone.embedding import embed_dataset
     from hf_sfm.backbone.features import FeatureExtractor, frozen_features
+    from hf_sfm.data.columns import MAP_BATCH_SIZE
     from hf_sfm.data.statistics import batch_class_sums, compute_class_statistics
     from hf_sfm.evaluation.baselines import RealBaselines
     from hf_sfm.evaluation.linear_fit import ViewFeatures, embed_resized
@@ -129,9 +130,10 @@ def library_paths(
             load_from_cache_file=False,
         )
 
-    def statistics_over_tensors():
-        for start in range(0, num_images, 64):
-            batch_class_sums(pixels[start : start + 64], labels[start : start + 64], backbone.embed_pixels)
+    def statistics_over_tensors():  # the statistics pass's batches, as its map makes them
+        for start in range(0, num_images, MAP_BATCH_SIZE):
+            end = start + MAP_BATCH_SIZE
+            batch_class_sums(pixels[start:end], labels[start:end], backbone.embed_pixels)
 
     def feature_column():
         embed_dataset(extractor, preprocessing, dataset, desc=None)

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .data.columns import MAP_BATCH_SIZE
 from .evaluation.probe import PROBE_PROTOCOLS, protocol_views
 from .evaluation.results import BASELINES
 from .methods import METHODS, get_method
@@ -283,7 +284,7 @@ class DistillationConfig:
     # Data
     image_column: str | None = field(default=None, metadata={"help": "Image column (auto-detected when unset)."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (auto-detected when unset)."})
-    statistics_batch_size: int = field(default=64, metadata={"help": "Batch size of the statistics pass."})
+    statistics_batch_size: int = field(default=MAP_BATCH_SIZE, metadata={"help": "Batch size of the statistics pass."})
     statistics_num_proc: int | None = field(default=None, metadata={"help": "Processes for the statistics map."})
     statistics_path: str | None = field(
         default=None, metadata={"help": "Load class statistics from this safetensors file instead of computing them."}

@@ -19,7 +19,7 @@ import torch
 from datasets.fingerprint import Hasher
 from torch import nn
 
-from ..data.columns import decode_images, find_image_column, find_label_column, undecoded
+from ..data.columns import MAP_BATCH_SIZE, decode_images, find_image_column, find_label_column, undecoded
 from ..data.preprocessing import ImagePreprocessing
 from .features import FeatureExtractor, frozen_features
 
@@ -49,7 +49,7 @@ def embed_dataset(
     *,
     image_column: str | None = None,
     label_column: str | None = None,
-    batch_size: int = 64,
+    batch_size: int = MAP_BATCH_SIZE,
     num_proc: int | None = None,
     skip_corrupt_images: bool = True,
     desc: str = "Features",

@@ -14,6 +14,10 @@ import datasets
 
 from .image_checks import CorruptImageError, check_finite_pixels
 
+# Rows per `datasets.map` batch of the passes that decode and embed images (statistics, feature columns, baselines):
+# large enough that the map's per-batch cost is small beside the forward, which `frozen_features` chunks anyway.
+MAP_BATCH_SIZE = 256
+
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "y")
 

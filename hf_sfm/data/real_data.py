@@ -14,7 +14,7 @@ import datasets
 import torch
 from datasets.fingerprint import Hasher
 
-from .columns import check_eval_classes, class_names_of, find_image_column, find_label_column
+from .columns import MAP_BATCH_SIZE, check_eval_classes, class_names_of, find_image_column, find_label_column
 from .preprocessing import ImagePreprocessing
 from .real_images import DEFAULT_MAX_CACHED_BYTES, RealBatchStream, sample_real_images, square_preprocessing
 
@@ -36,7 +36,7 @@ class RealData:
     label_column: str
     class_names: list[str]
     skip_corrupt_images: bool = True
-    batch_size: int = 64
+    batch_size: int = MAP_BATCH_SIZE
     num_proc: int | None = None
 
     @classmethod

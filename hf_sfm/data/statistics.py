@@ -32,7 +32,7 @@ from datasets.fingerprint import Hasher
 from safetensors.torch import load_file, save_file
 
 from ..utils.io_utils import atomic_path, check_regular_file, is_regular_file
-from .columns import DecodeFailure, corrupt_image_error, decode_images, undecoded
+from .columns import MAP_BATCH_SIZE, DecodeFailure, corrupt_image_error, decode_images, undecoded
 from .pass_features import MEMBER_COLUMNS, MEMBER_FEATURES, MEMBER_ROWS, PassFeatures
 from .preprocessing import ImagePreprocessing
 
@@ -509,7 +509,7 @@ def compute_class_statistics(
     image_column: str,
     label_column: str,
     class_names: list[str],
-    batch_size: int = 64,
+    batch_size: int = MAP_BATCH_SIZE,
     num_proc: int | None = None,
     new_fingerprint: str | None = None,
     metadata: dict[str, str] | None = None,

@@ -17,7 +17,7 @@ import torch
 
 from ..backbone.embedding import embed_dataset, embedded_rows, features_and_labels
 from ..backbone.features import FeatureExtractor
-from ..data.columns import class_names_of, find_image_column, find_label_column
+from ..data.columns import MAP_BATCH_SIZE, class_names_of, find_image_column, find_label_column
 from ..data.pass_features import PassFeatures
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_images import check_enough_images, sample_real_images, square_preprocessing
@@ -217,7 +217,7 @@ class RealBaselines:
         image_column: str | None = None,
         label_column: str | None = None,
         class_names: list[str] | None = None,
-        batch_size: int = 64,
+        batch_size: int = MAP_BATCH_SIZE,
         num_proc: int | None = None,
         skip_corrupt_images: bool = True,
         pass_features: Callable[[], PassFeatures] | None = None,
