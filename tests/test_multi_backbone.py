@@ -3,6 +3,7 @@ resume, the card. Tiny random backbones: a ViT at 32 px (the primary) and a ResN
 
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -244,6 +245,18 @@ def test_resume_refuses_another_list_of_backbones(tmp_path):
             recompute_statistics=True,
             overwrite_output_dir=True,
         ).train()
+
+
+def test_a_resume_with_other_loss_weights_says_the_run_will_differ(tmp_path, caplog):
+    two_backbones(tmp_path, num_steps=2, save_steps=1, backbone_weights=[1.0, 1.0]).train()
+    state = json.loads((tmp_path / "checkpoint-1" / RUN_STATE_FILE).read_text())
+    assert state["fingerprint"]["loss_weights"] == [1.0, 1.0]
+    (tmp_path / "checkpoint-2").rename(tmp_path / "set-aside")  # resume from step 1
+    with caplog.at_level(logging.WARNING):
+        two_backbones(
+            tmp_path, num_steps=2, save_steps=1, backbone_weights=[1.0, 3.0], resume_from_checkpoint="latest"
+        ).train()
+    assert "loss_weights: [1.0, 1.0] -> [1.0, 3.0]" in caplog.text
 
 
 def test_the_card_lists_every_backbone_with_its_accuracy(tmp_path):

@@ -57,6 +57,7 @@ def run_fingerprint(
         "augmentation": dataclasses.asdict(augmentation),
         "mixed_precision": args.mixed_precision,
         "method_kwargs": args.method_kwargs,
+        "loss_weights": args.backbone_weights,  # several backbones: each one's weight in the loss
         "num_processes": num_processes,
     }
     return json.loads(json.dumps(fingerprint))
