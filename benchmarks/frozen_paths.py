@@ -172,26 +172,33 @@ def library_paths(
     }
 
 
-def measure(options) -> tuple[dict, tuple]:
-    """The paths' table as a record, and the `(extractor, images)` it timed (for `levers`)."""
-    import datasets
+def cpu_backbone(options):
+    """The `--variant` Lite at `--size`, prepared as a run prepares it on the CPU (`FrozenBackbone.prepare`)."""
     from transformers import AutoImageProcessor, AutoModel
 
-    from hf_sfm.assets import efficientnet_lite_path, load_mnist
+    from hf_sfm.assets import efficientnet_lite_path
     from hf_sfm.backbone.frozen import FrozenBackbone
 
-    datasets.disable_progress_bars()
     path = efficientnet_lite_path(options.variant)
-    model, processor = AutoModel.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
-    backbone = FrozenBackbone.prepare(
-        model,
-        processor,
+    return FrozenBackbone.prepare(
+        AutoModel.from_pretrained(path),
+        AutoImageProcessor.from_pretrained(path),
         crop_size=options.size,
         feature_fn=None,
         mixed_precision="no",
         gradient_checkpointing=False,
         device=torch.device("cpu"),
     )
+
+
+def measure(options) -> tuple[dict, tuple]:
+    """The paths' table as a record, and the `(extractor, images)` it timed (for `levers`)."""
+    import datasets
+
+    from hf_sfm.assets import load_mnist
+
+    datasets.disable_progress_bars()
+    backbone = cpu_backbone(options)
     train = load_mnist()["train"]
     dataset = train.select(range(min(options.num_images, len(train))))
     num_images = len(dataset)
@@ -275,24 +282,11 @@ def forward_probe(kind: str, options) -> dict:
     after a warm-up: images/s, minor page faults per image, system/user CPU. A fresh process per measurement,
     because the library's malloc settings (`hf_sfm.utils.cpu_memory`) are process-wide: "before" runs with
     `HF_SFM_KEEP_FREED_MEMORY=0`, as the library ran before it kept freed memory."""
-    from transformers import AutoImageProcessor, AutoModel
 
-    from hf_sfm.assets import efficientnet_lite_path
-    from hf_sfm.backbone.frozen import FrozenBackbone
     from hf_sfm.evaluation.linear_fit import ViewFeatures
     from hf_sfm.synthesis.augment import Augmentation
 
-    path = efficientnet_lite_path(options.variant)
-    model, processor = AutoModel.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
-    extractor = FrozenBackbone.prepare(
-        model,
-        processor,
-        crop_size=options.size,
-        feature_fn=None,
-        mixed_precision="no",
-        gradient_checkpointing=False,
-        device=torch.device("cpu"),
-    ).feature_extractor
+    extractor = cpu_backbone(options).feature_extractor
     count = options.num_images
     if kind == "before":
         nchw = copy.deepcopy(extractor)
