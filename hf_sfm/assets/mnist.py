@@ -45,6 +45,17 @@ def _to_images(pixels: np.ndarray) -> list[PIL.Image.Image]:
     return [PIL.Image.fromarray(array, mode="L") for array in arrays]
 
 
+@functools.cache
+def _mnist_dataset() -> datasets.Dataset:
+    """The 5000 digits as one in-memory `Dataset`, PNG-encoded once per process (most of a `load_mnist` call's
+    time). Callers only get its splits, new `Dataset` objects on every call, so no caller can change another's
+    (`set_format`, `set_transform` act on the object they are called on)."""
+    pixels, labels = _mnist_arrays()
+    return datasets.Dataset.from_dict(
+        {"image": _to_images(pixels), "label": labels.astype(np.int64).tolist()}, features=mnist_features()
+    )
+
+
 def mnist_features() -> datasets.Features:
     """The schema of `load_mnist`: `image` (`datasets.Image`) and `label` (`ClassLabel` "0"–"9")."""
     return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
@@ -64,11 +75,7 @@ def load_mnist(
     has without it. Tune hyper-parameters on `validation`, report on `test`. `load_mnist(validation_size=500)`
     gives 3500/500/1000 rows.
     """
-    pixels, labels = _mnist_arrays()
-    dataset = datasets.Dataset.from_dict(
-        {"image": _to_images(pixels), "label": labels.astype(np.int64).tolist()}, features=mnist_features()
-    )
-    splits = dataset.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
+    splits = _mnist_dataset().train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
     if validation_size is None:
         return splits
     train_validation = splits["train"].train_test_split(
