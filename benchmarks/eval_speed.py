@@ -210,7 +210,7 @@ def render(record: dict) -> str:
     ]
     for name, results in record["datasets"].items():
         lines += [protocol_table(name, results), ""]
-    lines.append(forward_table(record["forward"], record["size"], record["forward_images"], record["threads"]))
+    # The forward's own before/after is `frozen_paths.py`'s (fresh processes); this run's table stays in its JSON.
     return "\n".join(lines)
 
 
