@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -169,18 +168,14 @@ def measure_forward(feature_extractor, size: int, count: int) -> dict:
         return frozen_features(feature_extractor, images)
 
     torch.testing.assert_close(new(), old(), rtol=1e-4, atol=1e-4)  # warm-up, and the same features
-    rows = {"before: FeatureExtractor under no_grad, batch 256": [], "after: frozen_features": []}
+    rows: dict[str, list[dict[str, float]]] = {
+        "before: FeatureExtractor under no_grad, batch 256": [],
+        "after: frozen_features": [],
+    }
     for _ in range(2):
         for label, forward in zip(rows, (old, new)):
-            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            forward()
-            seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-            user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-            rows[label].append(
-                (count / seconds, (after.ru_minflt - before.ru_minflt) / count, system / max(user, 1e-9))
-            )
-    keys = ("images_per_second", "minor_faults_per_image", "system_per_user_cpu")
-    return {label: dict(zip(keys, max(measured))) for label, measured in rows.items()}
+            rows[label].append(common.timed_forward(forward, count))
+    return {label: max(measured, key=lambda row: row["images_per_second"]) for label, measured in rows.items()}
 
 
 def forward_table(forward: dict, size: int, count: int, threads: int) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -310,15 +309,7 @@ def forward_probe(kind: str, options) -> dict:
                 views(every, epoch)
 
     run()  # warm-up
-    usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    run()
-    seconds, end = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    user, system = end.ru_utime - usage.ru_utime, end.ru_stime - usage.ru_stime
-    return {
-        "images_per_second": count / seconds,
-        "minor_faults_per_image": (end.ru_minflt - usage.ru_minflt) / count,
-        "system_per_user_cpu": system / max(user, 1e-9),
-    }
+    return common.timed_forward(run, count)
 
 
 def before_and_after(options) -> dict:
@@ -405,27 +396,14 @@ def levers(extractor, images: torch.Tensor, repeats: int) -> list[dict]:
     reference = after()
     scale = float(reference.abs().max())
     difference = {name: float((run() - reference).abs().max()) / scale for name, run in candidates.items()}
-    measured: dict[str, list[tuple[float, float, float]]] = {name: [] for name in candidates}
+    measured: dict[str, list[dict[str, float]]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, run in candidates.items():
-            usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            run()
-            seconds, end = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-            user, system = end.ru_utime - usage.ru_utime, end.ru_stime - usage.ru_stime
-            faults = (end.ru_minflt - usage.ru_minflt) / len(images)
-            measured[name].append((len(images) / seconds, faults, system / max(user, 1e-9)))
+            measured[name].append(common.timed_forward(run, len(images)))
     rows = []
     for name, results in measured.items():
-        speed, faults, system_per_user = max(results)
-        rows.append(
-            {
-                "forward": name,
-                "images_per_second": speed,
-                "minor_faults_per_image": faults,
-                "system_per_user_cpu": system_per_user,
-                "max_relative_difference": difference[name],
-            }
-        )
+        best = max(results, key=lambda result: result["images_per_second"])
+        rows.append({"forward": name, **best, "max_relative_difference": difference[name]})
     default = next(row for row in rows if row["forward"] == "frozen_features (the default)")
     for row in rows:
         row["ratio_to_default"] = row["images_per_second"] / default["images_per_second"]
