@@ -341,13 +341,11 @@ class Distiller:
         holder: list[Any] = [None]
         if self.accelerator.is_main_process:
             baselines = list(self.args.eval_baselines if baselines is None else baselines)
-            backbone = dict(
-                eval_model=eval_model, eval_image_processor=eval_image_processor, eval_feature_fn=eval_feature_fn
-            )
-            means, seed = self._means(), self.args.seed
             holder[0] = self.evaluator.metrics(
-                dataset, images, self.labels, baselines, metric_key_prefix, class_means=means, seed=seed, **backbone
-            )
+                dataset, images, self.labels, baselines, metric_key_prefix, class_means=self._means(),
+                seed=self.args.seed, eval_model=eval_model, eval_image_processor=eval_image_processor,
+                eval_feature_fn=eval_feature_fn,
+            )  # fmt: skip
         if self.accelerator.num_processes > 1:
             broadcast_object_list(holder, from_process=0)
         metrics = holder[0]

@@ -742,12 +742,10 @@ class DistilledSetEvaluator:
         """`Distiller.evaluate()`'s flat metrics: the `report` on `eval_model` (default: the distillation backbone)
         under `prefix`, and without an `eval_model`, every named eval model's too with their mean
         (`eval_model_metrics`)."""
-        backbone = dict(
-            eval_model=eval_model, eval_image_processor=eval_image_processor, eval_feature_fn=eval_feature_fn
-        )
         report = self.report(
-            eval_dataset, images, labels, list(baselines), class_means=class_means, seed=seed, **backbone
-        )
+            eval_dataset, images, labels, list(baselines), class_means=class_means, seed=seed, eval_model=eval_model,
+            eval_image_processor=eval_image_processor, eval_feature_fn=eval_feature_fn,
+        )  # fmt: skip
         metrics = report.metrics(prefix)
         if eval_model is None and self.eval_models:
             metrics.update(
