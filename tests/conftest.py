@@ -4,8 +4,12 @@ No test touches the network: the Hub is switched off and `HF_HOME` points at a t
 Hugging Face library is imported.
 """
 
+import importlib.util
+import logging
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -194,3 +198,37 @@ def make_distiller(output_dir, dataset=None, *, model=None, processor=None, fami
         image_processor=processor if processor is not None else tiny_image_processor(),
         **keywords,
     )
+
+
+# ------------------------------------------------------------------------------------------ the recipe, in-process
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "distill.py"
+
+
+def load_recipe(name: str = "distill_recipe"):
+    """`recipes/distill.py` as a fresh module named `name`, to call its `main` in the test's own process."""
+    spec = importlib.util.spec_from_file_location(name, RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the annotations through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_recipe_main(recipe, argv: list[str]):
+    """`recipe.main(argv)` in this process (a launch spends most of a test importing; the tests that launch the
+    script prove the launch). The log levels and progress bars `main` sets are put back, so no later test sees
+    them."""
+    import transformers
+
+    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}
+    datasets_bars = not datasets.are_progress_bars_disabled()
+    transformers_bars = transformers.utils.logging.is_progress_bar_enabled()
+    try:
+        return recipe.main(argv)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if transformers_bars:
+            transformers.utils.logging.enable_progress_bar()

@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
+from conftest import build_backbone, color_dataset, load_recipe, make_distiller, run_recipe_main, tiny_image_processor
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -324,8 +324,6 @@ def test_the_step_curve_plots_every_accuracy_against_steps(tmp_path):
 
 
 def test_the_recipe_selects_on_validation_and_reports_on_test(tmp_path):
-    from test_recipe import load_recipe
-
     build_backbone("vit").save_pretrained(tmp_path / "vit")
     tiny_image_processor().save_pretrained(tmp_path / "vit")
     splits = {
@@ -335,19 +333,14 @@ def test_the_recipe_selects_on_validation_and_reports_on_test(tmp_path):
     }
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "data"))
     output_dir = tmp_path / "run"
-    recipe = load_recipe()
-    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}  # `main` sets them
-    try:
-        result = recipe.main(
-            [
-                "--model_name_or_path", str(tmp_path / "vit"), "--dataset_name", str(tmp_path / "data"),
-                "--output_dir", str(output_dir), "--num_steps", "3", "--eval_steps", "2", "--image_size", "32",
-                "--load_best_model_at_end", "true", "--probe_epochs", "2", "--eval_runs", "1",
-            ]
-        )  # fmt: skip
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    result = run_recipe_main(
+        load_recipe(),
+        [
+            "--model_name_or_path", str(tmp_path / "vit"), "--dataset_name", str(tmp_path / "data"),
+            "--output_dir", str(output_dir), "--num_steps", "3", "--eval_steps", "2", "--image_size", "32",
+            "--load_best_model_at_end", "true", "--probe_epochs", "2", "--eval_runs", "1",
+        ]
+    )  # fmt: skip
     assert result["eval"]["eval_num_test_images"] == 12  # the final numbers: on the test split
     state = json.loads((output_dir / "trainer_state.json").read_text())
     in_training = [e for e in state["log_history"] if "eval_accuracy" in e]
@@ -361,28 +354,22 @@ def test_the_recipe_selects_on_validation_and_reports_on_test(tmp_path):
 
 
 def test_the_recipe_keeps_the_best_step_by_the_mean_over_its_eval_models(tmp_path):
-    from test_recipe import load_recipe
-
     for family in ("vit", "resnet"):
         build_backbone(family).save_pretrained(tmp_path / family)
         tiny_image_processor().save_pretrained(tmp_path / family)
     splits = {"train": color_dataset(3, 10), "test": color_dataset(3, 4, seed=1)}
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "data"))
     output_dir = tmp_path / "run"
-    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}  # `main` sets them
-    try:
-        result = load_recipe().main(
-            [
-                "--model_name_or_path", str(tmp_path / "vit"), "--dataset_name", str(tmp_path / "data"),
-                "--eval_model_name_or_path", f"other={tmp_path / 'resnet'}", str(tmp_path / "resnet"),
-                "--output_dir", str(output_dir), "--num_steps", "3", "--eval_steps", "2", "--image_size", "32",
-                "--metric_for_best_model", "mean_accuracy", "--load_best_model_at_end", "true",
-                "--validation_split_size", "0.2", "--probe_epochs", "2", "--eval_runs", "1",
-            ]
-        )  # fmt: skip
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    result = run_recipe_main(
+        load_recipe(),
+        [
+            "--model_name_or_path", str(tmp_path / "vit"), "--dataset_name", str(tmp_path / "data"),
+            "--eval_model_name_or_path", f"other={tmp_path / 'resnet'}", str(tmp_path / "resnet"),
+            "--output_dir", str(output_dir), "--num_steps", "3", "--eval_steps", "2", "--image_size", "32",
+            "--metric_for_best_model", "mean_accuracy", "--load_best_model_at_end", "true",
+            "--validation_split_size", "0.2", "--probe_epochs", "2", "--eval_runs", "1",
+        ]
+    )  # fmt: skip
     metrics = result["eval"]  # on the test split, every eval model: named, or by its short name
     mean = (metrics["eval_accuracy"] + metrics["eval_other_accuracy"] + metrics["eval_resnet_accuracy"]) / 3
     assert metrics["eval_mean_accuracy"] == pytest.approx(mean)
@@ -399,7 +386,7 @@ def test_two_processes_keep_the_best_step_of_one(tmp_path):
     """Sharded parameters: the copy gathers every process's rows. `num_test_images` is the same at every
     evaluation, so the first evaluated step (2) wins every tie: the kept set is the 2-step run's, made by one
     process, while the pyramid grows to more levels afterwards."""
-    from test_distributed import RUN, launch_two_processes, load_recipe
+    from test_distributed import RUN, launch_two_processes
 
     root = tmp_path / "assets"
     build_backbone("vit").save_pretrained(root / "vit")
@@ -409,12 +396,7 @@ def test_two_processes_keep_the_best_step_of_one(tmp_path):
     select += ["--eval_runs", "1", "--probe_epochs", "2"]
     launch_two_processes(root, tmp_path / "two", *select)
     argv = ["--model_name_or_path", str(root / "vit"), "--dataset_name", str(root / "data")]
-    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}
-    try:
-        load_recipe().main([*argv, "--output_dir", str(tmp_path / "one"), *RUN, *select, "--num_steps", "2"])
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    run_recipe_main(load_recipe(), [*argv, "--output_dir", str(tmp_path / "one"), *RUN, *select, "--num_steps", "2"])
     state = json.loads((tmp_path / "two" / "trainer_state.json").read_text())
     assert state["best_global_step"] == 2 and state["global_step"] == 6
     two, one = (load_file(str(tmp_path / d / "distilled" / "synthetic.safetensors"))["images"] for d in ("two", "one"))

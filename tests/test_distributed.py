@@ -8,7 +8,6 @@ with `ACCELERATE_USE_CPU=true` (`--cpu --num_processes 2` silently runs one proc
 recipe run in this process. The other tests pin down the pieces that make this work, in one process.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
+from conftest import build_backbone, color_dataset, load_recipe, make_distiller, tiny_image_processor
 from safetensors.torch import load_file
 
 from hf_sfm.synthesis.augment import Augmentation
@@ -33,14 +32,6 @@ LAUNCH = [
 RUN = ["--ipc", "3", "--num_steps", "6", "--pyramid_level_every", "2", "--learning_rate", "0.05"]
 RUN += ["--init", "noise", "--parameterization", "pyramid"]  # streaming needs noise; the pyramid grows across shards
 RUN += ["--statistics_batch_size", "4", "--save_steps", "4", "--do_eval", "false", "--save_grid", "false"]
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the annotations through the module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

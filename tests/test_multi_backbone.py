@@ -1,7 +1,6 @@
 """Distilling against several backbones at once (issue 28): the loss, the shared views, the one-pass statistics,
 resume, the card. Tiny random backbones: a ViT at 32 px (the primary) and a ResNet at 24 px."""
 
-import importlib.util
 import json
 import logging
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
+from conftest import build_backbone, color_dataset, load_recipe, make_distiller, tiny_image_processor
 from safetensors.torch import load_file
 
 import hf_sfm.data.statistics as statistics_module
@@ -307,16 +306,8 @@ def test_short_names_are_path_free_slugs(name, short):
     assert short_name_of(name) == short
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe_multi", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the annotations through the module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_recipe_takes_a_list_of_backbones_and_its_card_lists_them(tmp_path):
-    recipe = load_recipe()
+    recipe = load_recipe("distill_recipe_multi")
     model_args = recipe.parse_args(["--model_name_or_path", "some/backbone"])[0]
     assert model_args.model_name_or_path == "some/backbone"  # one value: today's behaviour
     model_args, _, _, config = recipe.parse_args(["--model_name_or_path", "a/x", "b/y", "--backbone_weights", "1", "3"])
@@ -400,7 +391,7 @@ def test_two_processes_give_the_statistics_and_images_of_one_with_two_backbones(
     datasets.DatasetDict({"train": color_dataset(3, 7)}).save_to_disk(str(tmp_path / "data"))
     argv = ["--model_name_or_path", str(tmp_path / "vit-a"), str(tmp_path / "resnet-b")]
     argv += ["--dataset_name", str(tmp_path / "data"), *SHARDED_RUN]
-    load_recipe().main([*argv, "--output_dir", str(tmp_path / "one")])
+    load_recipe("distill_recipe_multi").main([*argv, "--output_dir", str(tmp_path / "one")])
     env = dict(os.environ, ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1", PYTHONPATH=str(RECIPE.parents[1]))
     command = [*LAUNCH, str(RECIPE), *argv, "--output_dir", str(tmp_path / "two")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -1,9 +1,7 @@
 """`recipes/distill.py`: the script users launch, end to end on a tiny local model and dataset, and its configs."""
 
 import dataclasses
-import importlib.util
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -13,7 +11,7 @@ import datasets
 import pytest
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
-from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
+from conftest import build_backbone, color_dataset, load_recipe, make_distiller, run_recipe_main, tiny_image_processor
 from safetensors.torch import load_file
 from transformers import ConvNextImageProcessor
 
@@ -23,14 +21,6 @@ from hf_sfm.utils.io_utils import NotOwnedError
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "distill.py"
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the annotations through the module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -317,20 +307,15 @@ def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(
     # hf_sfm created (a copied record adopts nothing), so the copy would hold foreign content.
     command = [str(output_dir) if part == str(recipe_run["output_dir"]) else part for part in recipe_run["command"]]
     # Every run here in this process (`recipe_run` proved the launch itself): the same `main` the script calls.
-    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}  # `main` sets them
-    try:
-        for _ in range(2):  # the second run replaces its own outputs
-            recipe.main(command[2:])
-        evaluation = json.loads((output_dir / "eval_results.json").read_text())
-        assert evaluation["eval_num_test_images"] == 6 and 0 <= evaluation["eval_inherited_accuracy"] <= 1
-        (output_dir / "classifier" / "README.md").write_text("my notes")
-        with pytest.raises(NotOwnedError, match="overwrite_output_dir=True"):
-            recipe.main(command[2:])
-        assert (output_dir / "classifier" / "README.md").read_text() == "my notes"
-        recipe.main([*command[2:], "--overwrite_output_dir", "true"])
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    for _ in range(2):  # the second run replaces its own outputs
+        run_recipe_main(recipe, command[2:])
+    evaluation = json.loads((output_dir / "eval_results.json").read_text())
+    assert evaluation["eval_num_test_images"] == 6 and 0 <= evaluation["eval_inherited_accuracy"] <= 1
+    (output_dir / "classifier" / "README.md").write_text("my notes")
+    with pytest.raises(NotOwnedError, match="overwrite_output_dir=True"):
+        run_recipe_main(recipe, command[2:])
+    assert (output_dir / "classifier" / "README.md").read_text() == "my notes"
+    run_recipe_main(recipe, [*command[2:], "--overwrite_output_dir", "true"])
     assert "my notes" not in (output_dir / "classifier" / "README.md").read_text()
 
 

@@ -1,7 +1,6 @@
 """What a run prints, leaves behind and publishes: one run record behind the cards and metrics files, portable
 cards, strict-JSON metrics across resumes, the recipe's start-of-run warnings, TrainingArguments spellings."""
 
-import importlib.util
 import json
 import logging
 import math
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 
 import datasets
 import pytest
-from conftest import build_backbone, color_dataset
+from conftest import build_backbone, color_dataset, load_recipe, run_recipe_main
 from transformers import PretrainedConfig, ViTImageProcessor
 
 from hf_sfm import DistillationConfig, Distiller
@@ -26,17 +25,9 @@ RECIPE = REPO / "recipes" / "distill.py"
 PROBE_WARNING = "The linear probe on 3 images can barely move its head"
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe_record", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe():
-    return load_recipe()
+    return load_recipe("distill_recipe_record")
 
 
 def strict_json(path: Path):
@@ -87,7 +78,6 @@ def test_the_probe_rate_is_a_config_field_that_reaches_the_probe_and_the_record(
 
 
 def test_the_warning_recorder_keeps_each_warning_of_the_run_once():
-    import logging
 
     with WarningRecorder() as recorder:
         for _ in range(3):
@@ -240,27 +230,6 @@ def test_a_run_that_cannot_evaluate_says_so_at_the_start_and_in_its_card(assets,
     assert f"Outputs in {output_dir}" in log
 
 
-def run_recipe_in_process(recipe, *arguments: str) -> None:
-    """`recipe.main` with `run_recipe`'s arguments, in this process: the launch itself is proven by the tests above.
-    The log levels and progress bars `main` sets are put back, so no later test sees them."""
-    import transformers
-
-    levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}
-    datasets_bars, transformers_bars = (
-        not datasets.are_progress_bars_disabled(),
-        transformers.utils.logging.is_progress_bar_enabled(),
-    )
-    try:
-        recipe.main(["--disable_tqdm", "true", *arguments])
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-        if datasets_bars:
-            datasets.enable_progress_bars()
-        if transformers_bars:
-            transformers.utils.logging.enable_progress_bar()
-
-
 def test_a_recipe_run_records_its_probe_split_and_warnings_and_a_finished_resume_keeps_its_metrics(
     recipe, assets, tmp_path, caplog
 ):
@@ -269,7 +238,7 @@ def test_a_recipe_run_records_its_probe_split_and_warnings_and_a_finished_resume
               "--output_dir", str(output_dir), "--max_steps", "2", "--save_steps", "1", "--eval_split_size", "3",
               "--probe_epochs", "2", "--eval_runs", "1", "--grid_steps", "0",
               "--dataset_license", "cc-by-4.0"]  # fmt: skip
-    run_recipe_in_process(recipe, *common)
+    run_recipe_main(recipe, ["--disable_tqdm", "true", *common])
     card = (output_dir / "distilled" / "README.md").read_text()
     assert "license: cc-by-4.0" in card and str(assets) not in card
     assert "3 images of the real `train` split, held out before distilling" in card
@@ -281,7 +250,9 @@ def test_a_recipe_run_records_its_probe_split_and_warnings_and_a_finished_resume
     before = {name: strict_json(output_dir / name) for name in files}
 
     caplog.clear()
-    run_recipe_in_process(recipe, *common, "--resume_from_checkpoint", "true", "--do_eval", "false")
+    run_recipe_main(
+        recipe, ["--disable_tqdm", "true", *common, "--resume_from_checkpoint", "true", "--do_eval", "false"]
+    )
     assert "already finished at step 2" in caplog.text
     after = {name: strict_json(output_dir / name) for name in files}
     assert after == before and math.isfinite(after["train_results.json"]["train_loss"])
