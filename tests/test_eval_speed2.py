@@ -57,7 +57,7 @@ def _bank_one_view_at_a_time(images, extractors, augmentation, generator, views,
 # ------------------------------------------------------------------------------------------ the view bank
 
 
-@pytest.mark.parametrize("batch_size, views", [(4, 5), (256, 14)])
+@pytest.mark.parametrize("batch_size, views", [(4, 5), (8, 7), (256, 14)])
 def test_the_view_bank_embedded_in_batches_equals_one_view_at_a_time(batch_size, views):
     """Same draws (views are still augmented one view of `batch_size` images at a time), other batching of the
     forward: equal features within float tolerance."""
@@ -75,9 +75,12 @@ def test_the_view_bank_embedded_in_batches_equals_one_view_at_a_time(batch_size,
     )
     assert bank.bank[0].shape == reference.shape == (views, 5, reference.shape[-1])
     torch.testing.assert_close(bank.bank[0], reference, rtol=1e-4, atol=1e-5)
+    total = views * 5
     if batch_size == 256:  # 70 views in one frozen_features call: the backbone sees full chunks, not 5 images
         chunk = frozen_chunk_size("cpu")
-        assert embedded_sizes == [min(chunk, 70 - start) for start in range(0, 70, chunk)]
+        assert embedded_sizes == [min(chunk, total - start) for start in range(0, total, chunk)]
+    else:  # exactly `batch_size` views per call, not `batch_size` plus a few (a chunk of a few after it)
+        assert embedded_sizes == [min(batch_size, total - start) for start in range(0, total, batch_size)]
 
 
 def test_the_paired_bank_of_two_backbones_equals_one_view_at_a_time():

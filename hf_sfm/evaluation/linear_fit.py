@@ -366,23 +366,25 @@ class ViewFeatures:
         """`(V, N, D_k)` per extractor: `V` augmented views of every image, embedded once.
 
         Views are drawn as one view of every image at a time (`batch_size` images per augmentation call, so
-        `generator` draws what it always drew), but embedded across views in batches of at least `batch_size`: a
-        bank of a few images would otherwise reach the backbone a handful of images per call."""
+        `generator` draws what it always drew), but embedded across views in batches of exactly `batch_size`: a
+        bank of a few images would otherwise reach the backbone a handful of images per call, and a batch of
+        `batch_size` plus a few would end in a chunk of a few."""
         bank: list[list[torch.Tensor]] = [[] for _ in self.extractors]
         pending: list[torch.Tensor] = []
 
-        def embed_pending() -> None:
-            for k, features in enumerate(self._embed(torch.cat(pending))):
+        def embed(batch: torch.Tensor) -> None:
+            for k, features in enumerate(self._embed(batch)):
                 bank[k].append(features)
-            pending.clear()
 
         for _ in progress_bar(range(views), desc="View bank", disable=views < 20):
             for i in range(0, len(self.images), self.batch_size):
                 pending.append(self.augmentation(self.images[i : i + self.batch_size].to(self.device), self.generator))
                 if sum(len(view) for view in pending) >= self.batch_size:
-                    embed_pending()
-        if pending:
-            embed_pending()
+                    drawn = torch.cat(pending)
+                    embed(drawn[: self.batch_size])
+                    pending = [drawn[self.batch_size :]]
+        if pending and sum(len(view) for view in pending):
+            embed(torch.cat(pending))
         return tuple(torch.cat(chunks).view(views, len(self.images), -1) for chunks in bank)
 
     def _embed_ahead(self, first_epoch: int) -> None:
