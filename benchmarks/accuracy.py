@@ -57,7 +57,7 @@ class Plan:
     eval_backbones: list[str]
     ipcs: list[int]
     seeds: list[int]
-    methods: list[str]
+    methods: list[str]  # method names, or names of `variants`
     steps: dict[int, int]  # per ipc
     lgm_rounds: dict[int, int]  # per ipc
     runs: int
@@ -67,6 +67,9 @@ class Plan:
     split: str = "test"
     train_subset: int | None = None
     test_subset: int | None = None
+    # name → DistillationConfig overrides of one row (its `method`, `learning_rate`, `num_steps`, `method_kwargs`
+    # ...): a method at its own settings, or at another step count (equal wall-clock time), beside the others.
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def quick_plan() -> Plan:
@@ -178,23 +181,28 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
                 for seed in plan.seeds:
                     distilled = {}
                     distiller = None
-                    for method in plan.methods:
+                    for row in plan.methods:
+                        variant = plan.variants.get(row, {})
+                        method = variant.get("method", row)
                         args = DistillationConfig(
-                            **settings,
-                            output_dir=str(work_dir / f"{dataset}_{distill}_{method}_ipc{ipc}_seed{seed}"),
+                            **{
+                                **settings,
+                                "method_kwargs": {"rounds": plan.lgm_rounds[ipc]} if method == "lgm" else None,
+                                "num_steps": plan.steps[ipc],
+                                **variant,
+                            },
+                            output_dir=str(work_dir / f"{dataset}_{distill}_{row}_ipc{ipc}_seed{seed}"),
                             method=method,
-                            method_kwargs={"rounds": plan.lgm_rounds[ipc]} if method == "lgm" else None,
                             ipc=ipc,
-                            num_steps=plan.steps[ipc],
                             statistics_path=str(statistics_path),
                             seed=seed,
                         )
-                        configs.setdefault(f"{method} ipc{ipc}", args)
+                        configs.setdefault(f"{row} ipc{ipc}", args)
                         distiller = Distiller(model=model, args=args, train_dataset=train, image_processor=processor)
-                        print(f"[accuracy] {dataset} {distill} {method} ipc={ipc} seed={seed} ...", flush=True)
+                        print(f"[accuracy] {dataset} {distill} {row} ipc={ipc} seed={seed} ...", flush=True)
                         output = distiller.train()
-                        distilled[method] = (distiller.synthetic_images(), distiller.labels.clone())
-                        distillations[f"{dataset} {distill} {method} ipc={ipc} seed={seed}"] = {
+                        distilled[row] = (distiller.synthetic_images(), distiller.labels.clone())
+                        distillations[f"{dataset} {distill} {row} ipc={ipc} seed={seed}"] = {
                             "steps": args.num_steps,
                             **{key: output.metrics[key] for key in ("train_seconds_per_step", "final_loss")},
                             "train_runtime": output.metrics["train_runtime"],
@@ -324,6 +332,14 @@ def main(argv: list[str] | None = None) -> None:
         "--set", nargs="*", metavar="KEY=VALUE", help="Override distillation settings (DistillationConfig fields)."
     )
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="A row distilled with its own DistillationConfig overrides (e.g. "
+        "'lgm_best:method=lgm,learning_rate=0.1'), run beside --methods; repeatable.",
+    )
+    parser.add_argument(
         "--native-resolution",
         action="store_true",
         help="Every backbone at its image processor's resolution (crop_size and image_size from the processor).",
@@ -347,6 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     ):
         if value is not None:
             setattr(plan, field, value)
+    for text in options.variant:
+        row, overrides = common.parse_setting(text)
+        plan.variants[row] = overrides
+        plan.methods.append(row)
     if options.steps:
         plan.steps = dict(zip(plan.ipcs, options.steps, strict=True))
     if options.probe_views is not None:

@@ -54,6 +54,19 @@ def apply_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return DISTILL_SETTINGS
 
 
+def parse_setting(text: str) -> tuple[str, dict]:
+    """`name:key=value,key=value` → (name, overrides) with JSON values (`init=real` stays a string)."""
+    name, _, body = text.partition(":")
+    overrides = {}
+    for pair in filter(None, body.split(",")):
+        key, _, raw = pair.partition("=")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return name, overrides
+
+
 def set_threads(threads: int) -> None:
     """One torch thread per process: on 2 shared cores, two threads spin against each other (measured 16× slower
     for a backward pass while other jobs ran)."""

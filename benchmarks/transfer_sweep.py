@@ -15,7 +15,6 @@ accuracy benchmark then runs on the test splits.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -32,19 +31,6 @@ BASE = {
     "logging_steps": 0,
     "overwrite_output_dir": True,
 }
-
-
-def parse_setting(text: str) -> tuple[str, dict]:
-    """`name:key=value,key=value` → (name, overrides) with JSON values (`init=real` stays a string)."""
-    name, _, body = text.partition(":")
-    overrides = {}
-    for pair in filter(None, body.split(",")):
-        key, _, raw = pair.partition("=")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
-    return name, overrides
 
 
 def splits(name: str):
@@ -94,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         statistics_path = work_dir / f"{dataset}_{options.distill}_statistics.safetensors"
         baseline_done = options.no_baselines
         for text in options.setting:
-            name, overrides = parse_setting(text)
+            name, overrides = common.parse_setting(text)
             for seed in options.seeds:
                 args = DistillationConfig(
                     **{**BASE, "ipc": options.ipc, "seed": seed, **overrides},
@@ -108,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                 images, labels = distiller.synthetic_images(), distiller.labels
                 sets = {"distilled": lambda run, pair=(images, labels): pair}
                 if not baseline_done:
-                    means = distiller.statistics.class_means
+                    means = distiller.statistics.class_means if distiller.statistics is not None else None  # LGM
                     centroids = distiller.evaluator.baselines().centroids(options.ipc, class_means=means)
                     sets["random_real"] = lambda run, d=distiller: d.evaluator.baselines().random(options.ipc, run)
                     sets["centroids"] = lambda run, pair=centroids: pair
@@ -138,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     path = common.output_path(options, "transfer_sweep" + (f"-{options.tag}" if options.tag else ""))
     if path is not None:
-        configs = {text: common.settings_config({**BASE, **parse_setting(text)[1]}) for text in options.setting}
+        configs = {text: common.settings_config({**BASE, **common.parse_setting(text)[1]}) for text in options.setting}
         record = common.provenance(
             configs=configs, probe=probe, data={"datasets": options.datasets}, seeds=options.seeds
         )
