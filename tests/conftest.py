@@ -40,7 +40,13 @@ from transformers import (
 
 from hf_sfm import DistillationConfig, Distiller
 
-torch.set_num_threads(2)
+# Under pytest-xdist (`-n 2`, the README's command) each worker is one process on one core: two torch threads
+# per worker would spin against each other, and subprocesses a test starts inherit the one-thread setting.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 IMAGE_SIZE = 32
 

@@ -133,7 +133,7 @@ def test_the_evaluator_scores_each_run_as_a_lone_probe_would():
     evaluator = ProbeEvaluator(build_backbone("vit"), _processor(), color_dataset(3, 4, SIZE, seed=1), name="tiny")
     config = ProbeConfig(epochs=8, learning_rate=0.05, scale_learning_rate=False, views=3)
     data = color_dataset(3, 2, SIZE)
-    images = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) for im in data["image"]])
+    images = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in data["image"]])
     images, labels = images.float() / 255, torch.tensor(data["label"])
     sets = {"a": lambda run: (images, labels), "b": lambda run: (images.flip(3), labels)}
     report = evaluate_training_sets(evaluator, sets, runs=2, config=config, seed=3)
