@@ -181,9 +181,10 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
                 for seed in plan.seeds:
                     distilled = {}
                     distiller = None
+                    runs_of_seed: dict[str, dict] = {}  # row → its distillation record, this seed
                     for row in plan.methods:
-                        variant = plan.variants.get(row, {})
-                        method = variant.get("method", row)
+                        variant = resolve_variant(row, plan.variants, runs_of_seed)
+                        method = variant.pop("method", row)
                         args = DistillationConfig(
                             **{
                                 **settings,
@@ -200,12 +201,14 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
                         configs.setdefault(f"{row} ipc{ipc}", args)
                         distiller = Distiller(model=model, args=args, train_dataset=train, image_processor=processor)
                         print(f"[accuracy] {dataset} {distill} {row} ipc={ipc} seed={seed} ...", flush=True)
+                        mark = time.perf_counter()
                         output = distiller.train()
                         distilled[row] = (distiller.synthetic_images(), distiller.labels.clone())
-                        distillations[f"{dataset} {distill} {row} ipc={ipc} seed={seed}"] = {
+                        runs_of_seed[row] = distillations[f"{dataset} {distill} {row} ipc={ipc} seed={seed}"] = {
                             "steps": args.num_steps,
                             **{key: output.metrics[key] for key in ("train_seconds_per_step", "final_loss")},
                             "train_runtime": output.metrics["train_runtime"],
+                            "wall_seconds": time.perf_counter() - mark,  # with the statistics pass, where it ran
                         }
                     baselines = RealBaselines(
                         train, distiller.feature_extractor, distiller.preprocessing, distiller.image_size
@@ -254,6 +257,21 @@ def run(plan: Plan, work_dir: Path, settings: dict[str, Any]) -> dict:
             seeds=plan.seeds,
         ),
     }
+
+
+def resolve_variant(row: str, variants: dict[str, dict], runs_of_seed: dict[str, dict]) -> dict[str, Any]:
+    """The DistillationConfig overrides of `row`. A variant `like=A,equal_time_to=B` is row A's settings at as many
+    steps as fit in B's distillation loop time of this seed (B's `train_runtime` / A's seconds per step, both
+    measured in this process just before): the equal-wall-clock comparison."""
+    variant = dict(variants.get(row, {}))
+    like, other = variant.pop("like", None), variant.pop("equal_time_to", None)
+    if like is None and other is None:
+        return variant
+    if like not in runs_of_seed or other not in runs_of_seed:
+        raise SystemExit(f"--variant {row}: like={like} and equal_time_to={other} must be rows listed before it.")
+    base = dict(variants.get(like, {}), method=variants.get(like, {}).get("method", like))
+    steps = round(runs_of_seed[other]["train_runtime"] / runs_of_seed[like]["train_seconds_per_step"])
+    return {**base, **variant, "num_steps": max(1, steps)}
 
 
 def fixed_training_set(pair):
@@ -307,7 +325,8 @@ def format_section(report: dict, title: str) -> str:
             "",
             common.markdown_table(headers, rows),
             "",
-            f"Distillation steps (every method): {steps}; settings {settings}.",
+            f"Distillation steps: {steps}; settings {settings}."
+            + "".join(f" Row `{row}`: {overrides}." for row, overrides in plan.get("variants", {}).items()),
             "",
             f"Wall time: {timings} (one torch thread; {report['machine']}).",
         ]
