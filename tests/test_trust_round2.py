@@ -1,6 +1,7 @@
 """Trust, round 2 (issue 26): hostile inputs and faults that used to run code, give silently wrong results, lose
 user data or fail late. Each test is the repro of one row, written to fail on the code before the fix."""
 
+import functools
 import json
 import logging
 import os
@@ -13,11 +14,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import build_backbone, color_dataset
+from conftest import build_backbone, color_dataset, make_distiller, tiny_image_processor
 from filelock import FileLock
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForImageClassification, ViTImageProcessor
+from transformers import AutoModelForImageClassification
 
 import hf_sfm.training.statistics_cache as statistics_cache
 from hf_sfm import DistillationConfig, Distiller, SFMInheritedConfig
@@ -37,16 +38,15 @@ from hf_sfm.utils.io_utils import NotOwnedError, file_sha256, is_owned, make_own
 SIZE = 32
 
 
-def _processor():
-    return ViTImageProcessor(size={"height": SIZE, "width": SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-
-
-def _distiller(output_dir, dataset=None, model=None, **overrides):
-    values = dict(output_dir=str(output_dir), num_steps=2, image_size=SIZE, save_grid=False, logging_steps=0)
-    values.update(overrides)
-    dataset = dataset if dataset is not None else color_dataset(3, 2)
-    model = model if model is not None else build_backbone("vit")
-    return Distiller(model, DistillationConfig(**values), dataset, image_processor=_processor())
+# Two steps on 3 classes x 2 images: each test here is about what a run refuses or keeps, not what it learns.
+_distiller = functools.partial(
+    make_distiller,
+    dataset=lambda: color_dataset(3, 2),
+    num_steps=2,
+    image_size=SIZE,
+    save_grid=False,
+    logging_steps=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -145,21 +145,21 @@ def test_a_classifier_config_may_name_only_a_transformers_vision_model_class(tmp
 def test_two_streamed_datasets_with_the_same_classes_never_share_statistics(tmp_path, monkeypatch):
     first, second = color_dataset(3, 2, seed=0), color_dataset(3, 2, seed=1)
     output_dir = tmp_path / "out"
-    computed = _distiller(output_dir, first.to_iterable_dataset(), init="noise").compute_statistics()
-    other = _distiller(output_dir, second.to_iterable_dataset(), init="noise")
+    computed = _distiller(output_dir, dataset=first.to_iterable_dataset(), init="noise").compute_statistics()
+    other = _distiller(output_dir, dataset=second.to_iterable_dataset(), init="noise")
     with pytest.raises(ValueError, match=r"other conditions \(data_digest"):
         other.compute_statistics()  # was: the first folder's class means, silently
     shared = tmp_path / "shared.safetensors"  # the same through a statistics_path
     _distiller(
-        tmp_path / "a", first.to_iterable_dataset(), init="noise", statistics_path=str(shared)
+        tmp_path / "a", dataset=first.to_iterable_dataset(), init="noise", statistics_path=str(shared)
     ).compute_statistics()
     with pytest.raises(ValueError, match="data_digest"):
         _distiller(
-            tmp_path / "b", second.to_iterable_dataset(), init="noise", statistics_path=str(shared)
+            tmp_path / "b", dataset=second.to_iterable_dataset(), init="noise", statistics_path=str(shared)
         ).compute_statistics()
     # The same stream again reuses its statistics (the digest matches), without a statistics pass.
     monkeypatch.setattr(statistics_cache, "compute_class_statistics", lambda *a, **k: pytest.fail("recomputed"))
-    again = _distiller(output_dir, first.to_iterable_dataset(), init="noise").compute_statistics()
+    again = _distiller(output_dir, dataset=first.to_iterable_dataset(), init="noise").compute_statistics()
     assert torch.equal(again.feature_sums, computed.feature_sums)
     assert again.metadata["data_digest"] == computed.metadata["data_digest"]
 
@@ -486,11 +486,11 @@ def test_an_output_dir_holding_the_training_images_is_warned_about(tmp_path, cap
             PIL.Image.fromarray(array).save(data / name / f"{i}.png")
     dataset = datasets.load_dataset("imagefolder", data_dir=str(data), split="train")
     with caplog.at_level(logging.WARNING, logger="hf_sfm.training.outputs"):
-        _distiller(data, dataset, overwrite_output_dir=True)
+        _distiller(data, dataset=dataset, overwrite_output_dir=True)
     assert "holds the training images themselves" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hf_sfm.training.outputs"):
-        _distiller(tmp_path / "out", dataset)
+        _distiller(tmp_path / "out", dataset=dataset)
     assert "training images" not in caplog.text
 
 
@@ -504,7 +504,7 @@ def test_non_finite_features_blame_what_made_them(tmp_path):
             build_backbone("vit"),
             DistillationConfig(output_dir=str(tmp_path / "a"), image_size=SIZE),
             color_dataset(3, 2),
-            image_processor=_processor(),
+            image_processor=tiny_image_processor(SIZE),
             feature_fn=divide_by_zero,
         )
     assert "broken" not in str(error.value)
@@ -522,7 +522,7 @@ def test_a_class_whose_images_are_all_undecodable_names_the_images_as_the_fix(tm
     images = [{"bytes": b"not an image", "path": None} if label == 1 else image for image, label in zip(images, labels)]
     features = datasets.Features({"image": datasets.Image(), "label": good.features["label"]})
     dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
-    distiller = _distiller(tmp_path, dataset, init="noise", skip_corrupt_images=True)
+    distiller = _distiller(tmp_path, dataset=dataset, init="noise", skip_corrupt_images=True)
     with pytest.raises(ValueError, match=r"could not be decoded.*Repair or replace those image files") as error:
         distiller.compute_statistics()
     assert "Remove them from the label set" not in str(error.value)
