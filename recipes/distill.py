@@ -39,6 +39,7 @@ from hf_sfm.training.callbacks import ProgressCallback
 from hf_sfm.training.checkpointing import resolve_checkpoint
 from hf_sfm.training.outputs import OutputDirectoryBusy
 from hf_sfm.utils.distributed import cpu_only, num_processes_warning
+from hf_sfm.utils.io_utils import check_replaceable
 
 logger = logging.getLogger("recipes.distill")
 
@@ -517,6 +518,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
     )
     if spellings.disable_tqdm:
         distiller.pop_callback(ProgressCallback)
+    refuse_unreplaceable_outputs(config, with_classifier=run_args.inherited_classifier or bool(config.hub_model_id))
     distiller.evaluator.probe = probe_config(distiller.evaluator.probe, config)
     distiller.compute_statistics()
     train_output = distiller.train()
@@ -588,6 +590,13 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
             if commit is not None:
                 logger.info(f"Pushed the {kind} to {getattr(commit, 'repo_url', None) or commit}")
     return {"train": train_output.metrics, "eval": metrics}
+
+
+def refuse_unreplaceable_outputs(config, with_classifier: bool) -> None:
+    """Refuse now, not after the distillation, to replace a `distilled/` or `classifier/` the user edited since
+    hf_sfm wrote it: the start-of-run check of the output dir compares names only, these are compared in full."""
+    for name in ("distilled", "classifier") if with_classifier else ("distilled",):
+        check_replaceable(Path(config.output_dir) / name, config.overwrite_output_dir, "overwrite_output_dir=True")
 
 
 def save_step_curve_of(distiller: Distiller, state) -> Path | None:

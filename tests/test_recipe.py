@@ -299,9 +299,12 @@ def test_load_data_accepts_what_load_dataset_accepts(recipe, image_folders, asse
                                             "--eval_split_size", "2"])[1])  # fmt: skip
 
 
-def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(recipe, recipe_run, tmp_path):
+def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(
+    recipe, recipe_run, tmp_path, monkeypatch
+):
     """Run again into the first run's output dir with an inherited classifier (the second run replaces its own
-    outputs), then a third time after the user edited the classifier: refused, unless overwrite_output_dir."""
+    outputs), then again after the user edited the classifier, then the distilled set: refused before any
+    statistics pass, unless overwrite_output_dir."""
     output_dir = tmp_path / "run"
     # Its own first run: a copy of the module's run would not do, since ownership records are tied to the folders
     # hf_sfm created (a copied record adopts nothing), so the copy would hold foreign content.
@@ -311,12 +314,14 @@ def test_the_recipe_distils_a_local_image_folder_and_reruns_into_its_output_dir(
         run_recipe_main(recipe, command[2:])
     evaluation = json.loads((output_dir / "eval_results.json").read_text())
     assert evaluation["eval_num_test_images"] == 6 and 0 <= evaluation["eval_inherited_accuracy"] <= 1
-    (output_dir / "classifier" / "README.md").write_text("my notes")
-    with pytest.raises(NotOwnedError, match="overwrite_output_dir=True"):
-        run_recipe_main(recipe, command[2:])
-    assert (output_dir / "classifier" / "README.md").read_text() == "my notes"
-    run_recipe_main(recipe, [*command[2:], "--overwrite_output_dir", "true"])
-    assert "my notes" not in (output_dir / "classifier" / "README.md").read_text()
+    for edited in ("classifier", "distilled"):
+        (output_dir / edited / "README.md").write_text("my notes")
+        with monkeypatch.context() as patch, pytest.raises(NotOwnedError, match=f"{edited}.*overwrite_output_dir=True"):
+            patch.setattr(recipe.Distiller, "compute_statistics", lambda self: pytest.fail("refused after work began"))
+            run_recipe_main(recipe, command[2:])
+        assert (output_dir / edited / "README.md").read_text() == "my notes"
+        run_recipe_main(recipe, [*command[2:], "--overwrite_output_dir", "true"])
+        assert "my notes" not in (output_dir / edited / "README.md").read_text()
 
 
 def test_cards_link_only_hub_ids_and_name_local_sources_as_given():
