@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -94,6 +95,15 @@ def best_batch_size(feature_extractor, images: torch.Tensor, batch_sizes: list[i
     return {batch: len(images) / min(times) for batch, times in seconds.items()}
 
 
+class LibraryPath(NamedTuple):
+    """One frozen-forward path of the library: images it embeds per run, the run, and whether it decodes images
+    (then its reference is the plain loop that decodes too: the same work)."""
+
+    forwards: int
+    run: Callable[[], Any]
+    decodes: bool = False
+
+
 def library_paths(
     backbone, dataset, images: torch.Tensor, num_images: int, counter: InferenceModeCounter
 ) -> dict[str, tuple[int, Callable]]:
@@ -153,20 +163,20 @@ def library_paths(
         ViewFeatures(probe_images, [second, extractor], augmentation, torch.Generator().manual_seed(0), views=epochs)
 
     return {
-        "frozen_features, ready tensors": (num_images, lambda: frozen_features(extractor, images)),
-        "statistics pass, decoding (compute_class_statistics)": (num_images, statistics_with_decoding),
-        "statistics pass, ready uint8 tensors (embed_pixels)": (num_images, statistics_over_tensors),
-        "test/train feature column, decoding (embed_dataset)": (num_images, feature_column),
-        "baselines' feature column, decoding (RealBaselines)": (num_images, baselines_column),
-        "baselines' query / no-augmentation probe (embed_resized)": (
-            num_images,
-            lambda: embed_resized(extractor, images),
+        "frozen_features, ready tensors": LibraryPath(num_images, lambda: frozen_features(extractor, images)),
+        "statistics pass, decoding (compute_class_statistics)": LibraryPath(
+            num_images, statistics_with_decoding, decodes=True
         ),
-        f"probe views, fresh, look-ahead ({PROBE_IMAGES} images)": (epochs * PROBE_IMAGES, probe_views),
-        f"view bank ({PROBE_IMAGES} images x {epochs} views)": (epochs * PROBE_IMAGES, view_bank),
-        f"projector's paired bank (2 backbones, {PROBE_IMAGES} x {epochs})": (
-            2 * epochs * PROBE_IMAGES,
-            projector_bank,
+        "statistics pass, ready uint8 tensors (embed_pixels)": LibraryPath(num_images, statistics_over_tensors),
+        "test/train feature column, decoding (embed_dataset)": LibraryPath(num_images, feature_column, decodes=True),
+        "baselines' feature column, decoding (RealBaselines)": LibraryPath(num_images, baselines_column, decodes=True),
+        "baselines' query / no-augmentation probe (embed_resized)": LibraryPath(
+            num_images, lambda: embed_resized(extractor, images)
+        ),
+        f"probe views, fresh, look-ahead ({PROBE_IMAGES} images)": LibraryPath(epochs * PROBE_IMAGES, probe_views),
+        f"view bank ({PROBE_IMAGES} images x {epochs} views)": LibraryPath(epochs * PROBE_IMAGES, view_bank),
+        f"projector's paired bank (2 backbones, {PROBE_IMAGES} x {epochs})": LibraryPath(
+            2 * epochs * PROBE_IMAGES, projector_bank
         ),
     }
 
@@ -213,7 +223,7 @@ def measure(options) -> tuple[dict, tuple]:
     seconds: dict[str, list[float]] = {name: [] for name in ["plain", "plain_decoding", *paths]}
     outside: dict[str, int] = {name: 0 for name in paths}
     counter.take()
-    for name, (_, run) in paths.items():  # warm-up (and the fresh-page cost of a first call) outside the clocks
+    for name, (_, run, _) in paths.items():  # warm-up (and the fresh-page cost of a first call) outside the clocks
         run()
         outside[name] += counter.take()
     for round_ in range(options.repeats):
@@ -223,7 +233,7 @@ def measure(options) -> tuple[dict, tuple]:
             timed(lambda: plain_decoding_loop(extractor, backbone.preprocessing, dataset, best_batch))
         )
         counter.take()
-        for name, (_, run) in paths.items():
+        for name, (_, run, _) in paths.items():
             seconds[name].append(timed(run))
             outside[name] += counter.take()
     best = num_images / min(seconds["plain"])
@@ -246,15 +256,15 @@ def measure(options) -> tuple[dict, tuple]:
             "forwards_outside_inference_mode": 0,
         },
     ]
-    for name, (forwards, _) in paths.items():
-        speed = forwards / min(seconds[name])
+    for name, path in paths.items():
+        speed = path.forwards / min(seconds[name])
         rows.append(
             {
                 "path": name,
-                "images": forwards,
+                "images": path.forwards,
                 "images_per_second": speed,
                 "ratio_to_best": speed / best,
-                "ratio_to_same_work": speed / (best_decoding if "decoding" in name else best),
+                "ratio_to_same_work": speed / (best_decoding if path.decodes else best),
                 "forwards_outside_inference_mode": outside[name],
             }
         )

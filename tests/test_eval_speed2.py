@@ -138,7 +138,7 @@ def test_every_path_of_the_benchmark_runs_its_forwards_through_frozen_features(b
     counter = _watched(frozen_paths.InferenceModeCounter, backbone.feature_extractor)
     paths = frozen_paths.library_paths(backbone, dataset, _images(len(dataset), size=SIZE), len(dataset), counter)
     assert len(paths) >= 8
-    for name, (_, run) in paths.items():
+    for name, (_, run, _) in paths.items():
         counter.forwards = 0
         run()
         assert counter.forwards > 0, name
