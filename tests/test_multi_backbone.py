@@ -174,13 +174,16 @@ def counting_decodes(monkeypatch) -> list[int]:
     return decoded
 
 
-def test_one_statistics_pass_equals_separate_passes_and_decodes_each_image_once(tmp_path, monkeypatch):
+def test_one_statistics_pass_equals_separate_ones_and_decodes_each_image_once_init_included(tmp_path, monkeypatch):
     decoded = counting_decodes(monkeypatch)
     joint = two_backbones(tmp_path / "joint", statistics_batch_size=5)
     joint.compute_statistics()
     assert decoded[0] == 24  # one pass for both backbones decodes each of the 24 images once
+    assert joint.args.init == "centroid"
+    start = joint.init_synthetic().decode()  # chosen by the primary's columns of the joint pass: no second pass
+    assert decoded[0] == 24
     decoded[0] = 0
-    separate = []
+    separate, alone_starts = [], []
     for model, size, name in ((vit(), 32, "a"), (resnet(), 24, "b")):
         one = Distiller(
             model=model,
@@ -189,7 +192,9 @@ def test_one_statistics_pass_equals_separate_passes_and_decodes_each_image_once(
             image_processor=tiny_image_processor(size),
         )
         separate.append(one.compute_statistics())
+        alone_starts.append(one.init_synthetic().decode())
     assert decoded[0] == 2 * 24  # two single passes decode every image twice
+    torch.testing.assert_close(start, alone_starts[0], rtol=0, atol=0)  # the primary's own choice, exactly
     assert joint.statistics is joint.backbone_statistics[0]
     for each, alone in zip(joint.backbone_statistics, separate, strict=True):
         assert torch.equal(each.feature_sums, alone.feature_sums) and torch.equal(each.counts, alone.counts)

@@ -10,6 +10,8 @@ features of that class's images in the batch. That map's output is a `datasets` 
 
 from __future__ import annotations
 
+import copy
+
 import datasets
 import numpy as np
 import pyarrow as pa
@@ -23,11 +25,21 @@ MEMBER_COLUMNS = {
 
 
 class PassFeatures:
-    """The kept features of one statistics pass (`partial`: its map's output, one row per class and batch)."""
+    """The kept features of one statistics pass (`partial`: its map's output, one row per class and batch).
 
-    def __init__(self, partial: datasets.Dataset):
+    `columns`: the feature columns read back; a joint pass of several backbones keeps their features side by side,
+    and each backbone reads its own (`of_columns`)."""
+
+    def __init__(self, partial: datasets.Dataset, columns: slice = slice(None)):
         self.partial = partial.select_columns(["label", MEMBER_ROWS, MEMBER_FEATURES])
         self.row_labels = np.asarray(partial.select_columns(["label"]).with_format("numpy")[:]["label"])
+        self.columns = columns
+
+    def of_columns(self, start: int, stop: int) -> PassFeatures:
+        """The same kept features, read back as columns `start:stop` (one backbone's of a joint pass)."""
+        chosen = copy.copy(self)
+        chosen.columns = slice(start, stop)
+        return chosen
 
     def class_members(self, label: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Class `label`'s images: `(n, D)` float32 features and `(n,)` dataset rows, in dataset order."""
@@ -37,8 +49,8 @@ class PassFeatures:
             return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
         rows = _flat(table[MEMBER_ROWS]).to_numpy()
         values = _flat(_flat(table[MEMBER_FEATURES])).to_numpy(zero_copy_only=False)
-        features = torch.from_numpy(np.array(values, dtype=np.float32).reshape(len(rows), -1))
-        return features, torch.from_numpy(np.array(rows, dtype=np.int64))
+        features = torch.from_numpy(np.array(values, dtype=np.float32).reshape(len(rows), -1)[:, self.columns])
+        return features.contiguous(), torch.from_numpy(np.array(rows, dtype=np.int64))
 
     def all(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(N, D)` features, `(N,)` labels and `(N,)` dataset rows of every kept image, in dataset order."""

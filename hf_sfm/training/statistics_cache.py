@@ -257,6 +257,9 @@ class GatheredFeatures:
     def __init__(self, local: PassFeatures, row_offset: int):
         self.local, self.row_offset = local, row_offset
 
+    def of_columns(self, start: int, stop: int) -> GatheredFeatures:
+        return GatheredFeatures(self.local.of_columns(start, stop), self.row_offset)
+
     def class_members(self, label: int) -> tuple[torch.Tensor, torch.Tensor]:
         features, rows = self.local.class_members(label)
         parts = [part for part in gather_object([(features, rows + self.row_offset)]) if len(part[1])]
@@ -323,8 +326,9 @@ class StatisticsCaches:
 
     def feature_source(self, exact_for: ImagePreprocessing | None = None) -> Callable[[], PassFeatures] | None:
         """The primary's per-image features (`StatisticsCache.feature_source`): the centroid init and baselines
-        choose in the primary's feature space. A joint pass of several backbones keeps none, so with several the
-        primary's are one more pass, made only when something chooses from them."""
+        choose in the primary's feature space. A joint pass that computed the primary's statistics kept them (its
+        columns of the pass's features, `compute_jointly`); where the primary's statistics came from a file, they
+        come from the `datasets` cache of an identical primary pass, or one more pass."""
         return self.caches[0].feature_source(exact_for)
 
     def load_or_compute(self, recompute: bool | None = None) -> list[ClassStatistics]:
@@ -352,12 +356,19 @@ class StatisticsCaches:
         """One pass for backbones `indices`: features side by side, each image decoded once, split per backbone."""
         caches = [self.caches[index] for index in indices]
         backbones = FrozenBackbones([self.backbones[index] for index in indices], [1.0] * len(indices))
+        primary = self.caches[0]
+        # The primary's features are its own columns of the joint pass, equal to a pass of its own (each backbone
+        # sees its own preprocessing of the same batches): kept when something will choose real images from them.
+        keep = indices[0] == 0 and primary.keep_features and primary.can_keep_features
         joint = caches[0].compute(
             backbones.embed_pixels,
             preprocessing=backbones.joint_preprocessing(),
             key=[cache.key for cache in caches],
             metadata={},
+            keep_features=keep,
         )
+        if keep:
+            primary._features = joint.features.of_columns(0, primary.feature_dim)
         statistics, start = [], 0
         for cache in caches:
             sums = joint.feature_sums[:, start : start + cache.feature_dim].clone()
