@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import PIL.Image
@@ -107,6 +110,23 @@ def test_second_call_reuses_the_cached_folder(lite0_folder, monkeypatch):
     monkeypatch.setattr(lite, "convert_efficientnet_lite", fail)
     assert efficientnet_lite_path("lite0", cache_dir=lite0_folder.parent) == lite0_folder
     assert (lite0_folder / "model.safetensors").stat().st_mtime_ns == weights_mtime
+
+
+def test_processes_converting_at_once_convert_once(lite0_folder, tmp_path, monkeypatch):
+    """Test workers or a launch's ranks asking for the same variant at once: one converts, the others wait and
+    reuse its folder (a second conversion would replace the folder under a process loading it)."""
+    conversions = []
+
+    def copy_of_the_converted(variant, folder):  # a slow conversion: long enough for every thread to ask
+        conversions.append(variant)
+        time.sleep(0.3)
+        shutil.copytree(lite0_folder, folder)
+        return folder
+
+    monkeypatch.setattr(lite, "convert_efficientnet_lite", copy_of_the_converted)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        folders = list(pool.map(lambda _: efficientnet_lite_path("lite0", cache_dir=tmp_path), range(3)))
+    assert conversions == ["lite0"] and folders == [tmp_path / "efficientnet-lite0"] * 3
 
 
 def test_default_cache_is_hf_sfm_cache(monkeypatch, lite0_folder):

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from hf_sfm.utils.io_utils import atomic_path
 
@@ -377,4 +378,10 @@ def efficientnet_lite_path(variant: str = "lite0", cache_dir: str | os.PathLike 
     folder = root / f"efficientnet-{spec.name}"
     if _is_current_conversion(folder):
         return folder
-    return convert_efficientnet_lite(spec.name, folder)
+    # Processes converting at once (test workers, a launch's ranks) take turns: a second conversion replacing the
+    # folder would pull it from under a process loading the first one.
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".efficientnet-{spec.name}.lock")):
+        if _is_current_conversion(folder):
+            return folder
+        return convert_efficientnet_lite(spec.name, folder)
