@@ -367,7 +367,8 @@ class Distiller:
 
     def distilled_set(self) -> DistilledSet:
         """The synthetic set with what produced it: what export, cards and the Hub take (a collective when sharded)."""
-        images, parts = self.synthetic_images(), (self.real_data, self.backbones, self.statistics, self.image_size)
+        statistics = self.backbone_statistics or self.statistics  # every backbone's, where computed
+        images, parts = self.synthetic_images(), (self.real_data, self.backbones, statistics, self.image_size)
         return DistilledSet.from_run(images, self.labels, self.args.to_dict(), *parts)
 
     def distilled_dataset(self) -> datasets.Dataset:

@@ -292,6 +292,29 @@ def test_the_card_lists_every_backbone_with_its_accuracy(tmp_path):
     assert "0.5 |" in rows[0] and "0.5 |" in rows[1]
 
 
+def test_a_reopened_two_backbone_run_reuses_every_backbones_statistics(tmp_path, monkeypatch):
+    """`distilled/` keeps each backbone's statistics (the others beside the primary's, named as the run names
+    them), so `from_run` reopens the run without a statistics pass and with the run's images."""
+    distiller = two_backbones(tmp_path / "run", num_steps=2)
+    distiller.train()
+    folder = distiller.save_distilled()
+    assert sorted(p.name for p in folder.glob("statistics*")) == [
+        "statistics-resnet_b.safetensors",
+        "statistics.safetensors",
+    ]
+    decoded = counting_decodes(monkeypatch)
+    reopened = Distiller.from_run(
+        tmp_path / "run",
+        [vit(), resnet()],
+        color_dataset(),
+        image_processor=[tiny_image_processor(32), tiny_image_processor(24)],
+    )
+    assert decoded[0] == 0  # both backbones' statistics read back, none recomputed
+    for mine, theirs in zip(reopened.backbone_statistics, distiller.backbone_statistics, strict=True):
+        assert torch.equal(mine.feature_sums, theirs.feature_sums)
+    torch.testing.assert_close(reopened.synthetic_images(), distiller.synthetic_images(), rtol=0, atol=1e-5)
+
+
 def test_a_one_backbone_card_has_no_backbone_list(tmp_path):
     distiller = make_distiller(tmp_path, model=vit(), **{**SETTINGS, "num_steps": 1})
     distiller.train()

@@ -54,6 +54,13 @@ COMPATIBILITY_KEYS = (
 DIGEST_BITS = 256
 
 
+def companion_statistics_path(primary: str | Path, short_name: str) -> Path:
+    """Where backbone `short_name`'s statistics sit beside the primary's, in a run with several backbones (the run's
+    own files and its `distilled/` folder name them alike, so a reopened run finds each backbone's)."""
+    primary = Path(primary)
+    return primary.with_name(f"{primary.stem}-{short_name}{primary.suffix}")
+
+
 class StatisticsFileError(ValueError):
     """A statistics file that cannot be read (empty, truncated, not safetensors, missing its tensors)."""
 

@@ -35,6 +35,7 @@ class DistilledSet:
     backbone: dict[str, str] | None = None  # `name` and `revision` (a `FrozenBackbone.identity`)
     source_dataset: str | None = None
     backbones: list[dict[str, Any]] | None = None  # several distillation backbones (`FrozenBackbones.descriptions`)
+    other_statistics: dict[str, Any] | None = None  # the other backbones' statistics, by short name
 
     @classmethod
     def from_run(
@@ -48,11 +49,24 @@ class DistilledSet:
         image_size: int,
     ) -> DistilledSet:
         """The set a run over `real_data` and `backbones` made, its `config` with the sizes it used (`image_size`,
-        the primary's input as `crop_size`), the primary's preprocessing and identity, and every backbone."""
+        the primary's input as `crop_size`), the primary's preprocessing and identity, and every backbone with its
+        statistics (`statistics`: one per backbone, or the primary's alone)."""
         primary = backbones.primary
-        config = dict(config, image_size=image_size, crop_size=primary.preprocessing.crop_size)
-        parts = (config, statistics, primary.preprocessing, primary.identity, real_data.source_name)
-        return cls(images, labels, real_data.class_names, *parts, backbones=backbones.descriptions())
+        crops = {member.preprocessing.crop_size for member in backbones.members}
+        # The crop every backbone ran at; backbones at their own sizes keep the run's setting (None), so a reopened
+        # run (`Distiller.from_run`) feeds each backbone as the run did.
+        crop_size = primary.preprocessing.crop_size if len(crops) == 1 else config.get("crop_size")
+        config = dict(config, image_size=image_size, crop_size=crop_size)
+        statistics = list(statistics) if isinstance(statistics, list | tuple) else [statistics]
+        others = {
+            member.short_name: each
+            for member, each in zip(backbones.members[1:], statistics[1:], strict=False)
+            if each is not None
+        }
+        parts = (config, statistics[0], primary.preprocessing, primary.identity, real_data.source_name)
+        return cls(
+            images, labels, real_data.class_names, *parts, backbones=backbones.descriptions(), other_statistics=others
+        )
 
     def dataset(self) -> datasets.Dataset:
         """A `datasets.Dataset` with `image` (`Image`) and `label` (`ClassLabel`) columns."""
@@ -72,6 +86,7 @@ class DistilledSet:
             class_names=self.class_names,
             config=self.config,
             statistics=self.statistics,
+            other_statistics=self.other_statistics,
             preprocessing=self.preprocessing,
             backbone=(self.backbone or {}).get("name", ""),
             backbone_revision=(self.backbone or {}).get("revision") or None,

@@ -7,6 +7,7 @@ Layout (the same files a Hub dataset repo receives):
     dataset_dict.json, train/         `DatasetDict.save_to_disk` files for `load_from_disk`
     synthetic.safetensors             the float images before 8-bit quantisation, with labels
     statistics.safetensors            the real class statistics the set was distilled from
+    statistics-<backbone>.safetensors the other backbones' statistics (a set distilled against several)
     distillation_config.json          the run's `DistillationConfig`, preprocessing and library versions
     grid.png                          the images, one row per class (shown in the card)
 
@@ -25,6 +26,7 @@ import datasets
 import torch
 from safetensors.torch import save_file
 
+from ..data.statistics import companion_statistics_path
 from ..utils.io_utils import atomic_path
 from ..utils.versions import library_versions, provenance_metadata
 from .cards import Metrics, dataset_card, model_card
@@ -35,6 +37,7 @@ from .visualization import save_image_grid, to_pil_images
 PARQUET_FILE = "data/train-00000-of-00001.parquet"
 FLOAT_IMAGES_FILE = "synthetic.safetensors"
 CONFIG_FILE = "distillation_config.json"
+STATISTICS_FILE = "statistics.safetensors"  # the primary backbone's; others beside it (`companion_statistics_path`)
 
 
 def distilled_features(class_names: list[str]) -> datasets.Features:
@@ -66,6 +69,7 @@ def save_distilled(
     class_names: list[str],
     config: Any = None,
     statistics: Any = None,
+    other_statistics: dict[str, Any] | None = None,
     preprocessing: Any = None,
     backbone: str = "",
     backbone_revision: str | None = None,
@@ -100,7 +104,9 @@ def save_distilled(
             },
         )
         if statistics is not None:
-            statistics.save(staged / "statistics.safetensors")
+            statistics.save(staged / STATISTICS_FILE)
+        for short_name, each in (other_statistics or {}).items():
+            each.save(companion_statistics_path(staged / STATISTICS_FILE, short_name))
         run = {  # published with the set: no local paths (`run_record.portable_name`)
             "config": portable_config(config.to_dict() if hasattr(config, "to_dict") else config or {}),
             "preprocessing": preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else preprocessing,

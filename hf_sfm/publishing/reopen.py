@@ -19,9 +19,8 @@ import torch
 from safetensors import safe_open
 
 from ..synthesis.synthetic import SyntheticImages
-from .export import CONFIG_FILE, FLOAT_IMAGES_FILE
+from .export import CONFIG_FILE, FLOAT_IMAGES_FILE, STATISTICS_FILE
 
-STATISTICS_NAME = "statistics.safetensors"
 # Settings of the original run that must not carry over into the reopened one: where it wrote, what it resumed.
 # The token is stored redacted, so it never carries over either.
 NOT_CARRIED = ("output_dir", "resume_from_checkpoint", "statistics_path", "recompute_statistics", "hub_token")
@@ -95,7 +94,7 @@ def load_finished_run(output_dir: str | Path, distilled_dir: str | Path | None =
     with safe_open(str(folder / FLOAT_IMAGES_FILE), framework="pt") as handle:
         images, labels = handle.get_tensor("images"), handle.get_tensor("labels")
         class_names = json.loads((handle.metadata() or {}).get("class_names", "null")) or run.get("class_names")
-    statistics = folder / STATISTICS_NAME
+    statistics = folder / STATISTICS_FILE
     return FinishedRun(
         folder=folder,
         images=images.float(),

@@ -27,7 +27,13 @@ from ..backbone.group import FrozenBackbones, as_list
 from ..data.pass_features import PassFeatures
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_data import RealData
-from ..data.statistics import ClassStatistics, combine_data_digests, compute_class_statistics, expected_metadata
+from ..data.statistics import (
+    ClassStatistics,
+    combine_data_digests,
+    companion_statistics_path,
+    compute_class_statistics,
+    expected_metadata,
+)
 from ..utils.versions import library_versions
 from .outputs import STATISTICS_FILE, statistics_lock
 
@@ -288,7 +294,7 @@ class StatisticsCaches:
         primary = StatisticsCache.from_config(args, accelerator, real_data, backbones.primary)
         caches = [primary]
         for backbone in backbones.members[1:]:
-            path = primary.path.with_name(f"{primary.path.stem}-{backbone.short_name}{primary.path.suffix}")
+            path = companion_statistics_path(primary.path, backbone.short_name)
             cache = StatisticsCache.from_config(args, accelerator, real_data, backbone)
             cache.path = path
             if path.is_dir():
