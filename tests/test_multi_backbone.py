@@ -302,6 +302,8 @@ def test_a_reopened_two_backbone_run_reuses_every_backbones_statistics(tmp_path,
         "statistics-resnet_b.safetensors",
         "statistics.safetensors",
     ]
+    card = (folder / "README.md").read_text()
+    assert "| `statistics-resnet_b.safetensors` | the same statistics under the backbone `resnet_b`" in card
     decoded = counting_decodes(monkeypatch)
     reopened = Distiller.from_run(
         tmp_path / "run",

@@ -132,6 +132,9 @@ def _file_rows(files: Iterable[str], descriptions: Mapping[str, str]) -> list[di
         description = descriptions.get(path)
         if description is None and path.startswith("train/"):
             description = "`save_to_disk` layout (arrow), for `load_from_disk`"
+        if description is None and path.startswith("statistics-") and path.endswith(".safetensors"):
+            backbone = path.removeprefix("statistics-").removesuffix(".safetensors")
+            description = f"the same statistics under the backbone `{backbone}` (a set distilled for several)"
         if description is None and path.endswith(".safetensors"):
             description = "weights"
         rows.append({"path": path, "description": description or ""})
