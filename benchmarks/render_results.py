@@ -327,9 +327,10 @@ def lgm_summary() -> str:
         sfm_time, lgm_time = seconds_per_step(report, "sfm"), seconds_per_step(report, "lgm")
         if sfm_time and lgm_time:
             ratios.append(sfm_time / lgm_time)
+    files = "" if not lgm_validated_cells() else " (`" + "`, `".join(name for _, name in LGM_RUNS) + "`)"
     return (
-        f"- **SFM against LGM at equal steps** (LGM at SFM's settings): {counts(verdicts)} of {len(rows)} cells; "
-        f"SFM's step took {min(ratios):.2f}-{max(ratios):.2f}× LGM's time. Neither dominates in accuracy."
+        f"- **SFM against LGM at equal steps** (LGM at SFM's settings{files}): {counts(verdicts)} of {len(rows)} "
+        f"cells; SFM's step took {min(ratios):.2f}-{max(ratios):.2f}× LGM's time. Neither dominates in accuracy."
     )
 
 
@@ -372,18 +373,54 @@ def render_lgm_sweep() -> list[str]:
             mark = " **(chosen)**" if setting is chosen else ""
             rows.append([f"`{setting['setting']}`{mark}", f"`{overrides}`", *cells, f"{seconds:.0f}"])
         seeds = max(len(s["seconds"]) for s in settings)
+        baselines = lgm_sweep_baselines(dataset)
         lines += [
             f"### LGM's own settings, validated on {DATASET_LABELS[dataset]} (validation split)",
             "",
             "LGM (K augmentation rounds per step) distilled on lite0 at ipc 1, 300 steps, 64 px, every other setting "
             f"at `DistillationConfig()` defaults; validation split only, seeds 0-{seeds - 1}, 2 probe runs, 32-view "
-            "bank. Chosen: the highest mean over seeds on the distillation backbone (lite0). Seconds: the whole "
-            "distillation call, two sweeps side by side on the 2 cores.",
+            f"bank. Grid: {lgm_sweep_grid(settings)}. Chosen: the highest mean over seeds on the distillation "
+            "backbone (lite0). Seconds: the whole distillation call, two sweeps side by side on the 2 cores.",
             "",
             common.markdown_table(["setting", "overrides", *(f"{b} (%)" for b in backbones), "seconds"], rows),
             "",
+            *(
+                [f"On the same split (seed 0): {baselines}; SFM's defaults were chosen on textures v1, not here.", ""]
+                if baselines
+                else []
+            ),
         ]
     return lines
+
+
+def lgm_sweep_grid(settings: list[dict]) -> str:
+    """The values the sweep tried, per knob (a knob a setting leaves alone is at the `DistillationConfig` default)."""
+    from hf_sfm import DistillationConfig
+
+    default = DistillationConfig(output_dir="unused")
+    knobs = {
+        "K": lambda o: (o.get("method_kwargs") or {}).get("rounds", 10),
+        "lr": lambda o: o.get("learning_rate", default.learning_rate),
+        "init": lambda o: o.get("init", default.init),
+    }
+    return ", ".join(
+        f"{knob} ∈ {{{', '.join(str(v) for v in sorted({read(s['overrides']) for s in settings}, key=str))}}}"
+        for knob, read in knobs.items()
+    )
+
+
+def lgm_sweep_baselines(dataset: str) -> str:
+    """`"random real 16.1 / 15.3, centroids 29.4 / 18.3 (lite0 / lite2)"`: the sweep's baseline rows."""
+    found = {}
+    for name in LGM_SWEEPS.get(dataset, ()):
+        for row in (load(name) or {}).get("rows", []):
+            if row["dataset"] == dataset and row["setting"] in ("random_real", "centroids"):
+                found[row["setting"].replace("_", " ")] = row["accuracy"]
+    if not found:
+        return ""
+    backbones = sorted(next(iter(found.values())))
+    parts = [f"{k} " + " / ".join(pct(v[b][0]) for b in backbones) for k, v in found.items()]
+    return ", ".join(parts) + f" ({' / '.join(backbones)})"
 
 
 def lgm_validated_cells() -> list[Cell]:
@@ -640,7 +677,7 @@ def render() -> str:
         *render_goal_table(IPC1),
         *(render_goal_table(NATIVE) if goal_rows(NATIVE) else []),
         *render_goal_table(IPC10),
-        *render_lgm_table(),
+        *(render_lgm_table() if not lgm_validated_cells() else []),  # superseded by LGM at its own settings
         *render_lgm_sweep(),
         *render_lgm_validated(),
         *multi_backbone_sections(),
