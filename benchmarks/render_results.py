@@ -607,7 +607,7 @@ def multi_backbone_sections() -> list[str]:
     lines = multi_backbone.render(results).splitlines() if results else []
     lines = [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in lines]
     if load("multi-backbone-cost"):
-        lines += [multi_backbone.render_cost(load("multi-backbone-cost")), ""]
+        lines += ["", multi_backbone.render_cost(load("multi-backbone-cost")), ""]
     return lines
 
 
@@ -677,9 +677,8 @@ def render() -> str:
         *render_goal_table(IPC1),
         *(render_goal_table(NATIVE) if goal_rows(NATIVE) else []),
         *render_goal_table(IPC10),
-        *(render_lgm_table() if not lgm_validated_cells() else []),  # superseded by LGM at its own settings
-        *render_lgm_sweep(),
-        *render_lgm_validated(),
+        # LGM at SFM's settings, until LGM at its own validated settings (the sweep, then the test split) replaces it
+        *([*render_lgm_sweep(), *render_lgm_validated()] if lgm_validated_cells() else render_lgm_table()),
         *multi_backbone_sections(),
         "## Cost, inheritance, speed",
         "",
