@@ -162,8 +162,7 @@ def format_section(report: dict) -> str:
         f"its autograd graph, and **{sfm['seconds_per_step'] / reference['seconds_per_step']:.2f}×** its time "
         "per step. Counting the whole process (interpreter, torch and the backbone, about "
         f"{sfm['rss_before_mib']:.0f} MiB before training starts), SFM's peak RSS is "
-        f"{sfm['peak_rss_mib'] / reference['peak_rss_mib']:.2f}× LGM's.",
-        "",
+        f"{sfm['peak_rss_mib'] / reference['peak_rss_mib']:.2f}× LGM's. "
         f"SFM's one-off statistics pass ({stats['num_images']} images, no grad): {stats['seconds']:.0f} s, peak RSS "
         f"increase {stats['peak_increase_mib']:.0f} MiB. Torch allocator figures (`max_memory_allocated`) exist "
         "only on CUDA; none here.",

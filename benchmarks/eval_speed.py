@@ -129,16 +129,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (sum((value - mean) ** 2 for value in values) / len(values)) ** 0.5
 
 
-def protocol_table(name: str, results: dict) -> str:
-    paper, fast = results["paper"], results["fast"]
-    paper_seconds, fast_seconds = paper["seconds"], fast["seconds"]
-    lines = [
+def protocol_times(name: str, results: dict) -> str:
+    paper_seconds, fast_seconds = results["paper"]["seconds"], results["fast"]["seconds"]
+    return (
         f"{name}: paper protocol {paper_seconds:.1f} s, fast protocol {fast_seconds:.1f} s "
-        f"({paper_seconds / max(fast_seconds, 1e-9):.1f}x) for all three training sets",
-        "",
-        "| training set | paper (fresh views) | fast (view bank) | fast - paper, in paper stds |",
-        "|---|---|---|---|",
-    ]
+        f"({paper_seconds / max(fast_seconds, 1e-9):.1f}x) for all three training sets"
+    )
+
+
+def protocol_rows(name: str, results: dict) -> list[str]:
+    """One table row per training set: `| name | set | paper | fast | fast − paper in paper stds |`."""
+    paper, fast = results["paper"], results["fast"]
+    rows = []
     for training_set in TRAINING_SETS:
         (paper_mean, spread), (fast_mean, fast_std) = (
             mean_std(paper["scores"][training_set]),
@@ -146,11 +148,21 @@ def protocol_table(name: str, results: dict) -> str:
         )
         difference = fast_mean - paper_mean
         in_stds = f"{difference / spread:+.2f} stds" if spread > 0 else f"{100 * difference:+.1f} points (paper std 0)"
-        lines.append(
-            f"| {training_set} | {100 * paper_mean:.1f} ± {100 * spread:.1f} "
+        rows.append(
+            f"| {name} | {training_set} | {100 * paper_mean:.1f} ± {100 * spread:.1f} "
             f"| {100 * fast_mean:.1f} ± {100 * fast_std:.1f} | {in_stds} |"
         )
-    return "\n".join(lines)
+    return rows
+
+
+PROTOCOL_HEADER = [
+    "| data | training set | paper (fresh views) | fast (view bank) | fast - paper, in paper stds |",
+    "|---|---|---|---|---|",
+]
+
+
+def protocol_table(name: str, results: dict) -> str:
+    return "\n".join([protocol_times(name, results), "", *PROTOCOL_HEADER, *protocol_rows(name, results)])
 
 
 def measure_forward(feature_extractor, size: int, count: int) -> dict:
@@ -203,8 +215,10 @@ def render(record: dict) -> str:
         f"process; wall times are of all three training sets together. Machine: {record['machine']}.",
         "",
     ]
-    for name, results in record["datasets"].items():
-        lines += [protocol_table(name, results), ""]
+    datasets = record["datasets"]
+    lines += ["; ".join(protocol_times(name, results) for name, results in datasets.items()) + ".", ""]
+    lines += [*PROTOCOL_HEADER, *(row for name, results in datasets.items() for row in protocol_rows(name, results))]
+    lines += [""]
     # The forward's own before/after is `frozen_paths.py`'s (fresh processes); this run's table stays in its JSON.
     return "\n".join(lines)
 
