@@ -32,7 +32,7 @@ from hf_sfm import DistillationConfig, Distiller
 from hf_sfm.evaluation.probe import ProbeConfig, classifier_accuracy
 from hf_sfm.evaluation.results import inherited_metrics
 from hf_sfm.modeling_inherited import FEATURE_POOLINGS
-from hf_sfm.publishing.export import save_classifier
+from hf_sfm.publishing.export import DISTILLED_DIR, save_classifier
 from hf_sfm.publishing.run_record import EvalSplit, RunRecord, WarningRecorder
 from hf_sfm.publishing.visualization import save_step_curve
 from hf_sfm.training.callbacks import ProgressCallback
@@ -42,6 +42,7 @@ from hf_sfm.utils.distributed import cpu_only, num_processes_warning
 from hf_sfm.utils.io_utils import check_replaceable
 
 logger = logging.getLogger("recipes.distill")
+CLASSIFIER_DIR = "classifier"  # `<output_dir>/classifier`: the inherited classifier, `from_pretrained`-ready
 
 
 @dataclass
@@ -571,7 +572,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
     if classifier is not None and state.is_main_process:
         outputs.append(
             save_classifier(
-                distiller.output_dir / "classifier",
+                distiller.output_dir / CLASSIFIER_DIR,
                 classifier,
                 metrics=metrics,
                 source_dataset=source,
@@ -595,7 +596,7 @@ def _run(model_args, data_args, run_args, config, spellings, state, warnings) ->
 def refuse_unreplaceable_outputs(config, with_classifier: bool) -> None:
     """Refuse now, not after the distillation, to replace a `distilled/` or `classifier/` the user edited since
     hf_sfm wrote it: the start-of-run check of the output dir compares names only, these are compared in full."""
-    for name in ("distilled", "classifier") if with_classifier else ("distilled",):
+    for name in (DISTILLED_DIR, CLASSIFIER_DIR) if with_classifier else (DISTILLED_DIR,):
         check_replaceable(Path(config.output_dir) / name, config.overwrite_output_dir, "overwrite_output_dir=True")
 
 

@@ -54,6 +54,10 @@ COMPATIBILITY_KEYS = (
 DIGEST_BITS = 256
 
 
+# A run's (and its `distilled/` folder's) statistics of the primary backbone; the others' beside it.
+STATISTICS_FILE = "statistics.safetensors"
+
+
 def companion_statistics_path(primary: str | Path, short_name: str) -> Path:
     """Where backbone `short_name`'s statistics sit beside the primary's, in a run with several backbones (the run's
     own files and its `distilled/` folder name them alike, so a reopened run finds each backbone's)."""

@@ -26,7 +26,7 @@ import datasets
 import torch
 from safetensors.torch import save_file
 
-from ..data.statistics import companion_statistics_path
+from ..data.statistics import STATISTICS_FILE, companion_statistics_path
 from ..utils.io_utils import atomic_path
 from ..utils.versions import library_versions, provenance_metadata
 from .cards import Metrics, dataset_card, model_card
@@ -37,7 +37,7 @@ from .visualization import save_image_grid, to_pil_images
 PARQUET_FILE = "data/train-00000-of-00001.parquet"
 FLOAT_IMAGES_FILE = "synthetic.safetensors"
 CONFIG_FILE = "distillation_config.json"
-STATISTICS_FILE = "statistics.safetensors"  # the primary backbone's; others beside it (`companion_statistics_path`)
+DISTILLED_DIR = "distilled"  # `<output_dir>/distilled`: where a run saves this folder by default
 
 
 def distilled_features(class_names: list[str]) -> datasets.Features:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ..data.statistics import STATISTICS_FILE
 from ..synthesis.synthetic import SyntheticImages
-from .export import CONFIG_FILE, FLOAT_IMAGES_FILE, STATISTICS_FILE
+from .export import CONFIG_FILE, DISTILLED_DIR, FLOAT_IMAGES_FILE
 
 # Settings of the original run that must not carry over into the reopened one: where it wrote, what it resumed.
 # The token is stored redacted, so it never carries over either.
@@ -83,7 +84,7 @@ def load_finished_run(output_dir: str | Path, distilled_dir: str | Path | None =
     """Read `<output_dir>/distilled` (or `distilled_dir`: any folder `save_distilled` wrote) back.
 
     Raises `FileNotFoundError` naming the missing file when the folder is not a finished run's."""
-    folder = Path(distilled_dir) if distilled_dir is not None else Path(output_dir) / "distilled"
+    folder = Path(distilled_dir) if distilled_dir is not None else Path(output_dir) / DISTILLED_DIR
     for name in (CONFIG_FILE, FLOAT_IMAGES_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(

@@ -22,7 +22,6 @@ from filelock import FileLock, Timeout
 
 from ..utils.io_utils import foreign_entries, record_owned
 
-STATISTICS_FILE = "statistics.safetensors"
 GRID_FILE = "synthetic_grid.png"
 STATE_FILE = "trainer_state.json"
 LOCK_FILE = ".hf_sfm.lock"

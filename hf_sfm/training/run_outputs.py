@@ -17,6 +17,7 @@ from transformers import TrainerState
 
 from ..data.columns import image_file_paths
 from ..publishing.distilled_set import DistilledSet, HubTarget
+from ..publishing.export import DISTILLED_DIR
 from ..utils.io_utils import atomic_path, make_owned_dirs
 from .checkpointing import resolve_checkpoint
 from .outputs import (
@@ -118,7 +119,7 @@ class RunOutputs:
     ) -> Path:
         """Write the set `distilled_set()` gives (a collective when sharded, made only once `path` may be written) to
         `path` (default `<output_dir>/distilled`) on the main process, under the lock; every process waits for it."""
-        path = Path(path) if path is not None else self.output_dir / "distilled"
+        path = Path(path) if path is not None else self.output_dir / DISTILLED_DIR
         replace, flag = self.overwrite_for(path, overwrite)
         distilled = distilled_set()
         self.acquire()

@@ -28,6 +28,7 @@ from ..data.pass_features import PassFeatures
 from ..data.preprocessing import ImagePreprocessing
 from ..data.real_data import RealData
 from ..data.statistics import (
+    STATISTICS_FILE,
     ClassStatistics,
     combine_data_digests,
     companion_statistics_path,
@@ -35,7 +36,7 @@ from ..data.statistics import (
     expected_metadata,
 )
 from ..utils.versions import library_versions
-from .outputs import STATISTICS_FILE, statistics_lock
+from .outputs import statistics_lock
 
 __all__ = ["ClassStatistics", "StatisticsCache", "StatisticsCaches", "check_statistics_usable", "statistics_key"]
 
