@@ -330,7 +330,12 @@ def lgm_sweep_settings(dataset: str) -> list[dict]:
     """Per LGM setting of the validation sweep: overrides, per-seed accuracy per eval backbone, loop seconds."""
     by_name: dict[str, dict] = {}
     for name in LGM_SWEEPS.get(dataset, ()):
-        for row in (load(name) or {}).get("rows", []):
+        report = load(name) or {}
+        if report.get("complete") is False:
+            raise ValueError(
+                f"results/{name}.json is a sweep that did not finish: re-run it, or drop it from LGM_SWEEPS."
+            )
+        for row in report.get("rows", []):
             if row["dataset"] != dataset or "overrides" not in row:
                 continue
             entry = by_name.setdefault(row["setting"], {"overrides": row["overrides"], "accuracy": {}, "seconds": []})
@@ -406,7 +411,12 @@ def lgm_sweep_baselines(dataset: str) -> str:
     """`"random real 16.1 / 15.3, centroids 29.4 / 18.3 (lite0 / lite2)"`: the sweep's baseline rows."""
     found = {}
     for name in LGM_SWEEPS.get(dataset, ()):
-        for row in (load(name) or {}).get("rows", []):
+        report = load(name) or {}
+        if report.get("complete") is False:
+            raise ValueError(
+                f"results/{name}.json is a sweep that did not finish: re-run it, or drop it from LGM_SWEEPS."
+            )
+        for row in report.get("rows", []):
             if row["dataset"] == dataset and row["setting"] in ("random_real", "centroids"):
                 found[row["setting"].replace("_", " ")] = row["accuracy"]
     if not found:

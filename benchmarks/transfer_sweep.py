@@ -3,8 +3,9 @@
 For each named setting (a set of `DistillationConfig` overrides), distil `ipc` images per class with the
 distillation backbone on the training split (MNIST: 3500 train / 500 validation; the others: their own
 validation split), then probe the set on every eval backbone through the library's evaluation path, beside random
-real images and the class centroids. Prints one line per setting and a table; writes
-`results/transfer_sweep[-tag].json`.
+real images and the class centroids. Prints one line per setting and seed; writes
+`results/transfer_sweep[-tag].json` after each of them (`"complete": false` until the last), so a crash keeps
+the finished rows and the renderer refuses an unfinished sweep.
 This is where the defaults of `DistillationConfig` were chosen (see `benchmarks/NOTES.md`); the reported
 accuracy benchmark then runs on the test splits.
 
@@ -73,6 +74,29 @@ def main(argv: list[str] | None = None) -> None:
     backbones = {name: common.load_backbone(name) for name in {options.distill, *options.eval}}
     probe = ProbeConfig(views=options.probe_views)
     rows, started = [], time.perf_counter()
+    path = common.output_path(options, "transfer_sweep" + (f"-{options.tag}" if options.tag else ""))
+    configs = {text: common.settings_config({**BASE, **common.parse_setting(text)[1]}) for text in options.setting}
+
+    def save(complete: bool) -> None:
+        """Write the rows so far; `complete` says whether every setting and seed of the plan is among them."""
+        if path is None:
+            return
+        report = {
+            "distill": options.distill,
+            "ipc": options.ipc,
+            "runs": options.runs,
+            "probe_views": options.probe_views,
+            "complete": complete,
+            "rows": rows,
+            "seconds": time.perf_counter() - started,
+            "machine": common.machine_description(),
+            "torch_threads": torch.get_num_threads(),
+        }
+        record = common.provenance(
+            configs=configs, probe=probe, data={"datasets": options.datasets}, seeds=options.seeds
+        )
+        common.save_json(report, path, record)
+
     for dataset in options.datasets:
         train, validation = splits(dataset)
         evaluators = common.probe_evaluators(backbones, options.eval, validation, crop_size=BASE["crop_size"])
@@ -112,23 +136,8 @@ def main(argv: list[str] | None = None) -> None:
                     cells = "  ".join(f"{e} {100 * v[0]:5.1f}" for e, v in by_backbone.items())
                     print(f"[sweep] {dataset:8s} {label:24s} seed {seed}: {cells}", flush=True)
                 baseline_done = True
-    report = {
-        "distill": options.distill,
-        "ipc": options.ipc,
-        "runs": options.runs,
-        "probe_views": options.probe_views,
-        "rows": rows,
-        "seconds": time.perf_counter() - started,
-        "machine": common.machine_description(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    path = common.output_path(options, "transfer_sweep" + (f"-{options.tag}" if options.tag else ""))
-    if path is not None:
-        configs = {text: common.settings_config({**BASE, **common.parse_setting(text)[1]}) for text in options.setting}
-        record = common.provenance(
-            configs=configs, probe=probe, data={"datasets": options.datasets}, seeds=options.seeds
-        )
-        common.save_json(report, path, record)
+                save(complete=False)  # a crash or a kill later keeps every row finished so far
+    save(complete=True)
     if options.render:
         common.render_results()
 

@@ -69,3 +69,33 @@ def test_a_dataset_without_json_gets_no_row_only_a_not_measured_line(renderer, t
     lines = renderer.render_goal_table(renderer.IPC1)
     assert not [line for line in lines if line.startswith("| MNIST") or line.startswith("| emoji")]
     assert any(line.startswith("Not measured yet (no JSON): MNIST;") for line in lines)
+
+
+def test_sfm_against_lgm_puts_each_evaluation_backbone_in_its_own_goal_column(renderer, tmp_path, monkeypatch):
+    """One row per dataset and distillation backbone; a missing evaluation backbone is a dash, not a shifted cell."""
+    per_seed = {
+        "mnist|lite1|ipc1|lite0": {"sfm": [0.60, 0.62], "lgm_validated": [0.50, 0.50], "lgm_at_sfm_time": [0.4, 0.4]},
+        "mnist|lite1|ipc1|lite2": {"sfm": [0.40, 0.42], "lgm_validated": [0.45, 0.43]},
+    }
+    distillation = {
+        f"mnist lite1 {row} ipc=1 seed={seed}": {"train_runtime": seconds}
+        for row, seconds in (("sfm", 30.0), ("lgm_validated", 300.0), ("lgm_at_sfm_time", 29.0))
+        for seed in (0, 1)
+    }
+    report = {"per_seed": per_seed, "distillation": distillation, "plan": {"variants": {}}}
+    (tmp_path / "accuracy-mnist-sfm-vs-lgm-validated-lite1.json").write_text(json.dumps(report))
+    monkeypatch.setattr(renderer, "RESULTS_DIR", tmp_path)
+    lines = "\n".join(renderer.render_lgm_validated()).splitlines()
+    [row] = [line for line in lines if line.startswith("| MNIST")]
+    assert row == (
+        "| MNIST | lite1 | 61.0 / – / 41.0 | 50.0 / – / 44.0 | +11.0 ± 1.0 **met** | – | −3.0 ± 2.0 **missed** "
+        "| +21.0 ± 1.0 **met** | – | – | 30 / 300 | 2 |"
+    )
+
+
+def test_an_unfinished_lgm_sweep_is_refused(renderer, tmp_path, monkeypatch):
+    name = renderer.LGM_SWEEPS["emoji-categories"][0]
+    (tmp_path / f"{name}.json").write_text(json.dumps({"complete": False, "rows": []}))
+    monkeypatch.setattr(renderer, "RESULTS_DIR", tmp_path)
+    with pytest.raises(ValueError, match="did not finish"):
+        renderer.lgm_sweep_settings("emoji-categories")
