@@ -143,6 +143,27 @@ def cells(name: str) -> list[Cell]:
     return found
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One distillation of an accuracy JSON, parsed from its key `"<dataset> <distill> <row> ipc=<n> seed=<s>"`."""
+
+    dataset: str
+    distill: str
+    row: str
+    ipc: int
+    seed: int
+
+    @classmethod
+    def parse(cls, key: str) -> Run:
+        dataset, distill, row, ipc, seed = key.split()
+        return cls(dataset, distill, row, int(ipc.removeprefix("ipc=")), int(seed.removeprefix("seed=")))
+
+
+def distillation_runs(report: dict) -> dict[Run, dict]:
+    """`{run: record}` of a JSON's `distillation` block: the one place its keys are read."""
+    return {Run.parse(key): record for key, record in report.get("distillation", {}).items()}
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     return mean, (sum((value - mean) ** 2 for value in values) / len(values)) ** 0.5
@@ -267,7 +288,9 @@ def goal_summary(table: GoalTable, label: str) -> list[str]:
 
 
 def seconds_per_step(report: dict, method: str) -> float | None:
-    values = [v["train_seconds_per_step"] for k, v in report["distillation"].items() if f" {method} " in f"{k} "]
+    values = [
+        record["train_seconds_per_step"] for run, record in distillation_runs(report).items() if run.row == method
+    ]
     return sum(values) / len(values) if values else None
 
 
@@ -438,11 +461,10 @@ def lgm_validated_cells() -> list[Cell]:
 
 def loop_seconds(cell: Cell, row: str) -> float | None:
     """Mean distillation loop time of `row` over the seeds of `cell`'s JSON (`train_runtime`)."""
-    report = load(cell.source) or {}
     values = [
         record["train_runtime"]
-        for key, record in report.get("distillation", {}).items()
-        if key.split()[:3] == [cell.dataset, cell.distill, row]
+        for run, record in distillation_runs(load(cell.source) or {}).items()
+        if (run.dataset, run.distill, run.row) == (cell.dataset, cell.distill, row)
     ]
     return sum(values) / len(values) if values else None
 
@@ -532,13 +554,13 @@ def equal_time_ratios(names: set[str]) -> list[float]:
     ratios = []
     for name in sorted(names):
         report = load(name) or {}
-        runs = report.get("distillation", {})
+        runs = distillation_runs(report)
         for row, variant in report.get("plan", {}).get("variants", {}).items():
             if "equal_time_to" not in variant:
                 continue
-            for key, record in runs.items():
-                if key.split()[2] == row:
-                    target = runs[key.replace(f" {row} ", f" {variant['equal_time_to']} ")]
+            for run, record in runs.items():
+                if run.row == row:
+                    target = runs[dataclasses.replace(run, row=variant["equal_time_to"])]
                     ratios.append(record["train_runtime"] / target["train_runtime"])
     return ratios or [1.0]
 
