@@ -581,7 +581,11 @@ def lgm_validated_summary() -> list[str]:
     older = [common.verdict(cell.differences("sfm", "lgm")) for _, cell, _ in lgm_rows()]
     parts.append(f"LGM at SFM's settings (older runs, {', '.join(f'`{n}`' for _, n in LGM_RUNS)}) {counts(older)}")
     datasets = sorted({DATASET_LABELS[c.dataset] for c in found})
-    return [f"- **SFM against LGM at LGM's validated settings** ({', '.join(datasets)}): " + "; ".join(parts) + "."]
+    tuned = " and ".join(DATASET_LABELS[d] for d in LGM_SWEEPS)
+    return [
+        f"- **SFM against LGM at LGM's validated settings** ({', '.join(datasets)}; LGM's settings chosen on {tuned}' "
+        "validation split, SFM's defaults on textures v1's): " + "; ".join(parts) + "."
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- cost, inheritance
