@@ -525,12 +525,8 @@ def render_lgm_validated() -> list[str]:
         "",
         common.markdown_table(headers, rows),
         "",
-        *(
-            [f"SFM given LGM's loop time (as many SFM steps as fit), against LGM: {given}.", ""]
-            if sfm_given_time
-            else []
-        ),
-        f"The equal-time runs reached {min(achieved):.2f}-{max(achieved):.2f}× the time they matched.",
+        (f"SFM given LGM's loop time (as many SFM steps as fit), against LGM: {given}. " if sfm_given_time else "")
+        + f"The equal-time runs reached {min(achieved):.2f}-{max(achieved):.2f}× the time they matched.",
         "",
     ]
 
