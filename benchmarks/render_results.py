@@ -287,66 +287,9 @@ def goal_summary(table: GoalTable, label: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- SFM against LGM
 
 
-def seconds_per_step(report: dict, method: str) -> float | None:
-    values = [
-        record["train_seconds_per_step"] for run, record in distillation_runs(report).items() if run.row == method
-    ]
-    return sum(values) / len(values) if values else None
-
-
-def lgm_rows() -> list[tuple[str, Cell, dict]]:
-    found = []
-    for label, name in LGM_RUNS:
-        report = load(name)
-        for cell in cells(name):
-            if "lgm" in cell.per_seed and "sfm" in cell.per_seed:
-                found.append((label, cell, report))
-    return found
-
-
-def render_lgm_table() -> list[str]:
-    rows = []
-    for label, cell, report in lgm_rows():
-        sfm_time, lgm_time = seconds_per_step(report, "sfm"), seconds_per_step(report, "lgm")
-        differences = cell.differences("sfm", "lgm")
-        rows.append(
-            [
-                label,
-                DATASET_LABELS.get(cell.dataset, cell.dataset),
-                f"{cell.distill} → {cell.eval}",
-                pct(cell.mean("sfm")),
-                pct(cell.mean("lgm")),
-                signed(differences),
-                f"**{common.verdict(differences)}**",
-                f"{sfm_time / lgm_time:.2f}×" if sfm_time and lgm_time else "–",
-                len(cell.per_seed["sfm"]),
-            ]
-        )
-    headers = ["setting", "dataset", "distil → eval", "SFM", "LGM", "SFM − LGM", "goal ≥ 0", "SFM time / LGM"]
-    return [
-        "### SFM against LGM at equal steps",
-        "",
-        "Same start, parameterisation, augmentation and steps; only the loss differs. Test split, seeds 0-2, 2 probe "
-        "runs, 32-view bank. LGM ran with the settings tuned for SFM. Time per step is the mean over seeds in the "
-        "same processes.",
-        "",
-        common.markdown_table([*headers, "seeds"], rows),
-        "",
-    ]
-
-
-def lgm_summary() -> str:
-    rows = lgm_rows()
-    verdicts = [common.verdict(cell.differences("sfm", "lgm")) for _, cell, _ in rows]
-    ratios = []
-    for _, _, report in rows:
-        sfm_time, lgm_time = seconds_per_step(report, "sfm"), seconds_per_step(report, "lgm")
-        if sfm_time and lgm_time:
-            ratios.append(sfm_time / lgm_time)
-    return (
-        f"- **SFM against LGM at equal steps** (LGM at SFM's settings): {counts(verdicts)} of {len(rows)} cells; "
-        f"SFM's step took {min(ratios):.2f}-{max(ratios):.2f}× LGM's time. Neither dominates in accuracy."
-    )
+def lgm_rows() -> list[Cell]:
+    """The older runs' cells: LGM at SFM's settings (`LGM_RUNS`), counted in the summary."""
+    return [cell for _, name in LGM_RUNS for cell in cells(name) if "lgm" in cell.per_seed and "sfm" in cell.per_seed]
 
 
 def lgm_sweep_settings(dataset: str) -> list[dict]:
@@ -574,7 +517,7 @@ def lgm_validated_summary() -> list[str]:
         }.items()
     }
     parts = [f"{label} {counts(v)} of {len(v)}" for label, v in verdicts.items() if v]
-    older = [common.verdict(cell.differences("sfm", "lgm")) for _, cell, _ in lgm_rows()]
+    older = [common.verdict(cell.differences("sfm", "lgm")) for cell in lgm_rows()]
     parts.append(f"LGM at SFM's settings (older runs, {', '.join(f'`{n}`' for _, n in LGM_RUNS)}) {counts(older)}")
     datasets = sorted({DATASET_LABELS[c.dataset] for c in found})
     tuned = " and ".join(DATASET_LABELS[d] for d in LGM_SWEEPS)
@@ -720,7 +663,7 @@ def summary_lines() -> list[str]:
         *goal_summary(IPC1, "ipc 1 vs centroids"),
         *goal_summary(NATIVE, "ipc 1 vs centroids at native resolution"),
         *goal_summary(IPC10, "ipc 10 vs medoids"),
-        *(lgm_validated_summary() or [lgm_summary()]),
+        *lgm_validated_summary(),
         cost_summary(),
         inheritance_summary(),
         statistics_summary(),
@@ -750,8 +693,8 @@ def render() -> str:
         *render_goal_table(IPC1),
         *(render_goal_table(NATIVE) if goal_rows(NATIVE) else []),
         *render_goal_table(IPC10),
-        # LGM at SFM's settings, until LGM at its own validated settings (the sweep, then the test split) replaces it
-        *([*render_lgm_sweep(), *render_lgm_validated()] if lgm_validated_cells() else render_lgm_table()),
+        *render_lgm_sweep(),
+        *render_lgm_validated(),
         *multi_backbone_sections(),
         "## Cost, inheritance, speed",
         "",
