@@ -201,11 +201,6 @@ def package_checks(
     }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    return float(tensor.mean()), float(tensor.std(unbiased=False)) if len(values) > 1 else 0.0
-
-
 def run(settings: BenchSettings, work_dir: Path) -> dict:
     torch.manual_seed(settings.seed)
     mnist = load_mnist()
@@ -310,14 +305,14 @@ def run(settings: BenchSettings, work_dir: Path) -> dict:
                 "ipc": ipc,
                 "distill": settings.distill_variant,
                 "eval": variant,
-                "full_data_probe": _mean_std(full_probe[variant]),
-                "plain_probe": _mean_std(plain),
-                "inheritance": _mean_std(inherited),
-                "projector_mse_heldout_views": _mean_std(mse),
+                "full_data_probe": common.mean_std(full_probe[variant]),
+                "plain_probe": common.mean_std(plain),
+                "inheritance": common.mean_std(inherited),
+                "projector_mse_heldout_views": common.mean_std(mse),
                 "feature_variance_distill": float(distill_bank.var(dim=(0, 1)).sum() / distill_bank.shape[-1]),
             }
             if kd:
-                row["kd"] = _mean_std(kd)
+                row["kd"] = common.mean_std(kd)
             if ipc == 1 and settings.fresh_view_probe_epochs:
                 start = time.perf_counter()
                 fresh = train_linear_probe(

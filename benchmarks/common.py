@@ -222,12 +222,17 @@ COUNTING_RULE = (
 )
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std over seeds or runs: the ± of every table and of the counting rule."""
+    mean = sum(values) / len(values)
+    return mean, (sum((value - mean) ** 2 for value in values) / len(values)) ** 0.5
+
+
 def verdict(differences: list[float]) -> str:
     """The counting rule (`COUNTING_RULE`) on the per-seed differences of one cell: met / within noise / missed."""
     if not differences:
         raise ValueError("verdict needs at least one per-seed difference.")
-    values = torch.tensor([float(value) for value in differences], dtype=torch.float64)
-    mean, std = values.mean().item(), values.std(unbiased=False).item()
+    mean, std = mean_std([float(value) for value in differences])
     if mean >= 0:
         return "met"
     return "within noise" if abs(mean) < std else "missed"

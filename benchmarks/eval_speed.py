@@ -123,12 +123,6 @@ def compare_protocols(name, train, test, backbone, settings: dict, runs: int, ep
     return results
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population std (the probe protocol's ± std)."""
-    mean = sum(values) / len(values)
-    return mean, (sum((value - mean) ** 2 for value in values) / len(values)) ** 0.5
-
-
 def protocol_times(name: str, results: dict) -> str:
     paper_seconds, fast_seconds = results["paper"]["seconds"], results["fast"]["seconds"]
     return (
@@ -143,8 +137,8 @@ def protocol_rows(name: str, results: dict) -> list[str]:
     rows = []
     for training_set in TRAINING_SETS:
         (paper_mean, spread), (fast_mean, fast_std) = (
-            mean_std(paper["scores"][training_set]),
-            mean_std(fast["scores"][training_set]),
+            common.mean_std(paper["scores"][training_set]),
+            common.mean_std(fast["scores"][training_set]),
         )
         difference = fast_mean - paper_mean
         in_stds = f"{difference / spread:+.2f} stds" if spread > 0 else f"{100 * difference:+.1f} points (paper std 0)"

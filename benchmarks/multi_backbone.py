@@ -274,8 +274,7 @@ def goal_rows(result: dict) -> list[list[str]]:
         goals.append((f"best step within 2 points of {single} on {first}", difference(first, best, single, -2.0)))
     rows = []
     for goal, values in goals:
-        mean = sum(values) / len(values)
-        spread = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        mean, spread = common.mean_std(values)
         rows.append(
             [goal, " / ".join(f"{v:+.1f}" for v in values), f"{mean:+.1f} ± {spread:.1f}", common.verdict(values)]
         )
@@ -291,7 +290,7 @@ def render(results: list[dict]) -> str:
     for result in results:
         per_seed = result["per_seed"]
         for row in per_seed[names[0]]:
-            cells = ["{:.1f} ± {:.1f}".format(*_mean_std(per_seed[name][row])) for name in names]
+            cells = ["{:.1f} ± {:.1f}".format(*common.mean_std(per_seed[name][row])) for name in names]
             accuracy.append([result["dataset"], row, *cells])
         goals += [[result["dataset"], *row] for row in goal_rows(result)]
     kept = "; ".join(
@@ -323,11 +322,6 @@ def render(results: list[dict]) -> str:
             "",
         ]
     )
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    return mean, (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
 
 
 def render_cost(result: dict) -> str:

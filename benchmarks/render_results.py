@@ -164,13 +164,8 @@ def distillation_runs(report: dict) -> dict[Run, dict]:
     return {Run.parse(key): record for key, record in report.get("distillation", {}).items()}
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    return mean, (sum((value - mean) ** 2 for value in values) / len(values)) ** 0.5
-
-
 def signed(values: list[float]) -> str:
-    mean, std = mean_std(values)
+    mean, std = common.mean_std(values)
     return f"{100 * mean:+.1f} ± {100 * std:.1f}".replace("-", "−")
 
 
@@ -268,14 +263,14 @@ def goal_summary(table: GoalTable, label: str) -> list[str]:
             if not chosen:
                 continue
             differences = [c.differences(table.row, table.baseline) for c in chosen]
-            means = [mean_std(d)[0] for d in differences]
+            means = [common.mean_std(d)[0] for d in differences]
             verdicts = [common.verdict(d) for d in differences]
             parts.append(
                 f"{kind} {counts(verdicts)} of {len(chosen)} "
                 f"(SFM − {table.baseline_label} {100 * min(means):+.1f} to {100 * max(means):+.1f})".replace("-", "−")
             )
         against_random = [common.verdict(c.differences(table.row, "random_real")) for c in dataset_cells]
-        random_means = [mean_std(c.differences(table.row, "random_real"))[0] for c in dataset_cells]
+        random_means = [common.mean_std(c.differences(table.row, "random_real"))[0] for c in dataset_cells]
         parts.append(
             f"above random real images on {against_random.count('met')} of {len(dataset_cells)} "
             f"({100 * min(random_means):+.1f} to {100 * max(random_means):+.1f})".replace("-", "−")
@@ -314,7 +309,7 @@ def lgm_sweep_settings(dataset: str) -> list[dict]:
 def lgm_validated_choice(dataset: str, backbone: str = "lite0") -> dict | None:
     """The sweep's choice: the highest mean validation accuracy over seeds on the distillation backbone."""
     settings = [s for s in lgm_sweep_settings(dataset) if backbone in s["accuracy"]]
-    return max(settings, key=lambda s: mean_std(s["accuracy"][backbone])[0]) if settings else None
+    return max(settings, key=lambda s: common.mean_std(s["accuracy"][backbone])[0]) if settings else None
 
 
 def render_lgm_sweep() -> list[str]:
@@ -329,10 +324,10 @@ def render_lgm_sweep() -> list[str]:
         for setting in settings:
             cells = []
             for backbone in backbones:
-                mean, std = mean_std(setting["accuracy"][backbone])
+                mean, std = common.mean_std(setting["accuracy"][backbone])
                 cells.append(f"{100 * mean:.1f} ± {100 * std:.1f}")
             overrides = {k: v for k, v in setting["overrides"].items() if k != "method"}
-            seconds = mean_std(setting["seconds"])[0]
+            seconds = common.mean_std(setting["seconds"])[0]
             mark = " **(chosen)**" if setting is chosen else ""
             rows.append([f"`{setting['setting']}`{mark}", f"`{overrides}`", *cells, f"{seconds:.0f}"])
         seeds = max(len(s["seconds"]) for s in settings)
@@ -581,7 +576,7 @@ def max_stds(speed: dict) -> float:
     for results in speed["datasets"].values():
         for training_set in eval_speed.TRAINING_SETS:
             (paper, spread), (fast, _) = (
-                eval_speed.mean_std(results[p]["scores"][training_set]) for p in ("paper", "fast")
+                common.mean_std(results[p]["scores"][training_set]) for p in ("paper", "fast")
             )
             largest = max(largest, abs(fast - paper) / spread if spread > 0 else 0.0)
     return largest
