@@ -287,16 +287,19 @@ def lgm_rows() -> list[Cell]:
     return [cell for _, name in LGM_RUNS for cell in cells(name) if "lgm" in cell.per_seed and "sfm" in cell.per_seed]
 
 
+def sweep_rows(name: str) -> list[dict]:
+    """The rows of a committed transfer_sweep JSON; an unfinished sweep is refused, not rendered in part."""
+    report = load(name) or {}
+    if report.get("complete") is False:
+        raise ValueError(f"results/{name}.json is a sweep that did not finish: re-run it, or drop it from LGM_SWEEPS.")
+    return report.get("rows", [])
+
+
 def lgm_sweep_settings(dataset: str) -> list[dict]:
     """Per LGM setting of the validation sweep: overrides, per-seed accuracy per eval backbone, loop seconds."""
     by_name: dict[str, dict] = {}
     for name in LGM_SWEEPS.get(dataset, ()):
-        report = load(name) or {}
-        if report.get("complete") is False:
-            raise ValueError(
-                f"results/{name}.json is a sweep that did not finish: re-run it, or drop it from LGM_SWEEPS."
-            )
-        for row in report.get("rows", []):
+        for row in sweep_rows(name):
             if row["dataset"] != dataset or "overrides" not in row:
                 continue
             entry = by_name.setdefault(row["setting"], {"overrides": row["overrides"], "accuracy": {}, "seconds": []})
@@ -372,12 +375,7 @@ def lgm_sweep_baselines(dataset: str) -> str:
     """`"random real 16.1 / 15.3, centroids 29.4 / 18.3 (lite0 / lite2)"`: the sweep's baseline rows."""
     found = {}
     for name in LGM_SWEEPS.get(dataset, ()):
-        report = load(name) or {}
-        if report.get("complete") is False:
-            raise ValueError(
-                f"results/{name}.json is a sweep that did not finish: re-run it, or drop it from LGM_SWEEPS."
-            )
-        for row in report.get("rows", []):
+        for row in sweep_rows(name):
             if row["dataset"] == dataset and row["setting"] in ("random_real", "centroids"):
                 found[row["setting"].replace("_", " ")] = row["accuracy"]
     if not found:
