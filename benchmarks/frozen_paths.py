@@ -347,7 +347,7 @@ def before_and_after(options) -> dict:
 
 
 def render_before_after(rows: dict) -> list[str]:
-    """One sentence: the table it replaced was two rows long."""
+    """Two measurements, before and after: a sentence on the page, not a two-row table."""
     described = "; ".join(
         f"{BEFORE_AFTER[kind]}: {row['images_per_second']:.0f} images/s, {row['minor_faults_per_image']:.0f} minor "
         f"faults per image, sys/user CPU {row['system_per_user_cpu']:.2f}"
