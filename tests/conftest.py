@@ -4,6 +4,7 @@ No test touches the network: the Hub is switched off and `HF_HOME` points at a t
 Hugging Face library is imported.
 """
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -222,15 +223,21 @@ def load_recipe(name: str = "distill_recipe"):
 
 def run_recipe_main(recipe, argv: list[str]):
     """`recipe.main(argv)` in this process (a launch spends most of a test importing; the tests that launch the
-    script prove the launch). The log levels and progress bars `main` sets are put back, so no later test sees
-    them."""
+    script prove the launch), with the recipe's process-wide settings put back afterwards."""
+    with recipe_settings_restored():
+        return recipe.main(argv)
+
+
+@contextlib.contextmanager
+def recipe_settings_restored():
+    """Puts back the log levels and progress bars the recipe's `main` sets, so no later test sees them."""
     import transformers
 
     levels = {name: logging.getLogger(name).level for name in ("hf_sfm", "recipes")}
     datasets_bars = not datasets.are_progress_bars_disabled()
     transformers_bars = transformers.utils.logging.is_progress_bar_enabled()
     try:
-        return recipe.main(argv)
+        yield
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)

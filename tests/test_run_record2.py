@@ -282,54 +282,6 @@ def test_a_recipe_run_that_pushes_ends_with_its_outputs_and_the_pushed_urls_and_
     assert "%|" not in log and "it/s]" not in log, [line for line in log.splitlines() if "%|" in line][:3]
 
 
-@pytest.mark.slow
-def test_two_processes_choose_the_centroids_of_one_from_their_shards_features(tmp_path):
-    """Each process's statistics pass keeps its shard's features; the centroid init gathers them class by class
-    (rows offset to the whole set), so two processes start from the images one does, without a second pass."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from conftest import build_backbone, tiny_image_processor
-    from safetensors.torch import load_file
-
-    repo = Path(__file__).resolve().parents[1]
-    build_backbone("vit").save_pretrained(tmp_path / "vit")
-    tiny_image_processor().save_pretrained(tmp_path / "vit")
-    datasets.DatasetDict({"train": color_dataset(3, 7)}).save_to_disk(str(tmp_path / "data"))  # shards of 11 + 10
-    run = ["--model_name_or_path", str(tmp_path / "vit"), "--dataset_name", str(tmp_path / "data"), "--ipc", "2"]
-    run += ["--num_steps", "1", "--learning_rate", "1e-6", "--do_eval", "false", "--save_grid", "false"]
-    # A datasets cache of its own: another test's two-process run of the same data and backbone leaves a statistics
-    # map under the same fingerprint in the session's HF_HOME, and a cache hit would skip the pass this test reads.
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1", PYTHONPATH=str(repo))
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_DATASETS_CACHE=str(tmp_path / "hf_home" / "datasets"))
-    # The pass is read from its progress bar: keep it on whatever the session's environment says about bars.
-    env = {k: v for k, v in env.items() if not k.startswith("TQDM_") and "PROGRESS_BAR" not in k}
-    env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "0"  # has priority over any in-process switch
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-    recipe = str(repo / "recipes" / "distill.py")
-    outputs = {name: tmp_path / name for name in ("one", "two")}
-    processes = {  # side by side: independent runs, and each spends most of its time importing
-        name: subprocess.Popen(
-            [*command, *run, "--output_dir", str(outputs[name])],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, command in (("one", [sys.executable, recipe]), ("two", [*launch, recipe]))
-    }
-    for process in processes.values():
-        _, stderr = process.communicate(timeout=400)
-        assert process.returncode == 0, stderr[-4000:]
-        assert "Class statistics" in stderr and "Real features (baselines)" not in stderr
-    one, two = (load_file(str(outputs[n] / "distilled" / "synthetic.safetensors"))["images"] for n in ("one", "two"))
-    torch.testing.assert_close(two, one, rtol=0, atol=1e-5)
-    assert (two - two.roll(2, 0)).abs().max() > 1e-2  # the classes' images differ: a wrong row would show
-
-
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_the_kept_features_are_each_images_own_with_or_without_decoding_workers(num_workers):
     """The pass keeps exactly the features `embed` gave each row (the GPU path decodes in workers), skipping none
