@@ -16,7 +16,14 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import build_backbone, color_dataset, load_recipe, make_distiller, tiny_image_processor
+from conftest import (
+    build_backbone,
+    color_dataset,
+    load_recipe,
+    make_distiller,
+    run_recipe_main,
+    tiny_image_processor,
+)
 from safetensors.torch import load_file
 
 from hf_sfm.synthesis.augment import Augmentation
@@ -46,7 +53,8 @@ def assets(tmp_path_factory):
 
 # In memory the run starts from the class centroids: each process's statistics pass keeps its shard's features and
 # the init gathers them class by class (rows offset to the whole set), so two processes start from the images one
-# does, without a second pass. A stream cannot (it needs noise), so that path is covered there.
+# does, without a second pass. A stream cannot start from centroids (it needs noise): the sharded noise init is
+# covered there.
 INIT = {"in_memory": ["--init", "centroid"], "streaming": ["--streaming", "true", "--streaming_num_shards", "4"]}
 
 
@@ -57,7 +65,7 @@ def one_process(assets, tmp_path_factory):
     for mode in INIT:
         output_dirs[mode] = tmp_path_factory.mktemp(f"one_process_{mode}")
         argv = ["--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data")]
-        load_recipe().main([*argv, "--output_dir", str(output_dirs[mode]), *RUN, *INIT[mode]])
+        run_recipe_main(load_recipe(), [*argv, "--output_dir", str(output_dirs[mode]), *RUN, *INIT[mode]])
     return output_dirs
 
 
@@ -104,11 +112,14 @@ def test_two_processes_give_the_statistics_and_images_of_one(assets, one_process
     torch.testing.assert_close(images, reference_images, rtol=0, atol=1e-5)
     assert (images - reference_images).abs().max() < 1e-5 < (images - images.roll(1, 0)).abs().max()
 
-    if mode == "in_memory":  # a 2-process checkpoint resumed by 1 process: the shards are re-cut
+    if mode == "in_memory":  # the classes' centroids differ (ipc 3: a roll by 3 is the next class's images) ...
+        assert (images - images.roll(3, 0)).abs().max() > 1e-2
+        # ... and a 2-process checkpoint resumed by 1 process: the shards are re-cut
         resumed = tmp_path / "resumed_by_one"
         argv = ["--model_name_or_path", str(assets / "vit"), "--dataset_name", str(assets / "data")]
         argv += ["--output_dir", str(resumed), "--statistics_path", str(tmp_path / "statistics.safetensors")]
-        load_recipe().main([*argv, *RUN, *INIT[mode], "--resume_from_checkpoint", str(tmp_path / "checkpoint-4")])
+        argv += [*RUN, *INIT[mode], "--resume_from_checkpoint", str(tmp_path / "checkpoint-4")]
+        run_recipe_main(load_recipe(), argv)
         torch.testing.assert_close(final_images(resumed), images, rtol=0, atol=1e-5)
 
 
