@@ -82,8 +82,9 @@ IPC10 = GoalTable(
     files={
         "mnist": ("accuracy-mnist-ipc10-scaled-lr", "accuracy-mnist-ipc10-lite1-scaled-lr",
                   "accuracy-mnist-ipc10-lite2-scaled-lr"),
-        "textures": ("accuracy-textures-ipc10-scaled-lr", "accuracy-textures-ipc10-lite1-scaled-lr",
-                     "accuracy-textures-ipc10-lite2-scaled-lr"),
+        # textures v1 (superseded by texture instances): NOTES.md
+        "texture-instances": tuple(f"accuracy-texture-instances-ipc10-{lite}" for lite in LITES),
+        "emoji-categories": tuple(f"accuracy-emoji-categories-ipc10-{lite}" for lite in LITES),
     },
     baseline_label="medoids",
 )  # fmt: skip
@@ -186,18 +187,22 @@ def goal_rows(table: GoalTable) -> dict[str, list[Cell]]:
     return found
 
 
-def data_sizes(table: GoalTable) -> list[str]:
-    """`"emoji categories: 748 train / 252 test"` for every dataset whose JSONs record their split sizes."""
-    found = {}
-    for dataset, names in table.files.items():
-        for name in names:
-            data = ((load(name) or {}).get("provenance") or {}).get("data", {}).get(dataset)
-            if data:
-                order = ["train", "validation", "test"]
-                present = sorted((split for split in data if split in order), key=order.index)
-                splits = " / ".join(f"{data[split]} {split}" for split in present)
-                found[DATASET_LABELS.get(dataset, dataset)] = splits
-    return [f"{label}: {splits}" for label, splits in found.items()]
+def data_sizes(*tables: GoalTable) -> list[str]:
+    """`"emoji categories 748 train / 252 test"` for every dataset whose JSONs in `tables` record their split sizes
+    (said once for the page: every goal table reads the same splits; sizes that differ between JSONs are all said)."""
+    found: dict[str, list[str]] = {}
+    order = ["train", "validation", "test"]
+    for table in tables:
+        for dataset, names in table.files.items():
+            for name in names:
+                data = ((load(name) or {}).get("provenance") or {}).get("data", {}).get(dataset)
+                if data:
+                    present = sorted((split for split in data if split in order), key=order.index)
+                    splits = " / ".join(f"{data[split]} {split}" for split in present)
+                    label = DATASET_LABELS.get(dataset, dataset)
+                    if splits not in found.setdefault(label, []):
+                        found[label].append(splits)
+    return [f"{label} {' or '.join(splits)}" for label, splits in found.items()]
 
 
 def partial_datasets(table: GoalTable) -> list[str]:
@@ -240,15 +245,18 @@ def render_goal_table(table: GoalTable) -> list[str]:
     headers += ["goal ≥ 0", "SFM − random", "seeds"]
     missing = [DATASET_LABELS[dataset] for dataset in table.files if dataset not in goal_rows(table)]
     lines += [common.markdown_table(headers, rows)]
-    sizes = data_sizes(table)
-    if sizes:
-        lines += ["", "Split sizes recorded in the JSONs' provenance: " + "; ".join(sizes) + "."]
-    if missing:
-        lines += ["", "Not measured yet (no JSON): " + "; ".join(missing) + "."]
-    partial = partial_datasets(table)
-    if partial:
-        lines += ["", "Partly measured: " + "; ".join(partial) + "."]
+    unmeasured = [f"{label} (no JSON)" for label in missing] + [
+        f"the rest of {text}" for text in partial_datasets(table)
+    ]
+    if unmeasured:
+        lines += ["", "Not measured yet: " + "; ".join(unmeasured) + "."]
     return [*lines, ""]
+
+
+def value_range(fractions: list[float]) -> str:
+    """`"+1.2 to +3.4"` in points, or the one value when there is only one."""
+    low, high = f"{100 * min(fractions):+.1f}", f"{100 * max(fractions):+.1f}"
+    return low if low == high else f"{low} to {high}"
 
 
 def goal_summary(table: GoalTable, label: str) -> list[str]:
@@ -267,13 +275,13 @@ def goal_summary(table: GoalTable, label: str) -> list[str]:
             verdicts = [common.verdict(d) for d in differences]
             parts.append(
                 f"{kind} {counts(verdicts)} of {len(chosen)} "
-                f"(SFM − {table.baseline_label} {100 * min(means):+.1f} to {100 * max(means):+.1f})".replace("-", "−")
+                f"(SFM − {table.baseline_label} {value_range(means)})".replace("-", "−")
             )
         against_random = [common.verdict(c.differences(table.row, "random_real")) for c in dataset_cells]
         random_means = [common.mean_std(c.differences(table.row, "random_real"))[0] for c in dataset_cells]
         parts.append(
             f"above random real images on {against_random.count('met')} of {len(dataset_cells)} "
-            f"({100 * min(random_means):+.1f} to {100 * max(random_means):+.1f})".replace("-", "−")
+            f"({value_range(random_means)})".replace("-", "−")
         )
         bullets.append(f"- **{label}, {DATASET_LABELS.get(dataset, dataset)}**: " + "; ".join(parts) + ".")
     return bullets
@@ -669,13 +677,20 @@ def summary_lines() -> list[str]:
             + [f"the rest of {text} at native resolution" for text in partial_datasets(NATIVE)]
             + (["LGM at its own validated settings and at equal wall-clock time"] if not lgm_validated_cells() else [])
             + [f"SFM against validated LGM on {text}" for text in missing_lgm_validated()]
-            + ["every dataset at ipc 10 except MNIST and textures v1"]
+            + [f"{DATASET_LABELS[d]} at ipc 10" for d in IPC10.files if d not in goal_rows(IPC10)]
+            + [f"the rest of {text}, at ipc 10" for text in partial_datasets(IPC10)]
         )
         + ".",
         "",
-        DATASET_NOTES,
+        dataset_notes(),
         "",
     ]
+
+
+def dataset_notes() -> str:
+    """What each dataset is, and the split sizes its goal-table JSONs recorded."""
+    sizes = data_sizes(IPC1, NATIVE, IPC10)
+    return DATASET_NOTES + (" Split sizes in the JSONs' provenance: " + "; ".join(sizes) + "." if sizes else "")
 
 
 def render() -> str:

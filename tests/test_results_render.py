@@ -59,16 +59,17 @@ def test_goal_table_applies_the_rule_to_per_seed_differences(renderer, tmp_path,
     assert "| MNIST | lite0 → lite0 | 61.0 | 50.0 | 30.0 | +11.0 ± 0.8 | **met** |" in text
     assert "| MNIST | lite0 → lite1 | 49.7 | 50.0 | 30.0 | −0.3 ± 1.7 | **within noise** |" in text
     assert "| MNIST | lite0 → lite2 | 40.0 | 50.0 | 30.0 | −10.0 ± 0.8 | **missed** |" in text
+    assert "Not measured yet: the rest of MNIST, 3 of 9 ordered pairs (distilled on lite0 only)." in text
     summary = renderer.goal_summary(table, "ipc 1")[0]
-    assert "same backbone 1 met, 0 within noise, 0 missed of 1" in summary
-    assert "cross backbone 0 met, 1 within noise, 1 missed of 2" in summary
+    assert "same backbone 1 met, 0 within noise, 0 missed of 1 (SFM − centroids +11.0)" in summary
+    assert "cross backbone 0 met, 1 within noise, 1 missed of 2 (SFM − centroids −10.0 to −0.3)" in summary
 
 
 def test_a_dataset_without_json_gets_no_row_only_a_not_measured_line(renderer, tmp_path, monkeypatch):
     monkeypatch.setattr(renderer, "RESULTS_DIR", tmp_path)
     lines = renderer.render_goal_table(renderer.IPC1)
     assert not [line for line in lines if line.startswith("| MNIST") or line.startswith("| emoji")]
-    assert any(line.startswith("Not measured yet (no JSON): MNIST;") for line in lines)
+    assert any(line.startswith("Not measured yet: MNIST (no JSON);") for line in lines)
 
 
 def test_sfm_against_lgm_puts_each_evaluation_backbone_in_its_own_goal_column(renderer, tmp_path, monkeypatch):
