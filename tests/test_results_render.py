@@ -100,3 +100,16 @@ def test_an_unfinished_lgm_sweep_is_refused(renderer, tmp_path, monkeypatch):
     monkeypatch.setattr(renderer, "RESULTS_DIR", tmp_path)
     with pytest.raises(ValueError, match="did not finish"):
         renderer.lgm_sweep_settings("emoji-categories")
+
+
+def test_the_not_measured_bullet_lists_what_is_missing_and_goes_once_nothing_is(renderer, tmp_path, monkeypatch):
+    monkeypatch.setattr(renderer, "RESULTS_DIR", tmp_path)
+    (bullet,) = renderer.not_measured_summary()
+    assert bullet.startswith("- **Not measured yet**: MNIST at ipc 1; texture instances at ipc 1;")
+    assert "emoji categories at ipc 10." in bullet
+    every_dataset = {dataset: ["cell"] for table in (renderer.IPC1, renderer.IPC10) for dataset in table.files}
+    monkeypatch.setattr(renderer, "goal_rows", lambda table: every_dataset)
+    monkeypatch.setattr(renderer, "partial_datasets", lambda table: [])
+    monkeypatch.setattr(renderer, "lgm_validated_cells", lambda: ["cell"])
+    monkeypatch.setattr(renderer, "missing_lgm_validated", lambda: [])
+    assert renderer.not_measured_summary() == []
