@@ -450,15 +450,15 @@ def markdown(result: dict) -> str:
     if package:
         lines += [
             "",
-            f"Packaged model ({package['packaged']}):",
-            f"- `save_pretrained → from_pretrained` logits bit-identical with `hf_sfm` imported (embedded and "
+            f"**Packaged model** ({package['packaged']}). "
+            f"`save_pretrained → from_pretrained` logits bit-identical with `hf_sfm` imported (embedded and "
             f"projector+head-only): **{package['bit_identical_hf_sfm']}**; with `trust_remote_code=True` in a "
-            f"process that cannot import hf_sfm: **{package['bit_identical_trust_remote_code']}**.",
-            f"- `pipeline('image-classification')` top-1 on {package['pipeline_images']} real test images: "
+            f"process that cannot import hf_sfm: **{package['bit_identical_trust_remote_code']}**. "
+            f"`pipeline('image-classification')` top-1 on {package['pipeline_images']} real test images: "
             f"**{100 * package['pipeline_accuracy']:.1f}%**; its labels agree with the predictions of the "
             f"training-side feature path (hf_sfm preprocessing → backbone → projector → head) on "
-            f"**{100 * (package['pipeline_agrees_with_feature_path'] or 0):.1f}%** of them.",
-            f"- Size on disk: projector + head only **{_kb(package['bytes_projector_head'])}** "
+            f"**{100 * (package['pipeline_agrees_with_feature_path'] or 0):.1f}%** of them. "
+            f"Size on disk: projector + head only **{_kb(package['bytes_projector_head'])}** "
             f"({package['parameters']['projector'] + package['parameters']['classifier']:,} parameters); "
             f"distilled images {_kb(package['bytes_distilled_png_parquet'])} as PNG parquet, "
             f"{_kb(package['bytes_distilled_float'])} as float32; with the backbone embedded "
