@@ -205,6 +205,12 @@ def data_sizes(*tables: GoalTable) -> list[str]:
     return [f"{label} {' or '.join(splits)}" for label, splits in found.items()]
 
 
+def missing_datasets(table: GoalTable) -> list[str]:
+    """The labels of the datasets in `table` without any JSON (its JSONs read once)."""
+    found = goal_rows(table)
+    return [DATASET_LABELS[dataset] for dataset in table.files if dataset not in found]
+
+
 def partial_datasets(table: GoalTable) -> list[str]:
     """Datasets with some but not all nine ordered Lite pairs, and the distillation backbones they have."""
     found = []
@@ -243,9 +249,8 @@ def render_goal_table(table: GoalTable) -> list[str]:
             )
     headers = ["dataset", "distil → eval", "SFM", table.baseline_label, "random real", "SFM − " + table.baseline_label]
     headers += ["goal ≥ 0", "SFM − random", "seeds"]
-    missing = [DATASET_LABELS[dataset] for dataset in table.files if dataset not in goal_rows(table)]
     lines += [common.markdown_table(headers, rows)]
-    unmeasured = [f"{label} (no JSON)" for label in missing] + [
+    unmeasured = [f"{label} (no JSON)" for label in missing_datasets(table)] + [
         f"the rest of {text}" for text in partial_datasets(table)
     ]
     if unmeasured:
@@ -679,13 +684,13 @@ def summary_lines() -> list[str]:
 def not_measured_summary() -> list[str]:
     """The summary's bullet of what the goal tables still lack (none once everything is measured)."""
     missing = (
-        [f"{DATASET_LABELS[d]} at ipc 1" for d in IPC1.files if d not in goal_rows(IPC1)]
+        [f"{label} at ipc 1" for label in missing_datasets(IPC1)]
         + [f"the rest of {text}" for text in partial_datasets(IPC1)]
         + (["the native resolutions (224/240/260 px)"] if not goal_rows(NATIVE) else [])
         + [f"the rest of {text} at native resolution" for text in partial_datasets(NATIVE)]
         + (["LGM at its own validated settings and at equal wall-clock time"] if not lgm_validated_cells() else [])
         + [f"SFM against validated LGM on {text}" for text in missing_lgm_validated()]
-        + [f"{DATASET_LABELS[d]} at ipc 10" for d in IPC10.files if d not in goal_rows(IPC10)]
+        + [f"{label} at ipc 10" for label in missing_datasets(IPC10)]
         + [f"the rest of {text}, at ipc 10" for text in partial_datasets(IPC10)]
     )
     return ["- **Not measured yet**: " + "; ".join(missing) + "."] if missing else []
